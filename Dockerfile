@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 cutover
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY proxy ./proxy
+COPY admin ./admin
+COPY config ./config
+RUN pip install --no-cache-dir . && mkdir -p /app/config/var && chown -R cutover:cutover /app/config/var
+USER cutover
+EXPOSE 8080 9901
+ENTRYPOINT ["cutover"]
+CMD ["serve", "--config", "/app/config/cutover.yaml"]

@@ -1,0 +1,291 @@
+"""run — the cutover benchmark: the same wrk load against the backend directly, nginx,
+HAProxy and cutover, pinned the same way, in interleaved rounds; then the RSS of each proxy
+holding 1,000 idle keep-alive connections; then medians, ratios and the project's goals.
+
+    .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--connections 50] [--json]
+
+Exit 0 when every selected target ran; 1 when one failed to run (cutover that does not come
+up, a proxy that died, wrk that failed); 2 when the setup failed (tools, backend); 130 on
+Ctrl-C. Goals that FAIL are figures, not a failed run. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import load
+import procfs
+import report
+import services
+import tools
+
+TARGETS = ("direct", "nginx", "haproxy", "cutover")
+HOST = "127.0.0.1"
+MB = 1024 * 1024
+
+
+@dataclass
+class Target:
+    """Target is one thing wrk is pointed at; service is the process whose CPU/RSS we read
+    (for direct that is the backend itself)."""
+
+    name: str
+    port: int
+    service: services.Service
+
+
+@dataclass
+class Pinning:
+    proxy_cpu: int
+    load_cpu: int
+    enabled: bool
+
+    def load_argv(self, argv: list[str]) -> list[str]:
+        """load_argv pins a load-side command (wrk) to the load CPU."""
+        return ["taskset", "-c", str(self.load_cpu), *argv] if self.enabled else argv
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    p.add_argument("--warmup", type=float, default=2, help="warm-up seconds before each run")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
+    p.add_argument("--idle-connections", type=int, default=1000,
+                   help="idle keep-alive connections for the RSS figure (default 1000)")
+    p.add_argument("--idle-hold", type=float, default=2, help="seconds to hold them (default 2)")
+    p.add_argument("--proxy-cpu", type=int, default=0, help="CPU of the proxy under test")
+    p.add_argument("--load-cpu", type=int, default=1, help="CPU of wrk and the backend")
+    p.add_argument("--start-timeout", type=float, default=20,
+                   help="seconds to wait for each server to answer 200 (default 20)")
+    p.add_argument("--cutover", metavar="CMD",
+                   help="cutover command to benchmark (default: the one beside this Python)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    args = p.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.targets) - set(TARGETS)
+    if unknown:
+        p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
+    if not (1 <= args.rounds <= 100 and 1 <= args.duration <= 600 and 1 <= args.connections
+            <= 10000 and 0 <= args.warmup <= 60 and 1 <= args.idle_connections <= 20000
+            and 0 <= args.idle_hold <= 60):
+        p.error("a bound is out of range (rounds 1-100, duration 1-600 s, connections "
+                "1-10000, warmup 0-60 s, idle connections 1-20000, idle hold 0-60 s)")
+    return args
+
+
+# ---------------------------------------------------------------- setup
+
+def raise_nofile_limit(needed: int) -> None:
+    """raise_nofile_limit lifts the soft RLIMIT_NOFILE (inherited by every child we start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def choose_pinning(args, notes: list[str]) -> Pinning:
+    """choose_pinning pins only when both CPUs exist and differ; pins this script to load."""
+    available = os.sched_getaffinity(0)
+    ok = (args.proxy_cpu != args.load_cpu and {args.proxy_cpu, args.load_cpu} <= available)
+    if not ok:
+        notes.append(f"WARNING: CPUs {args.proxy_cpu}/{args.load_cpu} not both available "
+                     f"(have {sorted(available)}); running unpinned, figures are not comparable")
+        return Pinning(args.proxy_cpu, args.load_cpu, False)
+    os.sched_setaffinity(0, {args.load_cpu})  # the idle-connection client is load, too
+    return Pinning(args.proxy_cpu, args.load_cpu, True)
+
+
+def cutover_command(explicit: str | None) -> str | None:
+    """cutover_command: --cutover if given, else the console script beside this Python."""
+    if explicit:
+        return shutil.which(explicit) or None
+    beside = Path(sys.executable).parent / "cutover"
+    return str(beside) if beside.exists() else shutil.which("cutover")
+
+
+def start_targets(args, group, tmp, paths, pin, backend, backend_port, failures) -> list[Target]:
+    """start_targets starts the selected proxies; one that does not come up is recorded in
+    failures and skipped, the others go on."""
+    targets = []
+    starters = {
+        "nginx": lambda: services.start_nginx_proxy(group, tmp, paths["nginx"], pin.proxy_cpu,
+                                                    backend_port, args.start_timeout),
+        "haproxy": lambda: services.start_haproxy(group, tmp, paths["haproxy"], pin.proxy_cpu,
+                                                  backend_port, args.start_timeout),
+        "cutover": lambda: services.start_cutover(group, tmp, paths["cutover"], pin.proxy_cpu,
+                                                  backend_port, args.start_timeout),
+    }
+    for name in args.targets:
+        if name == "direct":
+            targets.append(Target("direct", backend_port, backend))
+            continue
+        if name == "cutover" and not paths.get("cutover"):
+            failures[name] = "skipped: the `cutover` console script was not found"
+            log(f"cutover: {failures[name]}")
+            continue
+        log(f"starting {name} ...")
+        try:
+            service, port = starters[name]()
+        except services.StartError as e:
+            failures[name] = f"skipped: {name} did not come up: {e}"
+            log(f"{name}: {failures[name]}")
+            continue
+        targets.append(Target(name, port, service))
+    return targets
+
+
+# ---------------------------------------------------------------- measuring
+
+def measure_round(target: Target, args, paths, pin: Pinning) -> dict:
+    """measure_round: warm-up, then one wrk run with the proxy's CPU time read around it."""
+    url = f"http://{HOST}:{target.port}/"
+    if args.warmup > 0:
+        load.run_wrk(pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
+                                                 args.warmup, latency=False)), args.warmup)
+    cpu_before, wall_before = procfs.cpu_seconds(target.service.pids()), time.monotonic()
+    text = load.run_wrk(pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
+                                                    args.duration, latency=True)), args.duration)
+    cpu_after, wall_after = procfs.cpu_seconds(target.service.pids()), time.monotonic()
+    result = load.parse_wrk(text)
+    if result.requests == 0:
+        raise load.WrkError(f"wrk completed no requests:\n{text.strip()}")
+    return {
+        "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
+        "requests": result.requests,
+        "cpu_us_per_req": (cpu_after - cpu_before) / result.requests * 1e6,
+        "cpu_pct": (cpu_after - cpu_before) / (wall_after - wall_before) * 100,
+        "errors": result.errors, "socket_errors": result.socket_errors,
+        "non_2xx_3xx": result.non_2xx_3xx,
+    }
+
+
+def run_rounds(targets: list[Target], args, paths, pin, failures) -> dict[str, list[dict]]:
+    """run_rounds: for each round, each target in turn (interleaved). A target that fails is
+    recorded in failures and left out of the following rounds."""
+    rounds: dict[str, list[dict]] = {t.name: [] for t in targets}
+    for n in range(1, args.rounds + 1):
+        for target in targets:
+            if target.name in failures:
+                continue
+            try:
+                if not target.service.alive():
+                    raise load.WrkError(f"{target.service.name} exited with code "
+                                        f"{target.service.proc.returncode}")
+                r = measure_round(target, args, paths, pin)
+            except load.WrkError as e:
+                failures[target.name] = f"failed in round {n}: {e}"
+                log(f"[round {n}/{args.rounds}] {target.name}: {failures[target.name]}")
+                continue
+            rounds[target.name].append(r)
+            log(f"[round {n}/{args.rounds}] {target.name:<8} {r['rps']:>9.0f} req/s  "
+                f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                f"cpu {r['cpu_us_per_req']:.1f} us/req ({r['cpu_pct']:.0f}%)  errors {r['errors']}")
+    return rounds
+
+
+def measure_memory(target: Target, args, notes: list[str]) -> dict | None:
+    """measure_memory: RSS of the target's processes idle, then holding N idle connections."""
+    if not target.service.alive():
+        return None
+    idle_rss = procfs.rss_bytes(target.service.pids())
+    held = load.hold_idle_connections(HOST, target.port, args.idle_connections, args.idle_hold,
+                                      lambda: procfs.rss_bytes(target.service.pids()))
+    if held.opened < held.wanted or held.still_open < held.opened:
+        notes.append(f"{target.name}: idle connections opened {held.opened}/{held.wanted}, "
+                     f"still open after {args.idle_hold:g}s {held.still_open}"
+                     + (f" (first error: {held.first_error})" if held.first_error else ""))
+    log(f"[memory] {target.name:<8} RSS {idle_rss / MB:.1f} MB idle, {held.rss_bytes / MB:.1f} MB "
+        f"with {held.opened} idle connections")
+    return {"rss_idle_mb": idle_rss / MB, "rss_1k_mb": held.rss_bytes / MB,
+            "idle_opened": held.opened, "idle_still_open": held.still_open}
+
+
+# ---------------------------------------------------------------- main
+
+def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict]:
+    """benchmark starts everything in a temp dir, measures, and always stops what it started."""
+    with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp_name, \
+            services.ServiceGroup(pin.enabled) as group:
+        tmp = Path(tmp_name)
+        log("starting backend ...")
+        backend, backend_port = services.start_backend(group, tmp, paths["nginx"], pin.load_cpu,
+                                                       args.start_timeout)
+        targets = start_targets(args, group, tmp, paths, pin, backend, backend_port, failures)
+        rounds = run_rounds(targets, args, paths, pin, failures)
+        memory = {}
+        for target in targets:
+            if target.name not in failures:
+                memory[target.name] = measure_memory(target, args, notes)
+        return rounds, memory
+
+
+def build_report(args, pin, versions, rounds, memory, notes, failures) -> dict:
+    summaries = {name: report.target_summary(rounds.get(name, []), memory.get(name))
+                 for name in args.targets if rounds.get(name)}
+    for name, s in summaries.items():
+        if s.get("errors"):
+            notes.append(f"{name}: wrk reported {s['errors']} errors (must be 0)")
+    return {
+        "config": {"rounds": args.rounds, "duration": args.duration,
+                   "connections": args.connections, "warmup": args.warmup,
+                   "idle_connections": args.idle_connections, "idle_hold": args.idle_hold},
+        "pinning": asdict(pin),
+        "versions": versions,
+        "order": args.targets,
+        "targets": summaries,
+        "rounds": rounds,
+        "ratios": report.ratios(summaries),
+        "goals": report.goals(summaries),
+        "failures": failures,
+        "notes": notes,
+    }
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # cleanup runs on SIGTERM as on Ctrl-C
+    notes: list[str] = []
+    failures: dict[str, str] = {}
+    try:
+        paths = tools.ensure(log)
+        paths["cutover"] = cutover_command(args.cutover)
+        versions = tools.versions(paths)
+        raise_nofile_limit(args.idle_connections * 3 + args.connections * 4 + 1024)
+        pin = choose_pinning(args, notes)
+        rounds, memory = benchmark(args, paths, pin, notes, failures)
+    except (tools.ToolError, services.StartError) as e:
+        log(f"bench: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("bench: interrupted; every started process was stopped")
+        return 130
+    result = build_report(args, pin, versions, rounds, memory, notes, failures)
+    result["exit_code"] = 1 if failures else 0
+    print(json.dumps(result, indent=2) if args.json else report.render(result))
+    return result["exit_code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""services — start, wait for and stop the processes under test: the nginx backend and the
+three proxies (nginx, HAProxy, cutover), each from a generated config in a temp folder.
+
+Called by run.py. Every process is started in its own session (process group) pinned to one
+CPU with taskset, so that stop() can end it and all its children by that group id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import procfs
+
+BACKEND_BODY = "hello from backend\n"
+
+
+class StartError(Exception):
+    """StartError: a service did not come up; the message says why (with its log tail)."""
+
+
+@dataclass
+class Service:
+    """Service is one started process (and its children), pinned to one CPU."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def pids(self) -> list[int]:
+        """pids returns the process and its descendants, as they are now."""
+        return procfs.process_tree(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class ServiceGroup:
+    """ServiceGroup owns every started Service and stops them all on exit (also on Ctrl-C)."""
+
+    def __init__(self, cpu_pinning: bool) -> None:
+        self.services: list[Service] = []
+        self.cpu_pinning = cpu_pinning
+
+    def __enter__(self) -> "ServiceGroup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for service in reversed(self.services):
+            stop(service)
+
+    def start(self, name: str, argv: list[str], cpu: int, workdir: Path) -> Service:
+        """start runs argv pinned to cpu, output to workdir/NAME.log, in a new session."""
+        if self.cpu_pinning:
+            argv = ["taskset", "-c", str(cpu), *argv]
+        log_path = workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=workdir, start_new_session=True,
+            )
+        service = Service(name, proc, log_path)
+        self.services.append(service)
+        return service
+
+
+def stop(service: Service, grace: float = 5.0) -> None:
+    """stop sends SIGTERM to the service's process group, then SIGKILL after grace seconds."""
+    pgid = service.proc.pid  # start_new_session: the group id is the leader's pid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            service.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; give its children (nginx workers) a moment, then check the group.
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.05)
+        if not _group_alive(pgid):
+            break
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+# ---------------------------------------------------------------- ports and readiness
+
+def free_port(hosts: tuple[str, ...] = ("127.0.0.1",), attempts: int = 50) -> int:
+    """free_port returns a TCP port that can be bound on every one of hosts right now."""
+    for _ in range(attempts):
+        with socket.socket() as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if all(_can_bind(host, port) for host in hosts[1:]):
+            return port
+    raise StartError(f"no free port found on {', '.join(hosts)}")
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_ready(service: Service, host: str, port: int, timeout: float) -> None:
+    """wait_ready waits until GET / on host:port answers 200, or raises StartError.
+
+    Gives up early when the process exits; the error carries the end of its log.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise StartError(f"{service.name} exited with code {service.proc.returncode}"
+                             + _tail_suffix(service))
+        try:
+            status = http_get_status(host, port, timeout=1.0)
+            if status == 200:
+                return
+            last = f"GET / answered {status}"
+        except OSError as e:
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.1)
+    raise StartError(f"{service.name} not ready on {host}:{port} after {timeout:.0f}s ({last})"
+                     + _tail_suffix(service))
+
+
+def _tail_suffix(service: Service) -> str:
+    tail = service.log_tail()
+    return f"\nlast lines of its output:\n{tail}" if tail else ""
+
+
+def http_get_status(host: str, port: int, timeout: float) -> int:
+    """http_get_status sends one GET / with Connection: close and returns the status code."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n" not in head and len(head) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    parts = head.split(b" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ConnectionError(f"bad status line {head[:60]!r}")
+    return int(parts[1])
+
+
+# ---------------------------------------------------------------- configs
+
+_NGINX_COMMON = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 10000000;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+$http
+}
+"""
+
+_BACKEND_HTTP = """\
+    server {
+        listen 127.0.0.1:$port;
+        listen 127.0.0.2:$port;
+        location / {
+            default_type text/plain;
+            return 200 "hello from backend\\n";
+        }
+    }
+"""
+
+_NGINX_PROXY_HTTP = """\
+    upstream backend {
+        server 127.0.0.1:$backend;
+        keepalive 64;
+        keepalive_requests 10000000;
+        keepalive_timeout 120s;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+"""
+
+_HAPROXY_CFG = """\
+global
+    nbthread 1
+    maxconn 8192
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:$port
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:$backend
+"""
+
+_CUTOVER_CFG = """\
+listen: "127.0.0.1:$port"
+admin: { listen: "127.0.0.1:$admin", auth: none }
+environments:
+  blue:  { servers: ["127.0.0.1:$backend"] }
+  green: { servers: ["127.0.0.2:$backend"] }
+live: blue
+state_file: $dir/state.json
+health_check: { path: /healthz, interval: 1s }
+"""
+
+
+def _write(path: Path, template: str, **values) -> Path:
+    path.write_text(Template(template).substitute(**values))
+    return path
+
+
+def _nginx_argv(nginx: str, workdir: Path) -> list[str]:
+    # -e: before the config is read nginx would open its default error log; point it here.
+    return [nginx, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"),
+            "-e", str(workdir / "error.log")]
+
+
+def _workdir(tmp: Path, name: str) -> Path:
+    path = tmp / name
+    path.mkdir()
+    return path
+
+
+# ---------------------------------------------------------------- starters
+
+def start_backend(group: ServiceGroup, tmp: Path, nginx: str, cpu: int,
+                  timeout: float) -> tuple[Service, int]:
+    """start_backend starts the nginx backend on 127.0.0.1:P and 127.0.0.2:P; returns (svc, P)."""
+    workdir = _workdir(tmp, "backend")
+    port = free_port(("127.0.0.1", "127.0.0.2"))
+    http = Template(_BACKEND_HTTP).substitute(port=port)
+    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http)
+    service = group.start("backend", _nginx_argv(nginx, workdir), cpu, workdir)
+    wait_ready(service, "127.0.0.1", port, timeout)
+    wait_ready(service, "127.0.0.2", port, timeout)
+    return service, port
+
+
+def start_nginx_proxy(group: ServiceGroup, tmp: Path, nginx: str, cpu: int,
+                      backend_port: int, timeout: float) -> tuple[Service, int]:
+    """start_nginx_proxy starts nginx as a keep-alive reverse proxy in front of the backend."""
+    workdir = _workdir(tmp, "nginx")
+    port = free_port()
+    http = Template(_NGINX_PROXY_HTTP).substitute(port=port, backend=backend_port)
+    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http)
+    service = group.start("nginx", _nginx_argv(nginx, workdir), cpu, workdir)
+    wait_ready(service, "127.0.0.1", port, timeout)
+    return service, port
+
+
+def start_haproxy(group: ServiceGroup, tmp: Path, haproxy: str, cpu: int,
+                  backend_port: int, timeout: float) -> tuple[Service, int]:
+    """start_haproxy starts HAProxy (one thread, foreground) in front of the backend."""
+    workdir = _workdir(tmp, "haproxy")
+    port = free_port()
+    cfg = _write(workdir / "haproxy.cfg", _HAPROXY_CFG, port=port, backend=backend_port)
+    service = group.start("haproxy", [haproxy, "-db", "-f", str(cfg)], cpu, workdir)
+    wait_ready(service, "127.0.0.1", port, timeout)
+    return service, port
+
+
+def start_cutover(group: ServiceGroup, tmp: Path, cutover: str, cpu: int,
+                  backend_port: int, timeout: float) -> tuple[Service, int]:
+    """start_cutover runs `cutover serve --config FILE` with blue/green on the backend."""
+    workdir = _workdir(tmp, "cutover")
+    port = free_port()
+    admin = free_port()
+    while admin == port:
+        admin = free_port()
+    cfg = _write(workdir / "cutover.yaml", _CUTOVER_CFG, port=port, admin=admin,
+                 backend=backend_port, dir=workdir)
+    service = group.start("cutover", [cutover, "serve", "--config", str(cfg)], cpu, workdir)
+    wait_ready(service, "127.0.0.1", port, timeout)
+    return service, port

@@ -1,0 +1,331 @@
+"""ClientConnection: one client connection on the listener.
+
+It owns the request parser, the keep-alive and header timers (checked by the
+proxy's ticker against its coarse clock) and the pipeline: the queue of
+exchanges, answered strictly in order, the first being the active one. After a
+successful Upgrade it becomes one half of a byte tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from .errors import Outcome, error_response
+from .exchange import Exchange
+from .headers import HeaderError, rewrite_request
+
+if TYPE_CHECKING:
+    from .server import Proxy
+    from .upstream import UpstreamConnection
+
+# Pipelined requests accepted ahead of the active one before reading pauses.
+PIPELINE_DEPTH = 16
+
+# Reasons for pausing the client's reading, as bits of ClientConnection.paused.
+PAUSE_UPSTREAM = 1   # the upstream's write buffer is full
+PAUSE_BUFFER = 2     # body bytes wait for an upstream connection
+PAUSE_PIPELINE = 4   # too many requests queued
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a request head that is refused."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """ClientConnection: the downstream side of the proxy, made by the listener."""
+
+    __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
+                 "headers", "head_size", "in_head", "head_deadline", "idle_deadline",
+                 "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused")
+
+    def __init__(self, proxy: "Proxy") -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpRequestParser(self)
+        self.client_ip = b"-"
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.reading: Exchange | None = None   # the exchange whose request body is being parsed
+        self.url = b""
+        self.headers: list = []
+        self.head_size = 0
+        self.in_head = False
+        self.head_deadline = 0.0
+        self.idle_deadline = 0.0
+        self.paused = 0
+        self.write_paused = False     # the transport's write buffer is over its high-water mark
+        self.closing = False          # shutting down: close after the current response
+        self.closed = False
+        self.tunnel: "UpstreamConnection | None" = None
+        self.upgrade_buffer: list[bytes] | None = None
+        self.refused: tuple[int, str] | None = None
+
+    # ------------------------------------------------------- asyncio events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        proxy = self.proxy
+        proxy.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0].encode()
+        self.idle_deadline = proxy.clock + proxy.client_header_timeout
+        if len(proxy.connections) > proxy.max_connections:
+            transport.write(error_response(503, "too many connections (limits.max_connections)"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel = None
+            tunnel.close()
+        queue = self.queue
+        while queue:
+            queue.popleft().client_gone()
+        self.proxy.connection_closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        if self.closed or self.refused is not None:
+            return
+        if self.upgrade_buffer is not None:
+            self.upgrade_buffer.append(data)
+            if sum(map(len, self.upgrade_buffer)) > 256 * 1024:
+                self.pause_reading(PAUSE_BUFFER)
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self.upgrade_requested(data[exc.args[0]:])
+        except HttpParserCallbackError:
+            self.request_refused()
+        except HttpParserError as exc:
+            self.refused = (400, f"malformed request: {exc}")
+            self.request_refused()
+        else:
+            if self.in_head and self.head_size > self.proxy.max_header_bytes:
+                self.refused = (431, "request header block over limits.max_header_bytes")
+                self.request_refused()
+
+    def eof_received(self) -> bool:
+        # A half-closed client still gets the answers to what it already sent.
+        if self.queue and self.tunnel is None and self.upgrade_buffer is None:
+            self.closing = True
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.reading_paused = True
+            tunnel.transport.pause_reading()
+            return
+        if self.queue:
+            conn = self.queue[0].conn
+            if conn is not None and not conn.reading_paused:
+                conn.reading_paused = True
+                conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.reading_paused = False
+            tunnel.transport.resume_reading()
+            return
+        if self.queue:
+            conn = self.queue[0].conn
+            if conn is not None and conn.reading_paused:
+                conn.reading_paused = False
+                conn.transport.resume_reading()
+
+    # ----------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            reading = self.reading
+            if reading is not None:
+                reading.request_trailer(name, value)
+            return
+        self.head_size += len(name) + len(value) + 4
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        proxy = self.proxy
+        if self.closed:
+            raise _HeadRefused
+        if self.head_size > proxy.max_header_bytes:
+            self.refused = (431, "request header block over limits.max_header_bytes")
+            raise _HeadRefused
+        method = parser.get_method()
+        minor = 1 if parser.get_http_version() == "1.1" else 0
+        keep_alive = parser.should_keep_alive() and not self.closing
+        error = None
+        head = None
+        try:
+            head = rewrite_request(self.headers, minor, self.client_ip, proxy.replace_forwarded)
+        except HeaderError as exc:
+            error = (exc.status, str(exc))
+        else:
+            if method == b"CONNECT":
+                error = (501, "CONNECT is not supported")
+            elif (proxy.max_body_bytes is not None and head.content_length is not None
+                  and head.content_length > proxy.max_body_bytes):
+                error = (413, f"request body over limits.max_body_bytes ({proxy.max_body_bytes})")
+        if error is not None:
+            # Answered in order after what is already queued; nothing after it is read.
+            self.refused = error
+            raise _HeadRefused
+        ex = Exchange(self, method, self.url, head, minor, keep_alive)
+        self.reading = ex
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            ex.start()
+        elif len(queue) > PIPELINE_DEPTH:
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        self.reading.request_body(body)
+
+    def on_message_complete(self) -> None:
+        reading = self.reading
+        if reading is not None:
+            self.reading = None
+            reading.request_complete()
+
+    # ------------------------------------------------------------ pipeline
+
+    def request_refused(self) -> None:
+        """request_refused: the parser stopped on bad input; answer it in turn, then close.
+
+        An error inside a request body belongs to the exchange reading it; an
+        error in a new head gets its own error exchange at the end of the queue.
+        """
+        if self.closed:
+            return
+        status, message = self.refused or (400, "malformed request")
+        self.pause_reading(PAUSE_PIPELINE)
+        reading = self.reading
+        if reading is not None and not reading.request_done:
+            self.reading = None
+            reading.request_broken(status, message)
+            return
+        ex = Exchange(self, b"-", b"-", None, 1, False, error=(status, message))
+        self.queue.append(ex)
+        if len(self.queue) == 1:
+            ex.start()
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """exchange_done: called by Exchange.finish; start the next queued request or go idle."""
+        queue = self.queue
+        if not queue or queue[0] is not ex:
+            if ex in queue:
+                queue.remove(ex)
+            return
+        queue.popleft()
+        if self.closed:
+            return
+        if not ex.keep_alive or ex.outcome is not Outcome.OK and ex.outcome is not Outcome.CLIENT_GONE:
+            self.close()
+            return
+        if queue:
+            queue[0].start()
+        elif self.closing:
+            self.close()
+            return
+        else:
+            self.idle_deadline = self.proxy.clock + self.proxy.keepalive_timeout
+        if self.paused & PAUSE_PIPELINE and len(queue) <= PIPELINE_DEPTH:
+            self.resume_reading(PAUSE_PIPELINE)
+
+    def upgrade_requested(self, rest: bytes) -> None:
+        """upgrade_requested: the parser stopped after an Upgrade request; hold what follows."""
+        self.upgrade_buffer = [rest] if rest else []
+        self.reading = None
+
+    def start_tunnel(self, conn: "UpstreamConnection", upstream_rest: bytes) -> None:
+        """start_tunnel: the upstream answered 101; relay raw bytes both ways from now on."""
+        self.tunnel = conn
+        conn.tunnel = self
+        if upstream_rest:
+            self.transport.write(upstream_rest)
+        pending = self.upgrade_buffer or []
+        self.upgrade_buffer = None
+        if pending:
+            conn.transport.writelines(pending)
+        if self.paused & PAUSE_BUFFER:
+            self.resume_reading(PAUSE_BUFFER)
+
+    def tunnel_closed(self) -> None:
+        """tunnel_closed: the upstream half of the tunnel closed; finish and close this half."""
+        if self.queue:
+            self.queue[0].finish(Outcome.OK)
+        self.close()
+
+    # --------------------------------------------------------- flow control
+
+    def pause_reading(self, reason: int) -> None:
+        """pause_reading: stop reading from the client for ``reason`` (a PAUSE_* bit)."""
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        """resume_reading: clear ``reason``; reading resumes when no reason is left."""
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and not self.closed:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- ends
+
+    def close(self) -> None:
+        """close: close after what was written is flushed."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """abort: close at once, dropping unsent bytes (a response cut short)."""
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """shutdown: the proxy stops; close now when idle, else after the current response."""
+        self.closing = True
+        if not self.queue and not self.in_head:
+            self.close()
+
+    def timed_out_head(self) -> None:
+        """timed_out_head: the client took longer than client_header to send a request head."""
+        if self.queue:
+            self.abort()
+            return
+        self.transport.write(error_response(408, "request head not received within timeouts.client_header"))
+        self.close()

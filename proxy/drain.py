@@ -1,0 +1,128 @@
+"""Drain: the counted end of an environment's traffic after a swap.
+
+Router.swap starts one for every environment that stops receiving new
+requests. It adopts that environment's in-flight exchanges and ends when the
+last of them finishes, or at drain_timeout, when what remains is closed:
+ordinary requests at once, long-lived ones (tunnels, responses still
+streaming) staggered over a short window so the new environment does not get a
+reconnect stampede. The result counts every adopted exchange exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Callable
+
+from .errors import Outcome
+
+if TYPE_CHECKING:
+    from .backends import Environment
+    from .exchange import Exchange
+
+# Forced closes of long-lived connections are spread over at most this many seconds.
+STAGGER_WINDOW = 2.0
+
+
+class Drain:
+    """Drain: watches one environment's in-flight exchanges after a swap."""
+
+    def __init__(self, env: "Environment", generation: int, timeout: float,
+                 on_done: Callable[["Drain"], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.env = env
+        self.generation = generation
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.started_at = time.time()
+        self.duration: float | None = None
+        self.exchanges: set["Exchange"] = set(env.active)
+        self.inflight_at_start = len(self.exchanges)
+        self.drained = 0
+        self.forced_closed = 0
+        self.dropped = 0
+        self.client_gone = 0
+        self.interrupted = False
+        self.closed_idle = env.close_idle()
+        self.done: asyncio.Future = loop.create_future()
+        self._on_done = on_done
+        self._timer = None
+        for ex in self.exchanges:
+            if ex.drain is not None:
+                ex.drain.exchanges.discard(ex)   # an older drain of the same env hands it over
+            ex.drain = self
+        if self.exchanges:
+            self._timer = loop.call_later(timeout, self._timed_out)
+        else:
+            loop.call_soon(self._complete)
+
+    def finished(self, ex: "Exchange", outcome: Outcome) -> None:
+        """finished: called by Exchange.finish for each adopted exchange."""
+        if ex not in self.exchanges:
+            return
+        self.exchanges.discard(ex)
+        if outcome is Outcome.OK:
+            self.drained += 1
+        elif outcome is Outcome.FORCED:
+            self.forced_closed += 1
+        elif outcome is Outcome.CLIENT_GONE:
+            self.client_gone += 1
+        else:
+            self.dropped += 1
+        if not self.exchanges and not self.done.done():
+            self._complete()
+
+    def cancel(self) -> None:
+        """cancel: the environment receives traffic again; stop watching, report what is known."""
+        if self.done.done():
+            return
+        self.interrupted = True
+        for ex in self.exchanges:
+            ex.drain = None
+        self.exchanges = set()
+        self._complete()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        from .exchange import RESPONDING, TUNNEL
+        loop = asyncio.get_running_loop()
+        long_lived = []
+        for ex in list(self.exchanges):
+            if ex.state in (RESPONDING, TUNNEL):
+                long_lived.append(ex)
+            else:
+                ex.force_close()
+        n = len(long_lived)
+        step = min(STAGGER_WINDOW / n, 0.05) if n else 0
+        for i, ex in enumerate(long_lived):
+            if i == 0:
+                ex.force_close()
+            else:
+                loop.call_later(i * step, ex.force_close)
+
+    def _complete(self) -> None:
+        if self.done.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.duration = time.monotonic() - self.started
+        self.closed_idle += self.env.close_idle()
+        self.done.set_result(self.result())
+        self._on_done(self)
+
+    def result(self) -> dict:
+        """result: the drain's figures, as recorded in the flip's history entry."""
+        return {
+            "environment": self.env.name,
+            "generation": self.generation,
+            "inflight_at_start": self.inflight_at_start,
+            "drained": self.drained,
+            "forced_closed": self.forced_closed,
+            "dropped": self.dropped,
+            "client_gone": self.client_gone,
+            "remaining": len(self.exchanges),
+            "interrupted": self.interrupted,
+            "duration": round(self.duration, 6) if self.duration is not None else None,
+            "idle_connections_closed": self.closed_idle,
+        }

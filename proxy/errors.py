@@ -1,0 +1,33 @@
+"""Canned error responses and the outcomes an exchange can end with.
+
+Every reply the proxy writes itself goes through ``error_response``: a short
+plain-text body naming the problem, Content-Length framing, and
+``connection: close`` (after an error the connection is not trusted further).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .headers import reason_phrase
+
+
+class Outcome(enum.Enum):
+    """Outcome: how an exchange ended; a drain counts these."""
+
+    OK = "ok"                    # the whole response reached the client
+    CLIENT_GONE = "client_gone"  # the client went away first
+    FAILED = "failed"            # the proxy answered an error or cut the response short
+    FORCED = "forced"            # closed by a drain at drain_timeout or by shutdown
+
+
+def error_response(status: int, message: str, extra: bytes = b"") -> bytes:
+    """error_response: a complete HTTP/1.1 reply with a one-line text body; closes the connection."""
+    body = message.encode("utf-8", "replace") + b"\n"
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
+        extra,
+        b"connection: close\r\nx-cutover-error: 1\r\n\r\n",
+        body,
+    ))

@@ -1,0 +1,386 @@
+"""Exchange: one request and its response, the only object that touches both sides.
+
+ClientConnection creates an Exchange when a request head is complete and
+queues it; the first in the queue is the active one (pipelined requests are
+answered in order). When active it passes the hold gate, reads the route once,
+picks a server of the chosen environment, takes a pooled upstream connection
+or opens one, and relays: request body up, response down, re-framing chunked
+bodies and applying the header rules. It records the route generation, the
+environment and server, and how it ended (errors.Outcome) for the drain.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .errors import Outcome, error_response
+from .headers import HeaderError, RequestHead, reason_phrase, rewrite_response
+
+if TYPE_CHECKING:
+    from .backends import Environment, Server
+    from .downstream import ClientConnection
+    from .drain import Drain
+    from .upstream import UpstreamConnection
+
+# Methods that may be sent again on a fresh connection when a reused pooled one
+# turns out closed before any response byte (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Body bytes buffered while no upstream connection is attached; past this the
+# client's reading is paused (flow control, SPEC §4: nothing buffers without bound).
+BUFFER_HIGH = 256 * 1024
+
+# Exchange states.
+QUEUED, HELD, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = range(7)
+
+
+class Exchange:
+    """Exchange: one request/response relayed between a client and an upstream server."""
+
+    __slots__ = (
+        "client", "method", "url", "head", "http_minor", "keep_alive", "error",
+        "state", "route", "env", "server", "conn", "tried", "retries",
+        "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
+        "response_started", "rechunk", "close_delimited", "head_only", "status",
+        "drain", "outcome",
+    )
+
+    def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
+                 head: RequestHead | None, http_minor: int, keep_alive: bool,
+                 error: tuple[int, str] | None = None) -> None:
+        self.client = client
+        self.method = method
+        self.url = url
+        self.head = head
+        self.http_minor = http_minor
+        self.keep_alive = keep_alive
+        self.error = error                  # (status, message) to answer instead of proxying
+        self.state = QUEUED
+        self.route = None
+        self.env: "Environment | None" = None
+        self.server: "Server | None" = None
+        self.conn: "UpstreamConnection | None" = None
+        self.tried: "set[Server] | None" = None
+        self.retries = 0
+        self.pending: list[bytes] = []      # framed body bytes waiting for an upstream connection
+        self.pending_bytes = 0
+        self.request_done = False           # the whole request body has been received
+        self.body_bytes = 0
+        self.trailers: list[bytes] | None = None
+        self.response_started = False       # a final response head went to the client
+        self.rechunk = False                # body re-framed as chunked towards the client
+        self.close_delimited = False        # upstream body ends at its EOF
+        self.head_only = method == b"HEAD"
+        self.status = 0
+        self.drain: "Drain | None" = None
+        self.outcome: Outcome | None = None
+
+    # ----------------------------------------------------------- request side
+
+    def start(self) -> None:
+        """start: called by ClientConnection when this exchange reaches the front of the queue."""
+        if self.error is not None:
+            self.reply_error(*self.error)
+            return
+        router = self.client.proxy.router
+        if router.hold_gate is not None:
+            self.state = HELD
+            router.hold_gate.enter(self)
+            return
+        self.proceed()
+
+    def proceed(self) -> None:
+        """proceed: read the route once, choose the environment and send upstream.
+
+        Called by start, or by the hold gate when it releases this exchange.
+        """
+        if self.state == DONE:
+            return
+        router = self.client.proxy.router
+        route = self.route = router.route
+        env = self.env = router.environments[router.choose(route, self)]
+        env.inflight += 1
+        env.active.add(self)
+        self.state = CONNECTING
+        self.send_to_server()
+
+    def send_to_server(self) -> None:
+        """send_to_server: pick a server (skipping ones that already failed) and get a connection."""
+        env = self.env
+        server = env.pick(self.tried)
+        if server is None:
+            if self.tried:
+                self.reply_error(502, f"cannot connect to any server of environment {env.name}")
+            else:
+                self.reply_error(503, f"no healthy server in environment {env.name}")
+            return
+        self.server = server
+        server.inflight += 1
+        idle = server.idle
+        if idle:
+            self.attach(idle.pop(), reused=True)
+        else:
+            self.client.proxy.connect(server, self)
+
+    def connect_failed(self, server: "Server", reason: str) -> None:
+        """connect_failed: the pool could not connect; mark the server down and try another."""
+        self.client.proxy.router.passive_failure(server, reason)
+        if self.state == DONE:
+            return   # finish already released the server's count
+        server.inflight -= 1
+        self.server = None
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(server)
+        self.send_to_server()
+
+    def attach(self, conn: "UpstreamConnection", reused: bool) -> None:
+        """attach: bind an upstream connection and write the request head and buffered body."""
+        if self.state == DONE:
+            conn.release()
+            return
+        self.conn = conn
+        conn.start(self, reused)
+        if self.client.write_paused:
+            conn.reading_paused = True
+            conn.transport.pause_reading()
+        self.state = SENT
+        head = self.head
+        parts = [b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)]
+        if self.pending:
+            parts.extend(self.pending)
+            self.pending = []
+            if self.pending_bytes > BUFFER_HIGH:
+                self.client.resume_reading(2)
+            self.pending_bytes = 0
+        conn.transport.writelines(parts)
+
+    def request_body(self, data: bytes) -> None:
+        """request_body: a piece of the request body from the client parser."""
+        self.body_bytes += len(data)
+        limit = self.client.proxy.max_body_bytes
+        if limit is not None and self.body_bytes > limit:
+            self.request_broken(413, f"request body over max_body_bytes ({limit})")
+            return
+        if self.head.chunked:
+            framed = b"%x\r\n%s\r\n" % (len(data), data)
+        else:
+            framed = data
+        self._send_body(framed)
+
+    def request_trailer(self, name: bytes, value: bytes) -> None:
+        """request_trailer: a trailer field after a chunked request body."""
+        if self.trailers is None:
+            self.trailers = []
+        self.trailers.append(b"%s: %s\r\n" % (name, value))
+
+    def request_complete(self) -> None:
+        """request_complete: the request message ended (RFC 9112 §7.1: last chunk and trailers)."""
+        self.request_done = True
+        if self.head is not None and self.head.chunked and self.state != DONE:
+            trailers = b"".join(self.trailers) if self.trailers else b""
+            self._send_body(b"0\r\n%s\r\n" % trailers)
+
+    def _send_body(self, framed: bytes) -> None:
+        if self.state == DONE:
+            return
+        conn = self.conn
+        if conn is not None and self.state in (SENT, RESPONDING):
+            conn.active_at = self.client.proxy.clock
+            conn.transport.write(framed)
+        else:
+            self.pending.append(framed)
+            self.pending_bytes += len(framed)
+            if self.pending_bytes > BUFFER_HIGH:
+                self.client.pause_reading(2)
+
+    def request_broken(self, status: int, message: str) -> None:
+        """request_broken: the request body turned out invalid or too large; answer or cut."""
+        self.keep_alive = False
+        if self.state == QUEUED:
+            self.error = (status, message)   # answered in turn, when it reaches the front
+            return
+        self.reply_error(status, message)
+
+    # ---------------------------------------------------------- response side
+
+    def response_head(self, status: int, reason: bytes, headers: list) -> None:
+        """response_head: the upstream's response head (interim 1xx ones included)."""
+        client = self.client
+        if status < 200 and status != 101:
+            # RFC 9110 §15.2: forward interim responses to HTTP/1.1 clients only.
+            if self.http_minor >= 1:
+                rh = rewrite_response(headers)
+                client.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), rh.block))
+            return
+        self.status = status
+        self.state = RESPONDING
+        self.response_started = True
+        rh = rewrite_response(headers)
+        if status == 101:
+            self.state = TUNNEL
+            self.keep_alive = False
+            client.transport.write(b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n"
+                                   % (reason or b"Switching Protocols", rh.block, rh.upgrade or self.head.upgrade))
+            return
+        if not self.request_done or self.head.upgrade is not None:
+            self.keep_alive = False   # the rest of the request cannot be skipped safely
+        if client.closing:
+            self.keep_alive = False
+        if self.head_only or status == 204 or status == 304:
+            framing = b"content-length: %d\r\n" % rh.content_length if rh.content_length is not None and status != 204 else b""
+        elif rh.content_length is not None and not rh.chunked:
+            framing = b"content-length: %d\r\n" % rh.content_length
+        elif self.http_minor >= 1:
+            self.rechunk = True
+            self.close_delimited = not rh.chunked
+            framing = b"transfer-encoding: chunked\r\n"
+        else:
+            self.close_delimited = not rh.chunked
+            self.keep_alive = False   # HTTP/1.0 client: the body ends when we close
+            framing = b""
+        if not self.keep_alive:
+            framing += b"connection: close\r\n"
+        elif self.http_minor == 0:
+            framing += b"connection: keep-alive\r\n"
+        client.transport.write(b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason or reason_phrase(status), rh.block, framing))
+
+    def response_body(self, data: bytes) -> None:
+        """response_body: a piece of the response body, framed for the client."""
+        if self.rechunk:
+            self.client.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.client.transport.write(data)
+
+    def response_complete(self, upstream_keep_alive: bool) -> None:
+        """response_complete: the upstream's final response ended; release the connection."""
+        if self.state != RESPONDING:
+            return   # an interim 1xx message ended; the final response follows
+        if self.rechunk:
+            self.client.transport.write(b"0\r\n\r\n")
+        conn = self.conn
+        self.conn = None
+        if upstream_keep_alive and self.request_done:
+            conn.release()
+        else:
+            conn.close()
+        self.finish(Outcome.OK)
+
+    def upgraded(self, upstream_rest: bytes) -> None:
+        """upgraded: the upstream switched protocols (101); both sides become a byte tunnel."""
+        self.state = TUNNEL
+        self.client.start_tunnel(self.conn, upstream_rest)
+
+    def upstream_lost(self, got_bytes: bool, reused: bool) -> None:
+        """upstream_lost: the upstream connection closed while this exchange used it."""
+        conn = self.conn
+        self.conn = None
+        if self.state == TUNNEL:
+            self.finish(Outcome.OK)
+            self.client.close()
+            return
+        if self.response_started:
+            if self.close_delimited:
+                self.response_complete_on_eof()
+            else:
+                self.abort(Outcome.FAILED)   # never a truncated response that looks complete
+            return
+        if (reused and not got_bytes and self.retries < 2 and self.method in IDEMPOTENT
+                and not self.head.chunked and not self.head.content_length):
+            # A pooled keep-alive connection the server had already closed: nothing
+            # was processed, so the request goes again on a fresh connection.
+            self.retries += 1
+            self.server.inflight -= 1
+            self.server.close_idle()
+            self.state = CONNECTING
+            self.send_to_server()
+            return
+        del conn
+        self.reply_error(502, "upstream closed the connection before responding")
+
+    def response_complete_on_eof(self) -> None:
+        """response_complete_on_eof: a close-delimited body ended with the upstream's EOF."""
+        if self.rechunk:
+            self.client.transport.write(b"0\r\n\r\n")
+            self.finish(Outcome.OK)
+        else:
+            self.keep_alive = False
+            self.finish(Outcome.OK)
+
+    def upstream_invalid(self, message: str) -> None:
+        """upstream_invalid: the upstream sent bytes that are not valid HTTP."""
+        self.reply_error(502, f"invalid response from upstream: {message}")
+
+    def timed_out(self) -> None:
+        """timed_out: called by the proxy's ticker when upstream_response passed without progress."""
+        self.reply_error(504, "upstream did not respond within timeouts.upstream_response")
+
+    # ------------------------------------------------------------------ ends
+
+    def reply_error(self, status: int, message: str, outcome: Outcome = Outcome.FAILED) -> None:
+        """reply_error: answer with a canned error, or cut the connection once a head was sent."""
+        if self.state == DONE:
+            return
+        if self.response_started:
+            self.abort(outcome)
+            return
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+        self.status = status
+        self.keep_alive = False
+        extra = b"retry-after: 1\r\n" if status == 503 else b""
+        self.client.transport.write(error_response(status, message, extra))
+        self.finish(outcome)
+
+    def abort(self, outcome: Outcome) -> None:
+        """abort: cut both connections; the client sees a short response, never a complete one."""
+        if self.state == DONE:
+            return
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+        self.keep_alive = False
+        self.finish(outcome)
+        self.client.abort()
+
+    def client_gone(self) -> None:
+        """client_gone: the client connection closed; stop the upstream side too."""
+        if self.state == DONE:
+            return
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+        self.finish(Outcome.CLIENT_GONE)
+
+    def force_close(self) -> None:
+        """force_close: a drain or a shutdown ran out of time; close this exchange now."""
+        if self.state == DONE:
+            return
+        if self.state in (QUEUED, HELD, CONNECTING, SENT):
+            self.reply_error(503, "closed by cutover: drain_timeout reached", Outcome.FORCED)
+        else:
+            self.abort(Outcome.FORCED)
+
+    def finish(self, outcome: Outcome) -> None:
+        """finish: the one exit; updates counters, tells the drain, hands the client its next request."""
+        if self.state == DONE:
+            return
+        if self.state == HELD:
+            self.client.proxy.router.hold_gate.leave(self)
+        self.state = DONE
+        self.outcome = outcome
+        server = self.server
+        if server is not None:
+            server.inflight -= 1
+        env = self.env
+        if env is not None:
+            env.inflight -= 1
+            env.active.discard(self)
+        drain = self.drain
+        if drain is not None:
+            drain.finished(self, outcome)
+        self.client.exchange_done(self)

@@ -1,0 +1,194 @@
+"""Header rules of the data plane: pure functions over raw header lists.
+
+Headers arrive from httptools as ``(name, value)`` pairs of ``bytes`` in wire
+order and case. Every rule here works on lowercase names, is free of I/O and is
+tested by tables (tests/test_headers.py). The protocols in downstream.py and
+upstream.py call ``rewrite_request`` and ``rewrite_response`` once per message.
+"""
+
+from __future__ import annotations
+
+# RFC 9110 §7.6.1 and RFC 9112 §9.6: connection-specific fields never forwarded.
+# te is special-cased (only "trailers" may pass), upgrade passes while tunnelling.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+})
+
+# Names the request rewrite looks at; any other header is copied as received.
+_REQUEST_SPECIAL = HOP_BY_HOP | {
+    b"host", b"content-length", b"expect",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+
+class HeaderError(Exception):
+    """HeaderError: a request head that must be refused; carries the status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def connection_tokens(values: list[bytes]) -> set[bytes]:
+    """connection_tokens: the lowercase option names listed in Connection header values."""
+    tokens = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+class RequestHead:
+    """RequestHead: what rewrite_request learnt about a request head.
+
+    ``block`` holds the header lines to send upstream (each ending in CRLF, no
+    final blank line), framing and X-Forwarded-* included.
+    """
+
+    __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
+                 "expect_continue", "close")
+
+    def __init__(self) -> None:
+        self.block = b""
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None   # the Upgrade value when the client asks to switch
+        self.expect_continue = False
+        self.close = False                  # Connection: close was sent
+
+
+def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_ip: bytes,
+                    replace_forwarded: bool) -> RequestHead:
+    """rewrite_request: validate a request head and build the header block to forward.
+
+    Called by ClientConnection once per request, when the head is complete.
+    Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
+    """
+    head = RequestHead()
+    out = []
+    special = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _REQUEST_SPECIAL:
+            special.append((lname, name, value))
+        else:
+            out.append(b"%s: %s\r\n" % (name, value))
+    xff = []
+    conn_values = []
+    upgrade = None
+    te_values = []
+    for lname, name, value in special:
+        if lname == b"host":
+            if head.host is not None:
+                raise HeaderError(400, "more than one Host header")
+            head.host = value
+            out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"content-length":
+            head.content_length = int(value)   # llhttp already refused bad and repeated ones
+        elif lname == b"transfer-encoding":
+            te_values.append(value)
+        elif lname == b"connection":
+            conn_values.append(value)
+        elif lname == b"upgrade":
+            upgrade = value
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                head.expect_continue = True
+            out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"x-forwarded-for":
+            if not replace_forwarded:
+                xff.append(value)
+        elif lname == b"te":
+            if b"trailers" in connection_tokens([value]):
+                out.append(b"te: trailers\r\n")
+        elif lname in (b"x-forwarded-proto", b"x-forwarded-host"):
+            pass  # set below from what this proxy saw
+    if te_values:
+        if http_minor == 0:
+            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+            raise HeaderError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if len(te_values) != 1 or te_values[0].strip().lower() != b"chunked":
+            raise HeaderError(501, "unsupported Transfer-Encoding: only chunked is accepted")
+        head.chunked = True
+    if head.host is None and http_minor >= 1:
+        raise HeaderError(400, "missing Host header")   # RFC 9112 §3.2
+    tokens = connection_tokens(conn_values)
+    if tokens - {b"close", b"keep-alive", b"upgrade"}:
+        out = [line for line in out if line.split(b":", 1)[0].lower() not in tokens]
+    head.close = b"close" in tokens
+    if upgrade is not None and b"upgrade" in tokens:
+        head.upgrade = upgrade
+        out.append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade)
+    if head.chunked:
+        out.append(b"transfer-encoding: chunked\r\n")
+    elif head.content_length is not None:
+        out.append(b"content-length: %d\r\n" % head.content_length)
+    xff.append(client_ip)
+    out.append(b"x-forwarded-for: %s\r\nx-forwarded-proto: http\r\n" % b", ".join(xff))
+    if head.host is not None:
+        out.append(b"x-forwarded-host: %s\r\n" % head.host)
+    head.block = b"".join(out)
+    return head
+
+
+class ResponseHead:
+    """ResponseHead: the header block of an upstream response, hop-by-hop removed.
+
+    Framing (Content-Length or chunked to the client) is added by the caller,
+    which knows the client's HTTP version and the request method.
+    """
+
+    __slots__ = ("block", "content_length", "chunked", "upgrade")
+
+    def __init__(self) -> None:
+        self.block = b""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+
+
+def rewrite_response(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
+    """rewrite_response: strip hop-by-hop headers from an upstream response head.
+
+    Called by Exchange once per response head (interim 1xx heads included).
+    """
+    head = ResponseHead()
+    out = []
+    conn_values = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _RESPONSE_SPECIAL:
+            out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"content-length":
+            head.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            head.chunked = value.strip().lower().endswith(b"chunked")
+        elif lname == b"connection":
+            conn_values.append(value)
+        elif lname == b"upgrade":
+            head.upgrade = value
+    if conn_values:
+        tokens = connection_tokens(conn_values) - {b"close", b"keep-alive", b"upgrade"}
+        if tokens:
+            out = [line for line in out if line.split(b":", 1)[0].lower() not in tokens]
+    head.block = b"".join(out)
+    return head
+
+
+_REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
+    304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    """reason_phrase: the standard reason phrase for the statuses this proxy writes."""
+    return _REASONS.get(status, b"Unknown")

@@ -1,0 +1,95 @@
+"""HealthChecker: active HTTP checks of every server of every environment.
+
+One loop per server sends ``GET <path>`` on a fresh connection every
+interval; 2xx and 3xx count as success. ``unhealthy_after`` consecutive
+failures mark a server down and ``healthy_after`` successes bring it back.
+The checker knows only its narrow callback, ``set_status(server, healthy,
+reason)`` (Router.set_health); passive failures reset its success streak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Iterable
+
+from .backends import Server
+
+log = logging.getLogger("cutover.health")
+
+
+async def probe(server: Server, path: str, timeout: float) -> tuple[bool, str]:
+    """probe: one check; returns (healthy, reason)."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: cutover-health\r\n"
+                         b"Connection: close\r\n\r\n" % (path.encode(), server.address.encode()))
+            line = await reader.readline()
+    except TimeoutError:
+        return False, f"no answer within {timeout}s"
+    except OSError as exc:
+        return False, exc.strerror or type(exc).__name__
+    finally:
+        if writer is not None:
+            writer.close()
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False, "not an HTTP response"
+    status = int(parts[1])
+    if 200 <= status < 400:
+        return True, f"HTTP {status}"
+    return False, f"HTTP {status}"
+
+
+class HealthChecker:
+    """HealthChecker: runs probe() on every server and applies the streak rules."""
+
+    def __init__(self, servers: Iterable[Server], path: str, interval: float, timeout: float,
+                 healthy_after: int, unhealthy_after: int,
+                 set_status: Callable[[Server, bool, str], None]) -> None:
+        self.servers = list(servers)
+        self.path = path
+        self.interval = interval
+        self.timeout = timeout
+        self.healthy_after = healthy_after
+        self.unhealthy_after = unhealthy_after
+        self.set_status = set_status
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        """start: one checking task per server."""
+        for server in self.servers:
+            self._tasks.append(asyncio.create_task(self._run(server)))
+
+    async def stop(self) -> None:
+        """stop: cancel the checking tasks and wait for them."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def report(self, server: Server, ok: bool, reason: str) -> None:
+        """report: count one result; call set_status when a streak crosses its threshold."""
+        if ok:
+            server.fail_streak = 0
+            server.ok_streak += 1
+            if not server.healthy and server.ok_streak >= self.healthy_after:
+                self.set_status(server, True, reason)
+        else:
+            server.ok_streak = 0
+            server.fail_streak += 1
+            if server.healthy and server.fail_streak >= self.unhealthy_after:
+                self.set_status(server, False, reason)
+
+    async def _run(self, server: Server) -> None:
+        while True:
+            try:
+                ok, reason = await probe(server, self.path, self.timeout)
+                self.report(server, ok, reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("health check of %s failed", server.address)
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,46 @@
+"""HoldGate: the bounded queue that new requests wait in while traffic is held.
+
+Router.hold creates one; Exchange.start enters it instead of reading the
+route; Router.resume (by call or at the hold's timeout) releases every waiting
+exchange in arrival order, and each then reads the route as it is at that
+moment. Only past max_queued does a request get 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+
+
+class HoldGate:
+    """HoldGate: exchanges waiting for resume, in arrival order."""
+
+    __slots__ = ("max_queued", "waiting", "deadline")
+
+    def __init__(self, max_queued: int, deadline: float) -> None:
+        self.max_queued = max_queued
+        self.deadline = deadline          # wall-clock time the hold resumes by itself
+        self.waiting: dict["Exchange", None] = {}
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def enter(self, ex: "Exchange") -> None:
+        """enter: queue an exchange, or refuse it with 503 when the queue is full."""
+        if len(self.waiting) >= self.max_queued:
+            ex.reply_error(503, "traffic is held and the hold queue is full (hold.max_queued)")
+            return
+        self.waiting[ex] = None
+
+    def leave(self, ex: "Exchange") -> None:
+        """leave: an exchange ended while waiting (its client went away)."""
+        self.waiting.pop(ex, None)
+
+    def release(self) -> int:
+        """release: let every waiting exchange proceed; returns how many were waiting."""
+        waiting, self.waiting = self.waiting, {}
+        for ex in waiting:
+            ex.proceed()
+        return len(waiting)

@@ -1,0 +1,189 @@
+"""Router: the one narrow interface between the data plane and whoever steers it.
+
+It owns the environments and their servers, the live Route snapshot, the
+hold gate and the drains. The admin side (and the demo) call ``swap``,
+``hold``/``resume``, ``status`` and watch drains through ``on_drain``;
+nothing else in the data plane is changed from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from typing import TYPE_CHECKING, Callable
+
+from .backends import Environment, Server
+from .drain import Drain
+from .hold import HoldGate
+from .route import Route
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .exchange import Exchange
+
+log = logging.getLogger("cutover.router")
+
+
+class Router:
+    """Router: environments, the live route, the hold gate and the drains."""
+
+    def __init__(self, environments: dict[str, Environment], route: Route, drain_timeout: float,
+                 hold_max_wait: float, hold_max_queued: int) -> None:
+        self.environments = environments
+        self.route = route
+        self.drain_timeout = drain_timeout
+        self.hold_max_wait = hold_max_wait
+        self.hold_max_queued = hold_max_queued
+        self.hold_gate: HoldGate | None = None
+        self.drains: dict[str, Drain] = {}       # environment -> its running drain
+        self.last_drains: list[dict] = []        # results of finished drains, newest last (bounded)
+        self.on_drain: list[Callable[[Drain], None]] = []
+        self.on_resume: list[Callable[[int, str], None]] = []
+        self.on_health: list[Callable[[Server, bool, str], None]] = []
+        self._hold_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_config(cls, config: "Config", route: Route | None = None) -> "Router":
+        """from_config: environments and servers from the config; route from saved state or config.live."""
+        envs = {}
+        for name, env_cfg in config.environments.items():
+            env = Environment(name)
+            for address, weight in zip(env_cfg.servers, env_cfg.weights):
+                env.servers.append(Server(address.host, address.port, env, weight))
+            envs[name] = env
+        if route is None:
+            route = Route(generation=1, live=config.live, environments=tuple(envs))
+        return cls(envs, route, config.drain_timeout, config.hold.max_wait, config.hold.max_queued)
+
+    # ----------------------------------------------------------------- route
+
+    def choose(self, route: Route, ex: "Exchange") -> str:
+        """choose: the environment a new request goes to under ``route``.
+
+        With a canary weight N, a client lands in the canary when its sticky
+        bucket (0..99, from its address) is below N, so raising N only ever
+        moves clients from the old environment to the new one.
+        """
+        if not route.canary_weight:
+            return route.live
+        bucket = zlib.crc32(ex.client.client_ip) % 100
+        return route.canary if bucket < route.canary_weight else route.live
+
+    def swap(self, route: Route) -> list[Drain]:
+        """swap: replace the live route in one assignment; drain what stops receiving traffic.
+
+        Every request that reads the route after this call goes by the new one.
+        Returns the drains started (their ``done`` futures carry the result).
+        """
+        old = self.route
+        before = _serving(old)
+        after = _serving(route)
+        self.route = route
+        for name in after:
+            drain = self.drains.pop(name, None)
+            if drain is not None:
+                drain.cancel()
+        started = []
+        for name in before - after:
+            previous = self.drains.pop(name, None)
+            drain = Drain(self.environments[name], route.generation, self.drain_timeout, self._drain_done)
+            if previous is not None:
+                previous.cancel()
+            self.drains[name] = drain
+            started.append(drain)
+        return started
+
+    def _drain_done(self, drain: Drain) -> None:
+        if self.drains.get(drain.env.name) is drain:
+            del self.drains[drain.env.name]
+        self.last_drains.append(drain.result())
+        del self.last_drains[:-50]
+        for callback in self.on_drain:
+            try:
+                callback(drain)
+            except Exception:
+                log.exception("drain callback failed")
+
+    # ------------------------------------------------------------------ hold
+
+    @property
+    def held(self) -> bool:
+        return self.hold_gate is not None
+
+    def hold(self, timeout: float | None = None) -> None:
+        """hold: new requests wait until resume, or until ``timeout`` (default hold.max_wait)."""
+        timeout = self.hold_max_wait if timeout is None else timeout
+        if self.hold_gate is None:
+            self.hold_gate = HoldGate(self.hold_max_queued, time.time() + timeout)
+        else:
+            self.hold_gate.deadline = time.time() + timeout
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+        self._hold_timer = asyncio.get_running_loop().call_later(timeout, self._hold_expired)
+
+    def resume(self) -> int:
+        """resume: release every waiting request; returns how many were waiting."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        gate, self.hold_gate = self.hold_gate, None
+        return gate.release() if gate is not None else 0
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        released = self.resume()
+        for callback in self.on_resume:
+            try:
+                callback(released, "hold timeout")
+            except Exception:
+                log.exception("resume callback failed")
+
+    @property
+    def held_requests(self) -> int:
+        return len(self.hold_gate) if self.hold_gate is not None else 0
+
+    # ---------------------------------------------------------------- health
+
+    def set_health(self, server: Server, healthy: bool, reason: str) -> None:
+        """set_health: the health checker's narrow callback; also used for passive failures."""
+        if healthy == server.healthy:
+            return
+        server.set_healthy(healthy)
+        log.warning("server %s of %s is now %s (%s)", server.address, server.env.name,
+                    "healthy" if healthy else "unhealthy", reason)
+        for callback in self.on_health:
+            try:
+                callback(server, healthy, reason)
+            except Exception:
+                log.exception("health callback failed")
+
+    def passive_failure(self, server: Server, reason: str) -> None:
+        """passive_failure: a refused or failed connect marks the server down at once."""
+        server.ok_streak = 0
+        self.set_health(server, False, f"connect failed: {reason}")
+
+    # ---------------------------------------------------------------- status
+
+    def status(self) -> dict:
+        """status: the data plane's part of GET /v1/status."""
+        route = self.route
+        return {
+            "live": route.live,
+            "previous": route.previous,
+            "generation": route.generation,
+            "held": self.held,
+            "held_requests": self.held_requests,
+            "weights": route.weights,
+            "environments": {name: env.snapshot() for name, env in self.environments.items()},
+            "draining": {name: d.result() for name, d in self.drains.items()},
+        }
+
+
+def _serving(route: Route) -> set[str]:
+    """_serving: the environments that receive new requests under ``route``."""
+    envs = {route.live}
+    if route.canary is not None and route.canary_weight > 0:
+        envs.add(route.canary)
+    return envs

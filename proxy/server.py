@@ -1,0 +1,199 @@
+"""Proxy: the listener, its client connections, the upstream connector and the ticker.
+
+``Proxy(config)`` builds a Router from the config (or takes one), ``start``
+listens and starts health checks, ``shutdown`` stops gracefully (SPEC §4:
+stop accepting, finish in-flight requests up to drain_timeout, close idle
+keep-alive connections, then cut what is left). The ticker keeps a coarse
+monotonic clock and enforces every timeout by scanning connections, so the
+per-request path sets no timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from .downstream import ClientConnection
+from .exchange import RESPONDING, SENT
+from .health import HealthChecker
+from .router import Router
+from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .backends import Server
+    from .config import Config
+    from .exchange import Exchange
+
+log = logging.getLogger("cutover.proxy")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """new_event_loop: a uvloop loop where uvloop is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:   # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Proxy:
+    """Proxy: one listening data plane in front of a Router."""
+
+    def __init__(self, config: "Config", router: Router | None = None) -> None:
+        self.config = config
+        self.router = router or Router.from_config(config)
+        t = config.timeouts
+        self.connect_timeout = t.connect
+        self.upstream_timeout = t.upstream_response
+        self.client_header_timeout = t.client_header
+        self.keepalive_timeout = t.keepalive_idle
+        self.max_header_bytes = config.limits.max_header_bytes
+        self.max_body_bytes = config.limits.max_body_bytes
+        self.max_connections = config.limits.max_connections
+        self.replace_forwarded = config.forwarded_headers == "replace"
+        self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
+                                                   t.client_header, t.keepalive_idle) / 4))
+        self.connections: set[ClientConnection] = set()
+        self.clock = time.monotonic()
+        self.closing = False
+        self.health: HealthChecker | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --------------------------------------------------------------- start
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """start: listen (on ``sock`` when given, else config.listen) and start health checks."""
+        loop = self._loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self), self.config.listen.host, self.config.listen.port,
+                backlog=4096, reuse_address=True)
+        self.clock = time.monotonic()
+        self._ticker = loop.call_later(self.tick_interval, self._tick)
+        hc = self.config.health_check
+        servers = [s for env in self.router.environments.values() for s in env.servers]
+        self.health = HealthChecker(servers, hc.path, hc.interval, hc.timeout, hc.healthy_after,
+                                    hc.unhealthy_after, self.router.set_health)
+        self.health.start()
+
+    @property
+    def port(self) -> int:
+        """port: the port actually listened on (config may say 0 for an ephemeral one)."""
+        return self._server.sockets[0].getsockname()[1]
+
+    # ----------------------------------------------------------- upstream
+
+    def connect(self, server: "Server", ex: "Exchange") -> None:
+        """connect: open a new upstream connection for ``ex`` (called by Exchange)."""
+        self._loop.create_task(self._connect(server, ex))
+
+    async def _connect(self, server: "Server", ex: "Exchange") -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self._loop.create_connection(
+                    lambda: UpstreamConnection(self, server), server.host, server.port)
+        except TimeoutError:
+            ex.connect_failed(server, f"no connection within timeouts.connect ({self.connect_timeout}s)")
+            return
+        except OSError as exc:
+            ex.connect_failed(server, exc.strerror or str(exc))
+            return
+        ex.attach(conn, reused=False)
+
+    # -------------------------------------------------------------- ticker
+
+    def _tick(self) -> None:
+        now = self.clock = time.monotonic()
+        try:
+            self._check_timeouts(now)
+        except Exception:
+            log.exception("timeout scan failed")
+        self._ticker = self._loop.call_later(self.tick_interval, self._tick)
+
+    def _check_timeouts(self, now: float) -> None:
+        upstream_timeout = self.upstream_timeout
+        send_timeout = self.keepalive_timeout
+        for conn in list(self.connections):
+            if conn.closed or conn.tunnel is not None:
+                continue
+            if conn.in_head and now > conn.head_deadline:
+                conn.timed_out_head()
+                continue
+            queue = conn.queue
+            if not queue:
+                if not conn.in_head and now > conn.idle_deadline:
+                    conn.close()
+                continue
+            ex = queue[0]
+            up = ex.conn
+            if up is not None and (ex.state == SENT or ex.state == RESPONDING):
+                # A response paused by a slow client is cut only after keepalive_idle.
+                limit = send_timeout if up.reading_paused else upstream_timeout
+                if now - up.active_at > limit:
+                    ex.timed_out()
+        idle_limit = now - self.keepalive_timeout
+        for env in self.router.environments.values():
+            for server in env.servers:
+                idle = server.idle
+                while idle and idle[0].active_at < idle_limit:
+                    idle.pop(0).close()
+
+    # ------------------------------------------------------------ shutdown
+
+    def connection_closed(self, conn: ClientConnection) -> None:
+        """connection_closed: called by ClientConnection.connection_lost."""
+        if self._idle is not None and not self.connections:
+            self._idle.set()
+
+    async def shutdown(self, timeout: float | None = None) -> dict:
+        """shutdown: stop accepting, let in-flight requests finish, then cut the rest.
+
+        Returns counts: connections open at the start, and how many had to be cut.
+        """
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if self.router.hold_gate is not None:
+            self.router.resume()
+        open_at_start = len(self.connections)
+        self._idle = asyncio.Event()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if not self.connections:
+            self._idle.set()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        cut = 0
+        for conn in list(self.connections):
+            cut += 1
+            for ex in list(conn.queue):
+                ex.force_close()
+            conn.abort()
+        for env in self.router.environments.values():
+            env.close_idle()
+        await self.close()
+        return {"connections": open_at_start, "cut": cut}
+
+    async def close(self) -> None:
+        """close: stop the ticker and the health checks (after shutdown, or in tests)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self.health is not None:
+            await self.health.stop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,192 @@
+"""UpstreamConnection: the proxy's connection to one backend server.
+
+It owns the response parser and tells its server's pool whether it may be
+reused. While an exchange uses it, parser events go to that exchange; while it
+sits idle in the pool any byte or EOF from the server closes it. After a 101
+it becomes one half of a byte tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+if TYPE_CHECKING:
+    from .backends import Server
+    from .downstream import ClientConnection
+    from .exchange import Exchange
+    from .server import Proxy
+
+log = logging.getLogger("cutover.proxy")
+
+# Idle connections kept per server; more are closed when released.
+MAX_IDLE_PER_SERVER = 512
+
+
+class _SkipBody(Exception):
+    """Raised from a parser callback to end a response to HEAD at its head."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """UpstreamConnection: one keep-alive connection to a backend; made by Proxy.connect."""
+
+    __slots__ = ("proxy", "server", "transport", "parser", "exchange", "headers", "reason",
+                 "got_bytes", "reused", "active_at", "tunnel", "closed", "skip_body",
+                 "keep_alive", "reading_paused")
+
+    def __init__(self, proxy: "Proxy", server: "Server") -> None:
+        self.proxy = proxy
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.exchange: "Exchange | None" = None
+        self.headers: list = []
+        self.reason = b""
+        self.got_bytes = False
+        self.reused = False
+        self.active_at = 0.0            # proxy clock of the last byte moved for the exchange
+        self.tunnel: "ClientConnection | None" = None
+        self.closed = False
+        self.skip_body = False
+        self.keep_alive = False
+        self.reading_paused = False
+
+    # ------------------------------------------------------------ pool side
+
+    def start(self, exchange: "Exchange", reused: bool) -> None:
+        """start: bind to an exchange that is about to write its request."""
+        self.exchange = exchange
+        self.reused = reused
+        self.got_bytes = False
+        self.active_at = self.proxy.clock
+
+    def release(self) -> None:
+        """release: the exchange is done with this connection; keep it idle or close it."""
+        self.exchange = None
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        server = self.server
+        if self.closed or not server.healthy or len(server.idle) >= MAX_IDLE_PER_SERVER or self.proxy.closing:
+            self.close()
+            return
+        self.active_at = self.proxy.clock
+        server.idle.append(self)
+
+    def close(self) -> None:
+        """close: close the connection; an idle one leaves the pool when connection_lost runs."""
+        self.exchange = None
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------- asyncio events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.server.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections -= 1
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel_closed()
+            return
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_lost(self.got_bytes, self.reused)
+        else:
+            try:
+                self.server.idle.remove(self)
+            except ValueError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.transport.write(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            self.transport.close()   # nothing was asked: a stray byte poisons the connection
+            return
+        self.got_bytes = True
+        self.active_at = self.proxy.clock
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            ex = self.exchange
+            if ex is not None:
+                ex.upgraded(data[exc.args[0]:])
+        except HttpParserCallbackError:
+            if self.skip_body:
+                self.skip_body = False
+                self.parser = HttpResponseParser(self)
+                ex.response_complete(self.keep_alive)
+                return
+            log.exception("response handling failed for %s", self.server.address)
+            self.transport.close()
+            ex = self.exchange
+            if ex is not None:
+                self.exchange = None
+                ex.upstream_invalid("unexpected response")
+        except HttpParserError as exc:
+            ex = self.exchange
+            self.transport.close()
+            if ex is not None:
+                self.exchange = None
+                ex.upstream_invalid(str(exc))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.pause_reading(1)
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading(1)
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.client.resume_reading(1)
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading(1)
+
+    # ----------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise HttpParserError("response bytes after the response ended")
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        ex = self.exchange
+        self.keep_alive = parser.should_keep_alive()
+        ex.response_head(status, self.reason, self.headers)
+        if ex.head_only and status >= 200 and status not in (204, 304):
+            self.skip_body = True
+            raise _SkipBody
+
+    def on_body(self, body: bytes) -> None:
+        self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.response_complete(self.parser.should_keep_alive())

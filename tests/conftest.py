@@ -1,0 +1,84 @@
+"""Shared fixtures: real test backends and a real proxy on ephemeral loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from backend import Backend  # noqa: E402
+from proxy.config import parse_config  # noqa: E402
+from proxy.server import Proxy  # noqa: E402
+
+
+@pytest.fixture
+async def backends():
+    """backends: {"blue": Backend, "green": Backend}, started and stopped around the test."""
+    pair = {"blue": await Backend("blue").start(), "green": await Backend("green").start()}
+    yield pair
+    for backend in pair.values():
+        await backend.stop()
+
+
+def proxy_config(tmp_path: Path, backends: dict, **overrides):
+    """proxy_config: a Config for the test backends; keyword arguments override top-level keys."""
+    data = {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0", "auth": "none"},
+        "environments": {
+            name: {"servers": [b.address for b in (group if isinstance(group, list) else [group])]}
+            for name, group in backends.items()
+        },
+        "live": "blue",
+        "state_file": str(tmp_path / "state.json"),
+        "health_check": {"interval": "100ms", "timeout": "500ms"},
+        "drain_timeout": "5s",
+    }
+    data.update(overrides)
+    return parse_config(data, tmp_path, {})
+
+
+@pytest.fixture
+async def make_proxy(tmp_path, backends):
+    """make_proxy(**overrides) -> started Proxy in front of ``backends``; all closed after the test."""
+    started = []
+
+    async def factory(backend_map=None, **overrides) -> Proxy:
+        proxy = Proxy(proxy_config(tmp_path, backend_map or backends, **overrides))
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in started:
+        await proxy.shutdown(0.5)
+
+
+async def raw_exchange(port: int, data: bytes, read_timeout: float = 3.0, until_close: bool = True) -> bytes:
+    """raw_exchange: send raw bytes to 127.0.0.1:port and return what comes back.
+
+    Reads until the server closes (``until_close``) or ``read_timeout`` passes.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks = []
+        try:
+            async with asyncio.timeout(read_timeout):
+                while True:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    if not until_close:
+                        break
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+    finally:
+        writer.close()
