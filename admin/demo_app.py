@@ -11,6 +11,8 @@ import json
 
 from aiohttp import web
 
+COUNTS = web.AppKey("counts", dict)
+
 
 def make_demo_app(version: str, env: str, server: int) -> web.Application:
     """make_demo_app: the demo service of ``version`` running as server ``server`` of ``env``."""
@@ -31,7 +33,7 @@ def make_demo_app(version: str, env: str, server: int) -> web.Application:
                             content_type="application/json")
 
     app = web.Application()
-    app["counts"] = counts
+    app[COUNTS] = counts
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/__fingerprint", fingerprint)

@@ -72,3 +72,17 @@ def rss_bytes(pids: list[int]) -> int:
         except OSError:
             continue
     return total
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """cpu_busy_seconds: time CPU cpu spent not idle since boot (/proc/stat), in seconds.
+
+    Busy = user + nice + system + irq + softirq + steal; guest time is already in user.
+    """
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:9]]
+                user, nice, system, _idle, _iowait, irq, softirq, steal = v
+                return (user + nice + system + irq + softirq + steal) / CLK_TCK
+    raise ValueError(f"cpu{cpu} not in /proc/stat")

@@ -14,7 +14,8 @@ GOALS = (
     ("RSS at 1k idle < 60 MB", "rss_1k_mb", "<", 60.0, False),
 )
 _COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
-_MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "requests")
+_MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_pct", "foreign_cpu_pct",
+                "requests")
 
 
 def target_summary(rounds: list[dict], memory: dict | None) -> dict:
@@ -22,7 +23,8 @@ def target_summary(rounds: list[dict], memory: dict | None) -> dict:
     summary: dict = {"rounds": len(rounds)}
     if rounds:
         for key in _MEDIAN_KEYS:
-            summary[key] = statistics.median(r[key] for r in rounds)
+            values = [r[key] for r in rounds if r.get(key) is not None]
+            summary[key] = statistics.median(values) if values else None
         rps = [r["rps"] for r in rounds]
         summary["rps_spread_pct"] = (max(rps) - min(rps)) / summary["rps"] * 100
         summary["errors"] = sum(r["errors"] for r in rounds)
@@ -80,8 +82,9 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def _figures_table(order: list[str], summaries: dict, failures: dict) -> list[str]:
-    header = (f"{'target':<9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}"
-              f"{'errors':>8}{'RSS idle MB':>13}{'RSS 1k MB':>11}{'spread':>8}")
+    header = (f"{'target':<9}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}"
+              f"{'CPU':>6}{'errors':>7}{'RSS idle MB':>12}{'RSS 1k MB':>10}{'spread':>7}"
+              f"{'foreign':>8}")
     lines = [header, "-" * len(header)]
     for name in order:
         s = summaries.get(name, {})
@@ -89,10 +92,11 @@ def _figures_table(order: list[str], summaries: dict, failures: dict) -> list[st
             lines.append(f"{name:<9}  not measured: {failures[name].splitlines()[0]}")
             continue
         lines.append(
-            f"{name:<9}{_fmt(s.get('rps'), '10.0f')}{_fmt(s.get('p50_ms'), '9.2f')}"
-            f"{_fmt(s.get('p99_ms'), '9.2f')}{_fmt(s.get('cpu_us_per_req'), '12.1f')}"
-            f"{_fmt(s.get('errors'), '8d')}{_fmt(s.get('rss_idle_mb'), '13.1f')}"
-            f"{_fmt(s.get('rss_1k_mb'), '11.1f')}{_fmt(s.get('rps_spread_pct'), '7.1f', '%')}")
+            f"{name:<9}{_fmt(s.get('rps'), '9.0f')}{_fmt(s.get('p50_ms'), '8.2f')}"
+            f"{_fmt(s.get('p99_ms'), '8.2f')}{_fmt(s.get('cpu_us_per_req'), '11.1f')}"
+            f"{_fmt(s.get('cpu_pct'), '5.0f', '%')}{_fmt(s.get('errors'), '7d')}"
+            f"{_fmt(s.get('rss_idle_mb'), '12.1f')}{_fmt(s.get('rss_1k_mb'), '10.1f')}"
+            f"{_fmt(s.get('rps_spread_pct'), '6.0f', '%')}{_fmt(s.get('foreign_cpu_pct'), '7.0f', '%')}")
     return lines
 
 
@@ -135,8 +139,9 @@ def render(report: dict) -> str:
         f"{cfg['connections']} connections, wrk -t1, warm-up {cfg['warmup']:g}s; {pinning}",
         "  " + "; ".join(report["versions"].values()),
         "  medians over rounds; errors = total over rounds; spread = (max-min)/median req/s;",
-        "  direct: CPU and RSS are the backend's own; RSS 1k = with "
-        f"{cfg['idle_connections']} idle keep-alive connections",
+        "  CPU = the proxy's processes (direct: the backend's), per request and in % of a core;",
+        f"  RSS 1k = holding {cfg['idle_connections']} idle keep-alive connections;",
+        "  foreign = CPU taken by other processes on the pinned CPUs (> 10%: disturbed)",
         "",
         *_figures_table(order, report["targets"], report["failures"]),
         "",

@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import load
@@ -32,6 +32,7 @@ import tools
 TARGETS = ("direct", "nginx", "haproxy", "cutover")
 HOST = "127.0.0.1"
 MB = 1024 * 1024
+FOREIGN_CPU_WARN_PCT = 10  # other load on a pinned CPU above this makes a round suspect
 
 
 @dataclass
@@ -154,30 +155,78 @@ def start_targets(args, group, tmp, paths, pin, backend, backend_port, failures)
 
 # ---------------------------------------------------------------- measuring
 
-def measure_round(target: Target, args, paths, pin: Pinning) -> dict:
-    """measure_round: warm-up, then one wrk run with the proxy's CPU time read around it."""
+@dataclass
+class CpuSnapshot:
+    """CpuSnapshot: cumulative CPU seconds at one instant, read before and after a wrk run."""
+
+    wall: float
+    server: float  # the target's processes: the proxy (for direct: the backend)
+    backend: float
+    wrk: float  # finished children of this script, i.e. the wrk runs (RUSAGE_CHILDREN)
+    busy_proxy_cpu: float  # all non-idle time of the two pinned CPUs (/proc/stat)
+    busy_load_cpu: float
+
+    def __sub__(self, other: "CpuSnapshot") -> "CpuSnapshot":
+        return CpuSnapshot(*(a - b for a, b in zip(astuple(self), astuple(other))))
+
+
+def cpu_snapshot(target: Target, backend: services.Service, pin: Pinning) -> CpuSnapshot:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSnapshot(
+        wall=time.monotonic(),
+        server=procfs.cpu_seconds(target.service.pids()),
+        backend=procfs.cpu_seconds(backend.pids()),
+        wrk=children.ru_utime + children.ru_stime,
+        busy_proxy_cpu=procfs.cpu_busy_seconds(pin.proxy_cpu),
+        busy_load_cpu=procfs.cpu_busy_seconds(pin.load_cpu),
+    )
+
+
+def foreign_cpu_pct(d: CpuSnapshot, target: Target, pin: Pinning) -> tuple[float, float] | None:
+    """foreign_cpu_pct: the share of the proxy CPU and of the load CPU used by anything but
+    our processes during the run (other jobs on the machine, unattributed interrupts).
+    Above ~10% the figures are disturbed. None when unpinned."""
+    if not pin.enabled:
+        return None
+    ours_on_proxy_cpu = 0.0 if target.name == "direct" else d.server
+    other_proxy = max(0.0, d.busy_proxy_cpu - ours_on_proxy_cpu) / d.wall * 100
+    other_load = max(0.0, d.busy_load_cpu - d.backend - d.wrk) / d.wall * 100
+    return other_proxy, other_load
+
+
+def measure_round(target: Target, backend: services.Service, args, paths, pin: Pinning) -> dict:
+    """measure_round: warm-up, then one wrk run with the CPU times read around it."""
     url = f"http://{HOST}:{target.port}/"
     if args.warmup > 0:
         load.run_wrk(pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
                                                  args.warmup, latency=False)), args.warmup)
-    cpu_before, wall_before = procfs.cpu_seconds(target.service.pids()), time.monotonic()
+    before = cpu_snapshot(target, backend, pin)
     text = load.run_wrk(pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
                                                     args.duration, latency=True)), args.duration)
-    cpu_after, wall_after = procfs.cpu_seconds(target.service.pids()), time.monotonic()
+    d = cpu_snapshot(target, backend, pin) - before
+    foreign = foreign_cpu_pct(d, target, pin)
     result = load.parse_wrk(text)
     if result.requests == 0:
         raise load.WrkError(f"wrk completed no requests:\n{text.strip()}")
     return {
         "rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
         "requests": result.requests,
-        "cpu_us_per_req": (cpu_after - cpu_before) / result.requests * 1e6,
-        "cpu_pct": (cpu_after - cpu_before) / (wall_after - wall_before) * 100,
+        "cpu_us_per_req": d.server / result.requests * 1e6,
+        "cpu_pct": d.server / d.wall * 100,
+        "foreign_cpu_pct": max(foreign) if foreign else None,
+        "foreign_proxy_cpu_pct": foreign[0] if foreign else None,
+        "foreign_load_cpu_pct": foreign[1] if foreign else None,
         "errors": result.errors, "socket_errors": result.socket_errors,
         "non_2xx_3xx": result.non_2xx_3xx,
     }
 
 
-def run_rounds(targets: list[Target], args, paths, pin, failures) -> dict[str, list[dict]]:
+def _foreign_text(pct: float | None) -> str:
+    return "" if pct is None else f"  foreign {pct:.0f}%"
+
+
+def run_rounds(targets: list[Target], backend: services.Service, args, paths, pin,
+               failures: dict[str, str], notes: list[str]) -> dict[str, list[dict]]:
     """run_rounds: for each round, each target in turn (interleaved). A target that fails is
     recorded in failures and left out of the following rounds."""
     rounds: dict[str, list[dict]] = {t.name: [] for t in targets}
@@ -189,7 +238,7 @@ def run_rounds(targets: list[Target], args, paths, pin, failures) -> dict[str, l
                 if not target.service.alive():
                     raise load.WrkError(f"{target.service.name} exited with code "
                                         f"{target.service.proc.returncode}")
-                r = measure_round(target, args, paths, pin)
+                r = measure_round(target, backend, args, paths, pin)
             except load.WrkError as e:
                 failures[target.name] = f"failed in round {n}: {e}"
                 log(f"[round {n}/{args.rounds}] {target.name}: {failures[target.name]}")
@@ -197,7 +246,13 @@ def run_rounds(targets: list[Target], args, paths, pin, failures) -> dict[str, l
             rounds[target.name].append(r)
             log(f"[round {n}/{args.rounds}] {target.name:<8} {r['rps']:>9.0f} req/s  "
                 f"p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
-                f"cpu {r['cpu_us_per_req']:.1f} us/req ({r['cpu_pct']:.0f}%)  errors {r['errors']}")
+                f"cpu {r['cpu_us_per_req']:.1f} us/req ({r['cpu_pct']:.0f}%)  errors {r['errors']}"
+                + _foreign_text(r["foreign_cpu_pct"]))
+            if (r["foreign_cpu_pct"] or 0) > FOREIGN_CPU_WARN_PCT:
+                notes.append(f"round {n} {target.name}: other processes took "
+                             f"{r['foreign_proxy_cpu_pct']:.0f}% of CPU {pin.proxy_cpu} and "
+                             f"{r['foreign_load_cpu_pct']:.0f}% of CPU {pin.load_cpu}; "
+                             "figures disturbed")
     return rounds
 
 
@@ -229,7 +284,7 @@ def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict]:
         backend, backend_port = services.start_backend(group, tmp, paths["nginx"], pin.load_cpu,
                                                        args.start_timeout)
         targets = start_targets(args, group, tmp, paths, pin, backend, backend_port, failures)
-        rounds = run_rounds(targets, args, paths, pin, failures)
+        rounds = run_rounds(targets, backend, args, paths, pin, failures, notes)
         memory = {}
         for target in targets:
             if target.name not in failures:

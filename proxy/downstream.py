@@ -40,7 +40,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "headers", "head_size", "in_head", "head_deadline", "idle_deadline",
-                 "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused")
+                 "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused")
 
     def __init__(self, proxy: "Proxy") -> None:
         self.proxy = proxy
@@ -55,6 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.head_deadline = 0.0
         self.idle_deadline = 0.0
+        self.out: list[bytes] = []    # response bytes gathered during one upstream read, see flush
         self.paused = 0
         self.write_paused = False     # the transport's write buffer is over its high-water mark
         self.closing = False          # shutting down: close after the current response
@@ -74,7 +75,7 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = peer[0].encode()
         self.idle_deadline = proxy.clock + proxy.client_header_timeout
         if len(proxy.connections) > proxy.max_connections:
-            transport.write(error_response(503, "too many connections (limits.max_connections)"))
+            self.write(error_response(503, "too many connections (limits.max_connections)"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -117,10 +118,8 @@ class ClientConnection(asyncio.Protocol):
                 self.request_refused()
 
     def eof_received(self) -> bool:
-        # A half-closed client still gets the answers to what it already sent.
-        if self.queue and self.tunnel is None and self.upgrade_buffer is None:
-            self.closing = True
-            return True
+        # As nginx does: a client that closes its side has given up on what it
+        # asked, so the connection closes and its exchanges end as CLIENT_GONE.
         return False
 
     def pause_writing(self) -> None:
@@ -271,6 +270,7 @@ class ClientConnection(asyncio.Protocol):
         """start_tunnel: the upstream answered 101; relay raw bytes both ways from now on."""
         self.tunnel = conn
         conn.tunnel = self
+        self.flush()
         if upstream_rest:
             self.transport.write(upstream_rest)
         pending = self.upgrade_buffer or []
@@ -302,17 +302,40 @@ class ClientConnection(asyncio.Protocol):
         if not self.paused and not self.closed:
             self.transport.resume_reading()
 
+    # --------------------------------------------------------------- writes
+
+    def flush(self) -> None:
+        """flush: write the gathered response bytes in one call (one send for a small response).
+
+        UpstreamConnection.data_received calls it after each read; Exchange
+        appends to ``out`` while relaying, so head and body leave together.
+        """
+        out = self.out
+        if out:
+            self.out = []
+            if not self.closed:
+                self.transport.writelines(out)
+
+    def write(self, data: bytes) -> None:
+        """write: write ``data`` now, after anything gathered before it."""
+        if self.out:
+            self.flush()
+        if not self.closed:
+            self.transport.write(data)
+
     # ---------------------------------------------------------------- ends
 
     def close(self) -> None:
         """close: close after what was written is flushed."""
         if not self.closed:
+            self.flush()
             self.closed = True
             self.transport.close()
 
     def abort(self) -> None:
         """abort: close at once, dropping unsent bytes (a response cut short)."""
         if not self.closed:
+            self.out = []
             self.closed = True
             self.transport.abort()
 
@@ -327,5 +350,5 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             self.abort()
             return
-        self.transport.write(error_response(408, "request head not received within timeouts.client_header"))
+        self.write(error_response(408, "request head not received within timeouts.client_header"))
         self.close()

@@ -8,6 +8,7 @@ plain-text body naming the problem, Content-Length framing, and
 from __future__ import annotations
 
 import enum
+import os
 
 from .headers import reason_phrase
 
@@ -31,3 +32,8 @@ def error_response(status: int, message: str, extra: bytes = b"") -> bytes:
         b"connection: close\r\nx-cutover-error: 1\r\n\r\n",
         body,
     ))
+
+
+def describe_os_error(exc: OSError) -> str:
+    """describe_os_error: "Connection refused" rather than asyncio's "Connect call failed (...)"."""
+    return os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)

@@ -211,7 +211,7 @@ class Exchange:
             # RFC 9110 §15.2: forward interim responses to HTTP/1.1 clients only.
             if self.http_minor >= 1:
                 rh = rewrite_response(headers)
-                client.transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), rh.block))
+                client.out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), rh.block))
             return
         self.status = status
         self.state = RESPONDING
@@ -220,7 +220,7 @@ class Exchange:
         if status == 101:
             self.state = TUNNEL
             self.keep_alive = False
-            client.transport.write(b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n"
+            client.out.append(b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n"
                                    % (reason or b"Switching Protocols", rh.block, rh.upgrade or self.head.upgrade))
             return
         if not self.request_done or self.head.upgrade is not None:
@@ -243,21 +243,21 @@ class Exchange:
             framing += b"connection: close\r\n"
         elif self.http_minor == 0:
             framing += b"connection: keep-alive\r\n"
-        client.transport.write(b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason or reason_phrase(status), rh.block, framing))
+        client.out.append(b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason or reason_phrase(status), rh.block, framing))
 
     def response_body(self, data: bytes) -> None:
         """response_body: a piece of the response body, framed for the client."""
         if self.rechunk:
-            self.client.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self.client.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.client.transport.write(data)
+            self.client.out.append(data)
 
     def response_complete(self, upstream_keep_alive: bool) -> None:
         """response_complete: the upstream's final response ended; release the connection."""
         if self.state != RESPONDING:
             return   # an interim 1xx message ended; the final response follows
         if self.rechunk:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.client.out.append(b"0\r\n\r\n")
         conn = self.conn
         self.conn = None
         if upstream_keep_alive and self.request_done:
@@ -301,7 +301,7 @@ class Exchange:
     def response_complete_on_eof(self) -> None:
         """response_complete_on_eof: a close-delimited body ended with the upstream's EOF."""
         if self.rechunk:
-            self.client.transport.write(b"0\r\n\r\n")
+            self.client.write(b"0\r\n\r\n")
             self.finish(Outcome.OK)
         else:
             self.keep_alive = False
@@ -331,7 +331,7 @@ class Exchange:
         self.status = status
         self.keep_alive = False
         extra = b"retry-after: 1\r\n" if status == 503 else b""
-        self.client.transport.write(error_response(status, message, extra))
+        self.client.write(error_response(status, message, extra))
         self.finish(outcome)
 
     def abort(self, outcome: Outcome) -> None:

@@ -74,21 +74,21 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
     special = []
     for name, value in headers:
         lname = name.lower()
-        if lname in _REQUEST_SPECIAL:
-            special.append((lname, name, value))
-        else:
+        if lname not in _REQUEST_SPECIAL:
             out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"host":
+            if head.host is not None:
+                raise HeaderError(400, "more than one Host header")
+            head.host = value
+            out.append(b"%s: %s\r\n" % (name, value))
+        else:
+            special.append((lname, name, value))
     xff = []
     conn_values = []
     upgrade = None
     te_values = []
     for lname, name, value in special:
-        if lname == b"host":
-            if head.host is not None:
-                raise HeaderError(400, "more than one Host header")
-            head.host = value
-            out.append(b"%s: %s\r\n" % (name, value))
-        elif lname == b"content-length":
+        if lname == b"content-length":
             head.content_length = int(value)   # llhttp already refused bad and repeated ones
         elif lname == b"transfer-encoding":
             te_values.append(value)

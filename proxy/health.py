@@ -14,6 +14,7 @@ import logging
 from typing import Callable, Iterable
 
 from .backends import Server
+from .errors import describe_os_error
 
 log = logging.getLogger("cutover.health")
 
@@ -30,7 +31,7 @@ async def probe(server: Server, path: str, timeout: float) -> tuple[bool, str]:
     except TimeoutError:
         return False, f"no answer within {timeout}s"
     except OSError as exc:
-        return False, exc.strerror or type(exc).__name__
+        return False, describe_os_error(exc)
     finally:
         if writer is not None:
             writer.close()

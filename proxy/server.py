@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .downstream import ClientConnection
+from .errors import describe_os_error
 from .exchange import RESPONDING, SENT
 from .health import HealthChecker
 from .router import Router
@@ -64,6 +65,7 @@ class Proxy:
         self._ticker: asyncio.TimerHandle | None = None
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._port = 0
 
     # --------------------------------------------------------------- start
 
@@ -76,6 +78,7 @@ class Proxy:
             self._server = await loop.create_server(
                 lambda: ClientConnection(self), self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
+        self._port = self._server.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
         hc = self.config.health_check
@@ -87,7 +90,7 @@ class Proxy:
     @property
     def port(self) -> int:
         """port: the port actually listened on (config may say 0 for an ephemeral one)."""
-        return self._server.sockets[0].getsockname()[1]
+        return self._port
 
     # ----------------------------------------------------------- upstream
 
@@ -104,7 +107,7 @@ class Proxy:
             ex.connect_failed(server, f"no connection within timeouts.connect ({self.connect_timeout}s)")
             return
         except OSError as exc:
-            ex.connect_failed(server, exc.strerror or str(exc))
+            ex.connect_failed(server, describe_os_error(exc))
             return
         ex.attach(conn, reused=False)
 

@@ -117,30 +117,31 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_bytes = True
         self.active_at = self.proxy.clock
+        client = ex.client
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
-            ex = self.exchange
-            if ex is not None:
-                ex.upgraded(data[exc.args[0]:])
+            if self.exchange is not None:
+                self.exchange.upgraded(data[exc.args[0]:])
         except HttpParserCallbackError:
             if self.skip_body:
                 self.skip_body = False
                 self.parser = HttpResponseParser(self)
                 ex.response_complete(self.keep_alive)
-                return
-            log.exception("response handling failed for %s", self.server.address)
-            self.transport.close()
-            ex = self.exchange
-            if ex is not None:
-                self.exchange = None
-                ex.upstream_invalid("unexpected response")
+            else:
+                log.exception("response handling failed for %s", self.server.address)
+                self._invalid("unexpected response")
         except HttpParserError as exc:
-            ex = self.exchange
-            self.transport.close()
-            if ex is not None:
-                self.exchange = None
-                ex.upstream_invalid(str(exc))
+            self._invalid(str(exc))
+        if client.out:
+            client.flush()
+
+    def _invalid(self, message: str) -> None:
+        self.transport.close()
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_invalid(message)
 
     def eof_received(self) -> bool:
         return False

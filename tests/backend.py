@@ -12,6 +12,8 @@ import json
 
 from aiohttp import WSMsgType, web
 
+STATE = web.AppKey("state", dict)
+
 
 def make_app(name: str) -> web.Application:
     """make_app: the test application; ``name`` is echoed in every answer."""
@@ -83,7 +85,7 @@ def make_app(name: str) -> web.Application:
         return web.Response(text=json.dumps(state))
 
     app = web.Application()
-    app["state"] = state
+    app[STATE] = state
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/slow", slow)
@@ -113,7 +115,7 @@ class Backend:
 
     @property
     def requests(self) -> int:
-        return self.app["state"]["requests"]
+        return self.app[STATE]["requests"]
 
     async def start(self, port: int = 0) -> "Backend":
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)

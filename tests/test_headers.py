@@ -1,0 +1,180 @@
+"""Table tests for the header rules (proxy/headers.py): no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.headers import HeaderError, connection_tokens, reason_phrase, rewrite_request, rewrite_response
+
+
+def lines(block: bytes) -> list[bytes]:
+    return [line for line in block.split(b"\r\n") if line]
+
+
+def names(block: bytes) -> list[bytes]:
+    return [line.split(b":", 1)[0].lower() for line in lines(block)]
+
+
+def req(headers, minor=1, ip=b"10.0.0.9", replace=False):
+    return rewrite_request(headers, minor, ip, replace)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([b"close"], {b"close"}),
+    ([b"Keep-Alive, X-Foo"], {b"keep-alive", b"x-foo"}),
+    ([b" a ,, b ", b"C"], {b"a", b"b", b"c"}),
+    ([b""], set()),
+])
+def test_connection_tokens(values, expected):
+    assert connection_tokens(values) == expected
+
+
+@pytest.mark.parametrize("hop", [
+    b"Connection", b"Keep-Alive", b"Proxy-Connection", b"Trailer", b"Upgrade",
+    b"Proxy-Authorization", b"Proxy-Authenticate",
+])
+def test_request_hop_by_hop_headers_are_dropped(hop):
+    head = req([(b"Host", b"a"), (hop, b"x"), (b"Accept", b"*/*")])
+    assert hop.lower() not in names(head.block)
+    assert b"accept" in names(head.block)
+
+
+def test_request_headers_named_in_connection_are_dropped_wherever_they_stand():
+    head = req([(b"X-Before", b"1"), (b"Host", b"a"), (b"Connection", b"x-before, X-After"),
+                (b"X-After", b"2"), (b"X-Kept", b"3")])
+    assert names(head.block).count(b"x-before") == 0
+    assert b"x-after" not in names(head.block)
+    assert b"X-Kept: 3" in lines(head.block)
+
+
+@pytest.mark.parametrize("te, forwarded", [
+    (b"trailers", True), (b"trailers, deflate", True), (b"gzip", False), (b"deflate;q=0.5", False),
+])
+def test_request_te_passes_only_trailers(te, forwarded):
+    head = req([(b"Host", b"a"), (b"TE", te)])
+    assert (b"te: trailers" in lines(head.block)) is forwarded
+    assert names(head.block).count(b"te") == (1 if forwarded else 0)
+
+
+def test_host_is_preserved_and_forwarded_host_set():
+    head = req([(b"Host", b"Example.COM:8080")])
+    assert b"Host: Example.COM:8080" in lines(head.block)
+    assert b"x-forwarded-host: Example.COM:8080" in lines(head.block)
+    assert b"x-forwarded-proto: http" in lines(head.block)
+    assert head.host == b"Example.COM:8080"
+
+
+@pytest.mark.parametrize("incoming, replace, expected", [
+    ([], False, b"x-forwarded-for: 10.0.0.9"),
+    ([b"1.2.3.4"], False, b"x-forwarded-for: 1.2.3.4, 10.0.0.9"),
+    ([b"1.2.3.4", b"5.6.7.8"], False, b"x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9"),
+    ([b"1.2.3.4"], True, b"x-forwarded-for: 10.0.0.9"),
+])
+def test_x_forwarded_for_append_or_replace(incoming, replace, expected):
+    headers = [(b"Host", b"a")] + [(b"X-Forwarded-For", v) for v in incoming]
+    head = req(headers, replace=replace)
+    assert expected in lines(head.block)
+    assert names(head.block).count(b"x-forwarded-for") == 1
+
+
+def test_client_supplied_forwarded_proto_and_host_are_replaced():
+    head = req([(b"Host", b"real"), (b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-Host", b"evil")])
+    assert b"x-forwarded-proto: http" in lines(head.block)
+    assert b"x-forwarded-host: real" in lines(head.block)
+    assert b"evil" not in head.block and b"https" not in head.block
+
+
+@pytest.mark.parametrize("headers, minor, status, words", [
+    ([], 1, 400, "missing Host"),
+    ([(b"Host", b"a"), (b"Host", b"b")], 1, 400, "more than one Host"),
+    ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip")], 1, 501, "Transfer-Encoding"),
+    ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip, chunked")], 1, 501, "Transfer-Encoding"),
+    ([(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")], 0, 400, "HTTP/1.0"),
+])
+def test_refused_request_heads(headers, minor, status, words):
+    with pytest.raises(HeaderError) as info:
+        req(headers, minor=minor)
+    assert info.value.status == status
+    assert words in str(info.value)
+
+
+def test_http10_request_without_host_is_accepted():
+    head = req([], minor=0)
+    assert head.host is None
+    assert b"x-forwarded-host" not in head.block
+
+
+@pytest.mark.parametrize("headers, framing, chunked, length", [
+    ([(b"Content-Length", b"12")], b"content-length: 12", False, 12),
+    ([(b"Transfer-Encoding", b"Chunked")], b"transfer-encoding: chunked", True, None),
+    ([], None, False, None),
+])
+def test_request_framing_is_rewritten_once(headers, framing, chunked, length):
+    head = req([(b"Host", b"a")] + headers)
+    assert head.chunked is chunked
+    assert head.content_length == length
+    framing_lines = [l for l in lines(head.block) if l.split(b":")[0].lower() in (b"content-length", b"transfer-encoding")]
+    assert framing_lines == ([framing] if framing else [])
+
+
+def test_upgrade_forwarded_only_with_connection_upgrade():
+    head = req([(b"Host", b"a"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")])
+    assert head.upgrade == b"websocket"
+    assert b"connection: upgrade" in lines(head.block) and b"upgrade: websocket" in lines(head.block)
+    head = req([(b"Host", b"a"), (b"Upgrade", b"websocket")])
+    assert head.upgrade is None
+    assert b"upgrade" not in names(head.block)
+
+
+def test_expect_continue_is_noticed_and_forwarded():
+    head = req([(b"Host", b"a"), (b"Expect", b"100-Continue")])
+    assert head.expect_continue
+    assert b"Expect: 100-Continue" in lines(head.block)
+
+
+def test_connection_close_is_noticed():
+    assert req([(b"Host", b"a"), (b"Connection", b"close")]).close
+    assert not req([(b"Host", b"a")]).close
+
+
+def test_header_case_and_order_are_kept():
+    head = req([(b"Host", b"a"), (b"X-B", b"2"), (b"x-a", b"1"), (b"X-B", b"3")])
+    assert lines(head.block)[:4] == [b"Host: a", b"X-B: 2", b"x-a: 1", b"X-B: 3"]
+
+
+@pytest.mark.parametrize("hop", [
+    b"Connection", b"Keep-Alive", b"Proxy-Connection", b"TE", b"Trailer", b"Transfer-Encoding",
+    b"Upgrade", b"Proxy-Authorization", b"Proxy-Authenticate",
+])
+def test_response_hop_by_hop_headers_are_dropped(hop):
+    head = rewrite_response([(b"Content-Type", b"text/plain"), (hop, b"x"), (b"Server", b"s")])
+    assert hop.lower() not in names(head.block)
+    assert names(head.block) == [b"content-type", b"server"]
+
+
+def test_response_headers_named_in_connection_are_dropped():
+    head = rewrite_response([(b"Connection", b"X-Internal"), (b"X-Internal", b"secret"), (b"Date", b"d")])
+    assert names(head.block) == [b"date"]
+
+
+@pytest.mark.parametrize("headers, length, chunked", [
+    ([(b"Content-Length", b"5")], 5, False),
+    ([(b"Transfer-Encoding", b"chunked")], None, True),
+    ([(b"Transfer-Encoding", b"gzip, chunked")], None, True),
+    ([], None, False),
+])
+def test_response_framing_is_reported_not_copied(headers, length, chunked):
+    head = rewrite_response(headers)
+    assert head.content_length == length and head.chunked is chunked
+    assert head.block == b""
+
+
+def test_response_upgrade_value_is_kept_for_the_101():
+    head = rewrite_response([(b"Upgrade", b"websocket"), (b"Connection", b"upgrade")])
+    assert head.upgrade == b"websocket"
+
+
+def test_reason_phrases():
+    assert reason_phrase(502) == b"Bad Gateway"
+    assert reason_phrase(431) == b"Request Header Fields Too Large"
+    assert reason_phrase(299) == b"Unknown"

@@ -1,0 +1,323 @@
+"""End-to-end tests of the switch on loopback: swaps, drains, holds under concurrent load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from proxy.route import Route
+
+
+def flipped(router, to: str) -> Route:
+    old = router.route
+    return Route(old.generation + 1, to, previous=old.live, environments=old.environments)
+
+
+async def http_get(port: int, reader_writer, path: str = "/") -> tuple[int, bytes]:
+    """One keep-alive GET on an open raw connection; returns (status, body)."""
+    reader, writer = reader_writer
+    writer.write(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length)
+    return status, body
+
+
+async def test_swap_during_32_keepalive_clients_fails_nothing(make_proxy):
+    proxy = await make_proxy()
+    url = f"http://127.0.0.1:{proxy.port}/"
+    results = {"ok": 0, "failed": [], "after_swap": []}
+    swapped_at = None
+
+    async def client(session):
+        for _ in range(400):
+            started = time.monotonic()
+            try:
+                async with session.get(url) as resp:
+                    body = await resp.text()
+                    if resp.status != 200:
+                        results["failed"].append(resp.status)
+                        continue
+                    results["ok"] += 1
+                    if swapped_at is not None and started > swapped_at:
+                        results["after_swap"].append(body.strip())
+            except aiohttp.ClientError as exc:
+                results["failed"].append(repr(exc))
+            if swapped_at is not None and time.monotonic() - swapped_at > 0.5:
+                return
+
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = [asyncio.create_task(client(session)) for _ in range(32)]
+        await asyncio.sleep(0.3)
+        drains = proxy.router.swap(flipped(proxy.router, "green"))
+        swapped_at = time.monotonic()
+        async with asyncio.timeout(20):
+            await asyncio.gather(*tasks)
+        drain = await asyncio.wait_for(drains[0].done, 5)
+    assert results["failed"] == []
+    assert results["ok"] > 100
+    assert results["after_swap"] and set(results["after_swap"]) == {"green"}
+    assert drain["dropped"] == 0 and drain["forced_closed"] == 0
+    assert proxy.router.route.generation == 2
+
+
+async def test_keepalive_connections_follow_the_new_route_on_their_next_request(make_proxy):
+    proxy = await make_proxy()
+    conns = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(8)]
+    try:
+        for rw in conns:
+            assert await http_get(proxy.port, rw) == (200, b"blue\n")
+        proxy.router.swap(flipped(proxy.router, "green"))
+        for rw in conns:
+            assert await http_get(proxy.port, rw) == (200, b"green\n")
+        assert len(proxy.connections) == 8   # the same client connections, not new ones
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+async def test_swap_during_slow_inflight_requests_drains_all_of_them(make_proxy, backends):
+    proxy = await make_proxy()
+    url = f"http://127.0.0.1:{proxy.port}/slow?s=0.6"
+    async with aiohttp.ClientSession() as session:
+        async def slow():
+            async with session.get(url) as resp:
+                return resp.status, await resp.text()
+
+        tasks = [asyncio.create_task(slow()) for _ in range(20)]
+        async with asyncio.timeout(3):
+            while proxy.router.environments["blue"].inflight < 20:
+                await asyncio.sleep(0.01)
+        assert proxy.router.status()["environments"]["blue"]["inflight"] == 20
+        drains = proxy.router.swap(flipped(proxy.router, "green"))
+        async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
+            assert await resp.text() == "green\n"   # new requests go to green at once
+        async with asyncio.timeout(5):
+            answers = await asyncio.gather(*tasks)
+        drain = await asyncio.wait_for(drains[0].done, 5)
+    assert answers == [(200, "blue slow\n")] * 20
+    assert drain["environment"] == "blue"
+    assert drain["inflight_at_start"] == 20
+    assert drain["drained"] == 20
+    assert drain["dropped"] == 0 and drain["forced_closed"] == 0
+    assert 0.3 < drain["duration"] < 3
+    assert proxy.router.environments["blue"].inflight == 0
+
+
+async def test_drain_with_nothing_in_flight_ends_at_once(make_proxy):
+    proxy = await make_proxy()
+    drains = proxy.router.swap(flipped(proxy.router, "green"))
+    drain = await asyncio.wait_for(drains[0].done, 2)
+    assert drain["inflight_at_start"] == 0 and drain["drained"] == 0
+    assert drain["duration"] < 0.5
+
+
+async def test_drain_timeout_closes_what_remains_and_counts_it(make_proxy):
+    proxy = await make_proxy(drain_timeout="300ms")
+    url = f"http://127.0.0.1:{proxy.port}/slow?s=3"
+    async with aiohttp.ClientSession() as session:
+        async def slow():
+            try:
+                async with session.get(url) as resp:
+                    return resp.status
+            except aiohttp.ClientError:
+                return "cut"
+
+        tasks = [asyncio.create_task(slow()) for _ in range(5)]
+        async with asyncio.timeout(3):
+            while proxy.router.environments["blue"].inflight < 5:
+                await asyncio.sleep(0.01)
+        drains = proxy.router.swap(flipped(proxy.router, "green"))
+        drain = await asyncio.wait_for(drains[0].done, 3)
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 3)
+    assert drain["forced_closed"] == 5 and drain["drained"] == 0 and drain["dropped"] == 0
+    assert 0.25 < drain["duration"] < 1.5
+    assert answers == [503] * 5   # answered, not left hanging: the response had not started
+
+
+async def test_websocket_stays_pinned_to_old_env_then_closes_at_drain_timeout(make_proxy):
+    proxy = await make_proxy(drain_timeout="500ms")
+    base = f"http://127.0.0.1:{proxy.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(base + "/ws") as ws:
+            await ws.send_str("one")
+            assert (await asyncio.wait_for(ws.receive(), 2)).data == "blue: one"
+            drains = proxy.router.swap(flipped(proxy.router, "green"))
+            async with session.get(base + "/") as resp:
+                assert await resp.text() == "green\n"
+            await ws.send_str("two")
+            assert (await asyncio.wait_for(ws.receive(), 2)).data == "blue: two"   # still pinned
+            drain = await asyncio.wait_for(drains[0].done, 3)
+            msg = await asyncio.wait_for(ws.receive(), 2)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    assert drain["forced_closed"] == 1 and drain["dropped"] == 0
+
+
+async def test_forced_closes_of_long_lived_connections_are_staggered(make_proxy):
+    proxy = await make_proxy(drain_timeout="200ms")
+    base = f"http://127.0.0.1:{proxy.port}"
+    closed_at = []
+    async with aiohttp.ClientSession() as session:
+        sockets = [await session.ws_connect(base + "/ws") for _ in range(6)]
+        drains = proxy.router.swap(flipped(proxy.router, "green"))
+
+        async def wait_closed(ws):
+            await asyncio.wait_for(ws.receive(), 5)
+            closed_at.append(time.monotonic())
+
+        await asyncio.gather(*(wait_closed(ws) for ws in sockets))
+        drain = await asyncio.wait_for(drains[0].done, 3)
+        for ws in sockets:
+            await ws.close()
+    assert drain["forced_closed"] == 6
+    assert max(closed_at) - min(closed_at) >= 0.15   # spread out, not all at one instant
+
+
+async def test_idle_pooled_connections_to_the_old_env_are_closed_on_swap(make_proxy):
+    proxy = await make_proxy()
+    blue = proxy.router.environments["blue"].servers[0]
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(session.get(f"http://127.0.0.1:{proxy.port}/slow?s=0.1") for _ in range(4)))
+    assert len(blue.idle) >= 1 and blue.connections >= 1
+    drains = proxy.router.swap(flipped(proxy.router, "green"))
+    assert blue.idle == []
+    drain = await asyncio.wait_for(drains[0].done, 2)
+    assert drain["idle_connections_closed"] >= 1
+    async with asyncio.timeout(2):
+        while blue.connections:
+            await asyncio.sleep(0.01)
+
+
+async def test_swap_back_before_the_drain_ends_interrupts_it(make_proxy):
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(session.get(f"http://127.0.0.1:{proxy.port}/slow?s=0.5"))
+        async with asyncio.timeout(2):
+            while not proxy.router.environments["blue"].inflight:
+                await asyncio.sleep(0.01)
+        first = proxy.router.swap(flipped(proxy.router, "green"))
+        second = proxy.router.swap(flipped(proxy.router, "blue"))
+        result = await asyncio.wait_for(first[0].done, 2)
+        assert result["interrupted"] is True
+        resp = await asyncio.wait_for(task, 3)
+        assert resp.status == 200
+        green_drain = await asyncio.wait_for(second[0].done, 2)
+        resp.release()
+    assert green_drain["environment"] == "green"
+    assert proxy.router.route.generation == 3 and proxy.router.route.live == "blue"
+
+
+async def test_hold_queues_requests_and_resume_serves_them_on_the_new_route(make_proxy):
+    proxy = await make_proxy()
+    router = proxy.router
+    url = f"http://127.0.0.1:{proxy.port}/"
+    async with aiohttp.ClientSession() as session:
+        async def get():
+            async with session.get(url) as resp:
+                return resp.status, await resp.text()
+
+        router.hold()
+        tasks = [asyncio.create_task(get()) for _ in range(10)]
+        async with asyncio.timeout(3):
+            while router.held_requests < 10:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not any(t.done() for t in tasks)
+        status = router.status()
+        assert status["held"] is True and status["held_requests"] == 10
+        router.swap(flipped(router, "green"))
+        assert router.resume() == 10
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 3)
+    assert answers == [(200, "green\n")] * 10
+    assert router.held is False and router.held_requests == 0
+
+
+async def test_hold_releases_by_itself_at_its_timeout(make_proxy):
+    proxy = await make_proxy()
+    router = proxy.router
+    resumed = []
+    router.on_resume.append(lambda n, why: resumed.append((n, why)))
+    async with aiohttp.ClientSession() as session:
+        router.hold(timeout=0.3)
+        started = time.monotonic()
+        async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
+            assert resp.status == 200 and await resp.text() == "blue\n"
+        waited = time.monotonic() - started
+    assert 0.2 < waited < 2
+    assert resumed == [(1, "hold timeout")]
+    assert router.held is False
+
+
+async def test_hold_past_max_queued_answers_503_with_retry_after(make_proxy):
+    proxy = await make_proxy(hold={"max_wait": "5s", "max_queued": 2})
+    router = proxy.router
+    url = f"http://127.0.0.1:{proxy.port}/"
+    async with aiohttp.ClientSession() as session:
+        router.hold()
+        waiting = [asyncio.create_task(session.get(url)) for _ in range(2)]
+        async with asyncio.timeout(2):
+            while router.held_requests < 2:
+                await asyncio.sleep(0.01)
+        async with session.get(url) as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert "max_queued" in await resp.text()
+        router.resume()
+        for resp in await asyncio.wait_for(asyncio.gather(*waiting), 3):
+            assert resp.status == 200
+            resp.release()
+
+
+async def test_a_client_leaving_the_hold_queue_is_not_counted(make_proxy):
+    proxy = await make_proxy()
+    router = proxy.router
+    router.hold()
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    async with asyncio.timeout(2):
+        while router.held_requests < 1:
+            await asyncio.sleep(0.01)
+    writer.close()
+    async with asyncio.timeout(2):
+        while router.held_requests:
+            await asyncio.sleep(0.01)
+    assert router.resume() == 0
+
+
+async def test_inflight_and_connection_counters_per_env_and_server(make_proxy):
+    proxy = await make_proxy()
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(session.get(f"http://127.0.0.1:{proxy.port}/slow?s=0.4")) for _ in range(3)]
+        async with asyncio.timeout(2):
+            while proxy.router.environments["blue"].inflight < 3:
+                await asyncio.sleep(0.01)
+        status = proxy.router.status()["environments"]
+        assert status["blue"]["inflight"] == 3 and status["blue"]["servers"][0]["inflight"] == 3
+        assert status["blue"]["connections"] == 3
+        assert status["green"]["inflight"] == 0 and status["green"]["connections"] == 0
+        for resp in await asyncio.gather(*tasks):
+            resp.release()
+    assert proxy.router.environments["blue"].inflight == 0
+
+
+@pytest.mark.parametrize("weight, expected", [(0, {"blue"}), (100, {"green"})])
+async def test_canary_weight_bounds(make_proxy, weight, expected):
+    proxy = await make_proxy()
+    old = proxy.router.route
+    proxy.router.swap(Route(old.generation + 1, "blue", canary="green", canary_weight=weight,
+                            environments=old.environments))
+    seen = set()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
+                seen.add((await resp.text()).strip())
+    assert seen == expected
