@@ -70,70 +70,91 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
     Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
     """
     head = RequestHead()
-    out = []
+    out: list[bytes] = []
     special = []
     for name, value in headers:
         lname = name.lower()
         if lname not in _REQUEST_SPECIAL:
-            out.append(b"%s: %s\r\n" % (name, value))
+            out += (name, b": ", value, b"\r\n")
         elif lname == b"host":
             if head.host is not None:
                 raise HeaderError(400, "more than one Host header")
             head.host = value
-            out.append(b"%s: %s\r\n" % (name, value))
+            out += (name, b": ", value, b"\r\n")
+        elif lname == b"expect":
+            head.expect_continue = value.strip().lower() == b"100-continue"
+            out += (name, b": ", value, b"\r\n")
         else:
-            special.append((lname, name, value))
+            special.append((lname, value))
     xff = []
-    conn_values = []
-    upgrade = None
-    te_values = []
-    for lname, name, value in special:
+    tokens = None
+    for lname, value in special:
         if lname == b"content-length":
             head.content_length = int(value)   # llhttp already refused bad and repeated ones
         elif lname == b"transfer-encoding":
-            te_values.append(value)
+            if head.chunked or value.strip().lower() != b"chunked":
+                raise HeaderError(501, "unsupported Transfer-Encoding: only chunked is accepted")
+            head.chunked = True
         elif lname == b"connection":
-            conn_values.append(value)
+            tokens = connection_tokens([value]) | (tokens or set())
         elif lname == b"upgrade":
-            upgrade = value
-        elif lname == b"expect":
-            if value.strip().lower() == b"100-continue":
-                head.expect_continue = True
-            out.append(b"%s: %s\r\n" % (name, value))
+            head.upgrade = value
         elif lname == b"x-forwarded-for":
             if not replace_forwarded:
                 xff.append(value)
         elif lname == b"te":
             if b"trailers" in connection_tokens([value]):
                 out.append(b"te: trailers\r\n")
-        elif lname in (b"x-forwarded-proto", b"x-forwarded-host"):
-            pass  # set below from what this proxy saw
-    if te_values:
-        if http_minor == 0:
-            # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
-            raise HeaderError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if len(te_values) != 1 or te_values[0].strip().lower() != b"chunked":
-            raise HeaderError(501, "unsupported Transfer-Encoding: only chunked is accepted")
-        head.chunked = True
+        # x-forwarded-proto and x-forwarded-host are set below from what this proxy saw
+    if head.chunked and http_minor == 0:
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
+        raise HeaderError(400, "Transfer-Encoding in an HTTP/1.0 request")
     if head.host is None and http_minor >= 1:
         raise HeaderError(400, "missing Host header")   # RFC 9112 §3.2
-    tokens = connection_tokens(conn_values)
-    if tokens - {b"close", b"keep-alive", b"upgrade"}:
-        out = [line for line in out if line.split(b":", 1)[0].lower() not in tokens]
-    head.close = b"close" in tokens
-    if upgrade is not None and b"upgrade" in tokens:
-        head.upgrade = upgrade
-        out.append(b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade)
+    if tokens is None:
+        head.upgrade = None
+    else:
+        if tokens - _CONNECTION_OPTIONS:
+            out = _without(headers, tokens, _REQUEST_SPECIAL, out)
+        head.close = b"close" in tokens
+        if head.upgrade is not None and b"upgrade" in tokens:
+            out += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
+        else:
+            head.upgrade = None
     if head.chunked:
         out.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length is not None:
         out.append(b"content-length: %d\r\n" % head.content_length)
-    xff.append(client_ip)
-    out.append(b"x-forwarded-for: %s\r\nx-forwarded-proto: http\r\n" % b", ".join(xff))
+    if xff:
+        xff.append(client_ip)
+        out += (b"x-forwarded-for: ", b", ".join(xff), b"\r\nx-forwarded-proto: http\r\n")
+    else:
+        out += (b"x-forwarded-for: ", client_ip, b"\r\nx-forwarded-proto: http\r\n")
     if head.host is not None:
-        out.append(b"x-forwarded-host: %s\r\n" % head.host)
+        out += (b"x-forwarded-host: ", head.host, b"\r\n")
     head.block = b"".join(out)
     return head
+
+
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
+def _without(headers: list[tuple[bytes, bytes]], tokens: set[bytes], special: frozenset,
+             out: list[bytes]) -> list[bytes]:
+    """_without: ``out`` rebuilt without the headers that Connection names (RFC 9110 §7.6.1).
+
+    The rare path: the plain headers are emitted again from ``headers`` minus
+    the named ones, followed by what ``out`` added after them.
+    """
+    kept: list[bytes] = []
+    plain = 0
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in special or lname == b"host" or lname == b"expect":
+            plain += 4
+            if lname not in tokens:
+                kept += (name, b": ", value, b"\r\n")
+    return kept + out[plain:]
 
 
 class ResponseHead:
@@ -158,24 +179,22 @@ def rewrite_response(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     Called by Exchange once per response head (interim 1xx heads included).
     """
     head = ResponseHead()
-    out = []
-    conn_values = []
+    out: list[bytes] = []
+    tokens = None
     for name, value in headers:
         lname = name.lower()
         if lname not in _RESPONSE_SPECIAL:
-            out.append(b"%s: %s\r\n" % (name, value))
+            out += (name, b": ", value, b"\r\n")
         elif lname == b"content-length":
             head.content_length = int(value)
         elif lname == b"transfer-encoding":
-            head.chunked = value.strip().lower().endswith(b"chunked")
+            head.chunked = value.rstrip().lower().endswith(b"chunked")
         elif lname == b"connection":
-            conn_values.append(value)
+            tokens = connection_tokens([value]) | (tokens or set())
         elif lname == b"upgrade":
             head.upgrade = value
-    if conn_values:
-        tokens = connection_tokens(conn_values) - {b"close", b"keep-alive", b"upgrade"}
-        if tokens:
-            out = [line for line in out if line.split(b":", 1)[0].lower() not in tokens]
+    if tokens is not None and tokens - _CONNECTION_OPTIONS:
+        out = _without(headers, tokens, _RESPONSE_SPECIAL, [])
     head.block = b"".join(out)
     return head
 

@@ -162,11 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ----------------------------------------------- httptools callbacks
 
-    def on_message_begin(self) -> None:
-        if self.exchange is None:
-            raise HttpParserError("response bytes after the response ended")
-        self.headers = []
-        self.reason = b""
+    # headers and reason are reset once consumed, so no on_message_begin is needed.
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -175,11 +171,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is None:
+            raise HttpParserError("response bytes after the response ended")
         parser = self.parser
         status = parser.get_status_code()
-        ex = self.exchange
+        headers, reason = self.headers, self.reason
+        self.headers = []
+        self.reason = b""
         self.keep_alive = parser.should_keep_alive()
-        ex.response_head(status, self.reason, self.headers)
+        ex.response_head(status, reason, headers)
         if ex.head_only and status >= 200 and status not in (204, 304):
             self.skip_body = True
             raise _SkipBody

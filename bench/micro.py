@@ -1,0 +1,85 @@
+"""micro: Python-only cost of one proxied request, on fake transports (no sockets, no syscalls).
+
+Runs the real ClientConnection/Exchange/UpstreamConnection code for a small
+keep-alive GET and its response, N times, and prints µs per request. It
+tells the interpreter's share of the per-request CPU apart from the kernel's.
+    python bench/micro.py [N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.config import parse_config  # noqa: E402
+from proxy.downstream import ClientConnection  # noqa: E402
+from proxy.server import Proxy  # noqa: E402
+from proxy.upstream import UpstreamConnection  # noqa: E402
+
+REQUEST = (b"GET /index.html?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
+           b"Accept: */*\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 10:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 19\r\nConnection: keep-alive\r\n\r\n"
+            b"hello from backend\n")
+
+
+class FakeTransport:
+    def __init__(self, peer=("127.0.0.1", 5555)):
+        self.peer = peer
+        self.written = 0
+
+    def get_extra_info(self, name, default=None):
+        return self.peer if name == "peername" else default
+
+    def write(self, data):
+        self.written += len(data)
+
+    def writelines(self, parts):
+        for part in parts:
+            self.written += len(part)
+
+    def close(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def main(n: int) -> None:
+    config = parse_config({
+        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0", "auth": "none"},
+        "environments": {"blue": {"servers": ["127.0.0.1:1"]}, "green": {"servers": ["127.0.0.1:2"]}},
+        "state_file": "/tmp/cutover-micro-state.json",
+    }, Path("/tmp"), {})
+    proxy = Proxy(config)
+    proxy._loop = asyncio.get_running_loop()
+    server = proxy.router.environments["blue"].servers[0]
+    upstream = UpstreamConnection(proxy, server)
+    upstream.connection_made(FakeTransport())
+    server.idle.append(upstream)
+    client = ClientConnection(proxy)
+    client_transport = FakeTransport()
+    client.connection_made(client_transport)
+    for _ in range(1000):
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(n):
+            client.data_received(REQUEST)
+            upstream.data_received(RESPONSE)
+        best = min(best, time.perf_counter() - start)
+    assert server.idle == [upstream] and not client.queue
+    print(f"{best / n * 1e6:.2f} µs per request (Python side only; best of 5 x {n})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))
