@@ -343,8 +343,8 @@ class Exchange:
             self.conn = None
             conn.close()
         self.keep_alive = False
-        self.finish(outcome)
         self.client.abort()
+        self.finish(outcome)
 
     def client_gone(self) -> None:
         """client_gone: the client connection closed; stop the upstream side too."""
