@@ -180,7 +180,15 @@ class ClientConnection(asyncio.Protocol):
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused
         method = parser.get_method()
-        minor = 1 if parser.get_http_version() == "1.1" else 0
+        version = parser.get_http_version()
+        if version == "1.1":
+            minor = 1
+        elif version == "1.0":
+            minor = 0
+        else:
+            self.refused = (505, f"HTTP/{version} is not supported") if version >= "2" else \
+                (400, f"HTTP/{version} request line refused")
+            raise _HeadRefused
         keep_alive = parser.should_keep_alive() and not self.closing
         error = None
         head = None

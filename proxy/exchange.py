@@ -146,7 +146,12 @@ class Exchange:
             conn.transport.pause_reading()
         self.state = SENT
         head = self.head
-        parts = [b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)]
+        if head.host is None:
+            # RFC 9112 §3.2: an HTTP/1.1 request needs Host; a 1.0 client may omit it.
+            parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n"
+                     % (self.method, self.url, conn.server.address.encode(), head.block)]
+        else:
+            parts = [b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)]
         if self.pending:
             parts.extend(self.pending)
             self.pending = []
@@ -213,10 +218,19 @@ class Exchange:
                 rh = rewrite_response(headers)
                 client.out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), rh.block))
             return
+        rh = rewrite_response(headers)
+        if rh.unknown_coding is not None:
+            # As nginx does: a body in a coding this proxy cannot re-frame is refused.
+            self.reply_error(502, "upstream sent an unsupported Transfer-Encoding: "
+                             + rh.unknown_coding.decode("latin-1"))
+            return
+        if status == 101 and self.head.upgrade is None:
+            # RFC 9110 §15.2.2: switching protocols the client never asked for.
+            self.reply_error(502, "upstream switched protocols without an Upgrade request")
+            return
         self.status = status
         self.state = RESPONDING
         self.response_started = True
-        rh = rewrite_response(headers)
         if status == 101:
             self.state = TUNNEL
             self.keep_alive = False
@@ -268,7 +282,8 @@ class Exchange:
 
     def upgraded(self, upstream_rest: bytes) -> None:
         """upgraded: the upstream switched protocols (101); both sides become a byte tunnel."""
-        self.state = TUNNEL
+        if self.state != TUNNEL:
+            return   # the 101 was refused in response_head
         self.client.start_tunnel(self.conn, upstream_rest)
 
     def upstream_lost(self, got_bytes: bool, reused: bool) -> None:

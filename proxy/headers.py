@@ -92,7 +92,11 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
         if lname == b"content-length":
             head.content_length = int(value)   # llhttp already refused bad and repeated ones
         elif lname == b"transfer-encoding":
-            if head.chunked or value.strip().lower() != b"chunked":
+            coding = value.strip().lower()
+            if coding != b"chunked" or head.chunked:
+                if not coding.endswith(b"chunked"):
+                    # RFC 9112 §6.3: without chunked last the body length is unknowable.
+                    raise HeaderError(400, "Transfer-Encoding without chunked as the final coding")
                 raise HeaderError(501, "unsupported Transfer-Encoding: only chunked is accepted")
             head.chunked = True
         elif lname == b"connection":
@@ -114,6 +118,7 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
     if tokens is None:
         head.upgrade = None
     else:
+        tokens.discard(b"host")   # a client cannot have Host stripped (RFC 9112 §3.2)
         if tokens - _CONNECTION_OPTIONS:
             out = _without(headers, tokens, _REQUEST_SPECIAL, out)
         head.close = b"close" in tokens
@@ -164,13 +169,14 @@ class ResponseHead:
     which knows the client's HTTP version and the request method.
     """
 
-    __slots__ = ("block", "content_length", "chunked", "upgrade")
+    __slots__ = ("block", "content_length", "chunked", "upgrade", "unknown_coding")
 
     def __init__(self) -> None:
         self.block = b""
         self.content_length: int | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
+        self.unknown_coding: bytes | None = None   # a transfer coding other than chunked
 
 
 def rewrite_response(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
@@ -188,7 +194,11 @@ def rewrite_response(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
         elif lname == b"content-length":
             head.content_length = int(value)
         elif lname == b"transfer-encoding":
-            head.chunked = value.rstrip().lower().endswith(b"chunked")
+            coding = value.strip().lower()
+            if coding == b"chunked":
+                head.chunked = True
+            else:
+                head.unknown_coding = value
         elif lname == b"connection":
             tokens = connection_tokens([value]) | (tokens or set())
         elif lname == b"upgrade":

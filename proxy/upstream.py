@@ -30,6 +30,10 @@ class _SkipBody(Exception):
     """Raised from a parser callback to end a response to HEAD at its head."""
 
 
+class _Unexpected(Exception):
+    """Raised from a parser callback when the upstream sends what nobody asked for."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """UpstreamConnection: one keep-alive connection to a backend; made by Proxy.connect."""
 
@@ -123,13 +127,15 @@ class UpstreamConnection(asyncio.Protocol):
         except HttpParserUpgrade as exc:
             if self.exchange is not None:
                 self.exchange.upgraded(data[exc.args[0]:])
-        except HttpParserCallbackError:
+        except HttpParserCallbackError as exc:
             if self.skip_body:
                 self.skip_body = False
                 self.parser = HttpResponseParser(self)
                 ex.response_complete(self.keep_alive)
+            elif isinstance(exc.__context__, _Unexpected):
+                self._invalid(str(exc.__context__))
             else:
-                log.exception("response handling failed for %s", self.server.address)
+                log.error("response handling failed for %s", self.server.address, exc_info=exc.__context__)
                 self._invalid("unexpected response")
         except HttpParserError as exc:
             self._invalid(str(exc))
@@ -173,7 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.exchange
         if ex is None:
-            raise HttpParserError("response bytes after the response ended")
+            raise _Unexpected("response bytes after the response ended")
         parser = self.parser
         status = parser.get_status_code()
         headers, reason = self.headers, self.reason

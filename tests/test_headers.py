@@ -87,7 +87,7 @@ def test_client_supplied_forwarded_proto_and_host_are_replaced():
 @pytest.mark.parametrize("headers, minor, status, words", [
     ([], 1, 400, "missing Host"),
     ([(b"Host", b"a"), (b"Host", b"b")], 1, 400, "more than one Host"),
-    ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip")], 1, 501, "Transfer-Encoding"),
+    ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip")], 1, 400, "final coding"),
     ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip, chunked")], 1, 501, "Transfer-Encoding"),
     ([(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")], 0, 400, "HTTP/1.0"),
 ])
@@ -96,6 +96,11 @@ def test_refused_request_heads(headers, minor, status, words):
         req(headers, minor=minor)
     assert info.value.status == status
     assert words in str(info.value)
+
+
+def test_connection_cannot_strip_host():
+    head = req([(b"Host", b"app"), (b"Connection", b"close, host"), (b"X-A", b"1")])
+    assert b"Host: app" in lines(head.block) and b"X-A: 1" in lines(head.block)
 
 
 def test_http10_request_without_host_is_accepted():
@@ -157,15 +162,17 @@ def test_response_headers_named_in_connection_are_dropped():
     assert names(head.block) == [b"date"]
 
 
-@pytest.mark.parametrize("headers, length, chunked", [
-    ([(b"Content-Length", b"5")], 5, False),
-    ([(b"Transfer-Encoding", b"chunked")], None, True),
-    ([(b"Transfer-Encoding", b"gzip, chunked")], None, True),
-    ([], None, False),
+@pytest.mark.parametrize("headers, length, chunked, unknown", [
+    ([(b"Content-Length", b"5")], 5, False, None),
+    ([(b"Transfer-Encoding", b"Chunked")], None, True, None),
+    ([(b"Transfer-Encoding", b"gzip, chunked")], None, False, b"gzip, chunked"),
+    ([(b"Transfer-Encoding", b"gzip")], None, False, b"gzip"),
+    ([], None, False, None),
 ])
-def test_response_framing_is_reported_not_copied(headers, length, chunked):
+def test_response_framing_is_reported_not_copied(headers, length, chunked, unknown):
     head = rewrite_response(headers)
     assert head.content_length == length and head.chunked is chunked
+    assert head.unknown_coding == unknown
     assert head.block == b""
 
 
