@@ -322,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
         if out:
             self.out = []
             if not self.closed:
-                self.transport.writelines(out)
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def write(self, data: bytes) -> None:
         """write: write ``data`` now, after anything gathered before it."""

@@ -158,7 +158,7 @@ class Exchange:
             if self.pending_bytes > BUFFER_HIGH:
                 self.client.resume_reading(2)
             self.pending_bytes = 0
-        conn.transport.writelines(parts)
+        conn.transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
 
     def request_body(self, data: bytes) -> None:
         """request_body: a piece of the request body from the client parser."""

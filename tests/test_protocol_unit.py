@@ -98,6 +98,7 @@ async def test_request_is_rewritten_and_response_relayed():
 async def test_head_and_body_of_a_small_response_leave_in_one_write():
     rig = Rig()
     writes = []
+    rig.client_t.write = writes.append
     rig.client_t.writelines = lambda parts: writes.append(b"".join(parts))
     rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     rig.answer(OK)
