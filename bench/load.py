@@ -29,7 +29,9 @@ class WrkResult:
     rps: float
     p50_ms: float
     p99_ms: float
-    socket_errors: dict[str, int] = field(default_factory=dict)  # connect/read/write/timeout
+    # wrk prints "Socket errors:" only when one is non-zero
+    socket_errors: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("connect", "read", "write", "timeout"), 0))
     non_2xx_3xx: int = 0
 
     @property

@@ -14,8 +14,8 @@ GOALS = (
     ("RSS at 1k idle < 60 MB", "rss_1k_mb", "<", 60.0, False),
 )
 _COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
-_MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_pct", "foreign_cpu_pct",
-                "requests")
+_MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_pct", "load_cpu_busy_pct",
+                "foreign_cpu_pct", "requests")
 
 
 def target_summary(rounds: list[dict], memory: dict | None) -> dict:
@@ -26,6 +26,7 @@ def target_summary(rounds: list[dict], memory: dict | None) -> dict:
             values = [r[key] for r in rounds if r.get(key) is not None]
             summary[key] = statistics.median(values) if values else None
         rps = [r["rps"] for r in rounds]
+        summary["rps_best"] = max(rps)
         summary["rps_spread_pct"] = (max(rps) - min(rps)) / summary["rps"] * 100
         summary["errors"] = sum(r["errors"] for r in rounds)
     if memory:
@@ -83,7 +84,7 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 def _figures_table(order: list[str], summaries: dict, failures: dict) -> list[str]:
     header = (f"{'target':<9}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>11}"
-              f"{'CPU':>6}{'errors':>7}{'RSS idle MB':>12}{'RSS 1k MB':>10}{'spread':>7}"
+              f"{'CPU':>6}{'load':>6}{'errors':>7}{'RSS idle MB':>12}{'RSS 1k MB':>10}{'spread':>7}"
               f"{'foreign':>8}")
     lines = [header, "-" * len(header)]
     for name in order:
@@ -94,7 +95,8 @@ def _figures_table(order: list[str], summaries: dict, failures: dict) -> list[st
         lines.append(
             f"{name:<9}{_fmt(s.get('rps'), '9.0f')}{_fmt(s.get('p50_ms'), '8.2f')}"
             f"{_fmt(s.get('p99_ms'), '8.2f')}{_fmt(s.get('cpu_us_per_req'), '11.1f')}"
-            f"{_fmt(s.get('cpu_pct'), '5.0f', '%')}{_fmt(s.get('errors'), '7d')}"
+            f"{_fmt(s.get('cpu_pct'), '5.0f', '%')}{_fmt(s.get('load_cpu_busy_pct'), '5.0f', '%')}"
+            f"{_fmt(s.get('errors'), '7d')}"
             f"{_fmt(s.get('rss_idle_mb'), '12.1f')}{_fmt(s.get('rss_1k_mb'), '10.1f')}"
             f"{_fmt(s.get('rps_spread_pct'), '6.0f', '%')}{_fmt(s.get('foreign_cpu_pct'), '7.0f', '%')}")
     return lines
@@ -140,8 +142,10 @@ def render(report: dict) -> str:
         "  " + "; ".join(report["versions"].values()),
         "  medians over rounds; errors = total over rounds; spread = (max-min)/median req/s;",
         "  CPU = the proxy's processes (direct: the backend's), per request and in % of a core;",
+        "  load = how busy the load CPU (wrk + backend) was: near 100% the load side limits;",
         f"  RSS 1k = holding {cfg['idle_connections']} idle keep-alive connections;",
-        "  foreign = CPU taken by other processes on the pinned CPUs (> 10%: disturbed)",
+        f"  foreign = CPU taken by other processes on the pinned CPUs (> {cfg['foreign_limit']:g}%: "
+        f"disturbed, measured again up to {cfg['retry_disturbed']} times)",
         "",
         *_figures_table(order, report["targets"], report["failures"]),
         "",
