@@ -16,7 +16,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import HeaderError, rewrite_request
+from .headers import REQUEST_SPECIAL, HeaderError, rewrite_request
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -39,7 +39,7 @@ class ClientConnection(asyncio.Protocol):
     """ClientConnection: the downstream side of the proxy, made by the listener."""
 
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
-                 "headers", "head_size", "in_head", "head_deadline", "idle_deadline",
+                 "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused")
 
     def __init__(self, proxy: "Proxy") -> None:
@@ -50,8 +50,9 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Exchange] = collections.deque()
         self.reading: Exchange | None = None   # the exchange whose request body is being parsed
         self.url = b""
-        self.headers: list = []
-        self.head_size = 0
+        self.parts: list[bytes] = []    # pass-through header parts of the head being read
+        self.special: list = []         # its (lowercase name, value) specials, see headers.py
+        self.head_size = 0              # raw bytes received while a head was in progress
         self.in_head = False
         self.head_deadline = 0.0
         self.idle_deadline = 0.0
@@ -113,9 +114,12 @@ class ClientConnection(asyncio.Protocol):
             self.refused = (400, f"malformed request: {exc}")
             self.request_refused()
         else:
-            if self.in_head and self.head_size > self.proxy.max_header_bytes:
-                self.refused = (431, "request header block over limits.max_header_bytes")
-                self.request_refused()
+            if self.in_head:
+                # A head still incomplete: bound the bytes httptools holds for it.
+                self.head_size += len(data)
+                if self.head_size > self.proxy.max_header_bytes:
+                    self.refused = (431, "request header block over limits.max_header_bytes")
+                    self.request_refused()
 
     def eof_received(self) -> bool:
         # As nginx does: a client that closes its side has given up on what it
@@ -153,30 +157,36 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
-        self.url = b""
-        self.headers = []
         self.head_size = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            reading = self.reading
-            if reading is not None:
-                reading.request_trailer(name, value)
-            return
-        self.head_size += len(name) + len(value) + 4
-        self.headers.append((name, value))
+        if self.in_head:
+            # headers.split_into, inline: this runs for every header of every request.
+            lname = name.lower()
+            if lname in REQUEST_SPECIAL:
+                self.special.append((lname, value))
+            else:
+                self.parts += (name, b": ", value, b"\r\n")
+        elif self.reading is not None:
+            self.reading.request_trailer(name, value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
         proxy = self.proxy
+        url, parts, special = self.url, self.parts, self.special
+        self.url = b""
+        self.parts = []
+        self.special = []
         if self.closed:
             raise _HeadRefused
-        if self.head_size > proxy.max_header_bytes:
+        size = len(url) + sum(map(len, parts))
+        for _, value in special:
+            size += len(value) + 24
+        if size > proxy.max_header_bytes:
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused
         method = parser.get_method()
@@ -193,7 +203,7 @@ class ClientConnection(asyncio.Protocol):
         error = None
         head = None
         try:
-            head = rewrite_request(self.headers, minor, self.client_ip, proxy.replace_forwarded)
+            head = rewrite_request(parts, special, minor, self.client_ip, proxy.replace_forwarded)
         except HeaderError as exc:
             error = (exc.status, str(exc))
         else:
@@ -206,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
             # Answered in order after what is already queued; nothing after it is read.
             self.refused = error
             raise _HeadRefused
-        ex = Exchange(self, method, self.url, head, minor, keep_alive)
+        ex = Exchange(self, method, url, head, minor, keep_alive)
         self.reading = ex
         queue = self.queue
         queue.append(ex)
@@ -222,7 +232,10 @@ class ClientConnection(asyncio.Protocol):
         reading = self.reading
         if reading is not None:
             self.reading = None
-            reading.request_complete()
+            if reading.head.chunked:
+                reading.request_complete()
+            else:
+                reading.request_done = True
 
     # ------------------------------------------------------------ pipeline
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 
-from .headers import reason_phrase
+from .headers import status_line
 
 
 class Outcome(enum.Enum):
@@ -26,7 +26,7 @@ def error_response(status: int, message: str, extra: bytes = b"") -> bytes:
     """error_response: a complete HTTP/1.1 reply with a one-line text body; closes the connection."""
     body = message.encode("utf-8", "replace") + b"\n"
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status)),
+        status_line(status),
         b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
         extra,
         b"connection: close\r\nx-cutover-error: 1\r\n\r\n",

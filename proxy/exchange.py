@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import Outcome, error_response
-from .headers import HeaderError, RequestHead, reason_phrase, rewrite_response
+from .headers import RequestHead, rewrite_response, status_line
 
 if TYPE_CHECKING:
     from .backends import Environment, Server
@@ -83,22 +83,24 @@ class Exchange:
             self.reply_error(*self.error)
             return
         router = self.client.proxy.router
-        if router.hold_gate is not None:
+        if router.hold_gate is None:
+            self.proceed(router)
+        else:
             self.state = HELD
             router.hold_gate.enter(self)
-            return
-        self.proceed()
 
-    def proceed(self) -> None:
+    def proceed(self, router=None) -> None:
         """proceed: read the route once, choose the environment and send upstream.
 
         Called by start, or by the hold gate when it releases this exchange.
         """
         if self.state == DONE:
             return
-        router = self.client.proxy.router
+        if router is None:
+            router = self.client.proxy.router
         route = self.route = router.route
-        env = self.env = router.environments[router.choose(route, self)]
+        env = self.env = router.environments[
+            router.choose(route, self) if route.canary_weight else route.live]
         env.inflight += 1
         env.active.add(self)
         self.state = CONNECTING
@@ -140,7 +142,10 @@ class Exchange:
             conn.release()
             return
         self.conn = conn
-        conn.start(self, reused)
+        conn.exchange = self
+        conn.reused = reused
+        conn.got_bytes = False
+        conn.active_at = self.client.proxy.clock
         if self.client.write_paused:
             conn.reading_paused = True
             conn.transport.pause_reading()
@@ -209,16 +214,15 @@ class Exchange:
 
     # ---------------------------------------------------------- response side
 
-    def response_head(self, status: int, reason: bytes, headers: list) -> None:
+    def response_head(self, status: int, parts: list[bytes], special: list) -> None:
         """response_head: the upstream's response head (interim 1xx ones included)."""
         client = self.client
         if status < 200 and status != 101:
             # RFC 9110 §15.2: forward interim responses to HTTP/1.1 clients only.
             if self.http_minor >= 1:
-                rh = rewrite_response(headers)
-                client.out.append(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason or reason_phrase(status), rh.block))
+                client.out += (status_line(status), rewrite_response(parts, special).block, b"\r\n")
             return
-        rh = rewrite_response(headers)
+        rh = rewrite_response(parts, special)
         if rh.unknown_coding is not None:
             # As nginx does: a body in a coding this proxy cannot re-frame is refused.
             self.reply_error(502, "upstream sent an unsupported Transfer-Encoding: "
@@ -234,17 +238,16 @@ class Exchange:
         if status == 101:
             self.state = TUNNEL
             self.keep_alive = False
-            client.out.append(b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n"
-                                   % (reason or b"Switching Protocols", rh.block, rh.upgrade or self.head.upgrade))
+            client.out += (status_line(101), rh.block, b"connection: upgrade\r\nupgrade: ",
+                           rh.upgrade or self.head.upgrade, b"\r\n\r\n")
             return
-        if not self.request_done or self.head.upgrade is not None:
+        if not self.request_done or self.head.upgrade is not None or client.closing:
             self.keep_alive = False   # the rest of the request cannot be skipped safely
-        if client.closing:
-            self.keep_alive = False
+        length = rh.content_length
         if self.head_only or status == 204 or status == 304:
-            framing = b"content-length: %d\r\n" % rh.content_length if rh.content_length is not None and status != 204 else b""
-        elif rh.content_length is not None and not rh.chunked:
-            framing = b"content-length: %d\r\n" % rh.content_length
+            framing = b"content-length: %d\r\n" % length if length is not None and status != 204 else b""
+        elif length is not None and not rh.chunked:
+            framing = b"content-length: %d\r\n" % length
         elif self.http_minor >= 1:
             self.rechunk = True
             self.close_delimited = not rh.chunked
@@ -257,10 +260,10 @@ class Exchange:
             framing += b"connection: close\r\n"
         elif self.http_minor == 0:
             framing += b"connection: keep-alive\r\n"
-        client.out.append(b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason or reason_phrase(status), rh.block, framing))
+        client.out += (status_line(status), rh.block, framing, b"\r\n")
 
     def response_body(self, data: bytes) -> None:
-        """response_body: a piece of the response body, framed for the client."""
+        """response_body: a piece of the response body, framed for the client (see also UpstreamConnection.on_body)."""
         if self.rechunk:
             self.client.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:

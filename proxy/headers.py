@@ -1,9 +1,12 @@
-"""Header rules of the data plane: pure functions over raw header lists.
+"""Header rules of the data plane: pure functions over split header lists.
 
-Headers arrive from httptools as ``(name, value)`` pairs of ``bytes`` in wire
-order and case. Every rule here works on lowercase names, is free of I/O and is
-tested by tables (tests/test_headers.py). The protocols in downstream.py and
-upstream.py call ``rewrite_request`` and ``rewrite_response`` once per message.
+Headers arrive from httptools one ``(name, value)`` pair at a time, ``bytes`` in
+wire order and case. The protocols sort each pair as it arrives (``split_into``):
+a name outside REQUEST_SPECIAL / RESPONSE_SPECIAL is copied through as the
+flat parts ``name, b": ", value, b"\r\n"``; a special one goes to a list of
+``(lowercase name, value)``. ``rewrite_request`` and ``rewrite_response`` then
+apply every rule to the specials and the parts once per message. All of it is
+free of I/O and tested by tables (tests/test_headers.py).
 """
 
 from __future__ import annotations
@@ -16,11 +19,52 @@ HOP_BY_HOP = frozenset({
 })
 
 # Names the request rewrite looks at; any other header is copied as received.
-_REQUEST_SPECIAL = HOP_BY_HOP | {
+REQUEST_SPECIAL = HOP_BY_HOP | {
     b"host", b"content-length", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
 }
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
+# The Connection values nearly every message carries, parsed once.
+_PLAIN_CONNECTION = {
+    spelling: frozenset({spelling.lower()})
+    for word in (b"close", b"keep-alive", b"upgrade")
+    for spelling in (word, word.title(), word.upper())
+}
+
+
+def split_into(parts: list[bytes], special: list[tuple[bytes, bytes]], name: bytes, value: bytes,
+               special_names: frozenset) -> None:
+    """split_into: sort one header into pass-through parts or the specials.
+
+    The protocols do the same inline in their on_header callbacks (it runs for
+    every header of every message); this function states the rule for tests.
+    """
+    lname = name.lower()
+    if lname in special_names:
+        special.append((lname, value))
+    else:
+        parts += (name, b": ", value, b"\r\n")
+
+
+def split(headers: list[tuple[bytes, bytes]], special_names: frozenset) -> tuple[list, list]:
+    """split: (parts, special) for a whole header list, as the protocols build them."""
+    parts: list[bytes] = []
+    special: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        split_into(parts, special, name, value, special_names)
+    return parts, special
+
+
+def _without(parts: list[bytes], tokens) -> list[bytes]:
+    """_without: pass-through parts minus the fields that Connection names (RFC 9110 §7.6.1)."""
+    kept: list[bytes] = []
+    for i in range(0, len(parts), 4):
+        if parts[i].lower() not in tokens:
+            kept += parts[i:i + 4]
+    return kept
 
 
 class HeaderError(Exception):
@@ -62,34 +106,26 @@ class RequestHead:
         self.close = False                  # Connection: close was sent
 
 
-def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_ip: bytes,
-                    replace_forwarded: bool) -> RequestHead:
+def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http_minor: int,
+                    client_ip: bytes, replace_forwarded: bool) -> RequestHead:
     """rewrite_request: validate a request head and build the header block to forward.
 
-    Called by ClientConnection once per request, when the head is complete.
+    Called by ClientConnection once per request, when the head is complete,
+    with the parts and specials its on_header gathered (see ``split``).
     Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
+    Host leads the block; X-Forwarded-* and framing close it.
     """
     head = RequestHead()
-    out: list[bytes] = []
-    special = []
-    for name, value in headers:
-        lname = name.lower()
-        if lname not in _REQUEST_SPECIAL:
-            out += (name, b": ", value, b"\r\n")
-        elif lname == b"host":
-            if head.host is not None:
-                raise HeaderError(400, "more than one Host header")
-            head.host = value
-            out += (name, b": ", value, b"\r\n")
-        elif lname == b"expect":
-            head.expect_continue = value.strip().lower() == b"100-continue"
-            out += (name, b": ", value, b"\r\n")
-        else:
-            special.append((lname, value))
+    first: list[bytes] = []
     xff = []
     tokens = None
     for lname, value in special:
-        if lname == b"content-length":
+        if lname == b"host":
+            if head.host is not None:
+                raise HeaderError(400, "more than one Host header")
+            head.host = value
+            first += (b"Host: ", value, b"\r\n")
+        elif lname == b"content-length":
             head.content_length = int(value)   # llhttp already refused bad and repeated ones
         elif lname == b"transfer-encoding":
             coding = value.strip().lower()
@@ -100,27 +136,32 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
                 raise HeaderError(501, "unsupported Transfer-Encoding: only chunked is accepted")
             head.chunked = True
         elif lname == b"connection":
-            tokens = connection_tokens([value]) | (tokens or set())
+            plain = _PLAIN_CONNECTION.get(value)
+            tokens = (plain or connection_tokens([value])) | (tokens or _NO_TOKENS)
         elif lname == b"upgrade":
             head.upgrade = value
+        elif lname == b"expect":
+            head.expect_continue = value.strip().lower() == b"100-continue"
+            first += (b"Expect: ", value, b"\r\n")
         elif lname == b"x-forwarded-for":
             if not replace_forwarded:
                 xff.append(value)
         elif lname == b"te":
             if b"trailers" in connection_tokens([value]):
-                out.append(b"te: trailers\r\n")
+                first.append(b"te: trailers\r\n")
         # x-forwarded-proto and x-forwarded-host are set below from what this proxy saw
     if head.chunked and http_minor == 0:
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
         raise HeaderError(400, "Transfer-Encoding in an HTTP/1.0 request")
     if head.host is None and http_minor >= 1:
         raise HeaderError(400, "missing Host header")   # RFC 9112 §3.2
+    out = first + parts if first else parts
     if tokens is None:
         head.upgrade = None
     else:
-        tokens.discard(b"host")   # a client cannot have Host stripped (RFC 9112 §3.2)
         if tokens - _CONNECTION_OPTIONS:
-            out = _without(headers, tokens, _REQUEST_SPECIAL, out)
+            # Host, framing and X-Forwarded-* are specials, so no token can strip them.
+            out = first + _without(parts, tokens)
         head.close = b"close" in tokens
         if head.upgrade is not None and b"upgrade" in tokens:
             out += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
@@ -141,27 +182,6 @@ def rewrite_request(headers: list[tuple[bytes, bytes]], http_minor: int, client_
     return head
 
 
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
-
-
-def _without(headers: list[tuple[bytes, bytes]], tokens: set[bytes], special: frozenset,
-             out: list[bytes]) -> list[bytes]:
-    """_without: ``out`` rebuilt without the headers that Connection names (RFC 9110 §7.6.1).
-
-    The rare path: the plain headers are emitted again from ``headers`` minus
-    the named ones, followed by what ``out`` added after them.
-    """
-    kept: list[bytes] = []
-    plain = 0
-    for name, value in headers:
-        lname = name.lower()
-        if lname not in special or lname == b"host" or lname == b"expect":
-            plain += 4
-            if lname not in tokens:
-                kept += (name, b": ", value, b"\r\n")
-    return kept + out[plain:]
-
-
 class ResponseHead:
     """ResponseHead: the header block of an upstream response, hop-by-hop removed.
 
@@ -179,45 +199,58 @@ class ResponseHead:
         self.unknown_coding: bytes | None = None   # a transfer coding other than chunked
 
 
-def rewrite_response(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
-    """rewrite_response: strip hop-by-hop headers from an upstream response head.
+def rewrite_response(parts: list[bytes], special: list[tuple[bytes, bytes]]) -> ResponseHead:
+    """rewrite_response: the header block of an upstream response, hop-by-hop headers gone.
 
-    Called by Exchange once per response head (interim 1xx heads included).
+    Called by Exchange once per response head (interim 1xx heads included),
+    with the parts and specials UpstreamConnection.on_header gathered.
     """
     head = ResponseHead()
-    out: list[bytes] = []
     tokens = None
-    for name, value in headers:
-        lname = name.lower()
-        if lname not in _RESPONSE_SPECIAL:
-            out += (name, b": ", value, b"\r\n")
-        elif lname == b"content-length":
+    for lname, value in special:
+        if lname == b"content-length":
             head.content_length = int(value)
         elif lname == b"transfer-encoding":
-            coding = value.strip().lower()
-            if coding == b"chunked":
+            if value.strip().lower() == b"chunked":
                 head.chunked = True
             else:
                 head.unknown_coding = value
         elif lname == b"connection":
-            tokens = connection_tokens([value]) | (tokens or set())
+            plain = _PLAIN_CONNECTION.get(value)
+            tokens = (plain or connection_tokens([value])) | (tokens or _NO_TOKENS)
         elif lname == b"upgrade":
             head.upgrade = value
     if tokens is not None and tokens - _CONNECTION_OPTIONS:
-        out = _without(headers, tokens, _RESPONSE_SPECIAL, [])
-    head.block = b"".join(out)
+        parts = _without(parts, tokens)
+    head.block = b"".join(parts)
     return head
 
 
+# RFC 9110 §15: the reason phrases this proxy writes (upstream phrases are not kept).
 _REASONS = {
-    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content",
-    304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
-    503: b"Service Unavailable", 504: b"Gateway Timeout",
+    100: b"Continue", 101: b"Switching Protocols", 102: b"Processing", 103: b"Early Hints",
+    200: b"OK", 201: b"Created", 202: b"Accepted", 203: b"Non-Authoritative Information",
+    204: b"No Content", 205: b"Reset Content", 206: b"Partial Content", 207: b"Multi-Status",
+    300: b"Multiple Choices", 301: b"Moved Permanently", 302: b"Found", 303: b"See Other",
+    304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 402: b"Payment Required", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 406: b"Not Acceptable",
+    407: b"Proxy Authentication Required", 408: b"Request Timeout", 409: b"Conflict",
+    410: b"Gone", 411: b"Length Required", 412: b"Precondition Failed", 413: b"Content Too Large",
+    414: b"URI Too Long", 415: b"Unsupported Media Type", 416: b"Range Not Satisfiable",
+    417: b"Expectation Failed", 421: b"Misdirected Request", 422: b"Unprocessable Content",
+    425: b"Too Early", 426: b"Upgrade Required", 428: b"Precondition Required",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons", 500: b"Internal Server Error", 501: b"Not Implemented",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
-def reason_phrase(status: int) -> bytes:
-    """reason_phrase: the standard reason phrase for the statuses this proxy writes."""
-    return _REASONS.get(status, b"Unknown")
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"")) for code in range(100, 600)}
+
+
+def status_line(status: int) -> bytes:
+    """status_line: "HTTP/1.1 <status> <reason>\\r\\n" with the standard reason phrase."""
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d \r\n" % status

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from .headers import RESPONSE_SPECIAL
+
+
 if TYPE_CHECKING:
     from .backends import Server
     from .downstream import ClientConnection
@@ -37,7 +40,7 @@ class _Unexpected(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """UpstreamConnection: one keep-alive connection to a backend; made by Proxy.connect."""
 
-    __slots__ = ("proxy", "server", "transport", "parser", "exchange", "headers", "reason",
+    __slots__ = ("proxy", "server", "transport", "parser", "exchange", "parts", "special",
                  "got_bytes", "reused", "active_at", "tunnel", "closed", "skip_body",
                  "keep_alive", "reading_paused")
 
@@ -47,8 +50,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.exchange: "Exchange | None" = None
-        self.headers: list = []
-        self.reason = b""
+        self.parts: list[bytes] = []    # pass-through header parts of the response head being read
+        self.special: list = []         # its (lowercase name, value) specials, see headers.py
         self.got_bytes = False
         self.reused = False
         self.active_at = 0.0            # proxy clock of the last byte moved for the exchange
@@ -59,13 +62,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
 
     # ------------------------------------------------------------ pool side
-
-    def start(self, exchange: "Exchange", reused: bool) -> None:
-        """start: bind to an exchange that is about to write its request."""
-        self.exchange = exchange
-        self.reused = reused
-        self.got_bytes = False
-        self.active_at = self.proxy.clock
 
     def release(self) -> None:
         """release: the exchange is done with this connection; keep it idle or close it."""
@@ -168,13 +164,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ----------------------------------------------- httptools callbacks
 
-    # headers and reason are reset once consumed, so no on_message_begin is needed.
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+    # parts and special are reset once consumed, so no on_message_begin is needed.
+    # There is no on_status either: reason phrases are regenerated (RFC 9112 §4 lets
+    # clients ignore them), which saves a callback per response.
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # headers.split_into, inline: this runs for every header of every response.
+        lname = name.lower()
+        if lname in RESPONSE_SPECIAL:
+            self.special.append((lname, value))
+        else:
+            self.parts += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
@@ -182,17 +182,21 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Unexpected("response bytes after the response ended")
         parser = self.parser
         status = parser.get_status_code()
-        headers, reason = self.headers, self.reason
-        self.headers = []
-        self.reason = b""
+        parts, special = self.parts, self.special
+        self.parts = []
+        self.special = []
         self.keep_alive = parser.should_keep_alive()
-        ex.response_head(status, reason, headers)
+        ex.response_head(status, parts, special)
         if ex.head_only and status >= 200 and status not in (204, 304):
             self.skip_body = True
             raise _SkipBody
 
     def on_body(self, body: bytes) -> None:
-        self.exchange.response_body(body)
+        ex = self.exchange
+        if ex.rechunk:
+            ex.response_body(body)
+        else:
+            ex.client.out.append(body)
 
     def on_message_complete(self) -> None:
         ex = self.exchange

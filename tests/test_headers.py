@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.headers import HeaderError, connection_tokens, reason_phrase, rewrite_request, rewrite_response
+from proxy import headers as rules
+from proxy.headers import REQUEST_SPECIAL, RESPONSE_SPECIAL, HeaderError, connection_tokens, split, status_line
 
 
 def lines(block: bytes) -> list[bytes]:
@@ -16,7 +17,11 @@ def names(block: bytes) -> list[bytes]:
 
 
 def req(headers, minor=1, ip=b"10.0.0.9", replace=False):
-    return rewrite_request(headers, minor, ip, replace)
+    return rules.rewrite_request(*split(headers, REQUEST_SPECIAL), minor, ip, replace)
+
+
+def rewrite_response(headers):
+    return rules.rewrite_response(*split(headers, RESPONSE_SPECIAL))
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -142,9 +147,15 @@ def test_connection_close_is_noticed():
     assert not req([(b"Host", b"a")]).close
 
 
-def test_header_case_and_order_are_kept():
-    head = req([(b"Host", b"a"), (b"X-B", b"2"), (b"x-a", b"1"), (b"X-B", b"3")])
+def test_host_leads_and_other_headers_keep_their_case_and_order():
+    head = req([(b"X-B", b"2"), (b"x-a", b"1"), (b"hOsT", b"a"), (b"X-B", b"3")])
     assert lines(head.block)[:4] == [b"Host: a", b"X-B: 2", b"x-a: 1", b"X-B: 3"]
+
+
+def test_split_sorts_specials_from_pass_through():
+    parts, special = split([(b"Host", b"a"), (b"X-A", b"1"), (b"Connection", b"close")], REQUEST_SPECIAL)
+    assert parts == [b"X-A", b": ", b"1", b"\r\n"]
+    assert special == [(b"host", b"a"), (b"connection", b"close")]
 
 
 @pytest.mark.parametrize("hop", [
@@ -181,7 +192,8 @@ def test_response_upgrade_value_is_kept_for_the_101():
     assert head.upgrade == b"websocket"
 
 
-def test_reason_phrases():
-    assert reason_phrase(502) == b"Bad Gateway"
-    assert reason_phrase(431) == b"Request Header Fields Too Large"
-    assert reason_phrase(299) == b"Unknown"
+def test_status_lines_carry_standard_reasons():
+    assert status_line(502) == b"HTTP/1.1 502 Bad Gateway\r\n"
+    assert status_line(431) == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    assert status_line(299) == b"HTTP/1.1 299 \r\n"      # the reason phrase may be empty
+    assert status_line(999) == b"HTTP/1.1 999 \r\n"
