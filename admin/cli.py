@@ -15,6 +15,8 @@ import sys
 from proxy.config import ConfigError, effective_config, load_config
 from proxy.server import new_event_loop
 
+from .state import StateError
+
 
 def _run(coro) -> int:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"cutover: config error: {exc}", file=sys.stderr)
+        return 1
+    except StateError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -1,8 +1,10 @@
-"""serve: run the data plane from a config until SIGTERM or SIGINT.
+"""serve: run the router and its admin API from a config until SIGTERM or SIGINT.
 
-Called by ``cutover serve``. The first signal starts a graceful shutdown (stop
-accepting, let in-flight requests finish up to drain_timeout, close idle
-connections, exit 0); a second one exits at once with status 1.
+Called by ``cutover serve``. The saved state (SPEC §8) decides the live
+route; a state naming an environment the config lacks stops the start. The
+first signal starts a graceful shutdown (stop accepting, let in-flight
+requests finish up to drain_timeout, close idle connections, exit 0); a
+second one exits at once with status 1.
 """
 
 from __future__ import annotations
@@ -11,19 +13,69 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import dataclass
+
+from aiohttp import web
 
 from proxy.config import Config
+from proxy.router import Router
 from proxy.server import Proxy
+
+from .api import make_app
+from .controller import Controller
+from .state import FileStateStore
 
 log = logging.getLogger("cutover")
 
 
-async def serve(config: Config) -> int:
-    """serve: start the proxy, wait for a signal, shut down gracefully; returns the exit status."""
-    proxy = Proxy(config)
+@dataclass
+class Running:
+    """Running: a started router with its admin API (for serve, the demo and tests)."""
+
+    proxy: Proxy
+    controller: Controller
+    admin: web.AppRunner
+    admin_port: int
+
+    async def stop(self, timeout: float | None = None) -> dict:
+        """stop: shut the data plane down gracefully, then the admin API."""
+        result = await self.proxy.shutdown(timeout)
+        await self.admin.cleanup()
+        return result
+
+
+async def start(config: Config) -> Running:
+    """start: load the state, start the proxy and the admin API; raises StateError or OSError."""
+    if not config.admin.listen.is_loopback and not config.admin.token:
+        raise ValueError("admin.listen is not a loopback address and admin.token is not set")
+    store = FileStateStore(config.state_file)
+    state = Controller.initial_state(config, store)
+    router = Router.from_config(config)
+    controller = Controller(config, router, store, state)
+    proxy = Proxy(config, router)
     await proxy.start()
-    log.info("cutover listening on %s:%d, live=%s generation=%d", config.listen.host, proxy.port,
-             proxy.router.route.live, proxy.router.route.generation)
+    controller.start()
+    token = config.admin.token if config.admin.auth != "none" else None
+    runner = web.AppRunner(make_app(controller, proxy, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port)
+    try:
+        await site.start()
+    except OSError:
+        await proxy.shutdown(0)
+        await runner.cleanup()
+        raise
+    admin_port = site._server.sockets[0].getsockname()[1]
+    return Running(proxy, controller, runner, admin_port)
+
+
+async def serve(config: Config) -> int:
+    """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
+    running = await start(config)
+    route = running.proxy.router.route
+    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s)",
+             config.listen.host, running.proxy.port, config.admin.listen.host, running.admin_port,
+             route.live, route.generation, running.controller.store.describe())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -37,7 +89,7 @@ async def serve(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stopping.wait()
-    result = await proxy.shutdown()
+    result = await running.stop()
     log.info("stopped: %d connections open at shutdown, %d cut at drain_timeout",
              result["connections"], result["cut"])
     return 0

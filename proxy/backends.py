@@ -63,6 +63,10 @@ class Server:
                 "inflight": self.inflight, "connections": self.connections}
 
 
+# Upper bounds (seconds) of the request latency histogram, as Prometheus buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 class Environment:
     """Environment: a named pool of servers (blue or green) and its live counters.
 
@@ -70,7 +74,8 @@ class Environment:
     active holds the exchanges counted in inflight, so a drain can see them.
     """
 
-    __slots__ = ("name", "servers", "inflight", "active", "_rr")
+    __slots__ = ("name", "servers", "inflight", "active", "_rr", "responses", "latency_counts",
+                 "latency_sum")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -78,6 +83,10 @@ class Environment:
         self.inflight = 0
         self.active: set["Exchange"] = set()
         self._rr = 0
+        # Counted by Exchange.finish, read by admin/metrics.py at scrape time:
+        self.responses = [0] * 6        # finished requests by status class; [0] = no response sent
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)   # per bucket, last = +Inf
+        self.latency_sum = 0.0
 
     @property
     def healthy(self) -> bool:

@@ -11,8 +11,11 @@ environment and server, and how it ended (errors.Outcome) for the drain.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from time import monotonic
 from typing import TYPE_CHECKING
 
+from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
 from .headers import RequestHead, rewrite_response, status_line
 
@@ -42,7 +45,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome",
+        "drain", "outcome", "started",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -74,6 +77,7 @@ class Exchange:
         self.status = 0
         self.drain: "Drain | None" = None
         self.outcome: Outcome | None = None
+        self.started = monotonic()          # for the latency histogram (admin/metrics.py)
 
     # ----------------------------------------------------------- request side
 
@@ -398,6 +402,13 @@ class Exchange:
         if env is not None:
             env.inflight -= 1
             env.active.discard(self)
+            # The environment's metrics (see Environment.responses); once per request.
+            elapsed = monotonic() - self.started
+            env.responses[self.status // 100] += 1
+            env.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+            env.latency_sum += elapsed
+        else:
+            self.client.proxy.unrouted[self.status // 100] += 1
         drain = self.drain
         if drain is not None:
             drain.finished(self, outcome)

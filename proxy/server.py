@@ -58,6 +58,7 @@ class Proxy:
         self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
                                                    t.client_header, t.keepalive_idle) / 4))
         self.connections: set[ClientConnection] = set()
+        self.unrouted = [0] * 6         # requests answered before reaching an environment, by status class
         self.clock = time.monotonic()
         self.closing = False
         self.health: HealthChecker | None = None

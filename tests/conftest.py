@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from backend import Backend  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
 from proxy.server import Proxy  # noqa: E402
+from admin.serve import start as start_stack  # noqa: E402
 
 
 @pytest.fixture
@@ -82,3 +83,23 @@ async def raw_exchange(port: int, data: bytes, read_timeout: float = 3.0, until_
         return b"".join(chunks)
     finally:
         writer.close()
+
+
+@pytest.fixture
+async def make_stack(tmp_path, backends):
+    """make_stack(backend_map=None, **overrides) -> admin.serve.Running: proxy + controller + admin API.
+
+    The state file is tmp_path/state.json unless overridden, so a second stack
+    started in the same test with the same overrides sees the first one's state.
+    ``running.admin_port`` is the admin API's port; auth is off unless admin is overridden.
+    """
+    started = []
+
+    async def factory(backend_map=None, **overrides):
+        running = await start_stack(proxy_config(tmp_path, backend_map or backends, **overrides))
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        await running.stop(0.5)

@@ -1,0 +1,349 @@
+"""Controller: the only thing that changes the route, writes the state and the history.
+
+The admin API and the CLI (through the API) call one method per mutation.
+Each mutation runs under one lock, so compare-and-swap and gates see a
+stable route; it builds the new State, saves it through the store (so an
+acknowledged change survives a crash), then applies it to the Router. Domain
+errors are ControlError with an HTTP status and a stable code; the API maps
+them in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from proxy.config import Config
+from proxy.drain import Drain
+from proxy.route import Route
+from proxy.router import Router
+
+from .gates import GateResult, run_gates
+from .state import State, StateError, StateStore
+
+log = logging.getLogger("cutover.controller")
+
+
+class ControlError(Exception):
+    """ControlError: a refused admin call; status is the HTTP status, code the stable error code."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+def now_iso() -> str:
+    """now_iso: the current time as ISO-8601 UTC with milliseconds, as history entries carry it."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Controller:
+    """Controller: flip, rollback, hold, lock and canary over a Router, persisted in a StateStore."""
+
+    def __init__(self, config: Config, router: Router, store: StateStore, state: State) -> None:
+        self.config = config
+        self.router = router
+        self.store = store
+        self.state = state
+        self.lock = asyncio.Lock()
+        self.counts = {"flips": 0, "rollbacks": 0, "auto_rollbacks": 0}
+        self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
+        self.last_recovery_ms: float | None = None
+        router.on_drain.append(self._drain_finished)
+        router.on_resume.append(self._hold_expired)
+
+    # ------------------------------------------------------------ building
+
+    @staticmethod
+    def initial_state(config: Config, store: StateStore) -> State:
+        """initial_state: the saved state checked against the config, or a fresh one from config.live."""
+        state = store.load()
+        if state is None:
+            return State(live=config.live, previous=None, generation=1)
+        state.check_environments(config.environments, store.describe())
+        return state
+
+    @staticmethod
+    def route_of(state: State, environments: tuple[str, ...]) -> Route:
+        """route_of: the Route a state stands for."""
+        return Route(state.generation, state.live, previous=state.previous, canary=state.canary,
+                     canary_weight=state.canary_weight, environments=environments)
+
+    def start(self) -> None:
+        """start: apply the loaded state to the router (called once, inside the event loop)."""
+        self.router.route = self.route_of(self.state, tuple(self.router.environments))
+        if self.state.held:
+            remaining = (self.state.hold_until or 0) - time.time()
+            if remaining > 0:
+                self.router.hold(remaining)
+            else:
+                self.state.held = False
+                self.state.hold_until = None
+
+    # -------------------------------------------------------------- reading
+
+    def status(self) -> dict:
+        """status: GET /v1/status (SPEC §7)."""
+        status = self.router.status()
+        status["locked"] = self.state.locked
+        status["lock_reason"] = self.state.lock_reason
+        status["hold_until"] = _iso(self.state.hold_until) if self.router.held else None
+        return status
+
+    def history(self) -> dict:
+        """history: GET /v1/history, oldest first."""
+        return {"events": copy.deepcopy(self.state.history)}
+
+    # ------------------------------------------------------------ mutations
+
+    async def flip(self, to: str | None = None, reason: str | None = None, force: bool = False,
+                   if_generation: int | None = None) -> dict:
+        """flip: switch all traffic to ``to`` (default: the other environment)."""
+        async with self.lock:
+            self._check_generation(if_generation)
+            target = self._environment(to) if to is not None else self._other(self.state.live)
+            if target == self.state.live and not self.state.canary_weight:
+                return self._answer(changed=False)
+            self._check_unlocked("flip")
+            gates = await self._gates(target, force)
+            return self._switch("flip", target, reason, force, gates)
+
+    async def rollback(self, reason: str | None = None, force: bool = False,
+                       if_generation: int | None = None) -> dict:
+        """rollback: flip back to ``previous``, recording the recovery time."""
+        started = time.perf_counter()
+        async with self.lock:
+            self._check_generation(if_generation)
+            self._check_unlocked("rollback")
+            target = self.state.previous
+            if target is None:
+                raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
+            gates = await self._gates(target, force, health_only=True)
+            return self._switch("rollback", target, reason, force, gates, started=started)
+
+    async def auto_rollback(self, reason: str) -> dict:
+        """auto_rollback: a rollback decided by post-flip analysis; not stopped by a lock or gates."""
+        started = time.perf_counter()
+        async with self.lock:
+            if self.state.previous is None:
+                raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
+            return self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
+
+    async def promote(self, reason: str | None = None, force: bool = False) -> dict:
+        """promote: flip to the canary environment (weights become 100/0 on the new live)."""
+        async with self.lock:
+            self._check_unlocked("promote")
+            if not self.state.canary_weight or self.state.canary is None:
+                raise ControlError(409, "no_canary", "no canary is running")
+            target = self.state.canary
+            gates = await self._gates(target, force)
+            return self._switch("promote", target, reason, force, gates)
+
+    async def canary(self, weight: Any, reason: str | None = None, force: bool = False) -> dict:
+        """canary: send ``weight`` percent of new requests to the idle environment."""
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise ControlError(400, "bad_request", '"weight" must be an integer from 0 to 100')
+        async with self.lock:
+            self._check_unlocked("canary")
+            idle = self._other(self.state.live)
+            if weight == self.state.canary_weight:
+                return self._answer(changed=False)
+            if weight > 0 and weight > self.state.canary_weight:
+                await self._gates(idle, force, health_only=True)
+            return self._reweigh("canary", idle if weight else None, weight, reason)
+
+    async def abort(self, reason: str | None = None) -> dict:
+        """abort: canary weight back to 0; every request goes to live again."""
+        async with self.lock:
+            self._check_unlocked("abort")
+            if not self.state.canary_weight:
+                raise ControlError(409, "no_canary", "no canary is running")
+            return self._reweigh("abort", None, 0, reason)
+
+    async def hold(self, timeout: Any = None, reason: str | None = None) -> dict:
+        """hold: new requests wait until resume or ``timeout`` seconds (default hold.max_wait)."""
+        if timeout is None:
+            timeout = self.config.hold.max_wait
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+            raise ControlError(400, "bad_request", '"timeout" must be a number of seconds above 0 (at most 86400)')
+        async with self.lock:
+            state = self._next()
+            state.held = True
+            state.hold_until = time.time() + timeout
+            self._record(state, "hold", reason, timeout=timeout)
+            self._save(state)
+            self.router.hold(timeout)
+            return self._answer(changed=True)
+
+    async def resume(self, reason: str | None = None) -> dict:
+        """resume: release every held request."""
+        async with self.lock:
+            state = self._next()
+            state.held = False
+            state.hold_until = None
+            released = self.router.held_requests
+            self._record(state, "resume", reason, released=released)
+            self._save(state)
+            self.router.resume()
+            return self._answer(changed=True, released=released)
+
+    async def lock_switch(self, reason: str | None = None) -> dict:
+        """lock_switch: refuse flip, rollback and canary (even forced) until unlock."""
+        async with self.lock:
+            state = self._next()
+            state.locked = True
+            state.lock_reason = reason
+            self._record(state, "lock", reason)
+            self._save(state)
+            return self._answer(changed=True)
+
+    async def unlock(self, reason: str | None = None) -> dict:
+        """unlock: allow switching again."""
+        async with self.lock:
+            state = self._next()
+            state.locked = False
+            state.lock_reason = None
+            self._record(state, "unlock", reason)
+            self._save(state)
+            return self._answer(changed=True)
+
+    # -------------------------------------------------------------- helpers
+
+    def _switch(self, action: str, target: str, reason: str | None, force: bool,
+                gates: list[GateResult], started: float | None = None) -> dict:
+        """_switch: make ``target`` live: save, swap, count; the drain result comes later."""
+        state = self._next()
+        source = state.live
+        state.previous = source
+        state.live = target
+        state.canary = None
+        state.canary_weight = 0
+        state.generation += 1
+        entry = self._record(state, action, reason, source=source, target=target, forced=force)
+        if gates:
+            entry["gates"] = [g.to_dict() for g in gates]
+        self._save(state)
+        self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        if started is not None:
+            entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            self.last_recovery_ms = entry["recovery_ms"]
+            self._save_quietly()
+        self.counts["rollbacks" if action == "rollback" else
+                    "auto_rollbacks" if action == "auto_rollback" else "flips"] += 1
+        log.info("%s %s -> %s generation %d%s", action, source, target, state.generation,
+                 f" ({reason})" if reason else "")
+        return self._answer(changed=True)
+
+    def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
+        state = self._next()
+        state.canary = canary
+        state.canary_weight = weight
+        state.generation += 1
+        self._record(state, action, reason, weight=weight, target=canary)
+        self._save(state)
+        self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        return self._answer(changed=True)
+
+    async def _gates(self, target: str, force: bool, health_only: bool = False) -> list[GateResult]:
+        if force:
+            return []
+        results = await run_gates(self, target, health_only=health_only)
+        failed = [r for r in results if not r.passed]
+        if failed:
+            why = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+            raise ControlError(409, "gate_failed", f"gate failed for {target}: {why}",
+                               gates=[r.to_dict() for r in results])
+        return results
+
+    def _next(self) -> State:
+        """_next: a copy of the state to change; it replaces the current one only once saved."""
+        return State.from_dict(self.state.to_dict(), "memory")
+
+    def _save(self, state: State) -> None:
+        try:
+            self.store.save(state)
+        except StateError as exc:
+            raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
+        self.state = state
+
+    def _save_quietly(self) -> None:
+        """_save_quietly: save a detail added after the acknowledged change (drain result, timing)."""
+        try:
+            self.store.save(self.state)
+        except StateError as exc:
+            log.error("could not save a history detail: %s", exc)
+
+    def _record(self, state: State, action: str, reason: str | None, source: str | None = None,
+                target: str | None = None, **extra: Any) -> dict:
+        entry = {"at": now_iso(), "action": action, "from": source if source is not None else state.live,
+                 "to": target if target is not None else state.live, "generation": state.generation,
+                 "reason": reason}
+        entry.update(extra)
+        state.history.append(entry)
+        return entry
+
+    def _answer(self, **extra: Any) -> dict:
+        status = self.status()
+        status.update(extra)
+        return status
+
+    def _environment(self, name: Any) -> str:
+        if not isinstance(name, str) or name not in self.router.environments:
+            raise ControlError(400, "unknown_environment",
+                               f"unknown environment {name!r}; configured: {', '.join(self.router.environments)}")
+        return name
+
+    def _other(self, name: str) -> str:
+        return next(env for env in self.router.environments if env != name)
+
+    def _check_generation(self, expected: Any) -> None:
+        if expected is None:
+            return
+        if isinstance(expected, bool) or not isinstance(expected, int):
+            raise ControlError(400, "bad_request", '"if_generation" must be an integer')
+        if expected != self.state.generation:
+            raise ControlError(412, "generation_mismatch",
+                               f"generation is {self.state.generation}, not {expected}",
+                               generation=self.state.generation)
+
+    def _check_unlocked(self, action: str) -> None:
+        if self.state.locked:
+            why = f" ({self.state.lock_reason})" if self.state.lock_reason else ""
+            raise ControlError(409, "locked", f"switching is locked{why}; {action} refused until unlock")
+
+    # ------------------------------------------------------- router events
+
+    def _drain_finished(self, drain: Drain) -> None:
+        """_drain_finished: add a drain's outcome to the history entry of the switch that started it."""
+        result = drain.result()
+        for key in self.drain_counts:
+            self.drain_counts[key] += result[key]
+        for entry in reversed(self.state.history):
+            if entry.get("generation") == drain.generation and entry.get("from") == drain.env.name:
+                entry["drain"] = result
+                entry.update({k: result[k] for k in ("drained", "forced_closed", "dropped")})
+                break
+        self._save_quietly()
+
+    def _hold_expired(self, released: int, why: str) -> None:
+        """_hold_expired: the router resumed by itself at the hold's timeout; record it."""
+        state = self._next()
+        state.held = False
+        state.hold_until = None
+        self._record(state, "resume", why, released=released)
+        try:
+            self._save(state)
+        except ControlError as exc:
+            log.error("%s", exc)
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
