@@ -45,7 +45,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome", "started",
+        "drain", "outcome", "started", "canary_bucket",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -78,6 +78,7 @@ class Exchange:
         self.drain: "Drain | None" = None
         self.outcome: Outcome | None = None
         self.started = monotonic()          # for the latency histogram (admin/metrics.py)
+        self.canary_bucket: int | None = None   # a new canary bucket to send in a cookie
 
     # ----------------------------------------------------------- request side
 
@@ -260,6 +261,9 @@ class Exchange:
             self.close_delimited = not rh.chunked
             self.keep_alive = False   # HTTP/1.0 client: the body ends when we close
             framing = b""
+        if self.canary_bucket is not None:
+            framing += b"set-cookie: cutover_canary=%d; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n" \
+                % self.canary_bucket
         if not self.keep_alive:
             framing += b"connection: close\r\n"
         elif self.http_minor == 0:

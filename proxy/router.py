@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import re
 import time
 import zlib
 from typing import TYPE_CHECKING, Callable
@@ -25,13 +27,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cutover.router")
 
+# The cookie that pins a client to its canary bucket (0..99) while a canary runs.
+CANARY_COOKIE = b"cutover_canary"
+_COOKIE_BUCKET = re.compile(rb"(?:^|[;\s])cutover_canary=(\d{1,2})(?:;|\s|$)")
+
 
 class Router:
     """Router: environments, the live route, the hold gate and the drains."""
 
     def __init__(self, environments: dict[str, Environment], route: Route, drain_timeout: float,
-                 hold_max_wait: float, hold_max_queued: int) -> None:
+                 hold_max_wait: float, hold_max_queued: int, canary_header: str | None = None) -> None:
         self.environments = environments
+        # Without a configured header, clients are told their bucket in a cookie.
+        self._canary_header = (re.compile(rb"(?im)^" + re.escape(canary_header.encode()) + rb"[ \t]*:[ \t]*([^\r\n]*)")
+                               if canary_header else None)
         self.route = route
         self.drain_timeout = drain_timeout
         self.hold_max_wait = hold_max_wait
@@ -55,7 +64,8 @@ class Router:
             envs[name] = env
         if route is None:
             route = Route(generation=1, live=config.live, environments=tuple(envs))
-        return cls(envs, route, config.drain_timeout, config.hold.max_wait, config.hold.max_queued)
+        return cls(envs, route, config.drain_timeout, config.hold.max_wait, config.hold.max_queued,
+                   config.canary_header)
 
     # ----------------------------------------------------------------- route
 
@@ -63,12 +73,18 @@ class Router:
         """choose: the environment a new request goes to under ``route``.
 
         With a canary weight N, a client lands in the canary when its sticky
-        bucket (0..99, from its address) is below N, so raising N only ever
-        moves clients from the old environment to the new one.
+        bucket (0..99) is below N, so raising N only ever moves clients from
+        the old environment to the new one. The bucket comes from the
+        configured canary header (hashed), else from the cutover_canary
+        cookie; a client with neither gets a random bucket, sent back to it
+        in that cookie (Exchange.canary_bucket).
         """
         if not route.canary_weight:
             return route.live
-        bucket = zlib.crc32(ex.client.client_ip) % 100
+        bucket = canary_bucket(ex.head.block, self._canary_header)
+        if bucket is None:
+            bucket = random.randrange(100)
+            ex.canary_bucket = bucket
         return route.canary if bucket < route.canary_weight else route.live
 
     def swap(self, route: Route) -> list[Drain]:
@@ -179,6 +195,19 @@ class Router:
             "environments": {name: env.snapshot() for name, env in self.environments.items()},
             "draining": {name: d.result() for name, d in self.drains.items()},
         }
+
+
+def canary_bucket(block: bytes, header: "re.Pattern | None") -> int | None:
+    """canary_bucket: the client's sticky bucket from a request's header block, or None."""
+    if header is not None:
+        match = header.search(block)
+        return zlib.crc32(match.group(1).strip()) % 100 if match else None
+    for line in block.split(b"\r\n"):
+        if line[:7].lower() == b"cookie:":
+            match = _COOKIE_BUCKET.search(line, 7)
+            if match:
+                return int(match.group(1))
+    return None
 
 
 def _serving(route: Route) -> set[str]:

@@ -321,3 +321,52 @@ async def test_canary_weight_bounds(make_proxy, weight, expected):
             async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
                 seen.add((await resp.text()).strip())
     assert seen == expected
+
+
+def test_canary_bucket_from_cookie_or_header():
+    import re
+
+    from proxy.router import canary_bucket
+    assert canary_bucket(b"Host: a\r\nCookie: x=1; cutover_canary=42; y=2\r\n", None) == 42
+    assert canary_bucket(b"Host: a\r\ncookie: cutover_canary=7\r\n", None) == 7
+    assert canary_bucket(b"Host: a\r\nCookie: xcutover_canary=7\r\n", None) is None
+    assert canary_bucket(b"Host: a\r\n", None) is None
+    header = re.compile(rb"(?im)^x-user[ \t]*:[ \t]*([^\r\n]*)")
+    first = canary_bucket(b"Host: a\r\nX-User: alice\r\n", header)
+    assert first is not None and first == canary_bucket(b"X-User:  alice \r\nHost: a\r\n", header)
+
+
+async def test_canary_clients_keep_their_side_and_raising_the_weight_only_moves_old_to_new(make_proxy):
+    proxy = await make_proxy()
+    router = proxy.router
+    url = f"http://127.0.0.1:{proxy.port}/"
+
+    def set_weight(weight):
+        old = router.route
+        router.swap(Route(old.generation + 1, "blue", canary="green", canary_weight=weight,
+                          environments=old.environments))
+
+    sessions = [aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) for _ in range(30)]
+    try:
+        async def sides():
+            out = []
+            for session in sessions:
+                seen = set()
+                for _ in range(3):
+                    async with session.get(url) as resp:
+                        seen.add((await resp.text()).strip())
+                assert len(seen) == 1, seen      # sticky while the weight stays
+                out.append(seen.pop())
+            return out
+
+        set_weight(30)
+        at_30 = await sides()
+        set_weight(70)
+        at_70 = await sides()
+    finally:
+        for session in sessions:
+            await session.close()
+    assert "green" in at_70 and "blue" in at_30
+    for before, after in zip(at_30, at_70):
+        assert not (before == "green" and after == "blue")   # never moved back
+    assert at_70.count("green") >= at_30.count("green")
