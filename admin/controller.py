@@ -229,6 +229,7 @@ class Controller:
         if gates:
             entry["gates"] = [g.to_dict() for g in gates]
         self._save(state)
+        entry = self.state.history[-1]   # the store may hand back copies of the events
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
         if started is not None:
             entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
