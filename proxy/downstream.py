@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -40,10 +41,12 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
-                 "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused")
+                 "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
+                 "preview")
 
-    def __init__(self, proxy: "Proxy") -> None:
+    def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
+        self.preview = preview        # accepted on preview_listen: every request goes to the idle env
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -217,6 +220,10 @@ class ClientConnection(asyncio.Protocol):
             self.refused = error
             raise _HeadRefused
         ex = Exchange(self, method, url, head, minor, keep_alive)
+        if self.preview:
+            ex.preview = ""
+        if head.preview_env is not None:
+            ex.preview = self.preview_target(head)
         self.reading = ex
         queue = self.queue
         queue.append(ex)
@@ -224,6 +231,22 @@ class ClientConnection(asyncio.Protocol):
             ex.start()
         elif len(queue) > PIPELINE_DEPTH:
             self.pause_reading(PAUSE_PIPELINE)
+
+    def preview_target(self, head) -> str:
+        """preview_target: the environment an X-Cutover-Env header asks for, if its token is right.
+
+        Raises _HeadRefused (403 or 400) otherwise, so a smoke test never
+        silently reaches the live environment instead.
+        """
+        token = self.proxy.preview_token
+        if not token or head.preview_token is None or not hmac.compare_digest(head.preview_token, token):
+            self.refused = (403, "X-Cutover-Env needs X-Cutover-Token with the admin token")
+            raise _HeadRefused
+        name = head.preview_env.decode("latin-1")
+        if name not in self.proxy.router.environments:
+            self.refused = (400, f"X-Cutover-Env names unknown environment {name!r}")
+            raise _HeadRefused
+        return name
 
     def on_body(self, body: bytes) -> None:
         self.reading.request_body(body)

@@ -45,7 +45,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome", "started", "canary_bucket",
+        "drain", "outcome", "started", "canary_bucket", "preview",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -79,6 +79,7 @@ class Exchange:
         self.outcome: Outcome | None = None
         self.started = monotonic()          # for the latency histogram (admin/metrics.py)
         self.canary_bucket: int | None = None   # a new canary bucket to send in a cookie
+        self.preview: str | None = None     # preview route: "" = the idle environment, else the one named
 
     # ----------------------------------------------------------- request side
 
@@ -88,7 +89,7 @@ class Exchange:
             self.reply_error(*self.error)
             return
         router = self.client.proxy.router
-        if router.hold_gate is None:
+        if router.hold_gate is None or self.preview is not None:   # preview traffic is never held
             self.proceed(router)
         else:
             self.state = HELD
@@ -104,8 +105,11 @@ class Exchange:
         if router is None:
             router = self.client.proxy.router
         route = self.route = router.route
-        env = self.env = router.environments[
-            router.choose(route, self) if route.canary_weight else route.live]
+        if self.preview is None:
+            name = router.choose(route, self) if route.canary_weight else route.live
+        else:
+            name = self.preview or router.idle(route)
+        env = self.env = router.environments[name]
         env.inflight += 1
         env.active.add(self)
         self.state = CONNECTING

@@ -22,6 +22,7 @@ HOP_BY_HOP = frozenset({
 REQUEST_SPECIAL = HOP_BY_HOP | {
     b"host", b"content-length", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-cutover-env", b"x-cutover-token",   # the preview route's header and its token: never forwarded
 }
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
@@ -94,7 +95,7 @@ class RequestHead:
     """
 
     __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
-                 "expect_continue", "close")
+                 "expect_continue", "close", "preview_env", "preview_token")
 
     def __init__(self) -> None:
         self.block = b""
@@ -104,6 +105,8 @@ class RequestHead:
         self.upgrade: bytes | None = None   # the Upgrade value when the client asks to switch
         self.expect_continue = False
         self.close = False                  # Connection: close was sent
+        self.preview_env: bytes | None = None     # X-Cutover-Env: the environment asked for
+        self.preview_token: bytes | None = None   # X-Cutover-Token: the admin token that allows it
 
 
 def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http_minor: int,
@@ -149,6 +152,10 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         elif lname == b"te":
             if b"trailers" in connection_tokens([value]):
                 first.append(b"te: trailers\r\n")
+        elif lname == b"x-cutover-env":
+            head.preview_env = value.strip()
+        elif lname == b"x-cutover-token":
+            head.preview_token = value.strip()
         # x-forwarded-proto and x-forwarded-host are set below from what this proxy saw
     if head.chunked and http_minor == 0:
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.

@@ -87,6 +87,10 @@ class Router:
             ex.canary_bucket = bucket
         return route.canary if bucket < route.canary_weight else route.live
 
+    def idle(self, route: Route) -> str:
+        """idle: where the preview route goes under ``route``: the canary, else the non-live environment."""
+        return route.canary if route.canary_weight and route.canary else route.other(route.live)
+
     def swap(self, route: Route) -> list[Drain]:
         """swap: replace the live route in one assignment; drain what stops receiving traffic.
 

@@ -55,6 +55,9 @@ class Proxy:
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_connections = config.limits.max_connections
         self.replace_forwarded = config.forwarded_headers == "replace"
+        # X-Cutover-Env is honoured only with this token (the admin token); None = never.
+        token = config.admin.token if config.admin.auth != "none" else None
+        self.preview_token = token.encode() if token else None
         self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
                                                    t.client_header, t.keepalive_idle) / 4))
         self.connections: set[ClientConnection] = set()
@@ -63,6 +66,8 @@ class Proxy:
         self.closing = False
         self.health: HealthChecker | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._preview: asyncio.AbstractServer | None = None
+        self.preview_port: int | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._idle: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,6 +85,12 @@ class Proxy:
                 lambda: ClientConnection(self), self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
+        preview = self.config.preview_listen
+        if preview is not None:
+            self._preview = await loop.create_server(
+                lambda: ClientConnection(self, preview=True), preview.host, preview.port,
+                backlog=1024, reuse_address=True)
+            self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
         hc = self.config.health_check
@@ -164,8 +175,9 @@ class Proxy:
         """
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.closing = True
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._preview):
+            if server is not None:
+                server.close()
         if self.router.hold_gate is not None:
             self.router.resume()
         open_at_start = len(self.connections)
@@ -197,7 +209,8 @@ class Proxy:
             self._ticker = None
         if self.health is not None:
             await self.health.stop()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._preview):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._preview = None
