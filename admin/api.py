@@ -40,6 +40,7 @@ FIELDS = {
     "canary": {"weight", "reason", "force"},
     "promote": {"reason", "force"},
     "abort": {"reason"},
+    "attest": {"from_version", "to_version", "by"},
 }
 
 
@@ -157,6 +158,8 @@ def make_app(controller: Controller, proxy, token: str | None) -> web.Applicatio
         web.post("/v1/promote", mutation("promote", lambda ctl, d: c.promote(
             ctl, d.get("reason"), d.get("force", False)))),
         web.post("/v1/abort", mutation("abort", lambda ctl, d: c.abort(ctl, d.get("reason")))),
+        web.post("/v1/schema/attest", mutation("attest", lambda ctl, d: c.attest(
+            ctl, d.get("from_version"), d.get("to_version"), d.get("by")))),
         web.get("/metrics", metrics),
         web.get("/healthz", healthz),
     ]

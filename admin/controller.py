@@ -46,9 +46,10 @@ def now_iso() -> str:
 class Controller:
     """Controller: flip, rollback, hold, lock and canary over a Router, persisted in a StateStore."""
 
-    def __init__(self, config: Config, router: Router, store: StateStore, state: State) -> None:
+    def __init__(self, config: Config, router: Router, store: StateStore, state: State, proxy=None) -> None:
         self.config = config
         self.router = router
+        self.proxy = proxy            # the data plane's listeners, for the gates' preview route
         self.store = store
         self.state = state
         self.lock = asyncio.Lock()
@@ -192,6 +193,24 @@ class Controller:
             self._save(state)
             self.router.resume()
             return self._answer(changed=True, released=released)
+
+    async def attest(self, from_version: Any, to_version: Any, by: Any = None) -> dict:
+        """attest: record that migrating from_version -> to_version is schema-compatible (SPEC §6)."""
+        for key, value in (("from_version", from_version), ("to_version", to_version)):
+            if not isinstance(value, str) or not value:
+                raise ControlError(400, "bad_request", f'"{key}" must be a non-empty string')
+        if by is not None and not isinstance(by, str):
+            raise ControlError(400, "bad_request", '"by" must be a string')
+        async with self.lock:
+            state = self._next()
+            state.attestations = [a for a in state.attestations
+                                  if (a["from_version"], a["to_version"]) != (from_version, to_version)]
+            state.attestations.append({"from_version": from_version, "to_version": to_version,
+                                       "by": by, "at": now_iso()})
+            del state.attestations[:-100]
+            self._record(state, "attest", f"{from_version} -> {to_version}", by=by)
+            self._save(state)
+            return self._answer(changed=True, attestations=copy.deepcopy(state.attestations))
 
     async def lock_switch(self, reason: str | None = None) -> dict:
         """lock_switch: refuse flip, rollback and canary (even forced) until unlock."""

@@ -1,18 +1,29 @@
 """Gates: checks a switch must pass before traffic moves to a target environment (SPEC §6).
 
 run_gates is called by the Controller (unless the call is forced) and returns
-one GateResult per gate; any failure refuses the switch with 409 gate_failed,
-naming the gate and why, and the results go into the history entry.
-The health gate needs every server of the target healthy.
+one GateResult per gate, in order: health (every server of the target
+healthy), drift (fingerprints of both environments differ only in
+allow-listed keys), schema (a command, or an attestation for exactly this pair
+of versions), smoke (probes with expected status and body through the preview
+route) and warm-up (requests to configured paths, last, so caches are warm
+when users arrive). Later gates are skipped once one fails.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
 
 if TYPE_CHECKING:
     from .controller import Controller
+
+PROBE_TIMEOUT = 5.0          # seconds per smoke, warm-up or fingerprint request
+SCHEMA_TIMEOUT = 120.0       # seconds for the schema command
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,221 @@ def health_gate(controller: "Controller", target: str) -> GateResult:
     return GateResult("health", True, f"all {len(env.servers)} servers of {target} healthy")
 
 
+def preview_routes(controller: "Controller", target: str) -> list[tuple[str, dict]]:
+    """preview_routes: (base URL, headers) pairs that reach ``target`` off the user's path.
+
+    The preview listener when it serves the target, else the main listener with
+    X-Cutover-Env and the admin token, else every server of the target directly.
+    """
+    proxy = controller.proxy
+    router = controller.router
+    if proxy.preview_port and router.idle(router.route) == target:
+        return [(base_url(proxy.config.preview_listen.host, proxy.preview_port), {})]
+    if proxy.preview_token:
+        return [(base_url(proxy.config.listen.host, proxy.port),
+                 {"X-Cutover-Env": target, "X-Cutover-Token": proxy.preview_token.decode()})]
+    return [(f"http://{server.address}", {}) for server in router.environments[target].servers]
+
+
+def base_url(host: str, port: int) -> str:
+    """base_url: http://host:port for a listen address (a wildcard one is reached on loopback)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _get(session: aiohttp.ClientSession, method: str, url: str, headers: dict) -> tuple[int, str]:
+    async with session.request(method, url, headers=headers, allow_redirects=False) as resp:
+        return resp.status, await resp.text(errors="replace")
+
+
+async def smoke_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+    """smoke_gate: every configured probe answers as expected through the preview route."""
+    probes = controller.config.gates.smoke
+    for base, headers in preview_routes(controller, target):
+        for probe in probes:
+            url = base + probe.path
+            try:
+                status, body = await _get(session, probe.method, url, headers)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                return GateResult("smoke", False, f"{probe.method} {probe.path}: {type(exc).__name__} {exc}")
+            if status != probe.expect_status:
+                return GateResult("smoke", False, f"{probe.method} {probe.path}: status {status}, "
+                                  f"expected {probe.expect_status}")
+            if probe.expect_body_contains is not None and probe.expect_body_contains not in body:
+                return GateResult("smoke", False, f"{probe.method} {probe.path}: body lacks "
+                                  f"{probe.expect_body_contains!r}")
+    return GateResult("smoke", True, f"{len(probes)} probe(s) passed on {target}")
+
+
+async def warmup_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+    """warmup_gate: send the configured warm-up requests to the target; 5xx or errors fail it."""
+    warmup = controller.config.gates.warmup
+    sent = failed = 0
+    last = ""
+    routes = preview_routes(controller, target)
+    for path in warmup.paths:
+        for i in range(warmup.requests):
+            base, headers = routes[i % len(routes)]
+            sent += 1
+            try:
+                status, _ = await _get(session, "GET", base + path, headers)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                failed += 1
+                last = f"GET {path}: {type(exc).__name__}"
+                continue
+            if status >= 500:
+                failed += 1
+                last = f"GET {path}: status {status}"
+    if failed:
+        return GateResult("warmup", False, f"{failed} of {sent} warm-up requests failed (last: {last})")
+    return GateResult("warmup", True, f"{sent} warm-up requests answered by {target}")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """flatten: nested JSON as {"a.b.c": value}; lists are compared whole."""
+    if not isinstance(data, dict):
+        return {prefix or "(root)": data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def drift(live: dict, target: dict, ignore: tuple[str, ...]) -> list[str]:
+    """drift: the differences between two fingerprints, outside the allow-listed keys.
+
+    A key is ignored when it, or a dotted prefix of it, is in ``ignore``.
+    """
+    a, b = flatten(live), flatten(target)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in ignore for i in range(1, len(parts) + 1)):
+            continue
+        if key not in a:
+            out.append(f"{key}: only in target ({json.dumps(b[key])})")
+        elif key not in b:
+            out.append(f"{key}: missing in target (live has {json.dumps(a[key])})")
+        elif a[key] != b[key]:
+            out.append(f"{key}: live {json.dumps(a[key])} != target {json.dumps(b[key])}")
+    return out
+
+
+async def fingerprint(controller: "Controller", env: str, path: str, session: aiohttp.ClientSession) -> dict:
+    """fingerprint: the JSON fingerprint of one healthy server of ``env`` (ValueError when none answers)."""
+    servers = [s for s in controller.router.environments[env].servers if s.healthy] or \
+        controller.router.environments[env].servers
+    errors = []
+    for server in servers:
+        try:
+            async with session.get(f"http://{server.address}{path}") as resp:
+                if resp.status != 200:
+                    errors.append(f"{server.address}: status {resp.status}")
+                    continue
+                data = await resp.json(content_type=None)
+                if isinstance(data, dict):
+                    return data
+                errors.append(f"{server.address}: not a JSON object")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            errors.append(f"{server.address}: {type(exc).__name__}")
+    raise ValueError(f"no fingerprint from {env} ({'; '.join(errors)})")
+
+
+async def drift_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+    """drift_gate: the target's config fingerprint matches live's outside the allow-list."""
+    gate = controller.config.gates.drift
+    live = controller.router.route.live
+    if live == target:
+        return GateResult("drift", True, "target is live")
+    try:
+        a = await fingerprint(controller, live, gate.path, session)
+        b = await fingerprint(controller, target, gate.path, session)
+    except ValueError as exc:
+        return GateResult("drift", False, str(exc))
+    diff = drift(a, b, gate.ignore)
+    if diff:
+        return GateResult("drift", False, f"{len(diff)} difference(s): " + "; ".join(diff[:10]))
+    return GateResult("drift", True, f"fingerprints of {live} and {target} match"
+                      + (f" (ignoring {', '.join(gate.ignore)})" if gate.ignore else ""))
+
+
+async def versions(controller: "Controller", target: str, session: aiohttp.ClientSession) -> tuple[str, str]:
+    """versions: (version serving now, version of the target), from the fingerprints' "version" key."""
+    path = controller.config.gates.drift.path if controller.config.gates.drift else "/__fingerprint"
+    live = controller.router.route.live
+    out = []
+    for env in (live, target):
+        data = await fingerprint(controller, env, path, session)
+        if "version" not in data:
+            raise ValueError(f'the fingerprint of {env} ({path}) has no "version"')
+        out.append(str(data["version"]))
+    return out[0], out[1]
+
+
+async def schema_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+    """schema_gate: an attestation for exactly this pair of versions, or the configured command passes."""
+    gate = controller.config.gates.schema
+    live = controller.router.route.live
+    try:
+        old, new = await versions(controller, target, session)
+    except ValueError as exc:
+        return GateResult("schema", False, f"cannot tell the versions: {exc}")
+    for attestation in controller.state.attestations:
+        if attestation["from_version"] == old and attestation["to_version"] == new:
+            by = attestation.get("by") or "someone"
+            return GateResult("schema", True, f"attested compatible {old} -> {new} by {by}")
+    if gate.command is None:
+        return GateResult("schema", False, f"no attestation for {old} -> {new} "
+                          "(POST /v1/schema/attest or configure gates.schema.command)")
+    cwd = controller.config.source.parent if controller.config.source else None
+    env = dict(os.environ, CUTOVER_FROM_ENV=live, CUTOVER_TO_ENV=target,
+               CUTOVER_FROM_VERSION=old, CUTOVER_TO_VERSION=new)
+    try:
+        proc = await asyncio.create_subprocess_shell(gate.command, cwd=cwd, env=env,
+                                                     stdout=asyncio.subprocess.PIPE,
+                                                     stderr=asyncio.subprocess.STDOUT)
+    except OSError as exc:
+        return GateResult("schema", False, f"cannot run {gate.command!r}: {exc}")
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), SCHEMA_TIMEOUT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return GateResult("schema", False, f"{gate.command!r} did not finish within {SCHEMA_TIMEOUT:.0f}s")
+    lines = out.decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    if proc.returncode != 0:
+        return GateResult("schema", False, f"{gate.command!r} exited {proc.returncode}: {last}")
+    return GateResult("schema", True, f"{gate.command!r} passed for {old} -> {new}" + (f": {last}" if last else ""))
+
+
 async def run_gates(controller: "Controller", target: str, health_only: bool = False) -> list[GateResult]:
-    """run_gates: every configured gate against ``target``, in order; health first."""
-    return [health_gate(controller, target)]
+    """run_gates: every configured gate against ``target``, in order, stopping at the first failure."""
+    results = [health_gate(controller, target)]
+    if health_only or not results[0].passed:
+        return results
+    gates = controller.config.gates
+    steps = []
+    if gates.drift is not None:
+        steps.append(drift_gate)
+    if gates.schema is not None:
+        steps.append(schema_gate)
+    if gates.smoke:
+        steps.append(smoke_gate)
+    if gates.warmup is not None:
+        steps.append(warmup_gate)
+    if not steps:
+        return results
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for step in steps:
+            result = await step(controller, target, session)
+            results.append(result)
+            if not result.passed:
+                break
+    return results

@@ -51,8 +51,8 @@ async def start(config: Config) -> Running:
     store = FileStateStore(config.state_file)
     state = Controller.initial_state(config, store)
     router = Router.from_config(config)
-    controller = Controller(config, router, store, state)
     proxy = Proxy(config, router)
+    controller = Controller(config, router, store, state, proxy)
     await proxy.start()
     controller.start()
     token = config.admin.token if config.admin.auth != "none" else None

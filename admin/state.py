@@ -54,6 +54,8 @@ class State:
     canary: str | None = None       # the environment receiving the canary share; never live
     canary_weight: int = 0          # 0..100; above 0 only with a canary
     history: list[dict] = field(default_factory=list)  # SPEC §7 history events, oldest first
+    # Schema-compatibility attestations (SPEC §6): {"from_version", "to_version", "by", "at"}.
+    attestations: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """to_dict: the JSON-ready form, with the format version; stores call it to save."""
@@ -69,6 +71,7 @@ class State:
             "canary": self.canary,
             "canary_weight": self.canary_weight,
             "history": [dict(event) for event in self.history],
+            "attestations": [dict(a) for a in self.attestations],
         }
 
     @classmethod
@@ -230,7 +233,7 @@ def _os_reason(err: OSError) -> str:
 
 _FIELDS = (
     "version", "live", "previous", "generation", "held", "hold_until",
-    "locked", "lock_reason", "canary", "canary_weight", "history",
+    "locked", "lock_reason", "canary", "canary_weight", "history", "attestations",
 )
 _REQUIRED = ("version", "live", "generation")
 
@@ -282,6 +285,7 @@ def _parse(data: Any) -> State:
     if not 0 <= canary_weight <= 100:
         raise _Invalid(f'"canary_weight" must be 0..100, not {canary_weight}')
     history = _history(data.get("history", []))
+    attestations = _attestations(data.get("attestations", []))
 
     if previous == live:
         raise _Invalid(f'"previous" must differ from "live", both are "{live}"')
@@ -292,8 +296,23 @@ def _parse(data: Any) -> State:
     return State(
         live=live, previous=previous, generation=generation, held=held, hold_until=hold_until,
         locked=locked, lock_reason=lock_reason, canary=canary, canary_weight=canary_weight,
-        history=history,
+        history=history, attestations=attestations,
     )
+
+
+def _attestations(value: Any) -> list[dict]:
+    """_attestations: a copy of the attestation list; each with string from_version and to_version."""
+    if not isinstance(value, list):
+        raise _Invalid(f'"attestations" must be a list, not {_kind(value)}')
+    out = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _Invalid(f'"attestations[{index}]" must be an object, not {_kind(item)}')
+        for key in ("from_version", "to_version"):
+            if not isinstance(item.get(key), str):
+                raise _Invalid(f'"attestations[{index}].{key}" must be a string')
+        out.append(dict(item))
+    return out
 
 
 def _history(value: Any) -> list[dict]:

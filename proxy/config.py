@@ -221,6 +221,24 @@ class WarmupGate:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """AnalysisConfig: `analysis`, the watch on the new live environment after a flip (SPEC §6).
+
+    window 0 turns it off. A breach rolls back: probe_failures consecutive failed
+    synthetic probes, or (with at least min_requests live requests in the window)
+    a 5xx ratio above max_error_ratio or a p99 latency above max_p99.
+    """
+
+    window: float = 0.0
+    interval: float = 1.0
+    max_error_ratio: float = 0.05
+    min_requests: int = 20
+    max_p99: float | None = None
+    probe_failures: int = 1
+    probe_path: str = "/"
+
+
+@dataclass(frozen=True)
 class GatesConfig:
     """GatesConfig: the `gates` section, run by the controller before a flip; all optional."""
 
@@ -248,6 +266,7 @@ class Config:
     gates: GatesConfig
     preview_listen: Address | None = None
     canary_header: str | None = None  # None = cookie stickiness
+    analysis: AnalysisConfig = AnalysisConfig()
     source: Path | None = None  # the file it was loaded from
 
 
@@ -549,6 +568,7 @@ _TOP = (
     "forwarded_headers",
     "canary",
     "gates",
+    "analysis",
 )
 
 
@@ -681,6 +701,25 @@ def _hold(value: object) -> HoldConfig:
     return HoldConfig(
         max_wait=_positive_duration(data.get("max_wait", d.max_wait), "hold.max_wait"),
         max_queued=_int(data.get("max_queued", d.max_queued), "hold.max_queued", 0),
+    )
+
+
+def _analysis(value: object) -> AnalysisConfig:
+    data = _section(value, "analysis", ("window", "interval", "max_error_ratio", "min_requests",
+                                         "max_p99", "probe_failures", "probe_path"))
+    d = AnalysisConfig()
+    ratio = data.get("max_error_ratio", d.max_error_ratio)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise ConfigError(f"expected a ratio from 0 to 1, got {_show(ratio)}", key="analysis.max_error_ratio")
+    max_p99 = data.get("max_p99")
+    return AnalysisConfig(
+        window=parse_duration(data.get("window", d.window), "analysis.window"),
+        interval=_positive_duration(data.get("interval", d.interval), "analysis.interval"),
+        max_error_ratio=float(ratio),
+        min_requests=_int(data.get("min_requests", d.min_requests), "analysis.min_requests", 1),
+        max_p99=None if max_p99 is None else _positive_duration(max_p99, "analysis.max_p99"),
+        probe_failures=_int(data.get("probe_failures", d.probe_failures), "analysis.probe_failures", 1),
+        probe_path=_request_path(data.get("probe_path", d.probe_path), "analysis.probe_path"),
     )
 
 
@@ -819,6 +858,7 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         gates=_gates(top.get("gates")),
         preview_listen=preview,
         canary_header=_canary(top.get("canary")),
+        analysis=_analysis(top.get("analysis")),
     )
 
 
@@ -936,4 +976,5 @@ def effective_config(cfg: Config) -> dict[str, Any]:
             if gates.warmup
             else None,
         },
+        "analysis": dataclasses.asdict(cfg.analysis),
     }
