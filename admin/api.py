@@ -31,14 +31,14 @@ RENDER = web.AppKey("render", object)
 
 # The body keys each mutation accepts; anything else is a 400 naming the key.
 FIELDS = {
-    "flip": {"to", "reason", "force", "if_generation"},
+    "flip": {"to", "reason", "force", "if_generation", "wait"},
     "rollback": {"reason", "force", "if_generation"},
     "hold": {"timeout", "reason"},
     "resume": {"reason"},
     "lock": {"reason"},
     "unlock": {"reason"},
     "canary": {"weight", "reason", "force"},
-    "promote": {"reason", "force"},
+    "promote": {"reason", "force", "wait"},
     "abort": {"reason"},
     "attest": {"from_version", "to_version", "by"},
 }
@@ -95,8 +95,9 @@ async def body_of(request: web.Request, action: str) -> dict:
     for key in ("reason", "to"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ControlError(400, "bad_request", f'"{key}" must be a string')
-    if "force" in data and not isinstance(data["force"], bool):
-        raise ControlError(400, "bad_request", '"force" must be true or false')
+    for key in ("force", "wait"):
+        if key in data and not isinstance(data[key], bool):
+            raise ControlError(400, "bad_request", f'"{key}" must be true or false')
     return data
 
 
@@ -104,7 +105,14 @@ def mutation(action: str, call: Callable[[Controller, dict], Awaitable[dict]]) -
     """mutation: a POST handler: parse the body, call the controller, answer the new status."""
     async def handler(request: web.Request) -> web.Response:
         data = await body_of(request, action)
-        result = await call(request.app[CONTROLLER], data)
+        controller = request.app[CONTROLLER]
+        result = await call(controller, data)
+        if data.get("wait") and result.get("changed"):
+            # CI blocks on the post-flip analysis: the answer carries its outcome.
+            outcome = await controller.wait_for_analysis(result["generation"])
+            if outcome is not None:
+                result = controller.status()
+                result.update(changed=True, analysis=outcome)
         log.info("admin %s from %s: generation %s", action, request.remote, result.get("generation"))
         return web.json_response(result)
     return handler

@@ -22,6 +22,7 @@ from proxy.drain import Drain
 from proxy.route import Route
 from proxy.router import Router
 
+from .analysis import Analysis
 from .gates import GateResult, run_gates
 from .state import State, StateError, StateStore
 
@@ -56,6 +57,7 @@ class Controller:
         self.counts = {"flips": 0, "rollbacks": 0, "auto_rollbacks": 0}
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
+        self.analysis: Analysis | None = None   # the watch over the last flip or promote
         router.on_drain.append(self._drain_finished)
         router.on_resume.append(self._hold_expired)
 
@@ -95,6 +97,7 @@ class Controller:
         status["locked"] = self.state.locked
         status["lock_reason"] = self.state.lock_reason
         status["hold_until"] = _iso(self.state.hold_until) if self.router.held else None
+        status["analysis"] = self.analysis.to_dict() if self.analysis is not None else None
         return status
 
     def history(self) -> dict:
@@ -128,13 +131,22 @@ class Controller:
             gates = await self._gates(target, force, health_only=True)
             return self._switch("rollback", target, reason, force, gates, started=started)
 
-    async def auto_rollback(self, reason: str) -> dict:
+    async def auto_rollback(self, reason: str, analysis: Analysis | None = None) -> dict:
         """auto_rollback: a rollback decided by post-flip analysis; not stopped by a lock or gates."""
         started = time.perf_counter()
         async with self.lock:
+            if analysis is not None and analysis is not self.analysis:
+                raise ControlError(409, "superseded", "a newer switch replaced the analysed one")
             if self.state.previous is None:
                 raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
             return self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
+
+    async def wait_for_analysis(self, generation: int) -> dict | None:
+        """wait_for_analysis: the outcome of the analysis of ``generation`` (None when none runs)."""
+        analysis = self.analysis
+        if analysis is None or analysis.generation != generation:
+            return None
+        return await asyncio.shield(analysis.done)
 
     async def promote(self, reason: str | None = None, force: bool = False) -> dict:
         """promote: flip to the canary environment (weights become 100/0 on the new live)."""
@@ -250,6 +262,7 @@ class Controller:
         self._save(state)
         entry = self.state.history[-1]   # the store may hand back copies of the events
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        self._watch(action, state)
         if started is not None:
             entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
             self.last_recovery_ms = entry["recovery_ms"]
@@ -259,6 +272,14 @@ class Controller:
         log.info("%s %s -> %s generation %d%s", action, source, target, state.generation,
                  f" ({reason})" if reason else "")
         return self._answer(changed=True)
+
+    def _watch(self, action: str, state: State) -> None:
+        """_watch: end the previous analysis; start one over a new live environment after a flip or promote."""
+        previous = self.analysis
+        if previous is not None and previous.state == "running" and action != "auto_rollback":
+            previous.cancel(f"superseded by {action} to generation {state.generation}")
+        if action in ("flip", "promote") and self.config.analysis.window > 0 and self.proxy is not None:
+            self.analysis = Analysis(self, state.generation, state.live, self.config.analysis)
 
     def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
         state = self._next()

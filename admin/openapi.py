@@ -33,6 +33,8 @@ def _post(summary: str, properties: dict, *codes: int, required: list[str] | Non
 _REASON = {"reason": {"type": "string"}}
 _FORCE = {"force": {"type": "boolean", "description": "skip the gates (never a lock)"}}
 _IF_GEN = {"if_generation": {"type": "integer", "description": "compare-and-swap on the generation"}}
+_WAIT = {"wait": {"type": "boolean", "description": "answer only when the post-flip analysis ended; "
+                                                    "the answer's analysis.state says passed or rolled_back"}}
 
 _DOCUMENT = {
     "openapi": "3.1.0",
@@ -46,7 +48,7 @@ _DOCUMENT = {
                 "error": {"type": "string"},
                 "code": {"type": "string", "enum": [
                     "unauthorized", "bad_request", "unknown_environment", "locked", "gate_failed",
-                    "no_previous", "no_canary", "generation_mismatch", "state_unavailable",
+                    "no_previous", "no_canary", "generation_mismatch", "state_unavailable", "superseded",
                     "not_found", "method_not_allowed"]},
                 "gates": {"type": "array", "items": {"type": "object"}},
                 "generation": {"type": "integer"}}},
@@ -76,7 +78,7 @@ _DOCUMENT = {
             "200": {"description": "events", "content": _json({"type": "object", "properties": {
                 "events": {"type": "array", "items": {"type": "object", "required": ["at", "action"]}}}})}}}},
         "/v1/flip": _post("switch all traffic to `to` (default: the other environment)",
-                          {"to": {"type": "string"}, **_REASON, **_FORCE, **_IF_GEN}, 409, 412),
+                          {"to": {"type": "string"}, **_REASON, **_FORCE, **_IF_GEN, **_WAIT}, 409, 412),
         "/v1/rollback": _post("flip back to the previous environment", {**_REASON, **_FORCE, **_IF_GEN}, 409, 412),
         "/v1/hold": _post("new requests wait until resume or the timeout",
                           {"timeout": {"type": "number", "exclusiveMinimum": 0}, **_REASON}),
@@ -86,7 +88,7 @@ _DOCUMENT = {
         "/v1/canary": _post("send `weight` percent of new requests to the idle environment",
                             {"weight": {"type": "integer", "minimum": 0, "maximum": 100}, **_REASON, **_FORCE},
                             409, required=["weight"]),
-        "/v1/promote": _post("flip to the canary environment", {**_REASON, **_FORCE}, 409),
+        "/v1/promote": _post("flip to the canary environment", {**_REASON, **_FORCE, **_WAIT}, 409),
         "/v1/abort": _post("canary weight back to 0", dict(_REASON), 409),
         "/v1/schema/attest": _post("record that migrating from_version to to_version is schema-compatible",
                                    {"from_version": {"type": "string"}, "to_version": {"type": "string"},

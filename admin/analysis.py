@@ -1,0 +1,172 @@
+"""Post-flip analysis: watch the new live environment and roll back on a breach (SPEC §6).
+
+The Controller starts one Analysis after each flip or promote when
+``analysis.window`` is set. Every ``interval`` it sends a synthetic probe
+through the router's main listener (the user's path) and reads the live
+environment's own counters since the flip. A breach rolls back at once
+through Controller.auto_rollback, which records ``auto_rollback`` with the
+reason: ``probe_failures`` consecutive failed probes, or, once at least
+``min_requests`` requests finished in the window, a 5xx ratio above
+``max_error_ratio`` or a p99 latency above ``max_p99``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from proxy.backends import LATENCY_BUCKETS
+
+from .gates import base_url
+
+if TYPE_CHECKING:
+    from proxy.config import AnalysisConfig
+
+    from .controller import Controller
+
+log = logging.getLogger("cutover.analysis")
+
+
+def p99(counts: list[int]) -> float | None:
+    """p99: the upper bound of the latency bucket holding the 99th percentile (None when empty)."""
+    total = sum(counts)
+    if not total:
+        return None
+    need = 0.99 * total
+    seen = 0
+    for bound, count in zip(LATENCY_BUCKETS + (float("inf"),), counts):
+        seen += count
+        if seen >= need:
+            return bound
+    return float("inf")
+
+
+class Analysis:
+    """Analysis: one watch over the environment a switch made live."""
+
+    def __init__(self, controller: "Controller", generation: int, env: str, config: "AnalysisConfig") -> None:
+        self.controller = controller
+        self.generation = generation
+        self.env = env
+        self.config = config
+        self.state = "running"          # running | passed | rolled_back | cancelled
+        self.reason: str | None = None
+        self.started = time.time()
+        self.probes = 0
+        self.failed_probes = 0
+        self.requests = 0
+        self.errors = 0
+        self.first_failure_at: float | None = None
+        self.rolled_back_at: float | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        environment = controller.router.environments[env]
+        self._responses = list(environment.responses)
+        self._latency = list(environment.latency_counts)
+        self._task = asyncio.create_task(self._run())
+
+    def cancel(self, why: str) -> None:
+        """cancel: a newer switch replaced this one; stop watching."""
+        if self.state == "running":
+            self.state = "cancelled"
+            self.reason = why
+            self._task.cancel()
+            self._finish()
+
+    def to_dict(self) -> dict:
+        out = {"generation": self.generation, "environment": self.env, "state": self.state,
+               "reason": self.reason, "window": self.config.window, "probes": self.probes,
+               "failed_probes": self.failed_probes, "requests": self.requests, "errors": self.errors}
+        if self.first_failure_at is not None and self.rolled_back_at is not None:
+            out["rollback_ms"] = round((self.rolled_back_at - self.first_failure_at) * 1000, 3)
+        return out
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(self.to_dict())
+
+    def _live_breach(self) -> str | None:
+        environment = self.controller.router.environments[self.env]
+        delta = [now - then for now, then in zip(environment.responses, self._responses)]
+        self.requests = sum(delta)
+        self.errors = delta[5]
+        if self.requests < self.config.min_requests:
+            return None
+        ratio = self.errors / self.requests
+        if ratio > self.config.max_error_ratio:
+            return (f"5xx ratio {ratio:.1%} over {self.requests} requests "
+                    f"> max_error_ratio {self.config.max_error_ratio:.1%}")
+        if self.config.max_p99 is not None:
+            latency = p99([now - then for now, then in zip(environment.latency_counts, self._latency)])
+            if latency is not None and latency > self.config.max_p99:
+                return f"p99 latency above {latency if latency != float('inf') else LATENCY_BUCKETS[-1]}s " \
+                       f"> max_p99 {self.config.max_p99}s"
+        return None
+
+    async def _probe(self, session: aiohttp.ClientSession, url: str) -> str | None:
+        self.probes += 1
+        try:
+            async with session.get(url) as resp:
+                await resp.read()
+                if resp.status < 500:
+                    return None
+                return f"probe GET {self.config.probe_path} answered {resp.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return f"probe GET {self.config.probe_path} failed: {type(exc).__name__}"
+
+    async def _run(self) -> None:
+        proxy = self.controller.proxy
+        url = base_url(proxy.config.listen.host, proxy.port) + self.config.probe_path
+        deadline = time.monotonic() + self.config.window
+        consecutive = 0
+        timeout = aiohttp.ClientTimeout(total=max(self.config.interval, 1.0))
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while time.monotonic() < deadline:
+                    failure = await self._probe(session, url)
+                    if failure is None:
+                        consecutive = 0
+                    else:
+                        self.failed_probes += 1
+                        consecutive += 1
+                        if self.first_failure_at is None:
+                            self.first_failure_at = time.perf_counter()
+                    breach = failure if consecutive >= self.config.probe_failures else self._live_breach()
+                    if breach is None and failure is not None:
+                        breach = self._live_breach()
+                    if breach is not None:
+                        await self._roll_back(breach)
+                        return
+                    await asyncio.sleep(min(self.config.interval, max(0.0, deadline - time.monotonic())))
+                breach = self._live_breach()
+                if breach is not None:
+                    await self._roll_back(breach)
+                    return
+            self.state = "passed"
+            self.reason = f"{self.probes} probes, {self.requests} requests, {self.errors} 5xx in the window"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:   # a bug here must not leave CI waiting forever
+            log.exception("analysis of generation %d failed", self.generation)
+            self.state = "passed"
+            self.reason = f"analysis stopped: {type(exc).__name__}"
+        finally:
+            self._finish()
+
+    async def _roll_back(self, breach: str) -> None:
+        if self.first_failure_at is None:
+            self.first_failure_at = time.perf_counter()
+        self.reason = breach
+        log.warning("analysis of generation %d on %s: %s; rolling back", self.generation, self.env, breach)
+        try:
+            await self.controller.auto_rollback(f"analysis: {breach}", analysis=self)
+        except Exception as exc:
+            log.error("auto-rollback failed: %s", exc)
+            self.state = "passed"
+            self.reason = f"breach ({breach}) but rollback failed: {exc}"
+            return
+        self.rolled_back_at = time.perf_counter()
+        self.state = "rolled_back"
