@@ -98,6 +98,10 @@ class Controller:
         status["lock_reason"] = self.state.lock_reason
         status["hold_until"] = _iso(self.state.hold_until) if self.router.held else None
         status["analysis"] = self.analysis.to_dict() if self.analysis is not None else None
+        if self.proxy is not None:
+            status["listen"] = f"{self.config.listen.host}:{self.proxy.port}"
+            status["preview_listen"] = (f"{self.config.preview_listen.host}:{self.proxy.preview_port}"
+                                        if self.proxy.preview_port else None)
         return status
 
     def history(self) -> dict:

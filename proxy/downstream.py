@@ -224,6 +224,9 @@ class ClientConnection(asyncio.Protocol):
             ex.preview = ""
         if head.preview_env is not None:
             ex.preview = self.preview_target(head)
+        if head.probe:
+            self.check_token(head)
+            ex.probe = True
         self.reading = ex
         queue = self.queue
         queue.append(ex)
@@ -238,15 +241,22 @@ class ClientConnection(asyncio.Protocol):
         Raises _HeadRefused (403 or 400) otherwise, so a smoke test never
         silently reaches the live environment instead.
         """
-        token = self.proxy.preview_token
-        if not token or head.preview_token is None or not hmac.compare_digest(head.preview_token, token):
+        if not self.proxy.preview_token:
             self.refused = (403, "X-Cutover-Env needs X-Cutover-Token with the admin token")
             raise _HeadRefused
+        self.check_token(head)
         name = head.preview_env.decode("latin-1")
         if name not in self.proxy.router.environments:
             self.refused = (400, f"X-Cutover-Env names unknown environment {name!r}")
             raise _HeadRefused
         return name
+
+    def check_token(self, head) -> None:
+        """check_token: X-Cutover-Token must equal the admin token when one is set; 403 otherwise."""
+        token = self.proxy.preview_token
+        if token and (head.preview_token is None or not hmac.compare_digest(head.preview_token, token)):
+            self.refused = (403, "X-Cutover-Env and X-Cutover-Probe need X-Cutover-Token with the admin token")
+            raise _HeadRefused
 
     def on_body(self, body: bytes) -> None:
         self.reading.request_body(body)

@@ -45,7 +45,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome", "started", "canary_bucket", "preview",
+        "drain", "outcome", "started", "canary_bucket", "preview", "probe",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -80,6 +80,7 @@ class Exchange:
         self.started = monotonic()          # for the latency histogram (admin/metrics.py)
         self.canary_bucket: int | None = None   # a new canary bucket to send in a cookie
         self.preview: str | None = None     # preview route: "" = the idle environment, else the one named
+        self.probe = False                  # a drill probe: name the serving environment in the answer
 
     # ----------------------------------------------------------- request side
 
@@ -265,6 +266,8 @@ class Exchange:
             self.close_delimited = not rh.chunked
             self.keep_alive = False   # HTTP/1.0 client: the body ends when we close
             framing = b""
+        if self.probe:
+            framing += b"x-cutover-served-by: %s %d\r\n" % (self.env.name.encode(), self.route.generation)
         if self.canary_bucket is not None:
             framing += b"set-cookie: cutover_canary=%d; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n" \
                 % self.canary_bucket

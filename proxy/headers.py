@@ -23,6 +23,7 @@ REQUEST_SPECIAL = HOP_BY_HOP | {
     b"host", b"content-length", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-cutover-env", b"x-cutover-token",   # the preview route's header and its token: never forwarded
+    b"x-cutover-probe",                     # a drill probe: the answer names the environment that served it
 }
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
@@ -95,7 +96,7 @@ class RequestHead:
     """
 
     __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
-                 "expect_continue", "close", "preview_env", "preview_token")
+                 "expect_continue", "close", "preview_env", "preview_token", "probe")
 
     def __init__(self) -> None:
         self.block = b""
@@ -107,6 +108,7 @@ class RequestHead:
         self.close = False                  # Connection: close was sent
         self.preview_env: bytes | None = None     # X-Cutover-Env: the environment asked for
         self.preview_token: bytes | None = None   # X-Cutover-Token: the admin token that allows it
+        self.probe = False                        # X-Cutover-Probe was sent
 
 
 def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http_minor: int,
@@ -156,6 +158,8 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
             head.preview_env = value.strip()
         elif lname == b"x-cutover-token":
             head.preview_token = value.strip()
+        elif lname == b"x-cutover-probe":
+            head.probe = True
         # x-forwarded-proto and x-forwarded-host are set below from what this proxy saw
     if head.chunked and http_minor == 0:
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.

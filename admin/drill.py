@@ -1,0 +1,164 @@
+"""The rollback drill: flip to the other environment and back under synthetic probes.
+
+``cutover drill`` runs against a running router through its admin API. A
+probe client sends ``GET <path>`` with ``X-Cutover-Probe`` over one keep-alive
+connection every few milliseconds; the router answers each probe naming the
+environment and generation that served it. The drill flips, waits, rolls
+back, and measures for each switch the recovery time (from the admin call to
+the first probe served by the new environment) and counts failed probes. It
+exits 0 only when no probe failed and both recovery times are within the
+objective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+
+@dataclass
+class Probes:
+    """Probes: what the probe loop saw: (perf_counter, environment or None, status or error)."""
+
+    seen: list[tuple[float, str | None, str]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[tuple[float, str | None, str]]:
+        return [p for p in self.seen if p[1] is None]
+
+    def first_from(self, env: str, after: float) -> float | None:
+        for at, served_by, _ in self.seen:
+            if at >= after and served_by == env:
+                return at
+        return None
+
+
+async def probe_loop(url: str, headers: dict, interval: float, stop: asyncio.Event, probes: Probes) -> None:
+    """probe_loop: probe until ``stop``; a probe fails on a connection error, a timeout or a 5xx."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while not stop.is_set():
+            try:
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+                    served_by = resp.headers.get("X-Cutover-Served-By", "").split(" ")[0] or None
+                    ok = resp.status < 500 and served_by is not None
+                    probes.seen.append((time.perf_counter(), served_by if ok else None, str(resp.status)))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                probes.seen.append((time.perf_counter(), None, type(exc).__name__))
+            await asyncio.sleep(interval)
+
+
+class DrillError(Exception):
+    """DrillError: the drill could not run; ``code`` is the exit status (2 = a switch was refused)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def _call(session: aiohttp.ClientSession, method: str, url: str, body: dict | None = None) -> dict:
+    try:
+        async with session.request(method, url, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise DrillError(f"{method} {url}: {data.get('error')} ({data.get('code')})",
+                                 2 if resp.status in (409, 412) else 1)
+            return data
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise DrillError(f"{method} {url}: {type(exc).__name__} {exc}") from None
+
+
+async def drill(admin: str, token: str | None, path: str = "/", interval: float = 0.005,
+                settle: float = 1.0, objective_ms: float = 100.0) -> dict:
+    """drill: flip and roll back under probes; returns the report."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    probe_headers = {"X-Cutover-Probe": "1"}
+    if token:
+        probe_headers["X-Cutover-Token"] = token
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        status = await _call(session, "GET", f"{admin}/v1/status")
+        listen = status.get("listen")
+        if not listen:
+            raise DrillError("the router's status does not name its listen address")
+        host, _, port = listen.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        url = f"http://{host}:{port}{path}"
+        start_env = status["live"]
+        other = next(name for name in status["environments"] if name != start_env)
+        probes = Probes()
+        stop = asyncio.Event()
+        task = asyncio.create_task(probe_loop(url, probe_headers, interval, stop, probes))
+        switches = []
+        try:
+            await asyncio.sleep(settle)
+            for action, target in (("flip", other), ("rollback", start_env)):
+                t0 = time.perf_counter()
+                if action == "flip":
+                    answer = await _call(session, "POST", f"{admin}/v1/flip", {"to": target, "reason": "drill"})
+                else:
+                    answer = await _call(session, "POST", f"{admin}/v1/rollback", {"reason": "drill"})
+                applied = (time.perf_counter() - t0) * 1000
+                deadline = time.monotonic() + 5
+                while probes.first_from(target, t0) is None and time.monotonic() < deadline:
+                    await asyncio.sleep(interval)
+                first = probes.first_from(target, t0)
+                switches.append({
+                    "action": action, "to": target, "generation": answer["generation"],
+                    "call_ms": round(applied, 3),
+                    "recovery_ms": round((first - t0) * 1000, 3) if first is not None else None,
+                })
+                await asyncio.sleep(settle)
+        finally:
+            stop.set()
+            await task
+    failed = probes.failed
+    recoveries = [s["recovery_ms"] for s in switches]
+    passed = not failed and all(r is not None and r <= objective_ms for r in recoveries)
+    return {
+        "router": url, "admin": admin, "probes": len(probes.seen), "failed_probes": len(failed),
+        "failures": [reason for _, _, reason in failed[:5]], "switches": switches,
+        "objective_ms": objective_ms, "passed": passed,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """add_arguments: the drill's own options (the admin URL and token come from the main CLI)."""
+    parser.add_argument("--path", default="/", help="path to probe (default /)")
+    parser.add_argument("--interval", type=float, default=0.005, help="seconds between probes")
+    parser.add_argument("--settle", type=float, default=1.0, help="seconds of probes before and after each switch")
+    parser.add_argument("--objective-ms", type=float, default=100.0, help="recovery-time objective (ms)")
+
+
+def print_report(report: dict) -> None:
+    """print_report: the human-readable drill report."""
+    print(f"drill against {report['router']}: {report['probes']} probes, {report['failed_probes']} failed")
+    for s in report["switches"]:
+        recovery = f"{s['recovery_ms']:.1f} ms" if s["recovery_ms"] is not None else "never"
+        print(f"  {s['action']:<8} -> {s['to']:<8} generation {s['generation']}: first probe from {s['to']} "
+              f"after {recovery} (call {s['call_ms']:.1f} ms)")
+    for failure in report["failures"]:
+        print(f"  failed probe: {failure}")
+    verdict = "PASS" if report["passed"] else "FAIL"
+    print(f"{verdict}: objective {report['objective_ms']:.0f} ms, failed probes must be 0")
+
+
+async def run(args: argparse.Namespace) -> int:
+    """run: ``cutover drill``; exit 0 pass, 1 failed probes or recovery over the objective, 2 refused."""
+    try:
+        report = await drill(args.admin.rstrip("/"), args.token, args.path, args.interval, args.settle,
+                             args.objective_ms)
+    except DrillError as exc:
+        print(f"cutover: drill: {exc}", file=sys.stderr)
+        return exc.code
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0 if report["passed"] else 1
