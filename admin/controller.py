@@ -53,7 +53,11 @@ class Controller:
         self.proxy = proxy            # the data plane's listeners, for the gates' preview route
         self.store = store
         self.state = state
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()          # one mutation at a time
+        self.save_lock = asyncio.Lock()     # one store write at a time
+        self._detail_pending = False
+        self._detail_task: asyncio.Task | None = None
+        self._details: dict[tuple[int, str], dict] = {}   # drain outcomes by (generation, from)
         self.counts = {"flips": 0, "rollbacks": 0, "auto_rollbacks": 0}
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
@@ -120,7 +124,7 @@ class Controller:
                 return self._answer(changed=False)
             self._check_unlocked("flip")
             gates = await self._gates(target, force)
-            return self._switch("flip", target, reason, force, gates)
+            return await self._switch("flip", target, reason, force, gates)
 
     async def rollback(self, reason: str | None = None, force: bool = False,
                        if_generation: int | None = None) -> dict:
@@ -133,7 +137,7 @@ class Controller:
             if target is None:
                 raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
             gates = await self._gates(target, force, health_only=True)
-            return self._switch("rollback", target, reason, force, gates, started=started)
+            return await self._switch("rollback", target, reason, force, gates, started=started)
 
     async def auto_rollback(self, reason: str, analysis: Analysis | None = None) -> dict:
         """auto_rollback: a rollback decided by post-flip analysis; not stopped by a lock or gates."""
@@ -143,7 +147,7 @@ class Controller:
                 raise ControlError(409, "superseded", "a newer switch replaced the analysed one")
             if self.state.previous is None:
                 raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
-            return self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
+            return await self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
 
     async def wait_for_analysis(self, generation: int) -> dict | None:
         """wait_for_analysis: the outcome of the analysis of ``generation`` (None when none runs)."""
@@ -160,7 +164,7 @@ class Controller:
                 raise ControlError(409, "no_canary", "no canary is running")
             target = self.state.canary
             gates = await self._gates(target, force)
-            return self._switch("promote", target, reason, force, gates)
+            return await self._switch("promote", target, reason, force, gates)
 
     async def canary(self, weight: Any, reason: str | None = None, force: bool = False) -> dict:
         """canary: send ``weight`` percent of new requests to the idle environment."""
@@ -173,7 +177,7 @@ class Controller:
                 return self._answer(changed=False)
             if weight > 0 and weight > self.state.canary_weight:
                 await self._gates(idle, force, health_only=True)
-            return self._reweigh("canary", idle if weight else None, weight, reason)
+            return await self._reweigh("canary", idle if weight else None, weight, reason)
 
     async def abort(self, reason: str | None = None) -> dict:
         """abort: canary weight back to 0; every request goes to live again."""
@@ -181,7 +185,7 @@ class Controller:
             self._check_unlocked("abort")
             if not self.state.canary_weight:
                 raise ControlError(409, "no_canary", "no canary is running")
-            return self._reweigh("abort", None, 0, reason)
+            return await self._reweigh("abort", None, 0, reason)
 
     async def hold(self, timeout: Any = None, reason: str | None = None) -> dict:
         """hold: new requests wait until resume or ``timeout`` seconds (default hold.max_wait)."""
@@ -194,7 +198,7 @@ class Controller:
             state.held = True
             state.hold_until = time.time() + timeout
             self._record(state, "hold", reason, timeout=timeout)
-            self._save(state)
+            await self._save(state)
             self.router.hold(timeout)
             return self._answer(changed=True)
 
@@ -206,7 +210,7 @@ class Controller:
             state.hold_until = None
             released = self.router.held_requests
             self._record(state, "resume", reason, released=released)
-            self._save(state)
+            await self._save(state)
             self.router.resume()
             return self._answer(changed=True, released=released)
 
@@ -225,7 +229,7 @@ class Controller:
                                        "by": by, "at": now_iso()})
             del state.attestations[:-100]
             self._record(state, "attest", f"{from_version} -> {to_version}", by=by)
-            self._save(state)
+            await self._save(state)
             return self._answer(changed=True, attestations=copy.deepcopy(state.attestations))
 
     async def lock_switch(self, reason: str | None = None) -> dict:
@@ -235,7 +239,7 @@ class Controller:
             state.locked = True
             state.lock_reason = reason
             self._record(state, "lock", reason)
-            self._save(state)
+            await self._save(state)
             return self._answer(changed=True)
 
     async def unlock(self, reason: str | None = None) -> dict:
@@ -245,12 +249,12 @@ class Controller:
             state.locked = False
             state.lock_reason = None
             self._record(state, "unlock", reason)
-            self._save(state)
+            await self._save(state)
             return self._answer(changed=True)
 
     # -------------------------------------------------------------- helpers
 
-    def _switch(self, action: str, target: str, reason: str | None, force: bool,
+    async def _switch(self, action: str, target: str, reason: str | None, force: bool,
                 gates: list[GateResult], started: float | None = None) -> dict:
         """_switch: make ``target`` live: save, swap, count; the drain result comes later."""
         state = self._next()
@@ -263,14 +267,13 @@ class Controller:
         entry = self._record(state, action, reason, source=source, target=target, forced=force)
         if gates:
             entry["gates"] = [g.to_dict() for g in gates]
-        self._save(state)
-        entry = self.state.history[-1]   # the store may hand back copies of the events
+        await self._save(state)
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
         self._watch(action, state)
         if started is not None:
             entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
             self.last_recovery_ms = entry["recovery_ms"]
-            self._save_quietly()
+            self._save_later()
         self.counts["rollbacks" if action == "rollback" else
                     "auto_rollbacks" if action == "auto_rollback" else "flips"] += 1
         log.info("%s %s -> %s generation %d%s", action, source, target, state.generation,
@@ -285,13 +288,13 @@ class Controller:
         if action in ("flip", "promote") and self.config.analysis.window > 0 and self.proxy is not None:
             self.analysis = Analysis(self, state.generation, state.live, self.config.analysis)
 
-    def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
+    async def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
         state = self._next()
         state.canary = canary
         state.canary_weight = weight
         state.generation += 1
         self._record(state, action, reason, weight=weight, target=canary)
-        self._save(state)
+        await self._save(state)
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
         return self._answer(changed=True)
 
@@ -310,19 +313,44 @@ class Controller:
         """_next: a copy of the state to change; it replaces the current one only once saved."""
         return State.from_dict(self.state.to_dict(), "memory")
 
-    def _save(self, state: State) -> None:
-        try:
-            self.store.save(state)
-        except StateError as exc:
-            raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
-        self.state = state
+    async def _save(self, state: State) -> None:
+        """_save: make ``state`` durable, then current; ControlError 503 when the store fails.
 
-    def _save_quietly(self) -> None:
-        """_save_quietly: save a detail added after the acknowledged change (drain result, timing)."""
-        try:
-            self.store.save(self.state)
-        except StateError as exc:
-            log.error("could not save a history detail: %s", exc)
+        The write runs in a thread, so proxying goes on while the disk syncs;
+        saves are serialized, and each writes a snapshot taken under the lock,
+        so an older state never lands after a newer one.
+        """
+        async with self.save_lock:
+            snapshot = State.from_dict(state.to_dict(), "memory")
+            try:
+                await asyncio.to_thread(self.store.save, snapshot)
+            except StateError as exc:
+                raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
+            self._trim(state)
+            self._apply_details(state)
+            self.state = state
+
+    def _trim(self, state: State) -> None:
+        limit = getattr(self.store, "history_limit", None)
+        if limit is not None and len(state.history) > limit:
+            del state.history[:len(state.history) - limit]
+
+    def _save_later(self) -> None:
+        """_save_later: save a detail added after the acknowledged change (drain result, timing)."""
+        self._detail_pending = True
+        if self._detail_task is None or self._detail_task.done():
+            self._detail_task = asyncio.get_running_loop().create_task(self._save_details())
+
+    async def _save_details(self) -> None:
+        while self._detail_pending:
+            self._detail_pending = False
+            async with self.save_lock:
+                snapshot = State.from_dict(self.state.to_dict(), "memory")
+                try:
+                    await asyncio.to_thread(self.store.save, snapshot)
+                except StateError as exc:
+                    log.error("could not save a history detail: %s", exc)
+                self._trim(self.state)
 
     def _record(self, state: State, action: str, reason: str | None, source: str | None = None,
                 target: str | None = None, **extra: Any) -> dict:
@@ -369,23 +397,40 @@ class Controller:
         result = drain.result()
         for key in self.drain_counts:
             self.drain_counts[key] += result[key]
-        for entry in reversed(self.state.history):
-            if entry.get("generation") == drain.generation and entry.get("from") == drain.env.name:
-                entry["drain"] = result
-                entry.update({k: result[k] for k in ("drained", "forced_closed", "dropped")})
-                break
-        self._save_quietly()
+        fields = {"drain": result, **{k: result[k] for k in ("drained", "forced_closed", "dropped")}}
+        self._details[(drain.generation, drain.env.name)] = fields
+        while len(self._details) > 100:
+            del self._details[next(iter(self._details))]
+        self._apply_details(self.state)
+        self._save_later()
+
+    def _apply_details(self, state: State) -> None:
+        """_apply_details: put the known drain outcomes into ``state``'s history entries.
+
+        A mutation that copied the state before a drain ended would otherwise
+        replace the entry that got the outcome.
+        """
+        if not self._details:
+            return
+        for entry in state.history:
+            fields = self._details.get((entry.get("generation"), entry.get("from")))
+            if fields is not None and "drain" not in entry:
+                entry.update(fields)
 
     def _hold_expired(self, released: int, why: str) -> None:
         """_hold_expired: the router resumed by itself at the hold's timeout; record it."""
-        state = self._next()
-        state.held = False
-        state.hold_until = None
-        self._record(state, "resume", why, released=released)
-        try:
-            self._save(state)
-        except ControlError as exc:
-            log.error("%s", exc)
+        asyncio.get_running_loop().create_task(self._record_resume(released, why))
+
+    async def _record_resume(self, released: int, why: str) -> None:
+        async with self.lock:
+            state = self._next()
+            state.held = False
+            state.hold_until = None
+            self._record(state, "resume", why, released=released)
+            try:
+                await self._save(state)
+            except ControlError as exc:
+                log.error("%s", exc)
 
 
 def _iso(epoch: float | None) -> str | None:

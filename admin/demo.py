@@ -1,12 +1,14 @@
-"""The demo: blue and green pools, the router, steady load, a flip and a rollback under it.
+"""The demo: the whole blue-green story on loopback, with a report (SPEC §10).
 
-``cutover demo`` starts two pools of the demo application on free loopback
-ports (v1 as blue, v2 as green), the router and its admin API in front of
-them, and a steady synthetic load of keep-alive clients plus slow requests in
-flight; a third of the way through it flips to green through the admin API and
-waits for blue's counted drain, two thirds through it rolls back and measures
-the time to the first v1 answer. It prints a report and exits 0 only when no
-request failed and nothing was dropped.
+``cutover demo`` starts the demo orders service as blue (v1) and green (v2)
+on one SQLite database, checks v2's migration with schema-check and applies
+it (expand step), starts the router with its admin API, preview listener,
+gates and post-flip analysis, and puts a steady synthetic load on it. Then:
+a preview smoke test of green, a flip under load that passes the gates
+(health, drift, schema attestation, smoke, warm-up) and the analysis window
+while probes run through the switch window, and a rollback drill. It prints
+a report and exits 0 only when no request or probe failed and nothing was
+dropped.
 """
 
 from __future__ import annotations
@@ -15,38 +17,71 @@ import asyncio
 import collections
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 import aiohttp
 
 from proxy.config import parse_config
 
-from .demo_app import DemoServer
+from .demo_app import MIGRATION_V2, DemoServer, migrate_v2, prepare_database
+from .drill import Probes, drill, probe_loop
+from .schema_check import check_sql
 
-CLIENTS = 16
+CLIENTS = 12
 SLOW_REQUESTS = 8
 
 
-async def _client(session: aiohttp.ClientSession, url: str, until: float, stats: dict) -> None:
-    while time.monotonic() < until:
+class Load:
+    """Load: steady keep-alive clients (GETs and some order POSTs) and their tally."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.versions: collections.Counter = collections.Counter()
+        self.stop = asyncio.Event()
+
+    async def client(self, session: aiohttp.ClientSession, url: str, index: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            post = index % 4 == 0 and n % 5 == 0
+            try:
+                if post:
+                    resp_cm = session.post(url + "orders?item=demo")
+                else:
+                    resp_cm = session.get(url)
+                async with resp_cm as resp:
+                    body = await resp.json()
+                    if resp.status == 200 and body.get("ok"):
+                        self.ok += 1
+                        self.versions[body["version"]] += 1
+                    else:
+                        self.failed += 1
+                        self.errors.append(f"HTTP {resp.status}")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                self.failed += 1
+                self.errors.append(repr(exc))
+
+    async def slow(self, session: aiohttp.ClientSession, url: str) -> None:
         try:
-            async with session.get(url) as resp:
+            async with session.get(url + "?delay=1") as resp:
                 body = await resp.json()
                 if resp.status == 200:
-                    stats["versions"][body["version"]] += 1
-                    stats["ok"] += 1
-                else:
-                    stats["failed"] += 1
-                    stats["errors"].append(f"HTTP {resp.status}")
+                    self.ok += 1
+                    self.versions[body["version"]] += 1
+                    return
+                self.failed += 1
+                self.errors.append(f"HTTP {resp.status}")
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            stats["failed"] += 1
-            stats["errors"].append(repr(exc))
+            self.failed += 1
+            self.errors.append(repr(exc))
 
 
-async def _wait_for_drain(session: aiohttp.ClientSession, admin: str, generation: int, timeout: float) -> dict:
-    """_wait_for_drain: the history entry of the switch to ``generation`` once its drain is recorded."""
+async def _history_entry(session: aiohttp.ClientSession, admin: str, generation: int, timeout: float) -> dict:
+    """_history_entry: the switch to ``generation`` once its drain is recorded."""
     async with asyncio.timeout(timeout):
         while True:
             async with session.get(admin + "/v1/history") as resp:
@@ -56,96 +91,135 @@ async def _wait_for_drain(session: aiohttp.ClientSession, admin: str, generation
             await asyncio.sleep(0.05)
 
 
-async def _first_answer_from(session: aiohttp.ClientSession, url: str, version: str, started: float) -> float:
-    """_first_answer_from: ms from ``started`` until a request answers from ``version``."""
-    async with asyncio.timeout(5):
-        while True:
-            async with session.get(url) as resp:
-                if (await resp.json())["version"] == version:
-                    return (time.perf_counter() - started) * 1000
-
-
-async def run_demo(json_output: bool = False, keep_running: bool = False, duration: float = 6.0) -> int:
-    """run_demo: the whole demo; returns the exit status (0 only when nothing failed)."""
-    from .serve import start
-
-    pools = {"blue": [DemoServer("v1", "blue", i) for i in range(2)],
-             "green": [DemoServer("v2", "green", i) for i in range(2)]}
-    for servers in pools.values():
-        for server in servers:
-            await server.start()
-    tmp = tempfile.TemporaryDirectory(prefix="cutover-demo-")
-    config = parse_config({
+def _config(tmp: Path, pools: dict) -> object:
+    return parse_config({
         "listen": "127.0.0.1:0",
+        "preview_listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0", "auth": "none"},
         "environments": {name: {"servers": [s.address for s in servers]} for name, servers in pools.items()},
         "live": "blue",
         "state_file": "state.json",
         "drain_timeout": "10s",
         "health_check": {"interval": "250ms"},
-    }, Path(tmp.name), {})
+        "gates": {
+            "smoke": [{"path": "/", "expect_status": 200, "expect_body_contains": '"ok": true'}],
+            "drift": {"path": "/__fingerprint", "ignore": ["version", "build"]},
+            "schema": {},
+            "warmup": {"paths": ["/"], "requests": 20},
+        },
+        "analysis": {"window": "2s", "interval": "100ms", "min_requests": 50, "max_error_ratio": 0.01},
+    }, tmp, {})
+
+
+async def run_demo(json_output: bool = False, keep_running: bool = False, duration: float = 6.0) -> int:
+    """run_demo: the whole story; returns the exit status (0 only when nothing failed)."""
+    from .serve import start
+
+    say = (lambda *a: None) if json_output else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="cutover-demo-")
+    tmp = Path(tmp_dir.name)
+    db = str(tmp / "orders.sqlite")
+    prepare_database(db)
+    findings = [f for f in check_sql(MIGRATION_V2) if not f.suppressed]
+    say(f"schema-check of v2's migration: {len(findings)} backward-incompatible change(s)")
+    if findings:
+        for f in findings:
+            say(f"  line {f.line}: {f.rule}: {f.problem}")
+    migrate_v2(db)
+    pools = {"blue": [DemoServer("v1", "blue", i, db) for i in range(2)],
+             "green": [DemoServer("v2", "green", i, db) for i in range(2)]}
+    for servers in pools.values():
+        for server in servers:
+            await server.start()
+    config = _config(tmp, pools)
     running = await start(config)
     url = f"http://127.0.0.1:{running.proxy.port}/"
+    preview = f"http://127.0.0.1:{running.proxy.preview_port}/"
     admin = f"http://127.0.0.1:{running.admin_port}"
-    log = (lambda *a: None) if json_output else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"blue (v1): {', '.join(s.address for s in pools['blue'])}")
-    log(f"green (v2): {', '.join(s.address for s in pools['green'])}")
-    log(f"router: {url}  admin: {admin}  live=blue generation=1")
-    stats = {"ok": 0, "failed": 0, "errors": [], "versions": collections.Counter()}
+    say(f"blue (v1): {', '.join(s.address for s in pools['blue'])}")
+    say(f"green (v2): {', '.join(s.address for s in pools['green'])}")
+    say(f"router: {url}  preview: {preview}  admin: {admin}")
+    load = Load()
+    report: dict = {"router": url, "preview": preview, "admin": admin,
+                    "schema_check": {"findings": len(findings)}}
     started = time.monotonic()
-    until = started + duration
+    progress = asyncio.create_task(_progress(load, running, started, json_output))
     connector = aiohttp.TCPConnector(limit=CLIENTS + SLOW_REQUESTS + 4)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        load = [asyncio.create_task(_client(session, url, until, stats)) for _ in range(CLIENTS)]
-        await asyncio.sleep(duration / 3)
-        slow = [asyncio.create_task(_client(session, url + "?delay=1", time.monotonic() + 0.1, stats))
-                for _ in range(SLOW_REQUESTS)]
-        await asyncio.sleep(0.2)
-        async with session.post(admin + "/v1/flip", json={"to": "green", "reason": "demo"}) as resp:
-            flip = await resp.json()
-        log(f"flip: blue -> green at t={time.monotonic() - started:.1f}s, generation {flip['generation']}")
-        flip_entry = await _wait_for_drain(session, admin, flip["generation"], config.drain_timeout + 5)
-        drain = flip_entry["drain"]
-        log(f"drain of blue: drained={drain['drained']} dropped={drain['dropped']} "
-            f"forced_closed={drain['forced_closed']} in {drain['duration'] * 1000:.0f} ms")
-        await asyncio.sleep(max(0.0, started + 2 * duration / 3 - time.monotonic()))
-        t0 = time.perf_counter()
-        async with session.post(admin + "/v1/rollback", json={"reason": "demo drill"}) as resp:
-            rollback = await resp.json()
-        recovery_ms = await _first_answer_from(session, url, "v1", t0)
-        log(f"rollback: green -> blue, generation {rollback['generation']}, "
-            f"first v1 answer {recovery_ms:.1f} ms after the call")
-        rollback_entry = await _wait_for_drain(session, admin, rollback["generation"], config.drain_timeout + 5)
-        await asyncio.gather(*load, *slow)
-    drains = [flip_entry["drain"], rollback_entry["drain"]]
-    report = {
-        "requests": stats["ok"] + stats["failed"],
-        "failed": stats["failed"],
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            clients = [asyncio.create_task(load.client(session, url, i)) for i in range(CLIENTS)]
+            async with session.post(admin + "/v1/schema/attest", json={
+                    "from_version": "v1", "to_version": "v2", "by": "cutover demo schema-check"}) as resp:
+                assert resp.status == 200, await resp.text()
+            async with session.post(admin + "/v1/schema/attest", json={
+                    "from_version": "v2", "to_version": "v1", "by": "cutover demo schema-check"}) as resp:
+                assert resp.status == 200, await resp.text()
+            async with session.get(preview) as resp:
+                smoke = await resp.json()
+            say(f"preview smoke test: {preview} answered {resp.status} from {smoke.get('version')}")
+            report["preview_smoke"] = {"status": resp.status, "version": smoke.get("version")}
+            await asyncio.sleep(duration / 3)
+
+            probes = Probes()
+            probes_stop = asyncio.Event()
+            probe_task = asyncio.create_task(probe_loop(url, {"X-Cutover-Probe": "1"}, 0.005, probes_stop, probes))
+            slow = [asyncio.create_task(load.slow(session, url)) for _ in range(SLOW_REQUESTS)]
+            await asyncio.sleep(0.3)
+            say("flip blue -> green: gates, swap, post-flip analysis ...")
+            async with session.post(admin + "/v1/flip", json={"to": "green", "reason": "demo", "wait": True}) as resp:
+                flip = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"flip refused: {flip.get('error')}")
+            flip_entry = await _history_entry(session, admin, flip["generation"], config.drain_timeout + 5)
+            await asyncio.gather(*slow)
+            probes_stop.set()
+            await probe_task
+            drain = flip_entry["drain"]
+            say(f"  gates: " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
+                                          for g in flip_entry.get("gates", [])))
+            say(f"  drain of blue: drained={drain['drained']} dropped={drain['dropped']} "
+                f"forced_closed={drain['forced_closed']} in {drain['duration'] * 1000:.0f} ms")
+            say(f"  analysis: {flip['analysis']['state']} ({flip['analysis']['reason']})")
+            say(f"  probes through the switch window: {len(probes.seen)}, failed {len(probes.failed)}")
+            report["flip"] = {"generation": flip["generation"], "gates": flip_entry.get("gates", []),
+                              "drain": drain, "analysis": flip["analysis"],
+                              "probes": len(probes.seen), "failed_probes": len(probes.failed)}
+
+            say("rollback drill: flip to blue and roll back under probes ...")
+            drill_report = await drill(admin, None, settle=0.5, objective_ms=100.0)
+            for s in drill_report["switches"]:
+                say(f"  {s['action']} -> {s['to']}: first probe from {s['to']} after {s['recovery_ms']} ms")
+            report["drill"] = drill_report
+            drains = [drain]
+            for s in drill_report["switches"]:
+                entry = await _history_entry(session, admin, s["generation"], config.drain_timeout + 5)
+                drains.append(entry["drain"])
+            await asyncio.sleep(max(0.0, started + duration - time.monotonic()))
+            load.stop.set()
+            await asyncio.gather(*clients)
+    finally:
+        progress.cancel()
+    report.update({
+        "requests": load.ok + load.failed,
+        "failed": load.failed,
         "dropped": sum(d["dropped"] for d in drains),
         "forced_closed": sum(d["forced_closed"] for d in drains),
-        "by_version": dict(stats["versions"]),
-        "flip": {"generation": flip["generation"], "drain": drains[0]},
-        "rollback": {"generation": rollback["generation"], "drain": drains[1],
-                     "recovery_ms": round(recovery_ms, 3), "recorded_recovery_ms": rollback_entry.get("recovery_ms")},
-        "errors": stats["errors"][:5],
-        "router": url,
-        "admin": admin,
-    }
-    passed = report["failed"] == 0 and report["dropped"] == 0 and report["forced_closed"] == 0
+        "drained": sum(d["drained"] for d in drains),
+        "by_version": dict(load.versions),
+        "recovery_ms": [s["recovery_ms"] for s in drill_report["switches"]],
+        "errors": load.errors[:5],
+        "seconds": round(time.monotonic() - started, 1),
+    })
+    passed = (report["failed"] == 0 and report["dropped"] == 0 and report["forced_closed"] == 0
+              and not findings and report["flip"]["failed_probes"] == 0
+              and report["flip"]["analysis"]["state"] == "passed" and drill_report["passed"])
     report["passed"] = passed
     if json_output:
         print(json.dumps(report, indent=2))
     else:
-        print(f"requests: {report['requests']}  failed: {report['failed']}  dropped: {report['dropped']}  "
-              f"v1: {report['by_version'].get('v1', 0)}  v2: {report['by_version'].get('v2', 0)}")
-        for name, d in (("flip", drains[0]), ("rollback", drains[1])):
-            print(f"{name} drain: drained={d['drained']} dropped={d['dropped']} "
-                  f"forced_closed={d['forced_closed']} duration={d['duration'] * 1000:.0f} ms")
-        print(f"rollback recovery: {recovery_ms:.1f} ms to the first v1 answer "
-              f"({rollback_entry.get('recovery_ms')} ms to apply)")
-        print("PASS" if passed else "FAIL")
+        _print_report(report)
     if keep_running:
-        log(f"still running: curl {url}   cutover status --admin {admin}   (Ctrl-C to stop)")
+        say(f"still running: curl {url}   cutover status --admin {admin}   (Ctrl-C to stop)")
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -154,5 +228,39 @@ async def run_demo(json_output: bool = False, keep_running: bool = False, durati
     for servers in pools.values():
         for server in servers:
             await server.stop()
-    tmp.cleanup()
+    tmp_dir.cleanup()
     return 0 if passed else 1
+
+
+async def _progress(load: Load, running, started: float, quiet: bool) -> None:
+    """_progress: one updating status line on a terminal while the demo runs."""
+    if quiet or not sys.stderr.isatty():
+        return
+    try:
+        while True:
+            route = running.proxy.router.route
+            print(f"\r  {time.monotonic() - started:5.1f}s  requests {load.ok + load.failed}  "
+                  f"failed {load.failed}  live {route.live}  generation {route.generation}   ",
+                  end="", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.2)
+    except asyncio.CancelledError:
+        print(file=sys.stderr)
+        raise
+
+
+def _print_report(r: dict) -> None:
+    print("cutover demo report")
+    print(f"  requests served     {r['requests']} (v1 {r['by_version'].get('v1', 0)}, "
+          f"v2 {r['by_version'].get('v2', 0)}) in {r['seconds']} s")
+    print(f"  failed              {r['failed']}")
+    print(f"  dropped             {r['dropped']}  (drained {r['drained']}, forced closed {r['forced_closed']})")
+    print(f"  schema-check        {r['schema_check']['findings']} incompatible change(s)")
+    print(f"  flip gates          " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
+                                              for g in r["flip"]["gates"]))
+    print(f"  switch-window probes {r['flip']['probes']}, failed {r['flip']['failed_probes']}")
+    print(f"  post-flip analysis  {r['flip']['analysis']['state']}")
+    flip_ms, rollback_ms = r["recovery_ms"]
+    print(f"  drill               rollback recovery {rollback_ms} ms (objective "
+          f"{r['drill']['objective_ms']:.0f} ms), flip incl. gates {flip_ms} ms, "
+          f"failed probes {r['drill']['failed_probes']}")
+    print("PASS" if r["passed"] else "FAIL")

@@ -14,6 +14,8 @@ GOALS = (
     ("RSS at 1k idle < 60 MB", "rss_1k_mb", "<", 60.0, False),
 )
 _COMPARE = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+# the switch phase (SPEC §11): failed requests while flipping under load, rollback recovery
+RECOVERY_LIMIT_MS = 100.0
 _MEDIAN_KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_pct", "load_cpu_busy_pct",
                 "foreign_cpu_pct", "requests")
 
@@ -73,6 +75,72 @@ def goals(summaries: dict[str, dict], subject: str = "cutover") -> list[dict]:
     return out
 
 
+def switch_goals(switched: dict | None, why: str | None = None) -> list[dict]:
+    """switch_goals: 0 failed requests while flipping under load (wrk's non-2xx/3xx and
+    socket errors, with at least one flip applied), and the slowest rollback recovery (first
+    probe answer from the previous environment) under RECOVERY_LIMIT_MS."""
+    flips = (switched or {}).get("flips")
+    rollback = (switched or {}).get("rollback")
+    out = []
+    if flips is None:
+        out.append({"goal": "flip under load: 0 failed", "value": None, "limit": 0,
+                    "result": "n/a", "why": why or "not measured"})
+    elif not flips["flips"]:
+        out.append({"goal": "flip under load: 0 failed", "value": flips["errors"], "limit": 0,
+                    "result": "FAIL", "detail": "no flip was applied"})
+    else:
+        out.append({"goal": "flip under load: 0 failed", "value": flips["errors"], "limit": 0,
+                    "result": "PASS" if flips["errors"] == 0 else "FAIL",
+                    "detail": f"{flips['errors']} of {flips['requests']}, {flips['flips']} flips"})
+    worst = rollback["recovery_ms"]["max"] if rollback else None
+    if worst is None:
+        out.append({"goal": f"rollback recovery < {RECOVERY_LIMIT_MS:.0f}ms", "value": None,
+                    "limit": RECOVERY_LIMIT_MS, "result": "n/a",
+                    "why": why or "not measured"})
+    else:
+        out.append({"goal": f"rollback recovery < {RECOVERY_LIMIT_MS:.0f}ms", "value": worst,
+                    "limit": RECOVERY_LIMIT_MS,
+                    "result": "PASS" if worst < RECOVERY_LIMIT_MS else "FAIL",
+                    "detail": f"max {worst:.1f} ms of {len(rollback['runs'])}"})
+    return out
+
+
+def switch_notes(switched: dict | None, foreign_limit: float) -> list[str]:
+    """switch_notes: what in the switch phase must be 0 or complete and was not, and whether
+    other processes disturbed it."""
+    notes = []
+    for part, label in (("flips", "flips under load"), ("rollback", "rollback recovery")):
+        r = (switched or {}).get(part) or {}
+        if (r.get("foreign_cpu_pct") or 0) > foreign_limit:
+            notes.append(f"switch, {label}: other processes took {r['foreign_proxy_cpu_pct']:.0f}%"
+                         f" of the proxy CPU and {r['foreign_load_cpu_pct']:.0f}% of the load CPU;"
+                         " figures disturbed")
+    flips = (switched or {}).get("flips")
+    if flips:
+        d = flips["drain"]
+        if flips["errors"]:
+            notes.append(f"switch: wrk reported {flips['errors']} errors while flipping "
+                         "(must be 0)")
+        if flips["flips_refused"]:
+            first = next(e["error"] for e in flips["events"] if "error" in e)
+            notes.append(f"switch: {flips['flips_refused']} flip(s) not applied; first: {first}")
+        if d["recorded"] < flips["flips"]:
+            notes.append(f"switch: only {d['recorded']} of {flips['flips']} drains were recorded "
+                         "in /v1/history in time")
+        if d["forced_closed"] or d["dropped"]:
+            notes.append(f"switch: drains forced_closed {d['forced_closed']}, dropped "
+                         f"{d['dropped']} (must be 0)")
+        if flips["next_request_on_new_env"] < flips["flips"]:
+            notes.append(f"switch: the request after a flip's 200 was served by the new "
+                         f"environment only {flips['next_request_on_new_env']} of "
+                         f"{flips['flips']} times (must be every time)")
+    rollback = (switched or {}).get("rollback")
+    if rollback and rollback["probe"]["errors"]:
+        notes.append(f"switch: the rollback probe had {rollback['probe']['errors']} errors "
+                     f"(first: {rollback['probe']['first_error']})")
+    return notes
+
+
 # ---------------------------------------------------------------- text rendering
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -122,6 +190,8 @@ def _goals_lines(results: list[dict]) -> list[str]:
     for g in results:
         if g["result"] == "n/a":
             detail = g["why"]
+        elif g.get("detail"):
+            detail = g["detail"]
         elif g.get("ratio") is not None:
             detail = f"{g['ratio']:.2f}x nginx"
         else:
@@ -130,12 +200,78 @@ def _goals_lines(results: list[dict]) -> list[str]:
     return lines
 
 
+def _foreign_text(r: dict) -> str:
+    pct = r.get("foreign_cpu_pct")
+    return "" if pct is None else f"; foreign {pct:.0f}%"
+
+
+def _ms(stats: dict, key: str) -> str:
+    return _fmt(stats.get(key), "6.1f")
+
+
+def _switch_lines(switched: dict | None, cfg: dict) -> list[str]:
+    """_switch_lines: the switch phase — flips under load, then the rollback drills."""
+    lines = [f"switch (cutover): wrk {cfg['switch_duration']:g}s x {cfg['connections']} "
+             f"connections, a flip every {cfg['flip_interval']:g}s via POST /v1/flip "
+             "(blue <-> green)"]
+    flips = (switched or {}).get("flips")
+    if not flips:
+        lines.append("  not measured (see notes)")
+    else:
+        d, se, a = flips["drain"], flips["socket_errors"], flips["admin_ms"]
+        lines += [
+            f"  flips          {flips['flips']} applied"
+            + (f", {flips['flips_refused']} refused" if flips["flips_refused"] else "")
+            + f"; 200 after median {_fmt(a['median'], '.1f')} ms, max {_fmt(a['max'], '.1f')} ms;"
+            f" next request on the new env {flips['next_request_on_new_env']}/{flips['flips']}",
+            f"  requests       {flips['requests']} ({flips['rps']:.0f} req/s, p50 "
+            f"{flips['p50_ms']:.2f} ms, p99 {flips['p99_ms']:.2f} ms)"
+            + _foreign_text(flips),
+            f"  errors         non-2xx/3xx {flips['non_2xx_3xx']}, socket connect {se['connect']}"
+            f" read {se['read']} write {se['write']} timeout {se['timeout']}   (all must be 0)",
+            f"  drains (sum)   drained {d['drained']}, forced_closed {d['forced_closed']}, "
+            f"dropped {d['dropped']}, client_gone {d['client_gone']}; recorded "
+            f"{d['recorded']}/{flips['flips']}, longest {_fmt(d['duration_ms']['max'], '.1f')} ms",
+        ]
+    rollback = (switched or {}).get("rollback")
+    lines.append(f"rollback recovery: {cfg['rollback_repeats']} x (flip, drain, POST "
+                 "/v1/rollback), a keep-alive probe sending GET / back to back")
+    if not rollback:
+        lines.append("  not measured (see notes)")
+    else:
+        r, rec, ack = rollback["recovery_ms"], rollback["recorded_recovery_ms"], rollback["ack_ms"]
+        lines += [
+            f"  {'ms':<36}{'min':>6}{'median':>8}{'max':>7}",
+            f"  {'first answer from the previous env':<36}{_ms(r, 'min')}  {_ms(r, 'median')} "
+            f"{_ms(r, 'max')}",
+            f"  {'rollback answered (200)':<36}{_ms(ack, 'min')}  {_ms(ack, 'median')} "
+            f"{_ms(ack, 'max')}",
+            f"  {'recorded recovery_ms (to apply)':<36}{_ms(rec, 'min')}  {_ms(rec, 'median')} "
+            f"{_ms(rec, 'max')}",
+            f"  probe: {rollback['probe']['requests']} requests, {rollback['probe']['errors']} "
+            "errors" + _foreign_text(rollback),
+        ]
+    return lines
+
+
 def render(report: dict) -> str:
-    """render returns the whole text report: header, figures, ratios, goals, notes."""
+    """render returns the whole text report: header, figures, ratios, the switch phase,
+    goals, notes. With --switch-only: header, the switch phase, goals, notes."""
     cfg, order = report["config"], report["order"]
     pin = report["pinning"]
     pinning = (f"proxy on CPU {pin['proxy_cpu']}, wrk + backend on CPU {pin['load_cpu']}"
                if pin["enabled"] else "NO CPU pinning (see warning)")
+    switch_part = (["", *_switch_lines(report.get("switch"), cfg)]
+                   if cfg.get("switch") else [])
+    if cfg.get("switch_only"):
+        lines = [
+            f"cutover bench: switch phase only; {pinning}",
+            "  " + "; ".join(report["versions"].values()),
+            *switch_part,
+            "",
+            *_goals_lines(report["goals"]),
+        ]
+        return "\n".join(lines + _notes_lines(report))
     lines = [
         f"cutover bench: {cfg['rounds']} round(s) x {cfg['duration']:g}s, "
         f"{cfg['connections']} connections, wrk -t1, warm-up {cfg['warmup']:g}s; {pinning}",
@@ -150,10 +286,15 @@ def render(report: dict) -> str:
         *_figures_table(order, report["targets"], report["failures"]),
         "",
         *_ratios_table(order, report["ratios"]),
+        *switch_part,
         "",
         *_goals_lines(report["goals"]),
     ]
+    return "\n".join(lines + _notes_lines(report))
+
+
+def _notes_lines(report: dict) -> list[str]:
     notes = report["notes"] + [f"{name}: {msg}" for name, msg in report["failures"].items()]
-    if notes:
-        lines += ["", "notes"] + ["  " + n.replace("\n", "\n    ") for n in notes]
-    return "\n".join(lines)
+    if not notes:
+        return []
+    return ["", "notes"] + ["  " + n.replace("\n", "\n    ") for n in notes]

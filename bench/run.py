@@ -3,6 +3,7 @@ HAProxy and cutover, pinned the same way, in interleaved rounds; then the RSS of
 holding 1,000 idle keep-alive connections; then medians, ratios and the project's goals.
 
     .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--connections 50] [--json]
+    .venv/bin/python bench/run.py --switch-only     # just the flips under load and rollbacks
 
 Exit 0 when every selected target ran; 1 when one failed to run (cutover that does not come
 up, a proxy that died, wrk that failed); 2 when the setup failed (tools, backend); 130 on
@@ -27,6 +28,7 @@ import load
 import procfs
 import report
 import services
+import switch
 import tools
 
 TARGETS = ("direct", "nginx", "haproxy", "cutover")
@@ -83,18 +85,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "disturbed attempt (default 2; 0 = never)")
     p.add_argument("--cutover", metavar="CMD",
                    help="cutover command to benchmark (default: the one beside this Python)")
+    p.add_argument("--switch-only", action="store_true",
+                   help="run only the switch phase (flips under load, rollback recovery) "
+                        "against cutover")
+    p.add_argument("--no-switch", action="store_true", help="leave the switch phase out")
+    p.add_argument("--switch-duration", type=float, default=10,
+                   help="seconds of wrk load while flipping (default 10)")
+    p.add_argument("--flip-interval", type=float, default=1,
+                   help="seconds between flips under load (default 1)")
+    p.add_argument("--rollback-repeats", type=int, default=10,
+                   help="flip + rollback drills for the recovery time (default 10)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     args = p.parse_args(argv)
+    if args.switch_only and args.no_switch:
+        p.error("--switch-only and --no-switch exclude each other")
+    if args.switch_only:
+        args.targets = "cutover"
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         p.error(f"unknown target(s): {', '.join(sorted(unknown))}")
     if not (1 <= args.rounds <= 100 and 1 <= args.duration <= 600 and 1 <= args.connections
             <= 10000 and 0 <= args.warmup <= 60 and 1 <= args.idle_connections <= 20000
-            and 0 <= args.idle_hold <= 60 and 0 <= args.retry_disturbed <= 5):
+            and 0 <= args.idle_hold <= 60 and 0 <= args.retry_disturbed <= 5
+            and 1 <= args.switch_duration <= 600 and 0.2 <= args.flip_interval <= 60
+            and 1 <= args.rollback_repeats <= 100):
         p.error("a bound is out of range (rounds 1-100, duration 1-600 s, connections "
                 "1-10000, warmup 0-60 s, idle connections 1-20000, idle hold 0-60 s, "
-                "retry-disturbed 0-5)")
+                "retry-disturbed 0-5, switch duration 1-600 s, flip interval 0.2-60 s, "
+                "rollback repeats 1-100)")
     return args
 
 
@@ -306,9 +325,68 @@ def measure_memory(target: Target, args, notes: list[str]) -> dict | None:
             "idle_opened": held.opened, "idle_still_open": held.still_open}
 
 
+def _with_foreign(target: Target, backend: services.Service, pin: Pinning, measure) -> dict:
+    """_with_foreign runs measure() and adds the share of the pinned CPUs that other processes
+    took meanwhile (as in the rounds; this script's own CPU, e.g. the probe, counts as ours)."""
+    def own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    own_before, before = own(), cpu_snapshot(target, backend, pin)
+    result = measure()
+    d = cpu_snapshot(target, backend, pin) - before
+    foreign = foreign_cpu_pct(d, target, pin)
+    if foreign:
+        other_load = max(0.0, foreign[1] - (own() - own_before) / d.wall * 100)
+        foreign = (foreign[0], other_load)
+    result.update({"foreign_cpu_pct": max(foreign) if foreign else None,
+                   "foreign_proxy_cpu_pct": foreign[0] if foreign else None,
+                   "foreign_load_cpu_pct": foreign[1] if foreign else None})
+    return result
+
+
+def measure_switch(target: Target, backend: services.Service, args, paths, pin: Pinning,
+                   failures: dict[str, str]) -> dict:
+    """measure_switch: the switch phase against cutover: a warm-up, flips under wrk load
+    (same connections and pinning), then the rollback drills. What could not be measured is
+    recorded in failures["switch"]; the figures measured before are kept."""
+    url = f"http://{HOST}:{target.port}/"
+    admin = target.service.admin_port
+    result: dict = {"admin": f"{HOST}:{admin}", "flips": None, "rollback": None}
+    try:
+        if args.warmup > 0:
+            load.run_wrk(pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
+                                                     args.warmup, latency=False)), args.warmup)
+        log(f"[switch] wrk {args.switch_duration:g}s with {args.connections} connections, "
+            f"a flip every {args.flip_interval:g}s (admin {HOST}:{admin}) ...")
+        argv = pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections,
+                                           args.switch_duration, latency=True))
+        f = _with_foreign(target, backend, pin, lambda: switch.flips_under_load(
+            admin, target.port, argv, args.switch_duration, args.flip_interval, log))
+        result["flips"] = f
+        d = f["drain"]
+        log(f"[switch] {f['flips']} flips under load: {f['requests']} requests "
+            f"({f['rps']:.0f} req/s), errors {f['errors']}; drains recorded {d['recorded']}/"
+            f"{f['flips']}: drained {d['drained']}, forced_closed {d['forced_closed']}, "
+            f"dropped {d['dropped']}" + _pct_text("foreign", f["foreign_cpu_pct"]))
+        if not target.service.alive():
+            raise switch.SwitchError(f"cutover exited with code {target.service.proc.returncode}")
+        log(f"[switch] {args.rollback_repeats} x (flip, drain, rollback) with a keep-alive "
+            "probe ...")
+        result["rollback"] = _with_foreign(target, backend, pin, lambda: switch.rollback_recovery(
+            admin, target.port, args.rollback_repeats, log))
+    except (switch.SwitchError, load.WrkError) as e:
+        phase = "rollback recovery" if result["flips"] else "flips under load"
+        failures["switch"] = f"{phase} failed: {e}" + (
+            "" if target.service.alive() else
+            f" (cutover exited with code {target.service.proc.returncode})")
+        log(f"[switch] {failures['switch']}")
+    return result
+
+
 # ---------------------------------------------------------------- main
 
-def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict]:
+def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict, dict | None]:
     """benchmark starts everything in a temp dir, measures, and always stops what it started."""
     with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp_name, \
             services.ServiceGroup(pin.enabled) as group:
@@ -317,33 +395,53 @@ def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict]:
         backend, backend_port = services.start_backend(group, tmp, paths["nginx"], pin.load_cpu,
                                                        args.start_timeout)
         targets = start_targets(args, group, tmp, paths, pin, backend, backend_port, failures)
-        rounds = run_rounds(targets, backend, args, paths, pin, failures, notes)
-        memory = {}
-        for target in targets:
-            if target.name not in failures:
-                memory[target.name] = measure_memory(target, args, notes)
-        return rounds, memory
+        rounds, memory = {}, {}
+        if not args.switch_only:
+            rounds = run_rounds(targets, backend, args, paths, pin, failures, notes)
+            for target in targets:
+                if target.name not in failures:
+                    memory[target.name] = measure_memory(target, args, notes)
+        switched = None
+        cutover = next((t for t in targets if t.name == "cutover"), None)
+        if switch_wanted(args) and cutover is not None and "cutover" not in failures:
+            switched = measure_switch(cutover, backend, args, paths, pin, failures)
+        return rounds, memory, switched
 
 
-def build_report(args, pin, versions, rounds, memory, notes, failures) -> dict:
+def switch_wanted(args) -> bool:
+    """switch_wanted: the switch phase runs unless --no-switch, and only against cutover."""
+    return not args.no_switch and "cutover" in args.targets
+
+
+def build_report(args, pin, versions, rounds, memory, notes, failures, switched=None) -> dict:
     summaries = {name: report.target_summary(rounds.get(name, []), memory.get(name))
                  for name in args.targets if rounds.get(name)}
     for name, s in summaries.items():
         if s.get("errors"):
             notes.append(f"{name}: wrk reported {s['errors']} errors (must be 0)")
+    goals = [] if args.switch_only else report.goals(summaries)
+    if switch_wanted(args):
+        why = failures.get("switch") or failures.get("cutover")
+        goals += report.switch_goals(switched, why.splitlines()[0] if why else None)
+        notes += report.switch_notes(switched, args.foreign_limit)
     return {
         "config": {"rounds": args.rounds, "duration": args.duration,
                    "connections": args.connections, "warmup": args.warmup,
                    "idle_connections": args.idle_connections, "idle_hold": args.idle_hold,
                    "foreign_limit": args.foreign_limit,
-                   "retry_disturbed": args.retry_disturbed},
+                   "retry_disturbed": args.retry_disturbed,
+                   "switch_only": args.switch_only, "switch": switch_wanted(args),
+                   "switch_duration": args.switch_duration,
+                   "flip_interval": args.flip_interval,
+                   "rollback_repeats": args.rollback_repeats},
         "pinning": asdict(pin),
         "versions": versions,
         "order": args.targets,
         "targets": summaries,
         "rounds": rounds,
         "ratios": report.ratios(summaries),
-        "goals": report.goals(summaries),
+        "switch": switched,
+        "goals": goals,
         "failures": failures,
         "notes": notes,
     }
@@ -367,14 +465,14 @@ def main(argv: list[str] | None = None) -> int:
         versions = tools.versions(paths)
         raise_nofile_limit(args.idle_connections * 3 + args.connections * 4 + 1024)
         pin = choose_pinning(args, notes)
-        rounds, memory = benchmark(args, paths, pin, notes, failures)
+        rounds, memory, switched = benchmark(args, paths, pin, notes, failures)
     except (tools.ToolError, services.StartError) as e:
         log(f"bench: {e}")
         return 2
     except KeyboardInterrupt:
         log("bench: interrupted; every started process was stopped")
         return 130
-    result = build_report(args, pin, versions, rounds, memory, notes, failures)
+    result = build_report(args, pin, versions, rounds, memory, notes, failures, switched)
     result["exit_code"] = 1 if failures else 0
     print(json.dumps(result, indent=2) if args.json else report.render(result))
     return result["exit_code"]

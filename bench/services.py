@@ -18,7 +18,9 @@ from string import Template
 
 import procfs
 
-BACKEND_BODY = "hello from backend\n"
+# The backend names the address that served the request: 127.0.0.1 = blue, 127.0.0.2 = green
+# (same length for both, and the same for every target so the phases stay comparable).
+BACKEND_BODY = "hello from $server_addr\n"
 
 
 class StartError(Exception):
@@ -32,6 +34,7 @@ class Service:
     name: str
     proc: subprocess.Popen
     log_path: Path
+    admin_port: int | None = None  # cutover's admin API (127.0.0.1), for the switch phase
 
     def pids(self) -> list[int]:
         """pids returns the process and its descendants, as they are now."""
@@ -202,7 +205,7 @@ _BACKEND_HTTP = """\
         listen 127.0.0.2:$port;
         location / {
             default_type text/plain;
-            return 200 "hello from backend\\n";
+            return 200 "hello from $$server_addr\\n";
         }
     }
 """
@@ -325,5 +328,6 @@ def start_cutover(group: ServiceGroup, tmp: Path, cutover: str, cpu: int,
     cfg = _write(workdir / "cutover.yaml", _CUTOVER_CFG, port=port, admin=admin,
                  backend=backend_port, dir=workdir)
     service = group.start("cutover", [cutover, "serve", "--config", str(cfg)], cpu, workdir)
+    service.admin_port = admin
     wait_ready(service, "127.0.0.1", port, timeout)
     return service, port
