@@ -59,7 +59,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith("/v1/") and token:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
+        presented = value.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, token.encode()):
             return error(401, "unauthorized", "missing or wrong bearer token")
     try:
         return await handler(request)

@@ -51,7 +51,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return _run(run_demo(json_output=args.json, keep_running=args.keep_running,
-                         duration=args.duration))
+                         duration=args.duration, objective_ms=args.objective_ms))
+
+
+def cmd_schema_check(args: argparse.Namespace) -> int:
+    from . import schema_check
+    return schema_check.run(args)
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    from . import drill
+    args.admin = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
+    args.token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
+    args.json = client_option(args, "json", False)
+    if "://" not in args.admin:
+        args.admin = "http://" + args.admin
+    return _run(drill.run(args))
 
 
 # ----------------------------------------------------------- admin commands
@@ -122,7 +137,7 @@ async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
         case "status":
             return await client.status()
         case "flip":
-            return await client.flip(args.env, args.reason, args.force, args.if_generation)
+            return await client.flip(args.env, args.reason, args.force, args.if_generation, args.wait)
         case "rollback":
             return await client.rollback(args.reason, args.force, args.if_generation)
         case "hold":
@@ -136,7 +151,7 @@ async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
         case "canary":
             return await client.canary(args.weight, args.reason, args.force)
         case "promote":
-            return await client.promote(args.reason, args.force)
+            return await client.promote(args.reason, args.force, args.wait)
         case "abort":
             return await client.abort()
         case "history":
@@ -152,7 +167,8 @@ async def run_admin(args: argparse.Namespace) -> int:
     url = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
     token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
     as_json = client_option(args, "json", False)
-    timeout = client_option(args, "timeout", DEFAULT_TIMEOUT)
+    # --wait blocks for the post-flip analysis window, so it waits as long as that takes.
+    timeout = client_option(args, "timeout", 3600.0 if getattr(args, "wait", False) else DEFAULT_TIMEOUT)
     try:
         async with AdminClient(url, token, timeout) as client:
             doc = await call_admin(client, args)
@@ -165,6 +181,11 @@ async def run_admin(args: argparse.Namespace) -> int:
         print(f"cutover: {one_line(message)} ({exc.code})", file=sys.stderr)
         return 2 if exc.refused else 1
     print(json.dumps(doc, indent=2) if as_json else RENDER[args.command](doc, args))
+    analysis = doc.get("analysis") if getattr(args, "wait", False) else None
+    if analysis and analysis.get("state") == "rolled_back":
+        print(f"cutover: rolled back by post-flip analysis: {one_line(analysis.get('reason') or '')} "
+              "(auto_rollback)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -315,9 +336,13 @@ def add_admin_commands(sub) -> None:
                        help="only if the route is still at generation N (else exit 2)")
 
     command("status", "show the live route, hold, lock and every environment's servers")
+    def wait(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--wait", action="store_true",
+                       help="block until the post-flip analysis ends; exit 1 if it rolled back")
+
     p = command("flip", "switch all traffic to ENV (default: the other environment)")
     p.add_argument("env", metavar="ENV", nargs="?", help="the environment to make live")
-    reason(p), force(p), if_generation(p)
+    reason(p), force(p), if_generation(p), wait(p)
     p = command("rollback", "switch back to the previous environment")
     reason(p), force(p), if_generation(p)
     # After `hold`, --timeout is the hold's length; the request timeout goes before `hold`.
@@ -334,10 +359,16 @@ def add_admin_commands(sub) -> None:
     p.add_argument("weight", metavar="N", type=percent, help="percent of new requests, 0..100")
     reason(p), force(p)
     p = command("promote", "make the canary environment live")
-    reason(p), force(p)
+    reason(p), force(p), wait(p)
     command("abort", "stop the canary: every request goes to live again")
     p = command("history", "list the switch history, oldest first")
     p.add_argument("--limit", metavar="N", type=positive_int, help="only the last N events")
+    from . import drill
+    p = sub.add_parser("drill", help="flip to the other environment and back under probes; "
+                       "report recovery times", description="rollback drill against a running router")
+    add_client_options(p, "")
+    drill.add_arguments(p)
+    p.set_defaults(func=cmd_drill)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,7 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep-running", action="store_true", help="leave everything up afterwards")
     p.add_argument("--duration", type=float, default=6.0, help="seconds of synthetic load")
+    p.add_argument("--objective-ms", type=float, default=100.0,
+                   help="rollback recovery-time objective of the drill (default 100)")
     p.set_defaults(func=cmd_demo)
+
+    from . import schema_check
+    p = sub.add_parser("schema-check", help="flag migration statements that break the version still serving")
+    schema_check.add_arguments(p)
+    p.set_defaults(func=cmd_schema_check)
 
     add_admin_commands(sub)
     return parser
@@ -368,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     """main: the console script's entry point."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.func is not cmd_admin:
+    if args.func not in (cmd_admin, cmd_drill):
         given = [f"--{name}" for name in CLIENT_OPTIONS if hasattr(args, "pre_" + name)]
         if given:
             parser.error(f"{given[0]} applies to the admin commands, not to {args.command}")

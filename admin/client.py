@@ -84,9 +84,9 @@ class AdminClient:
         return await self._call("GET", "/v1/history")
 
     async def flip(self, to: str | None = None, reason: str | None = None, force: bool = False,
-                   if_generation: int | None = None) -> dict:
+                   if_generation: int | None = None, wait: bool = False) -> dict:
         return await self._call("POST", "/v1/flip", _body(to=to, reason=reason, force=force,
-                                                          if_generation=if_generation))
+                                                          if_generation=if_generation, wait=wait))
 
     async def rollback(self, reason: str | None = None, force: bool = False,
                        if_generation: int | None = None) -> dict:
@@ -108,8 +108,8 @@ class AdminClient:
     async def canary(self, weight: int, reason: str | None = None, force: bool = False) -> dict:
         return await self._call("POST", "/v1/canary", {"weight": weight, **_body(reason=reason, force=force)})
 
-    async def promote(self, reason: str | None = None, force: bool = False) -> dict:
-        return await self._call("POST", "/v1/promote", _body(reason=reason, force=force))
+    async def promote(self, reason: str | None = None, force: bool = False, wait: bool = False) -> dict:
+        return await self._call("POST", "/v1/promote", _body(reason=reason, force=force, wait=wait))
 
     async def abort(self, reason: str | None = None) -> dict:
         return await self._call("POST", "/v1/abort", _body(reason=reason))

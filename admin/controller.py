@@ -92,6 +92,9 @@ class Controller:
             else:
                 self.state.held = False
                 self.state.hold_until = None
+                self._record(self.state, "resume", "hold timeout (expired while cutover was stopped)",
+                             released=0)
+                self._save_later()
 
     # -------------------------------------------------------------- reading
 
@@ -123,6 +126,9 @@ class Controller:
             if target == self.state.live and not self.state.canary_weight:
                 return self._answer(changed=False)
             self._check_unlocked("flip")
+            if target == self.state.live:
+                # A flip to the live environment during a canary only resets the weights.
+                return await self._reweigh("flip", None, 0, reason)
             gates = await self._gates(target, force)
             return await self._switch("flip", target, reason, force, gates)
 
@@ -180,9 +186,11 @@ class Controller:
             return await self._reweigh("canary", idle if weight else None, weight, reason)
 
     async def abort(self, reason: str | None = None) -> dict:
-        """abort: canary weight back to 0; every request goes to live again."""
+        """abort: canary weight back to 0; every request goes to live again.
+
+        Allowed under a lock: it only ever moves traffic back to the live environment.
+        """
         async with self.lock:
-            self._check_unlocked("abort")
             if not self.state.canary_weight:
                 raise ControlError(409, "no_canary", "no canary is running")
             return await self._reweigh("abort", None, 0, reason)
@@ -205,6 +213,8 @@ class Controller:
     async def resume(self, reason: str | None = None) -> dict:
         """resume: release every held request."""
         async with self.lock:
+            if not self.state.held and not self.router.held:
+                return self._answer(changed=False, released=0)
             state = self._next()
             state.held = False
             state.hold_until = None
@@ -235,6 +245,8 @@ class Controller:
     async def lock_switch(self, reason: str | None = None) -> dict:
         """lock_switch: refuse flip, rollback and canary (even forced) until unlock."""
         async with self.lock:
+            if self.state.locked and self.state.lock_reason == reason:
+                return self._answer(changed=False)
             state = self._next()
             state.locked = True
             state.lock_reason = reason
@@ -245,6 +257,8 @@ class Controller:
     async def unlock(self, reason: str | None = None) -> dict:
         """unlock: allow switching again."""
         async with self.lock:
+            if not self.state.locked:
+                return self._answer(changed=False)
             state = self._next()
             state.locked = False
             state.lock_reason = None

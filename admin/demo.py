@@ -111,7 +111,8 @@ def _config(tmp: Path, pools: dict) -> object:
     }, tmp, {})
 
 
-async def run_demo(json_output: bool = False, keep_running: bool = False, duration: float = 6.0) -> int:
+async def run_demo(json_output: bool = False, keep_running: bool = False, duration: float = 6.0,
+                   objective_ms: float = 100.0) -> int:
     """run_demo: the whole story; returns the exit status (0 only when nothing failed)."""
     from .serve import start
 
@@ -186,7 +187,7 @@ async def run_demo(json_output: bool = False, keep_running: bool = False, durati
                               "probes": len(probes.seen), "failed_probes": len(probes.failed)}
 
             say("rollback drill: flip to blue and roll back under probes ...")
-            drill_report = await drill(admin, None, settle=0.5, objective_ms=100.0)
+            drill_report = await drill(admin, None, settle=0.5, objective_ms=objective_ms)
             for s in drill_report["switches"]:
                 say(f"  {s['action']} -> {s['to']}: first probe from {s['to']} after {s['recovery_ms']} ms")
             report["drill"] = drill_report
