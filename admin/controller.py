@@ -328,23 +328,23 @@ class Controller:
         return State.from_dict(self.state.to_dict(), "memory")
 
     async def _save(self, state: State) -> None:
-        """_save: make ``state`` durable, then current; ControlError 503 when the store fails.
-
-        The write runs in a thread, so proxying goes on while the disk syncs;
-        saves are serialized, and each writes a snapshot taken under the lock,
-        so an older state never lands after a newer one.
-        """
+        """_save: make ``state`` durable, then current; ControlError 503 when the store fails."""
         async with self.save_lock:
-            snapshot = State.from_dict(state.to_dict(), "memory")
             try:
-                await asyncio.to_thread(self.store.save, snapshot)
+                await self._write(state)
             except StateError as exc:
                 raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
-            self._trim(state)
             self._apply_details(state)
             self.state = state
 
-    def _trim(self, state: State) -> None:
+    async def _write(self, state: State) -> None:
+        """_write: store a snapshot of ``state`` from a thread (the caller holds save_lock).
+
+        Proxying goes on while the disk syncs; the snapshot is taken under the
+        lock, so an older state never lands after a newer one.
+        """
+        snapshot = State.from_dict(state.to_dict(), "memory")
+        await asyncio.to_thread(self.store.save, snapshot)
         limit = getattr(self.store, "history_limit", None)
         if limit is not None and len(state.history) > limit:
             del state.history[:len(state.history) - limit]
@@ -359,12 +359,10 @@ class Controller:
         while self._detail_pending:
             self._detail_pending = False
             async with self.save_lock:
-                snapshot = State.from_dict(self.state.to_dict(), "memory")
                 try:
-                    await asyncio.to_thread(self.store.save, snapshot)
+                    await self._write(self.state)
                 except StateError as exc:
                     log.error("could not save a history detail: %s", exc)
-                self._trim(self.state)
 
     def _record(self, state: State, action: str, reason: str | None, source: str | None = None,
                 target: str | None = None, **extra: Any) -> dict:
