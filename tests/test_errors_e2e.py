@@ -16,70 +16,17 @@ import time
 import aiohttp
 import pytest
 
+from rawhttp import (  # noqa: F401  (raw_backend is a fixture, used by name)
+    RawBackend,
+    connect,
+    free_port,
+    raw_backend,
+    read_response,
+    send_collect,
+    status_of,
+)
+
 # ---------------------------------------------------------------- helpers
-
-
-class Response:
-    """Response: one HTTP response as read off a raw connection."""
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        self.status = status
-        self.headers = headers   # (lowercase name, value) in wire order
-        self.body = body
-
-    def get(self, name: bytes) -> bytes | None:
-        return next((v for n, v in self.headers if n == name), None)
-
-
-async def read_response(reader: asyncio.StreamReader) -> Response:
-    """read_response: read one complete response framed by Content-Length or chunked."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    status = int(lines[0].split(b" ")[1])
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name.lower(), value.strip()))
-    resp = Response(status, headers, b"")
-    if resp.get(b"transfer-encoding") == b"chunked":
-        parts = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            parts.append((await reader.readexactly(size + 2))[:-2])
-        while await reader.readuntil(b"\r\n") != b"\r\n":
-            pass
-        resp.body = b"".join(parts)
-    elif resp.get(b"content-length") is not None:
-        resp.body = await reader.readexactly(int(resp.get(b"content-length")))
-    return resp
-
-
-async def connect(port: int, limit: int = 1 << 20) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, limit=limit)
-
-
-async def send_collect(port: int, data: bytes, timeout: float = 2.0) -> tuple[bytes, bool]:
-    """send_collect: send ``data`` on a new connection; return (all bytes read, closed by the proxy)."""
-    reader, writer = await connect(port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        chunks = []
-        try:
-            async with asyncio.timeout(timeout):
-                while chunk := await reader.read(65536):
-                    chunks.append(chunk)
-        except TimeoutError:
-            return b"".join(chunks), False
-        except ConnectionResetError:
-            pass
-        return b"".join(chunks), True
-    finally:
-        writer.close()
-
-
-def status_of(data: bytes) -> int:
-    assert data.startswith(b"HTTP/1.1 "), data[:100]
-    return int(data[9:12])
 
 
 def split_head(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
@@ -92,100 +39,11 @@ def split_head(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
     return headers, rest
 
 
-def free_port() -> int:
-    """free_port: a loopback port with nothing listening (connections to it are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Refused:
     """Refused: a backend address where nothing listens."""
 
     def __init__(self) -> None:
         self.address = f"127.0.0.1:{free_port()}"
-
-
-class RawBackend:
-    """RawBackend: an upstream written by hand, to misbehave on purpose.
-
-    ``handler(backend, reader, writer)`` serves one connection and gets requests
-    with ``backend.next_request``, which answers health probes itself and records
-    every other request head in ``heads``.
-    """
-
-    def __init__(self, handler) -> None:
-        self.handler = handler
-        self.heads: list[bytes] = []
-        self.connections = 0           # proxied connections, counted by handlers that care
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.event = asyncio.Event()   # for handlers that wait on the test
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> "RawBackend":
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def stop(self) -> None:
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        try:
-            async with asyncio.timeout(1):
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-                await self.server.wait_closed()
-        except TimeoutError:
-            pass
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self.tasks.add(task)
-        try:
-            await self.handler(self, reader, writer)
-        except asyncio.CancelledError:
-            pass   # stop() ends handlers still waiting; the task ends here either way
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.tasks.discard(task)
-            writer.close()
-
-    async def next_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           read_body: bool = True) -> bytes | None:
-        """next_request: the next proxied request head (its Content-Length body consumed)."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return None
-        if head.startswith(b"GET /healthz "):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
-            await writer.drain()
-            return None
-        self.heads.append(head)
-        lower = head.lower()
-        if read_body and b"\r\ncontent-length:" in lower:
-            await reader.readexactly(int(lower.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0]))
-        return head
-
-
-@pytest.fixture
-async def raw_backend(make_proxy, backends):
-    """raw_backend(handler, **overrides) -> (proxy, RawBackend): blue is the raw upstream."""
-    started = []
-
-    async def factory(handler, **overrides):
-        upstream = await RawBackend(handler).start()
-        started.append(upstream)
-        proxy = await make_proxy({"blue": upstream, "green": backends["green"]}, **overrides)
-        return proxy, upstream
-
-    yield factory
-    for upstream in started:
-        await upstream.stop()
 
 
 def blue(proxy):
@@ -742,9 +600,10 @@ async def test_stalled_client_pauses_the_upstream_and_then_gets_everything(make_
 
 async def slow_reader(backend: RawBackend, reader, writer) -> None:
     """slow_reader: reads a request head, waits for the test's signal, then the body."""
-    head = await backend.next_request(reader, writer, read_body=False)
-    if head is None:
+    request = await backend.next_request(reader, writer, read_body=False)
+    if request is None:
         return
+    head, _ = request
     await backend.event.wait()
     length = int(head.lower().split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
     got = 0

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 
 from backend import Backend
 from proxy.backends import Environment, Server
 from proxy.health import HealthChecker, probe
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rawhttp import free_port
 
 
 class Dead:

@@ -18,73 +18,16 @@ import os
 import aiohttp
 import pytest
 
+from rawhttp import (  # noqa: F401  (raw_backend is a fixture, used by name)
+    RawBackend,
+    connect,
+    raw_backend,
+    read_response,
+    send_collect,
+    status_of,
+)
+
 # ---------------------------------------------------------------- helpers
-
-
-class Response:
-    """Response: one HTTP response as read off a raw connection."""
-
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, raw_body: bytes,
-                 trailers: list[tuple[bytes, bytes]]) -> None:
-        self.status = status
-        self.headers = headers            # (lowercase name, value) in wire order
-        self.body = body                  # de-chunked body
-        self.raw_body = raw_body          # body bytes exactly as framed on the wire
-        self.trailers = trailers
-
-    def get(self, name: bytes) -> bytes | None:
-        values = self.get_all(name)
-        return values[0] if values else None
-
-    def get_all(self, name: bytes) -> list[bytes]:
-        return [v for n, v in self.headers if n == name]
-
-
-async def read_response(reader: asyncio.StreamReader, method: bytes = b"GET") -> Response:
-    """read_response: read one response (interim 1xx ones are returned on their own)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    version, status, *_ = lines[0].split(b" ", 2)
-    assert version in (b"HTTP/1.1", b"HTTP/1.0"), lines[0]
-    status = int(status)
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name.lower(), value.strip()))
-    resp = Response(status, headers, b"", b"", [])
-    if status < 200 or status in (204, 304) or method == b"HEAD":
-        return resp
-    if resp.get(b"transfer-encoding") is not None:
-        assert resp.get(b"transfer-encoding").lower() == b"chunked"
-        raw, body = [], []
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            raw.append(size_line)
-            size = int(size_line.split(b";")[0].strip(), 16)
-            if size == 0:
-                break
-            chunk = await reader.readexactly(size + 2)
-            assert chunk.endswith(b"\r\n")
-            raw.append(chunk)
-            body.append(chunk[:-2])
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            raw.append(line)
-            if line == b"\r\n":
-                break
-            name, _, value = line[:-2].partition(b":")
-            resp.trailers.append((name.lower(), value.strip()))
-        resp.body = b"".join(body)
-        resp.raw_body = b"".join(raw)
-    elif resp.get(b"content-length") is not None:
-        resp.body = resp.raw_body = await reader.readexactly(int(resp.get(b"content-length")))
-    else:
-        resp.body = resp.raw_body = await reader.read()   # close-delimited
-    return resp
-
-
-async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
 
 
 async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 2.0) -> bool:
@@ -100,112 +43,8 @@ async def closed_by_peer(reader: asyncio.StreamReader, timeout: float = 2.0) -> 
     return True
 
 
-async def send_collect(port: int, data: bytes, timeout: float = 2.0) -> tuple[bytes, bool]:
-    """send_collect: send ``data`` on a new connection; return (all bytes read, closed by the proxy)."""
-    reader, writer = await connect(port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        chunks = []
-        try:
-            async with asyncio.timeout(timeout):
-                while chunk := await reader.read(65536):
-                    chunks.append(chunk)
-        except TimeoutError:
-            return b"".join(chunks), False
-        except ConnectionResetError:
-            pass
-        return b"".join(chunks), True
-    finally:
-        writer.close()
-
-
-def status_of(data: bytes) -> int:
-    assert data.startswith(b"HTTP/1.1 "), data[:100]
-    return int(data[9:12])
-
-
 def count_responses(data: bytes) -> int:
     return data.count(b"HTTP/1.1 ")
-
-
-class RawBackend:
-    """RawBackend: an upstream written by hand, to record or misbehave on purpose.
-
-    ``handler(backend, reader, writer)`` serves one connection; it gets requests
-    with ``backend.next_request``, which answers health probes itself and records
-    every other request head in ``heads``.
-    """
-
-    def __init__(self, handler) -> None:
-        self.handler = handler
-        self.heads: list[bytes] = []
-        self.bodies: list[bytes] = []
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task] = set()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> "RawBackend":
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def stop(self) -> None:
-        self.server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        try:
-            async with asyncio.timeout(1):
-                await asyncio.gather(*self.tasks, return_exceptions=True)
-                await self.server.wait_closed()
-        except TimeoutError:
-            pass
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self.tasks.add(task)
-        try:
-            await self.handler(self, reader, writer)
-        except asyncio.CancelledError:
-            pass   # stop() ends handlers still waiting; the task ends here either way
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self.tasks.discard(task)
-            writer.close()
-
-    async def next_request(self, reader: asyncio.StreamReader,
-                           writer: asyncio.StreamWriter) -> tuple[bytes, bytes] | None:
-        """next_request: (head, body) of the next proxied request; None at EOF or after a health probe."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return None
-        if head.startswith(b"GET /healthz "):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
-            await writer.drain()
-            return None
-        self.heads.append(head)   # recorded as soon as the head arrives, body or not
-        body = b""
-        lower = head.lower()
-        if b"\r\ncontent-length:" in lower:
-            length = int(lower.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-        elif b"\r\ntransfer-encoding: chunked" in lower:
-            parts = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":
-                        pass
-                    break
-                parts.append((await reader.readexactly(size + 2))[:-2])
-            body = b"".join(parts)
-        self.bodies.append(body)
-        return head, body
 
 
 def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -216,29 +55,6 @@ def header_lines(head: bytes) -> list[tuple[bytes, bytes]]:
             name, _, value = line.partition(b":")
             out.append((name.lower(), value.strip()))
     return out
-
-
-async def answer_ok(backend: RawBackend, reader, writer) -> None:
-    """answer_ok: a keep-alive upstream answering every request with 200 "raw"."""
-    while await backend.next_request(reader, writer) is not None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nraw\n")
-        await writer.drain()
-
-
-@pytest.fixture
-async def raw_backend(make_proxy, backends):
-    """raw_backend(handler=answer_ok, **overrides) -> (proxy, RawBackend): blue is the raw upstream."""
-    started = []
-
-    async def factory(handler=answer_ok, **overrides):
-        upstream = await RawBackend(handler).start()
-        started.append(upstream)
-        proxy = await make_proxy({"blue": upstream, "green": backends["green"]}, **overrides)
-        return proxy, upstream
-
-    yield factory
-    for upstream in started:
-        await upstream.stop()
 
 
 @pytest.fixture

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conftest import proxy_config
-from proxy.server import Proxy
+from rawhttp import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,12 +50,6 @@ async def test_shutdown_cuts_what_outlives_its_timeout(make_proxy):
         assert resp.status == 503
         resp.release()
     assert result == {"connections": 1, "cut": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_serve(tmp_path: Path, backends: dict) -> tuple[asyncio.subprocess.Process, int]:
