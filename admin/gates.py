@@ -78,7 +78,12 @@ async def _get(session: aiohttp.ClientSession, method: str, url: str, headers: d
 async def smoke_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
     """smoke_gate: every configured probe answers as expected through the preview route."""
     probes = controller.config.gates.smoke
-    for base, headers in preview_routes(controller, target):
+    routes = preview_routes(controller, target)
+    if len(routes) == 1:
+        # Through the router each probe meets one server: repeat it once per server of the
+        # target, and the round robin among equally loaded servers lets each one answer.
+        routes = routes * len(controller.router.environments[target].servers)
+    for base, headers in routes:
         for probe in probes:
             url = base + probe.path
             try:
@@ -152,23 +157,35 @@ def drift(live: dict, target: dict, ignore: tuple[str, ...]) -> list[str]:
     return out
 
 
+async def server_fingerprint(address: str, path: str, session: aiohttp.ClientSession) -> dict:
+    """server_fingerprint: the JSON object one server answers at ``path`` (ValueError otherwise)."""
+    try:
+        async with session.get(f"http://{address}{path}") as resp:
+            status = resp.status
+            text = await resp.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise ValueError(f"{address}: {type(exc).__name__}") from None
+    if status != 200:
+        raise ValueError(f"{address}: status {status}")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{address}: not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{address}: not a JSON object")
+    return data
+
+
 async def fingerprint(controller: "Controller", env: str, path: str, session: aiohttp.ClientSession) -> dict:
-    """fingerprint: the JSON fingerprint of one healthy server of ``env`` (ValueError when none answers)."""
+    """fingerprint: the JSON fingerprint of the first healthy server of ``env`` that answers."""
     servers = [s for s in controller.router.environments[env].servers if s.healthy] or \
         controller.router.environments[env].servers
     errors = []
     for server in servers:
         try:
-            async with session.get(f"http://{server.address}{path}") as resp:
-                if resp.status != 200:
-                    errors.append(f"{server.address}: status {resp.status}")
-                    continue
-                data = await resp.json(content_type=None)
-                if isinstance(data, dict):
-                    return data
-                errors.append(f"{server.address}: not a JSON object")
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            errors.append(f"{server.address}: {type(exc).__name__}")
+            return await server_fingerprint(server.address, path, session)
+        except ValueError as exc:
+            errors.append(str(exc))
     raise ValueError(f"no fingerprint from {env} ({'; '.join(errors)})")
 
 
@@ -180,12 +197,18 @@ async def drift_gate(controller: "Controller", target: str, session: aiohttp.Cli
         return GateResult("drift", True, "target is live")
     try:
         a = await fingerprint(controller, live, gate.path, session)
-        b = await fingerprint(controller, target, gate.path, session)
     except ValueError as exc:
         return GateResult("drift", False, str(exc))
-    diff = drift(a, b, gate.ignore)
-    if diff:
-        return GateResult("drift", False, f"{len(diff)} difference(s): " + "; ".join(diff[:10]))
+    for server in controller.router.environments[target].servers:
+        # Every server of the target is compared: one misconfigured copy is enough to refuse.
+        try:
+            b = await server_fingerprint(server.address, gate.path, session)
+        except ValueError as exc:
+            return GateResult("drift", False, f"no fingerprint from {target} ({exc})")
+        diff = drift(a, b, gate.ignore)
+        if diff:
+            return GateResult("drift", False, f"{server.address}: {len(diff)} difference(s): "
+                              + "; ".join(diff[:10]))
     return GateResult("drift", True, f"fingerprints of {live} and {target} match"
                       + (f" (ignoring {', '.join(gate.ignore)})" if gate.ignore else ""))
 
