@@ -48,6 +48,9 @@ class FakeTransport:
     def pause_reading(self):
         pass
 
+    def get_write_buffer_size(self):
+        return 0
+
     def resume_reading(self):
         pass
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # Pipelined requests accepted ahead of the active one before reading pauses.
 PIPELINE_DEPTH = 16
 
+# Raw bytes a partial head may take beyond max_header_bytes: one uvloop read (256 KiB).
+HEAD_SLACK = 256 * 1024
+
 # Reasons for pausing the client's reading, as bits of ClientConnection.paused.
 PAUSE_UPSTREAM = 1   # the upstream's write buffer is full
 PAUSE_BUFFER = 2     # body bytes wait for an upstream connection
@@ -42,11 +45,13 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview")
+                 "preview", "closed_at", "trailer_bytes")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
         self.preview = preview        # accepted on preview_listen: every request goes to the idle env
+        self.closed_at = 0.0          # proxy clock when close() began flushing (see Proxy._check_timeouts)
+        self.trailer_bytes = 0        # raw bytes read while a chunked request body was in progress
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -107,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
             if sum(map(len, self.upgrade_buffer)) > 256 * 1024:
                 self.pause_reading(PAUSE_BUFFER)
             return
+        reading = self.reading
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -117,12 +123,22 @@ class ClientConnection(asyncio.Protocol):
             self.refused = (400, f"malformed request: {exc}")
             self.request_refused()
         else:
+            limit = self.proxy.max_header_bytes
             if self.in_head:
-                # A head still incomplete: bound the bytes httptools holds for it.
+                # A head still incomplete after this read. Its complete fields are counted
+                # exactly; the raw bytes bound the field httptools is still collecting (one
+                # read of slack: the read that began the head may also end a body).
                 self.head_size += len(data)
-                if self.head_size > self.proxy.max_header_bytes:
+                if self.head_size > limit + HEAD_SLACK or self.head_fields_size() > limit:
                     self.refused = (431, "request header block over limits.max_header_bytes")
                     self.request_refused()
+            elif reading is not None and reading is self.reading and reading.head.chunked:
+                # Chunk framing and trailers are not body: bound them like a head
+                # (one read of slack, as what ends a body may share a read with more).
+                self.trailer_bytes += len(data)
+                if self.trailer_bytes - reading.body_bytes > limit + 65536 + 32 * reading.chunks:
+                    self.reading = None
+                    reading.request_broken(431, "request trailers over limits.max_header_bytes")
 
     def eof_received(self) -> bool:
         # As nginx does: a client that closes its side has given up on what it
@@ -180,15 +196,13 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         parser = self.parser
         proxy = self.proxy
+        if self.closed:
+            raise _HeadRefused
+        size = self.head_fields_size()
         url, parts, special = self.url, self.parts, self.special
         self.url = b""
         self.parts = []
         self.special = []
-        if self.closed:
-            raise _HeadRefused
-        size = len(url) + sum(map(len, parts))
-        for _, value in special:
-            size += len(value) + 24
         if size > proxy.max_header_bytes:
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused
@@ -219,6 +233,7 @@ class ClientConnection(asyncio.Protocol):
             # Answered in order after what is already queued; nothing after it is read.
             self.refused = error
             raise _HeadRefused
+        self.trailer_bytes = 0
         ex = Exchange(self, method, url, head, minor, keep_alive)
         if self.preview:
             ex.preview = ""
@@ -234,6 +249,13 @@ class ClientConnection(asyncio.Protocol):
             ex.start()
         elif len(queue) > PIPELINE_DEPTH:
             self.pause_reading(PAUSE_PIPELINE)
+
+    def head_fields_size(self) -> int:
+        """head_fields_size: bytes of the request target and the header fields received so far."""
+        size = len(self.url) + sum(map(len, self.parts))
+        for _, value in self.special:
+            size += len(value) + 24   # a special's name and separators, at most
+        return size
 
     def preview_target(self, head) -> str:
         """preview_target: the environment an X-Cutover-Env header asks for, if its token is right.
@@ -258,6 +280,11 @@ class ClientConnection(asyncio.Protocol):
             self.refused = (403, "X-Cutover-Env and X-Cutover-Probe need X-Cutover-Token with the admin token")
             raise _HeadRefused
 
+    def on_chunk_header(self) -> None:
+        reading = self.reading
+        if reading is not None:
+            reading.chunks += 1
+
     def on_body(self, body: bytes) -> None:
         self.reading.request_body(body)
 
@@ -281,6 +308,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         status, message = self.refused or (400, "malformed request")
+        self.in_head = False          # nothing more is read; no head timer may cut what is queued
         self.pause_reading(PAUSE_PIPELINE)
         reading = self.reading
         if reading is not None and not reading.request_done:
@@ -355,6 +383,9 @@ class ClientConnection(asyncio.Protocol):
         self.paused &= ~reason
         if not self.paused and not self.closed:
             self.transport.resume_reading()
+            if self.in_head:
+                # The client_header clock stood still while this proxy was not reading.
+                self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
 
     # --------------------------------------------------------------- writes
 
@@ -380,11 +411,21 @@ class ClientConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- ends
 
     def close(self) -> None:
-        """close: close after what was written is flushed."""
+        """close: close after what was written is flushed (cut at keepalive_idle if it never is)."""
         if not self.closed:
             self.flush()
             self.closed = True
+            self.closed_at = self.proxy.clock
             self.transport.close()
+
+    def close_tunnel(self) -> None:
+        """close_tunnel: end a tunnel gracefully: both halves flush what they hold, then FIN."""
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.tunnel = None
+            tunnel.close()
+        self.close()
 
     def abort(self) -> None:
         """abort: close at once, dropping unsent bytes (a response cut short)."""

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from .backends import Environment
     from .exchange import Exchange
 
-# Forced closes of long-lived connections are spread over at most this many seconds.
+# Forced closes of long-lived connections are spread STAGGER_STEP apart, over at most
+# STAGGER_WINDOW seconds, so their clients do not all reconnect at the same instant.
 STAGGER_WINDOW = 2.0
+STAGGER_STEP = 0.2
 
 
 class Drain:
@@ -47,6 +49,7 @@ class Drain:
         self.done: asyncio.Future = loop.create_future()
         self._on_done = on_done
         self._timer = None
+        self._staggered: list[asyncio.TimerHandle] = []
         for ex in self.exchanges:
             if ex.drain is not None:
                 ex.drain.exchanges.discard(ex)   # an older drain of the same env hands it over
@@ -77,6 +80,8 @@ class Drain:
         if self.done.done():
             return
         self.interrupted = True
+        for handle in self._staggered:
+            handle.cancel()   # the environment is live again: its tunnels stay
         for ex in self.exchanges:
             ex.drain = None
         self.exchanges = set()
@@ -93,12 +98,12 @@ class Drain:
             else:
                 ex.force_close()
         n = len(long_lived)
-        step = min(STAGGER_WINDOW / n, 0.05) if n else 0
+        step = min(STAGGER_WINDOW / n, STAGGER_STEP) if n else 0
         for i, ex in enumerate(long_lived):
             if i == 0:
                 ex.force_close()
             else:
-                loop.call_later(i * step, ex.force_close)
+                self._staggered.append(loop.call_later(i * step, ex.force_close))
 
     def _complete(self) -> None:
         if self.done.done():

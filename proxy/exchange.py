@@ -45,7 +45,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome", "started", "canary_bucket", "preview", "probe",
+        "drain", "outcome", "started", "canary_bucket", "preview", "probe", "chunks",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -81,6 +81,7 @@ class Exchange:
         self.canary_bucket: int | None = None   # a new canary bucket to send in a cookie
         self.preview: str | None = None     # preview route: "" = the idle environment, else the one named
         self.probe = False                  # a drill probe: name the serving environment in the answer
+        self.chunks = 0                     # chunks of a chunked request body seen so far
 
     # ----------------------------------------------------------- request side
 
@@ -304,8 +305,11 @@ class Exchange:
             return   # the 101 was refused in response_head
         self.client.start_tunnel(self.conn, upstream_rest)
 
-    def upstream_lost(self, got_bytes: bool, reused: bool) -> None:
-        """upstream_lost: the upstream connection closed while this exchange used it."""
+    def upstream_lost(self, got_bytes: bool, reused: bool, clean: bool = True) -> None:
+        """upstream_lost: the upstream connection closed while this exchange used it.
+
+        ``clean`` is False for a reset: then even a close-delimited body was cut.
+        """
         conn = self.conn
         self.conn = None
         if self.state == TUNNEL:
@@ -313,7 +317,7 @@ class Exchange:
             self.client.close()
             return
         if self.response_started:
-            if self.close_delimited:
+            if self.close_delimited and clean:
                 self.response_complete_on_eof()
             else:
                 self.abort(Outcome.FAILED)   # never a truncated response that looks complete
@@ -325,6 +329,7 @@ class Exchange:
             self.retries += 1
             self.server.inflight -= 1
             self.server.close_idle()
+            self.server = None
             self.state = CONNECTING
             self.send_to_server()
             return
@@ -393,8 +398,15 @@ class Exchange:
         """force_close: a drain or a shutdown ran out of time; close this exchange now."""
         if self.state == DONE:
             return
-        if self.state in (QUEUED, HELD, CONNECTING, SENT):
-            self.reply_error(503, "closed by cutover: drain_timeout reached", Outcome.FORCED)
+        if self.state in (QUEUED, HELD, CONNECTING):
+            self.reply_error(503, "closed by cutover before the request was sent", Outcome.FORCED)
+        elif self.state == SENT:
+            # The server may have acted on it: no Retry-After, which invites a retry.
+            self.reply_error(502, "closed by cutover while waiting for the upstream's answer",
+                             Outcome.FORCED)
+        elif self.state == TUNNEL:
+            self.client.close_tunnel()
+            self.finish(Outcome.FORCED)
         else:
             self.abort(Outcome.FORCED)
 
@@ -423,4 +435,7 @@ class Exchange:
         drain = self.drain
         if drain is not None:
             drain.finished(self, outcome)
-        self.client.exchange_done(self)
+        client = self.client
+        if client.paused & 1:
+            client.resume_reading(1)   # the upstream that pushed back is no longer ours
+        client.exchange_done(self)

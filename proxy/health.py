@@ -32,6 +32,8 @@ async def probe(server: Server, path: str, timeout: float) -> tuple[bool, str]:
         return False, f"no answer within {timeout}s"
     except OSError as exc:
         return False, describe_os_error(exc)
+    except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return False, "not an HTTP response (status line too long)"
     finally:
         if writer is not None:
             writer.close()

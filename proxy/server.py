@@ -137,9 +137,14 @@ class Proxy:
         upstream_timeout = self.upstream_timeout
         send_timeout = self.keepalive_timeout
         for conn in list(self.connections):
-            if conn.closed or conn.tunnel is not None:
+            if conn.closed:
+                # A client that never reads what is left to flush holds its slot: cut it.
+                if now - conn.closed_at > send_timeout:
+                    conn.transport.abort()
                 continue
-            if conn.in_head and now > conn.head_deadline:
+            if conn.tunnel is not None:
+                continue
+            if conn.in_head and not conn.paused and now > conn.head_deadline:
                 conn.timed_out_head()
                 continue
             queue = conn.queue
@@ -197,6 +202,7 @@ class Proxy:
             for ex in list(conn.queue):
                 ex.force_close()
             conn.abort()
+            conn.transport.abort()   # also when a graceful close is still waiting to flush
         for env in self.router.environments.values():
             env.close_idle()
         await self.close()

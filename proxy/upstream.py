@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from .exchange import RESPONDING
 from .headers import RESPONSE_SPECIAL
 
 
@@ -42,7 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = ("proxy", "server", "transport", "parser", "exchange", "parts", "special",
                  "got_bytes", "reused", "active_at", "tunnel", "closed", "skip_body",
-                 "keep_alive", "reading_paused")
+                 "keep_alive", "reading_paused", "ended")
 
     def __init__(self, proxy: "Proxy", server: "Server") -> None:
         self.proxy = proxy
@@ -60,27 +61,39 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = False
         self.keep_alive = False
         self.reading_paused = False
+        # The final response ended inside the current feed_data; it is completed after
+        # feed_data returns, so the connection is never reused while still being parsed.
+        self.ended = False
 
     # ------------------------------------------------------------ pool side
 
     def release(self) -> None:
-        """release: the exchange is done with this connection; keep it idle or close it."""
+        """release: the exchange is done with this connection; keep it idle or close it.
+
+        Only a connection with nothing left to send goes back to the pool.
+        """
         self.exchange = None
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
         server = self.server
-        if self.closed or not server.healthy or len(server.idle) >= MAX_IDLE_PER_SERVER or self.proxy.closing:
+        if (self.closed or not server.healthy or len(server.idle) >= MAX_IDLE_PER_SERVER
+                or self.proxy.closing or self.transport.get_write_buffer_size()):
             self.close()
             return
         self.active_at = self.proxy.clock
         server.idle.append(self)
 
     def close(self) -> None:
-        """close: close the connection; an idle one leaves the pool when connection_lost runs."""
+        """close: close the connection and take it out of the pool at once."""
         self.exchange = None
         if not self.closed and self.transport is not None:
+            self.closed = True
             self.transport.close()
+            try:
+                self.server.idle.remove(self)
+            except ValueError:
+                pass
 
     # ------------------------------------------------------- asyncio events
 
@@ -99,7 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             self.exchange = None
-            ex.upstream_lost(self.got_bytes, self.reused)
+            ex.upstream_lost(self.got_bytes, self.reused, exc is None)
         else:
             try:
                 self.server.idle.remove(self)
@@ -113,7 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         ex = self.exchange
         if ex is None:
-            self.transport.close()   # nothing was asked: a stray byte poisons the connection
+            self.close()   # nothing was asked: a stray byte poisons the connection
             return
         self.got_bytes = True
         self.active_at = self.proxy.clock
@@ -128,13 +141,25 @@ class UpstreamConnection(asyncio.Protocol):
                 self.skip_body = False
                 self.parser = HttpResponseParser(self)
                 ex.response_complete(self.keep_alive)
+            elif self.ended:
+                # The response was whole; what followed it poisons only this connection.
+                self.ended = False
+                ex.response_complete(False)
             elif isinstance(exc.__context__, _Unexpected):
                 self._invalid(str(exc.__context__))
             else:
                 log.error("response handling failed for %s", self.server.address, exc_info=exc.__context__)
                 self._invalid("unexpected response")
         except HttpParserError as exc:
-            self._invalid(str(exc))
+            if self.ended:
+                self.ended = False
+                ex.response_complete(False)
+            else:
+                self._invalid(str(exc))
+        else:
+            if self.ended:
+                self.ended = False
+                ex.response_complete(self.keep_alive and not self.closed)
         if client.out:
             client.flush()
 
@@ -178,7 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
-        if ex is None:
+        if ex is None or self.ended:
             raise _Unexpected("response bytes after the response ended")
         parser = self.parser
         status = parser.get_status_code()
@@ -193,12 +218,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
+        if ex is None:
+            return   # the exchange already answered (e.g. a 502 for an unknown coding)
         if ex.rechunk:
             ex.response_body(body)
         else:
             ex.client.out.append(body)
 
     def on_message_complete(self) -> None:
+        # Fields after the head were trailers: this proxy drops response trailers, and
+        # they must never reach the next response's head.
+        if self.parts or self.special:
+            self.parts = []
+            self.special = []
         ex = self.exchange
-        if ex is not None:
-            ex.response_complete(self.parser.should_keep_alive())
+        if ex is not None and ex.state == RESPONDING:
+            self.ended = True
+            self.keep_alive = self.parser.should_keep_alive()

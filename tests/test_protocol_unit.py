@@ -44,6 +44,9 @@ class FakeTransport:
     def pause_reading(self):
         self.reading = False
 
+    def get_write_buffer_size(self):
+        return 0
+
     def resume_reading(self):
         self.reading = True
 
