@@ -17,7 +17,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import REQUEST_SPECIAL, HeaderError, rewrite_request
+from .headers import REQUEST_SPECIAL, HeaderError, origin_form, rewrite_request
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -203,6 +203,14 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.parts = []
         self.special = []
+        if url[:1] != b"/" and url != b"*":
+            absolute = origin_form(url)
+            if absolute is not None:
+                url = absolute[1]
+                special = [(n, v) for n, v in special if n != b"host"] + [(b"host", absolute[0])]
+            elif parser.get_method() != b"CONNECT":   # CONNECT's authority-form is refused below
+                self.refused = (400, "request target is neither origin-form nor absolute-form")
+                raise _HeadRefused
         if size > proxy.max_header_bytes:
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
-from .headers import RequestHead, rewrite_response, status_line
+from .headers import REQUEST_SPECIAL, RequestHead, rewrite_response, status_line
 
 if TYPE_CHECKING:
     from .backends import Environment, Server
@@ -190,7 +190,12 @@ class Exchange:
         self._send_body(framed)
 
     def request_trailer(self, name: bytes, value: bytes) -> None:
-        """request_trailer: a trailer field after a chunked request body."""
+        """request_trailer: a trailer field after a chunked request body.
+
+        Framing, routing and hop-by-hop fields are never taken from trailers (RFC 9110 §6.5.1).
+        """
+        if name.lower() in REQUEST_SPECIAL:
+            return
         if self.trailers is None:
             self.trailers = []
         self.trailers.append(b"%s: %s\r\n" % (name, value))

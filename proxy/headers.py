@@ -28,6 +28,9 @@ REQUEST_SPECIAL = HOP_BY_HOP | {
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
 
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Bytes a Host value may hold: reg-name, IP literal and port characters (RFC 3986 §3.2.2).
+_HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               b"-._~!$&'()*+,;=:[]%")
 _NO_TOKENS: frozenset[bytes] = frozenset()
 # The Connection values nearly every message carries, parsed once.
 _PLAIN_CONNECTION = {
@@ -128,6 +131,8 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         if lname == b"host":
             if head.host is not None:
                 raise HeaderError(400, "more than one Host header")
+            if value.translate(None, _HOST_CHARS):
+                raise HeaderError(400, "invalid Host header")   # RFC 9112 §3.2, RFC 3986 §3.2.2
             head.host = value
             first += (b"Host: ", value, b"\r\n")
         elif lname == b"content-length":
@@ -153,7 +158,8 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
                 xff.append(value)
         elif lname == b"te":
             if b"trailers" in connection_tokens([value]):
-                first.append(b"te: trailers\r\n")
+                # RFC 9110 §10.1.4: TE is hop-by-hop, so it is named in Connection too.
+                first.append(b"te: trailers\r\nconnection: te\r\n")
         elif lname == b"x-cutover-env":
             head.preview_env = value.strip()
         elif lname == b"x-cutover-token":
@@ -265,3 +271,25 @@ def status_line(status: int) -> bytes:
     """status_line: "HTTP/1.1 <status> <reason>\\r\\n" with the standard reason phrase."""
     line = _STATUS_LINES.get(status)
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """origin_form: (authority, path) of an absolute-form request target, else None.
+
+    RFC 9112 §3.2.2: a server receiving absolute-form ignores Host and uses the
+    target's authority; this proxy forwards the origin-form path with that Host.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    cut = len(rest)
+    for mark in (b"/", b"?"):
+        at = rest.find(mark)
+        if at != -1 and at < cut:
+            cut = at
+    authority, path = rest[:cut], rest[cut:]
+    if b"@" in authority:
+        authority = authority.rpartition(b"@")[2]   # userinfo is never forwarded
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path

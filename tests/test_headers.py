@@ -197,3 +197,34 @@ def test_status_lines_carry_standard_reasons():
     assert status_line(431) == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     assert status_line(299) == b"HTTP/1.1 299 \r\n"      # the reason phrase may be empty
     assert status_line(999) == b"HTTP/1.1 999 \r\n"
+
+
+@pytest.mark.parametrize("value", [b"a b", b"a\tb", b"exa\x01mple", b"a/b", b"a@b"])
+def test_invalid_host_values_are_refused(value):
+    with pytest.raises(HeaderError) as info:
+        req([(b"Host", value)])
+    assert info.value.status == 400 and "invalid Host" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"[::1]:80", b"10.0.0.1", b"xn--bcher-kva.ch", b""])
+def test_valid_host_values_pass(value):
+    assert req([(b"Host", value)]).host == value
+
+
+def test_te_trailers_is_named_in_connection_when_forwarded():
+    head = req([(b"Host", b"a"), (b"TE", b"trailers")])
+    assert b"te: trailers" in lines(head.block) and b"connection: te" in lines(head.block)
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"http://example.com/a?b=1", (b"example.com", b"/a?b=1")),
+    (b"HTTP://Example.com:8080", (b"Example.com:8080", b"/")),
+    (b"https://h?x=1", (b"h", b"/?x=1")),
+    (b"http://user:pw@h/p", (b"h", b"/p")),
+    (b"/plain", None),
+    (b"ftp://h/x", None),
+    (b"h:443", None),
+])
+def test_origin_form_of_absolute_targets(target, expected):
+    from proxy.headers import origin_form
+    assert origin_form(target) == expected

@@ -793,12 +793,15 @@ async def test_path_and_query_pass_byte_for_byte(recorder, target):
     assert upstream.heads[0].split(b"\r\n", 1)[0] == b"GET %s HTTP/1.1" % target
 
 
-async def test_absolute_form_target_passes_unchanged(recorder):
+async def test_absolute_form_target_goes_upstream_in_origin_form_with_its_host(recorder):
+    # RFC 9112 §3.2.2: the target's authority replaces the received Host.
     proxy, upstream = recorder
-    data, _ = await send_collect(proxy.port, b"GET http://app/x?y=1 HTTP/1.1\r\nHost: app\r\n"
+    data, _ = await send_collect(proxy.port, b"GET http://app/x?y=1 HTTP/1.1\r\nHost: other\r\n"
                                  b"Connection: close\r\n\r\n")
     assert status_of(data) == 200
-    assert upstream.heads[0].split(b"\r\n", 1)[0] == b"GET http://app/x?y=1 HTTP/1.1"
+    first, rest = upstream.heads[0].split(b"\r\n", 1)
+    assert first == b"GET /x?y=1 HTTP/1.1"
+    assert b"Host: app\r\n" in rest and b"other" not in rest
 
 
 @pytest.mark.parametrize("method", [b"OPTIONS", b"DELETE", b"PATCH", b"PUT"])

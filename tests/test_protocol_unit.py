@@ -231,3 +231,19 @@ async def test_upstream_that_cannot_keep_up_pauses_the_client():
     assert rig.client_t.reading is False
     rig.up.resume_writing()
     assert rig.client_t.reading is True
+
+
+async def test_absolute_form_target_is_forwarded_as_origin_form_with_its_authority_as_host():
+    rig = Rig()
+    rig.send(b"GET http://real.example:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+    sent = rig.up_t.take()
+    assert sent.startswith(b"GET /p?q=1 HTTP/1.1\r\nHost: real.example:8080\r\n")
+    assert b"other" not in sent and b"x-forwarded-host: real.example:8080\r\n" in sent
+
+
+async def test_forbidden_request_trailer_fields_are_dropped():
+    rig = Rig()
+    rig.send(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"1\r\na\r\n0\r\nHost: evil\r\nConnection: close\r\nX-Sum: 1\r\n\r\n")
+    sent = rig.up_t.take()
+    assert sent.endswith(b"0\r\nX-Sum: 1\r\n\r\n") and b"evil" not in sent
