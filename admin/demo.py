@@ -176,7 +176,7 @@ async def run_demo(json_output: bool = False, keep_running: bool = False, durati
             probes_stop.set()
             await probe_task
             drain = flip_entry["drain"]
-            say(f"  gates: " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
+            say("  gates: " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
                                           for g in flip_entry.get("gates", [])))
             say(f"  drain of blue: drained={drain['drained']} dropped={drain['dropped']} "
                 f"forced_closed={drain['forced_closed']} in {drain['duration'] * 1000:.0f} ms")
@@ -256,7 +256,7 @@ def _print_report(r: dict) -> None:
     print(f"  failed              {r['failed']}")
     print(f"  dropped             {r['dropped']}  (drained {r['drained']}, forced closed {r['forced_closed']})")
     print(f"  schema-check        {r['schema_check']['findings']} incompatible change(s)")
-    print(f"  flip gates          " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
+    print("  flip gates          " + ", ".join(f"{g['gate']} {'ok' if g['passed'] else 'FAILED'}"
                                               for g in r["flip"]["gates"]))
     print(f"  switch-window probes {r['flip']['probes']}, failed {r['flip']['failed_probes']}")
     print(f"  post-flip analysis  {r['flip']['analysis']['state']}")
