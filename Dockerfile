@@ -1,3 +1,6 @@
+# cutover in a container: `cutover serve` as a non-root user.
+# Mount your own config (listen on 0.0.0.0 inside the container, a real admin.token):
+#   docker run -e CUTOVER_TOKEN=... -v $PWD/cutover.yaml:/app/config/cutover.yaml -p 8080:8080 -p 9901:9901 cutover
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 cutover
 WORKDIR /app
