@@ -6,8 +6,11 @@ through the router's main listener (the user's path) and reads the live
 environment's own counters since the flip. A breach rolls back at once
 through Controller.auto_rollback, which records ``auto_rollback`` with the
 reason: ``probe_failures`` consecutive failed probes, or, once at least
-``min_requests`` requests finished in the window, a 5xx ratio above
-``max_error_ratio`` or a p99 latency above ``max_p99``.
+``min_requests`` user requests finished in the window, a 5xx ratio above
+``max_error_ratio`` or a p99 latency above ``max_p99``. While traffic is held
+no probe is sent and the window is extended. The outcome is passed,
+rolled_back, cancelled (a newer switch), or failed (a breach whose rollback
+failed, or the analysis itself broke).
 """
 
 from __future__ import annotations
@@ -53,13 +56,15 @@ class Analysis:
         self.generation = generation
         self.env = env
         self.config = config
-        self.state = "running"          # running | passed | rolled_back | cancelled
+        self.state = "running"          # running | passed | rolled_back | cancelled | failed
         self.reason: str | None = None
         self.started = time.time()
         self.probes = 0
         self.failed_probes = 0
         self.requests = 0
         self.errors = 0
+        self.probe_answers = 0          # probe responses, and their 5xx: taken out of the live figures
+        self.probe_errors = 0
         self.first_failure_at: float | None = None
         self.rolled_back_at: float | None = None
         self.done = asyncio.get_running_loop().create_future()
@@ -91,8 +96,10 @@ class Analysis:
     def _live_breach(self) -> str | None:
         environment = self.controller.router.environments[self.env]
         delta = [now - then for now, then in zip(environment.responses, self._responses)]
-        self.requests = sum(delta)
-        self.errors = delta[5]
+        # Only user traffic decides (SPEC §6: a minimum sample, so low traffic does not);
+        # the probes speak for themselves through probe_failures.
+        self.requests = max(0, sum(delta) - self.probe_answers)
+        self.errors = max(0, delta[5] - self.probe_errors)
         if self.requests < self.config.min_requests:
             return None
         ratio = self.errors / self.requests
@@ -111,8 +118,10 @@ class Analysis:
         try:
             async with session.get(url) as resp:
                 await resp.read()
+                self.probe_answers += 1
                 if resp.status < 500:
                     return None
+                self.probe_errors += 1
                 return f"probe GET {self.config.probe_path} answered {resp.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return f"probe GET {self.config.probe_path} failed: {type(exc).__name__}"
@@ -126,6 +135,11 @@ class Analysis:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while time.monotonic() < deadline:
+                    if self.controller.router.held:
+                        # Traffic is held on purpose: a probe would only wait; the window waits too.
+                        await asyncio.sleep(self.config.interval)
+                        deadline += self.config.interval
+                        continue
                     failure = await self._probe(session, url)
                     if failure is None:
                         consecutive = 0
@@ -151,7 +165,7 @@ class Analysis:
             raise
         except Exception as exc:   # a bug here must not leave CI waiting forever
             log.exception("analysis of generation %d failed", self.generation)
-            self.state = "passed"
+            self.state = "failed"
             self.reason = f"analysis stopped: {type(exc).__name__}"
         finally:
             self._finish()
@@ -165,7 +179,7 @@ class Analysis:
             await self.controller.auto_rollback(f"analysis: {breach}", analysis=self)
         except Exception as exc:
             log.error("auto-rollback failed: %s", exc)
-            self.state = "passed"
+            self.state = "failed"
             self.reason = f"breach ({breach}) but rollback failed: {exc}"
             return
         self.rolled_back_at = time.perf_counter()

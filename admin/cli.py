@@ -182,9 +182,13 @@ async def run_admin(args: argparse.Namespace) -> int:
         return 2 if exc.refused else 1
     print(json.dumps(doc, indent=2) if as_json else RENDER[args.command](doc, args))
     analysis = doc.get("analysis") if getattr(args, "wait", False) else None
-    if analysis and analysis.get("state") == "rolled_back":
-        print(f"cutover: rolled back by post-flip analysis: {one_line(analysis.get('reason') or '')} "
-              "(auto_rollback)", file=sys.stderr)
+    if analysis and analysis.get("state") != "passed":
+        # --wait succeeds only when the flip stood through its analysis window.
+        what = {"rolled_back": "rolled back by post-flip analysis",
+                "cancelled": "post-flip analysis cancelled, the flip did not stand",
+                "failed": "post-flip analysis failed"}.get(analysis.get("state"), "post-flip analysis")
+        code = "auto_rollback" if analysis.get("state") == "rolled_back" else "analysis_" + str(analysis.get("state"))
+        print(f"cutover: {what}: {one_line(analysis.get('reason') or '')} ({code})", file=sys.stderr)
         return 1
     return 0
 
@@ -311,7 +315,7 @@ RENDER: dict[str, Callable[[dict, argparse.Namespace], str]] = {
     "hold": render_hold,
     "resume": lambda doc, args: f"resumed: released {doc.get('released', 0)} held requests",
     "lock": lambda doc, args: ("switching locked" + (f" ({doc['lock_reason']})" if doc.get("lock_reason") else "")
-                               + ": flip, rollback, canary, promote and abort refused until unlock"),
+                               + ": flip, rollback, canary and promote refused until unlock"),
     "unlock": lambda doc, args: "switching unlocked",
     "history": render_history,
 }
@@ -352,7 +356,7 @@ def add_admin_commands(sub) -> None:
                         "for the request timeout write `cutover --timeout S hold`")
     reason(p)
     command("resume", "release every held request")
-    p = command("lock", "refuse flip, rollback, canary, promote and abort until unlock")
+    p = command("lock", "refuse flip, rollback, canary and promote until unlock (abort still works)")
     reason(p)
     command("unlock", "allow switching again")
     p = command("canary", "send N percent of new requests to the idle environment (0 stops)")

@@ -24,7 +24,7 @@ from proxy.router import Router
 
 from .analysis import Analysis
 from .gates import GateResult, run_gates
-from .state import State, StateError, StateStore
+from .state import State, StateError, StateNotDurable, StateStore
 
 log = logging.getLogger("cutover.controller")
 
@@ -58,7 +58,7 @@ class Controller:
         self._detail_pending = False
         self._detail_task: asyncio.Task | None = None
         self._details: dict[tuple[int, str], dict] = {}   # drain outcomes by (generation, from)
-        self.counts = {"flips": 0, "rollbacks": 0, "auto_rollbacks": 0}
+        self.counts = {action: 0 for action in ("flip", "rollback", "auto_rollback", "promote", "canary", "abort")}
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
         self.analysis: Analysis | None = None   # the watch over the last flip or promote
@@ -129,7 +129,12 @@ class Controller:
             if target == self.state.live:
                 # A flip to the live environment during a canary only resets the weights.
                 return await self._reweigh("flip", None, 0, reason)
-            gates = await self._gates(target, force)
+            seen = self.state.generation
+        # The gates may take minutes (a schema command, warm-up): they run without the
+        # lock, so hold, lock and resume answer at once meanwhile.
+        gates = await self._gates(target, force)
+        async with self.lock:
+            self._check_unchanged(seen, "flip")
             return await self._switch("flip", target, reason, force, gates)
 
     async def rollback(self, reason: str | None = None, force: bool = False,
@@ -169,7 +174,10 @@ class Controller:
             if not self.state.canary_weight or self.state.canary is None:
                 raise ControlError(409, "no_canary", "no canary is running")
             target = self.state.canary
-            gates = await self._gates(target, force)
+            seen = self.state.generation
+        gates = await self._gates(target, force)
+        async with self.lock:
+            self._check_unchanged(seen, "promote")
             return await self._switch("promote", target, reason, force, gates)
 
     async def canary(self, weight: Any, reason: str | None = None, force: bool = False) -> dict:
@@ -218,10 +226,10 @@ class Controller:
             state = self._next()
             state.held = False
             state.hold_until = None
-            released = self.router.held_requests
-            self._record(state, "resume", reason, released=released)
+            entry = self._record(state, "resume", reason, released=0)
             await self._save(state)
-            self.router.resume()
+            entry["released"] = released = self.router.resume()
+            self._save_later()
             return self._answer(changed=True, released=released)
 
     async def attest(self, from_version: Any, to_version: Any, by: Any = None) -> dict:
@@ -288,8 +296,7 @@ class Controller:
             entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
             self.last_recovery_ms = entry["recovery_ms"]
             self._save_later()
-        self.counts["rollbacks" if action == "rollback" else
-                    "auto_rollbacks" if action == "auto_rollback" else "flips"] += 1
+        self.counts[action] += 1
         log.info("%s %s -> %s generation %d%s", action, source, target, state.generation,
                  f" ({reason})" if reason else "")
         return self._answer(changed=True)
@@ -310,6 +317,7 @@ class Controller:
         self._record(state, action, reason, weight=weight, target=canary)
         await self._save(state)
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        self.counts[action] += 1
         return self._answer(changed=True)
 
     async def _gates(self, target: str, force: bool, health_only: bool = False) -> list[GateResult]:
@@ -332,6 +340,8 @@ class Controller:
         async with self.save_lock:
             try:
                 await self._write(state)
+            except StateNotDurable as exc:
+                log.warning("%s; applying it anyway, the file holds it", exc)
             except StateError as exc:
                 raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
             self._apply_details(state)
@@ -397,6 +407,14 @@ class Controller:
                                f"generation is {self.state.generation}, not {expected}",
                                generation=self.state.generation)
 
+    def _check_unchanged(self, seen: int, action: str) -> None:
+        """_check_unchanged: after gates ran without the lock, nothing may have moved meanwhile."""
+        self._check_unlocked(action)
+        if self.state.generation != seen:
+            raise ControlError(409, "conflict", f"the route changed (generation {seen} -> "
+                               f"{self.state.generation}) while the gates ran; {action} not applied",
+                               generation=self.state.generation)
+
     def _check_unlocked(self, action: str) -> None:
         if self.state.locked:
             why = f" ({self.state.lock_reason})" if self.state.lock_reason else ""
@@ -435,6 +453,8 @@ class Controller:
 
     async def _record_resume(self, released: int, why: str) -> None:
         async with self.lock:
+            if self.router.held or not self.state.held:
+                return   # a newer hold, or a resume, came first: this timeout is history already
             state = self._next()
             state.held = False
             state.hold_until = None

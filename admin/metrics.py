@@ -74,7 +74,7 @@ class CutoverCollector:
                                 value=1 if self.controller.state.locked else 0)
         switches = CounterMetricFamily("cutover_switches", "Route switches by kind", labels=["action"])
         for action, count in self.controller.counts.items():
-            switches.add_metric([action.rstrip("s")], count)
+            switches.add_metric([action], count)
         yield switches
         drains = CounterMetricFamily("cutover_drain_requests", "In-flight requests at a switch, by how they ended",
                                      labels=["outcome"])

@@ -48,7 +48,7 @@ _DOCUMENT = {
                 "error": {"type": "string"},
                 "code": {"type": "string", "enum": [
                     "unauthorized", "bad_request", "unknown_environment", "locked", "gate_failed",
-                    "no_previous", "no_canary", "generation_mismatch", "state_unavailable", "superseded",
+                    "no_previous", "no_canary", "generation_mismatch", "state_unavailable", "superseded", "conflict",
                     "not_found", "method_not_allowed"]},
                 "gates": {"type": "array", "items": {"type": "object"}},
                 "generation": {"type": "integer"}}},

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["FORMAT_VERSION", "FileStateStore", "State", "StateError", "StateStore"]
+__all__ = ["FORMAT_VERSION", "FileStateStore", "State", "StateError", "StateNotDurable", "StateStore"]
 
 FORMAT_VERSION = 1  # the "version" written with every state; a higher one is refused on load
 
@@ -29,6 +29,13 @@ class StateError(Exception):
 
     Raised by `State.from_dict`, `State.check_environments` and the stores. At start it stops
     `cutover serve`; on save the controller must not acknowledge the mutation.
+    """
+
+
+class StateNotDurable(StateError):
+    """StateNotDurable: the new state is in the file, but syncing its folder failed.
+
+    The controller applies the change (the file already holds it) and logs a warning.
     """
 
 
@@ -206,7 +213,7 @@ class FileStateStore:
         try:
             _fsync_folder(folder)
         except OSError as err:
-            raise StateError(
+            raise StateNotDurable(
                 f"state written to {self.path}, but syncing its folder failed, so the rename "
                 f"may not survive a crash: {_os_reason(err)}"
             ) from None
