@@ -315,7 +315,6 @@ class Exchange:
 
         ``clean`` is False for a reset: then even a close-delimited body was cut.
         """
-        conn = self.conn
         self.conn = None
         if self.state == TUNNEL:
             self.finish(Outcome.OK)
@@ -338,17 +337,15 @@ class Exchange:
             self.state = CONNECTING
             self.send_to_server()
             return
-        del conn
         self.reply_error(502, "upstream closed the connection before responding")
 
     def response_complete_on_eof(self) -> None:
         """response_complete_on_eof: a close-delimited body ended with the upstream's EOF."""
         if self.rechunk:
             self.client.write(b"0\r\n\r\n")
-            self.finish(Outcome.OK)
         else:
-            self.keep_alive = False
-            self.finish(Outcome.OK)
+            self.keep_alive = False   # an HTTP/1.0 client learns the end from our close
+        self.finish(Outcome.OK)
 
     def upstream_invalid(self, message: str) -> None:
         """upstream_invalid: the upstream sent bytes that are not valid HTTP."""
@@ -367,10 +364,7 @@ class Exchange:
         if self.response_started:
             self.abort(outcome)
             return
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self._drop_upstream()
         self.status = status
         self.keep_alive = False
         extra = b"retry-after: 1\r\n" if status == 503 else b""
@@ -381,10 +375,7 @@ class Exchange:
         """abort: cut both connections; the client sees a short response, never a complete one."""
         if self.state == DONE:
             return
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.close()
+        self._drop_upstream()
         self.keep_alive = False
         self.client.abort()
         self.finish(outcome)
@@ -393,11 +384,15 @@ class Exchange:
         """client_gone: the client connection closed; stop the upstream side too."""
         if self.state == DONE:
             return
+        self._drop_upstream()
+        self.finish(Outcome.CLIENT_GONE)
+
+    def _drop_upstream(self) -> None:
+        """_drop_upstream: close the upstream connection mid-exchange (it is never reused)."""
         conn = self.conn
         if conn is not None:
             self.conn = None
             conn.close()
-        self.finish(Outcome.CLIENT_GONE)
 
     def force_close(self) -> None:
         """force_close: a drain or a shutdown ran out of time; close this exchange now."""
