@@ -45,13 +45,14 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview", "closed_at", "trailer_bytes")
+                 "preview", "closed_at", "trailer_bytes", "read_len")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
         self.preview = preview        # accepted on preview_listen: every request goes to the idle env
         self.closed_at = 0.0          # proxy clock when close() began flushing (see Proxy._check_timeouts)
         self.trailer_bytes = 0        # raw bytes read while a chunked request body was in progress
+        self.read_len = 0             # length of the read being parsed
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -113,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
                 self.pause_reading(PAUSE_BUFFER)
             return
         reading = self.reading
+        self.read_len = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -198,7 +200,10 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         if self.closed:
             raise _HeadRefused
-        size = self.head_fields_size()
+        # The head came in this read and the earlier ones counted in head_size; only when
+        # those could exceed the limit are its fields counted exactly.
+        limit = proxy.max_header_bytes
+        over = self.head_size + self.read_len > limit and self.head_fields_size() > limit
         url, parts, special = self.url, self.parts, self.special
         self.url = b""
         self.parts = []
@@ -211,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
             elif parser.get_method() != b"CONNECT":   # CONNECT's authority-form is refused below
                 self.refused = (400, "request target is neither origin-form nor absolute-form")
                 raise _HeadRefused
-        if size > proxy.max_header_bytes:
+        if over:
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused
         method = parser.get_method()
