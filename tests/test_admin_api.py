@@ -10,79 +10,21 @@ import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from admin.state import StateError
+from adminapi import Admin, assert_error, eventually, session  # noqa: F401  (session is a fixture)
 
 TOKEN = "t0ken"
 AUTH = {"listen": "127.0.0.1:0", "token": TOKEN}
 ENVS = {"blue", "green"}
-_UNSET = object()
 
 V1_GET = ["/v1/status", "/v1/history", "/v1/openapi.json"]
 V1_POST = ["/v1/flip", "/v1/rollback", "/v1/hold", "/v1/resume", "/v1/lock", "/v1/unlock",
            "/v1/canary", "/v1/promote", "/v1/abort"]
 STATUS_KEYS = {"live", "previous", "generation", "held", "held_requests", "locked", "weights",
                "environments"}
-
-
-class Admin:
-    """Admin: a small client for one stack's admin API; answers (status, json-or-text, headers)."""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int, token: str | None = None) -> None:
-        self.session = session
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = token
-
-    async def call(self, method: str, path: str, body=_UNSET, data: bytes | str | None = None,
-                   token=_UNSET, headers: dict | None = None):
-        hdrs = dict(headers or {})
-        token = self.token if token is _UNSET else token
-        if token is not None:
-            hdrs["Authorization"] = f"Bearer {token}"
-        kwargs = {}
-        if body is not _UNSET:
-            kwargs["json"] = body
-        elif data is not None:
-            kwargs["data"] = data
-        async with asyncio.timeout(5):
-            async with self.session.request(method, self.base + path, headers=hdrs, **kwargs) as resp:
-                text = await resp.text()
-                try:
-                    payload = json.loads(text)
-                except ValueError:
-                    payload = text
-                return resp.status, payload, resp.headers
-
-    async def get(self, path: str, **kw):
-        return await self.call("GET", path, **kw)
-
-    async def post(self, path: str, body=_UNSET, **kw):
-        return await self.call("POST", path, body=body, **kw)
-
-    async def ok(self, path: str, body=_UNSET, **kw) -> dict:
-        """ok: a POST that must answer 200; returns its JSON."""
-        status, payload, _ = await self.post(path, body, **kw)
-        assert status == 200, (path, body, status, payload)
-        return payload
-
-    async def status(self) -> dict:
-        status, payload, _ = await self.get("/v1/status")
-        assert status == 200, payload
-        return payload
-
-    async def events(self) -> list[dict]:
-        status, payload, _ = await self.get("/v1/history")
-        assert status == 200, payload
-        return payload["events"]
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture
@@ -93,13 +35,6 @@ async def stack(make_stack):
 @pytest.fixture
 async def api(stack, session):
     return Admin(session, stack.admin_port)
-
-
-def assert_error(status: int, payload, expected_status: int, code: str) -> None:
-    assert status == expected_status, payload
-    assert isinstance(payload, dict), payload
-    assert payload.get("code") == code, payload
-    assert isinstance(payload.get("error"), str) and payload["error"], payload
 
 
 def is_int(value) -> bool:
@@ -141,16 +76,6 @@ async def make_unhealthy(running, env: str) -> None:
     await running.proxy.health.stop()
     for server in running.proxy.router.environments[env].servers:
         server.set_healthy(False)
-
-
-async def eventually(check, timeout: float = 2.0, interval: float = 0.02):
-    """eventually: await check() until it returns something truthy, at most ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(interval)
 
 
 async def proxy_get(session, running, path: str = "/") -> tuple[int, str]:

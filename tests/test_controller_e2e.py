@@ -10,54 +10,12 @@ import asyncio
 import time
 
 import aiohttp
-import pytest
 from yarl import URL
 
+from adminapi import JsonAdmin as Admin, eventually
+from adminapi import admin_session  # noqa: F401  (a fixture, used by name)
+
 SLOW = "/slow?s=0.8"
-
-
-class Admin:
-    """Admin: POST/GET on one stack's admin API (auth off, as make_stack configures by default)."""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session = session
-        self.base = f"http://127.0.0.1:{port}"
-
-    async def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        async with asyncio.timeout(5):
-            async with self.session.request(method, self.base + path, json=body) as resp:
-                return resp.status, await resp.json()
-
-    async def ok(self, path: str, body: dict | None = None) -> dict:
-        status, payload = await self.call("POST", path, body or {})
-        assert status == 200, (path, body, status, payload)
-        return payload
-
-    async def status(self) -> dict:
-        status, payload = await self.call("GET", "/v1/status")
-        assert status == 200, payload
-        return payload
-
-    async def events(self) -> list[dict]:
-        status, payload = await self.call("GET", "/v1/history")
-        assert status == 200, payload
-        return payload["events"]
-
-
-@pytest.fixture
-async def admin_session():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def eventually(check, timeout: float = 2.0, interval: float = 0.02):
-    """eventually: await check() until it returns something truthy, at most ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(interval)
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, timeout: float = 5) -> tuple[int, str, dict]:

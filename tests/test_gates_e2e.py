@@ -11,12 +11,13 @@ one fails. A forced flip runs none; a rollback runs only the health gate.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 
 import aiohttp
 import pytest
 from aiohttp import web
+
+from adminapi import JsonAdmin, eventually, session  # noqa: F401  (session is a fixture)
 
 TOKEN = "t0ken"
 FP = {"version": "v1", "build": "1", "features": {"a": True, "b": False}, "db": "pg"}
@@ -95,44 +96,16 @@ async def apps():
 
 # --------------------------------------------------------------------------- admin API
 
-class Admin:
-    """Admin: the stack's admin API over aiohttp, every call bounded."""
+class Admin(JsonAdmin):
+    """Admin: a JsonAdmin on ``running``'s admin API, every call bounded at 2.5 s; adds ``flip``."""
 
     def __init__(self, session: aiohttp.ClientSession, running, token: str | None = None) -> None:
-        self.session = session
+        super().__init__(session, running.admin_port, token or None, timeout=2.5)
         self.running = running
-        self.base = f"http://127.0.0.1:{running.admin_port}"
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        async with asyncio.timeout(2.5):
-            async with self.session.request(method, self.base + path, json=body,
-                                            headers=self.headers) as resp:
-                return resp.status, await resp.json()
 
     async def flip(self, body: dict | None = None) -> tuple[int, dict]:
+        """flip: POST /v1/flip with ``body`` (or ``{}``); answers (status, json)."""
         return await self.call("POST", "/v1/flip", body or {})
-
-    async def ok(self, path: str, body: dict | None = None) -> dict:
-        status, payload = await self.call("POST", path, body or {})
-        assert status == 200, (path, body, status, payload)
-        return payload
-
-    async def status(self) -> dict:
-        status, payload = await self.call("GET", "/v1/status")
-        assert status == 200, payload
-        return payload
-
-    async def events(self) -> list[dict]:
-        status, payload = await self.call("GET", "/v1/history")
-        assert status == 200, payload
-        return payload["events"]
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture
@@ -154,16 +127,6 @@ def stack(make_stack, session):
 
 def _list(x) -> list:
     return x if isinstance(x, list) else [x]
-
-
-async def eventually(check, timeout: float = 2.0, interval: float = 0.02):
-    """eventually: await check() until it is truthy, at most ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(interval)
 
 
 # --------------------------------------------------------------------------- assertions
