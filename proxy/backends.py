@@ -9,7 +9,6 @@ exchanges it is serving, which a drain watches.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ class Server:
     """
 
     __slots__ = ("host", "port", "address", "env", "weight", "healthy", "inflight",
-                 "connections", "idle", "ok_streak", "fail_streak", "last_change")
+                 "connections", "idle", "ok_streak", "fail_streak")
 
     def __init__(self, host: str, port: int, env: "Environment", weight: int = 1) -> None:
         self.host = host
@@ -39,14 +38,12 @@ class Server:
         self.idle: list["UpstreamConnection"] = []
         self.ok_streak = 0
         self.fail_streak = 0
-        self.last_change = time.time()
 
     def set_healthy(self, healthy: bool) -> None:
         """set_healthy: the one place health changes; a server going down loses its idle pool."""
         if healthy == self.healthy:
             return
         self.healthy = healthy
-        self.last_change = time.time()
         if not healthy:
             self.close_idle()
 
@@ -92,11 +89,6 @@ class Environment:
     def healthy(self) -> bool:
         """healthy: an environment is healthy while at least one of its servers is."""
         return any(s.healthy for s in self.servers)
-
-    @property
-    def all_healthy(self) -> bool:
-        """all_healthy: every server healthy (the flip gate)."""
-        return all(s.healthy for s in self.servers)
 
     @property
     def connections(self) -> int:

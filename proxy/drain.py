@@ -36,7 +36,6 @@ class Drain:
         self.generation = generation
         self.timeout = timeout
         self.started = time.monotonic()
-        self.started_at = time.time()
         self.duration: float | None = None
         self.exchanges: set["Exchange"] = set(env.active)
         self.inflight_at_start = len(self.exchanges)

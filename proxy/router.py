@@ -47,7 +47,6 @@ class Router:
         self.hold_max_queued = hold_max_queued
         self.hold_gate: HoldGate | None = None
         self.drains: dict[str, Drain] = {}       # environment -> its running drain
-        self.last_drains: list[dict] = []        # results of finished drains, newest last (bounded)
         self.on_drain: list[Callable[[Drain], None]] = []
         self.on_resume: list[Callable[[int, str], None]] = []
         self.on_health: list[Callable[[Server, bool, str], None]] = []
@@ -118,8 +117,6 @@ class Router:
     def _drain_done(self, drain: Drain) -> None:
         if self.drains.get(drain.env.name) is drain:
             del self.drains[drain.env.name]
-        self.last_drains.append(drain.result())
-        del self.last_drains[:-50]
         for callback in self.on_drain:
             try:
                 callback(drain)
