@@ -70,12 +70,36 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class GateRun:
+    """GateRun: what the gates of one switch share: an HTTP session and the fingerprints fetched.
+
+    Drift and schema both read fingerprints; each server is asked once per run.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self._fingerprints: dict[str, dict | ValueError] = {}
+
+    async def fingerprint(self, address: str, path: str) -> dict:
+        """fingerprint: server_fingerprint, remembered (failures too) for the rest of the run."""
+        key = address + path
+        if key not in self._fingerprints:
+            try:
+                self._fingerprints[key] = await server_fingerprint(address, path, self.session)
+            except ValueError as exc:
+                self._fingerprints[key] = exc
+        found = self._fingerprints[key]
+        if isinstance(found, ValueError):
+            raise found
+        return found
+
+
 async def _get(session: aiohttp.ClientSession, method: str, url: str, headers: dict) -> tuple[int, str]:
     async with session.request(method, url, headers=headers, allow_redirects=False) as resp:
         return resp.status, await resp.text(errors="replace")
 
 
-async def smoke_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+async def smoke_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
     """smoke_gate: every configured probe answers as expected through the preview route."""
     probes = controller.config.gates.smoke
     routes = preview_routes(controller, target)
@@ -87,7 +111,7 @@ async def smoke_gate(controller: "Controller", target: str, session: aiohttp.Cli
         for probe in probes:
             url = base + probe.path
             try:
-                status, body = await _get(session, probe.method, url, headers)
+                status, body = await _get(run.session, probe.method, url, headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 return GateResult("smoke", False, f"{probe.method} {probe.path}: {type(exc).__name__} {exc}")
             if status != probe.expect_status:
@@ -99,7 +123,7 @@ async def smoke_gate(controller: "Controller", target: str, session: aiohttp.Cli
     return GateResult("smoke", True, f"{len(probes)} probe(s) passed on {target}")
 
 
-async def warmup_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+async def warmup_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
     """warmup_gate: send the configured warm-up requests to the target; 5xx or errors fail it."""
     warmup = controller.config.gates.warmup
     sent = failed = 0
@@ -110,7 +134,7 @@ async def warmup_gate(controller: "Controller", target: str, session: aiohttp.Cl
             base, headers = routes[i % len(routes)]
             sent += 1
             try:
-                status, _ = await _get(session, "GET", base + path, headers)
+                status, _ = await _get(run.session, "GET", base + path, headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failed += 1
                 last = f"GET {path}: {type(exc).__name__}"
@@ -176,33 +200,33 @@ async def server_fingerprint(address: str, path: str, session: aiohttp.ClientSes
     return data
 
 
-async def fingerprint(controller: "Controller", env: str, path: str, session: aiohttp.ClientSession) -> dict:
+async def fingerprint(controller: "Controller", env: str, path: str, run: GateRun) -> dict:
     """fingerprint: the JSON fingerprint of the first healthy server of ``env`` that answers."""
     servers = [s for s in controller.router.environments[env].servers if s.healthy] or \
         controller.router.environments[env].servers
     errors = []
     for server in servers:
         try:
-            return await server_fingerprint(server.address, path, session)
+            return await run.fingerprint(server.address, path)
         except ValueError as exc:
             errors.append(str(exc))
     raise ValueError(f"no fingerprint from {env} ({'; '.join(errors)})")
 
 
-async def drift_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+async def drift_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
     """drift_gate: the target's config fingerprint matches live's outside the allow-list."""
     gate = controller.config.gates.drift
     live = controller.router.route.live
     if live == target:
         return GateResult("drift", True, "target is live")
     try:
-        a = await fingerprint(controller, live, gate.path, session)
+        a = await fingerprint(controller, live, gate.path, run)
     except ValueError as exc:
         return GateResult("drift", False, str(exc))
     for server in controller.router.environments[target].servers:
         # Every server of the target is compared: one misconfigured copy is enough to refuse.
         try:
-            b = await server_fingerprint(server.address, gate.path, session)
+            b = await run.fingerprint(server.address, gate.path)
         except ValueError as exc:
             return GateResult("drift", False, f"no fingerprint from {target} ({exc})")
         diff = drift(a, b, gate.ignore)
@@ -213,25 +237,25 @@ async def drift_gate(controller: "Controller", target: str, session: aiohttp.Cli
                       + (f" (ignoring {', '.join(gate.ignore)})" if gate.ignore else ""))
 
 
-async def versions(controller: "Controller", target: str, session: aiohttp.ClientSession) -> tuple[str, str]:
+async def versions(controller: "Controller", target: str, run: GateRun) -> tuple[str, str]:
     """versions: (version serving now, version of the target), from the fingerprints' "version" key."""
     path = controller.config.gates.drift.path if controller.config.gates.drift else "/__fingerprint"
     live = controller.router.route.live
     out = []
     for env in (live, target):
-        data = await fingerprint(controller, env, path, session)
+        data = await fingerprint(controller, env, path, run)
         if "version" not in data:
             raise ValueError(f'the fingerprint of {env} ({path}) has no "version"')
         out.append(str(data["version"]))
     return out[0], out[1]
 
 
-async def schema_gate(controller: "Controller", target: str, session: aiohttp.ClientSession) -> GateResult:
+async def schema_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
     """schema_gate: an attestation for exactly this pair of versions, or the configured command passes."""
     gate = controller.config.gates.schema
     live = controller.router.route.live
     try:
-        old, new = await versions(controller, target, session)
+        old, new = await versions(controller, target, run)
     except ValueError as exc:
         return GateResult("schema", False, f"cannot tell the versions: {exc}")
     for attestation in controller.state.attestations:
@@ -282,8 +306,9 @@ async def run_gates(controller: "Controller", target: str, health_only: bool = F
         return results
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        run = GateRun(session)
         for step in steps:
-            result = await step(controller, target, session)
+            result = await step(controller, target, run)
             results.append(result)
             if not result.passed:
                 break

@@ -680,3 +680,13 @@ async def test_smoke_through_the_preview_listener_reaches_every_green_server(app
     status, payload = await admin.flip()
     await assert_refused(admin, status, payload, "smoke", ["health", "smoke"], "status 500")
     assert greens[1].paths("/probe")     # the bad copy was probed, not skipped by the balancer
+
+
+async def test_drift_and_schema_ask_each_server_for_its_fingerprint_once(apps, stack):
+    blue, green = await apps("blue"), await apps("green")
+    admin = await stack(blue, green, gates={"drift": {"ignore": ["version", "build"]},
+                                            "schema": {"command": "exit 0"}})
+    status, payload = await admin.flip()
+    await assert_flipped(admin, status, payload, ["health", "drift", "schema"])
+    assert blue.paths("/__fingerprint") == ["/__fingerprint"]
+    assert green.paths("/__fingerprint") == ["/__fingerprint"]
