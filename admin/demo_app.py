@@ -99,6 +99,18 @@ def make_demo_app(version: str, env: str, server: int, db_path: str) -> web.Appl
     return app
 
 
+async def serve_app(app: web.Application, port: int = 0, shutdown_timeout: float = 1.0) -> tuple[web.AppRunner, int]:
+    """serve_app: run ``app`` on 127.0.0.1:``port`` (0 = a free one); returns the runner and the port.
+
+    Used by DemoServer and by the tests' own backends.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 class DemoServer:
     """DemoServer: one running demo application on an ephemeral loopback port."""
 
@@ -112,11 +124,7 @@ class DemoServer:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> "DemoServer":
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(self.app)
         return self
 
     async def stop(self) -> None:

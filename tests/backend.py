@@ -12,6 +12,8 @@ import json
 
 from aiohttp import WSMsgType, web
 
+from admin.demo_app import serve_app
+
 STATE = web.AppKey("state", dict)
 
 
@@ -118,11 +120,7 @@ class Backend:
         return self.app[STATE]["requests"]
 
     async def start(self, port: int = 0) -> "Backend":
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(self.app, port, shutdown_timeout=0.5)
         return self
 
     async def stop(self) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from admin.demo_app import serve_app
 from adminapi import JsonAdmin, eventually, session  # noqa: F401  (session is a fixture)
 
 TOKEN = "t0ken"
@@ -64,11 +65,7 @@ class FakeApp:
     async def start(self) -> "FakeApp":
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.runner, self.port = await serve_app(app, shutdown_timeout=0.5)
         return self
 
     async def stop(self) -> None:
