@@ -71,12 +71,13 @@ class Environment:
     active holds the exchanges counted in inflight, so a drain can see them.
     """
 
-    __slots__ = ("name", "servers", "inflight", "active", "_rr", "responses", "latency_counts",
+    __slots__ = ("name", "servers", "only", "inflight", "active", "_rr", "responses", "latency_counts",
                  "latency_sum")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.servers: list[Server] = []
+        self.only: Server | None = None   # the server when there is exactly one (see add)
         self.inflight = 0
         self.active: set["Exchange"] = set()
         self._rr = 0
@@ -84,6 +85,11 @@ class Environment:
         self.responses = [0] * 6        # finished requests by status class; [0] = no response sent
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)   # per bucket, last = +Inf
         self.latency_sum = 0.0
+
+    def add(self, server: Server) -> None:
+        """add: a server of this environment (Router.from_config adds them in config order)."""
+        self.servers.append(server)
+        self.only = server if len(self.servers) == 1 else None
 
     @property
     def healthy(self) -> bool:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import REQUEST_SPECIAL, HeaderError, origin_form, rewrite_request
+from .headers import REQUEST_SPECIAL, HeaderError, RequestHead, origin_form, rewrite_request
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -39,7 +39,7 @@ class _HeadRefused(Exception):
     """Raised from a parser callback to stop parsing a request head that is refused."""
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
     """ClientConnection: the downstream side of the proxy, made by the listener."""
 
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
@@ -53,7 +53,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed_at = 0.0          # proxy clock when close() began flushing (see Proxy._check_timeouts)
         self.trailer_bytes = 0        # raw bytes read while a chunked request body was in progress
         self.read_len = 0             # length of the read being parsed
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
         self.queue: collections.deque[Exchange] = collections.deque()
@@ -76,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------- asyncio events
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         proxy = self.proxy
         proxy.connections.add(self)
@@ -175,13 +175,17 @@ class ClientConnection(asyncio.Protocol):
 
     # ----------------------------------------------- httptools callbacks
 
-    def on_message_begin(self) -> None:
+    # There is no on_message_begin: a head begins with its request target, which
+    # saves a callback per request (a partial method alone is bounded by idle_deadline).
+
+    def on_url(self, url: bytes) -> None:
+        if self.in_head:
+            self.url += url   # the target came in more than one read
+            return
         self.in_head = True
         self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
         self.head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
+        self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
@@ -220,34 +224,35 @@ class ClientConnection(asyncio.Protocol):
             self.refused = (431, "request header block over limits.max_header_bytes")
             raise _HeadRefused
         method = parser.get_method()
-        version = parser.get_http_version()
-        if version == "1.1":
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and len(special) == 1 and special[0][0] == b"host":
+            # Without a Connection field llhttp keeps only HTTP/1.1 alive (it accepts
+            # 0.9, 1.0, 1.1 and 2.0), which spares reading the version as a string.
             minor = 1
-        elif version == "1.0":
-            minor = 0
         else:
-            self.refused = (505, f"HTTP/{version} is not supported") if version >= "2" else \
-                (400, f"HTTP/{version} request line refused")
-            raise _HeadRefused
-        keep_alive = parser.should_keep_alive() and not self.closing
-        error = None
-        head = None
+            version = parser.get_http_version()
+            if version == "1.1":
+                minor = 1
+            elif version == "1.0":
+                minor = 0
+            else:
+                self.refused = (505, f"HTTP/{version} is not supported") if version >= "2" else \
+                    (400, f"HTTP/{version} request line refused")
+                raise _HeadRefused
         try:
             head = rewrite_request(parts, special, minor, self.client_ip, proxy.replace_forwarded)
         except HeaderError as exc:
-            error = (exc.status, str(exc))
-        else:
-            if method == b"CONNECT":
-                error = (501, "CONNECT is not supported")
-            elif (proxy.max_body_bytes is not None and head.content_length is not None
-                  and head.content_length > proxy.max_body_bytes):
-                error = (413, f"request body over limits.max_body_bytes ({proxy.max_body_bytes})")
-        if error is not None:
-            # Answered in order after what is already queued; nothing after it is read.
-            self.refused = error
+            self.refused = (exc.status, str(exc))   # answered in order after what is queued
+            raise _HeadRefused
+        if method == b"CONNECT":
+            self.refused = (501, "CONNECT is not supported")
+            raise _HeadRefused
+        length = head.content_length
+        if length is not None and proxy.max_body_bytes is not None and length > proxy.max_body_bytes:
+            self.refused = (413, f"request body over limits.max_body_bytes ({proxy.max_body_bytes})")
             raise _HeadRefused
         self.trailer_bytes = 0
-        ex = Exchange(self, method, url, head, minor, keep_alive)
+        ex = Exchange(self, method, url, head, minor, keep_alive and not self.closing)
         if self.preview:
             ex.preview = ""
         if head.preview_env is not None:
@@ -299,7 +304,9 @@ class ClientConnection(asyncio.Protocol):
             reading.chunks += 1
 
     def on_body(self, body: bytes) -> None:
-        self.reading.request_body(body)
+        reading = self.reading
+        if reading is not None:
+            reading.request_body(body)
 
     def on_message_complete(self) -> None:
         reading = self.reading
@@ -328,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
             self.reading = None
             reading.request_broken(status, message)
             return
-        ex = Exchange(self, b"-", b"-", None, 1, False, error=(status, message))
+        ex = Exchange(self, b"-", b"-", RequestHead(), 1, False, error=(status, message))
         self.queue.append(ex)
         if len(self.queue) == 1:
             ex.start()

@@ -58,7 +58,7 @@ class Drain:
         else:
             loop.call_soon(self._complete)
 
-    def finished(self, ex: "Exchange", outcome: Outcome) -> None:
+    def finished(self, ex: "Exchange", outcome: str) -> None:
         """finished: called by Exchange.finish for each adopted exchange."""
         if ex not in self.exchanges:
             return

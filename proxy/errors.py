@@ -7,19 +7,23 @@ plain-text body naming the problem, Content-Length framing, and
 
 from __future__ import annotations
 
-import enum
 import os
+from typing import Final
 
 from .headers import status_line
 
 
-class Outcome(enum.Enum):
-    """Outcome: how an exchange ended; a drain counts these."""
+class Outcome:
+    """Outcome: how an exchange ended; a drain counts these.
 
-    OK = "ok"                    # the whole response reached the client
-    CLIENT_GONE = "client_gone"  # the client went away first
-    FAILED = "failed"            # the proxy answered an error or cut the response short
-    FORCED = "forced"            # closed by a drain at drain_timeout or by shutdown
+    Plain string constants, compared with ``is``: the hot path reads them once
+    per request, and an Enum member lookup costs several times a class attribute.
+    """
+
+    OK: Final = "ok"                    # the whole response reached the client
+    CLIENT_GONE: Final = "client_gone"  # the client went away first
+    FAILED: Final = "failed"            # the proxy answered an error or cut the response short
+    FORCED: Final = "forced"            # closed by a drain at drain_timeout or by shutdown
 
 
 def error_response(status: int, message: str, extra: bytes = b"") -> bytes:

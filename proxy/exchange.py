@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
-from .headers import REQUEST_SPECIAL, RequestHead, rewrite_response, status_line
+from .headers import REQUEST_SPECIAL, STATUS_LINES, RequestHead, rewrite_response
 
 if TYPE_CHECKING:
     from .backends import Environment, Server
     from .downstream import ClientConnection
     from .drain import Drain
+    from .hold import HoldGate
+    from .route import Route
     from .upstream import UpstreamConnection
 
 # Methods that may be sent again on a fresh connection when a reused pooled one
@@ -49,7 +51,7 @@ class Exchange:
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
-                 head: RequestHead | None, http_minor: int, keep_alive: bool,
+                 head: RequestHead, http_minor: int, keep_alive: bool,
                  error: tuple[int, str] | None = None) -> None:
         self.client = client
         self.method = method
@@ -59,13 +61,13 @@ class Exchange:
         self.keep_alive = keep_alive
         self.error = error                  # (status, message) to answer instead of proxying
         self.state = QUEUED
-        self.route = None
+        self.route: "Route | None" = None
         self.env: "Environment | None" = None
         self.server: "Server | None" = None
         self.conn: "UpstreamConnection | None" = None
         self.tried: "set[Server] | None" = None
         self.retries = 0
-        self.pending: list[bytes] = []      # framed body bytes waiting for an upstream connection
+        self.pending: list[bytes] | None = None   # framed body bytes waiting for an upstream connection
         self.pending_bytes = 0
         self.request_done = False           # the whole request body has been received
         self.body_bytes = 0
@@ -76,7 +78,7 @@ class Exchange:
         self.head_only = method == b"HEAD"
         self.status = 0
         self.drain: "Drain | None" = None
-        self.outcome: Outcome | None = None
+        self.outcome: str | None = None
         self.started = monotonic()          # for the latency histogram (admin/metrics.py)
         self.canary_bucket: int | None = None   # a new canary bucket to send in a cookie
         self.preview: str | None = None     # preview route: "" = the idle environment, else the one named
@@ -91,11 +93,11 @@ class Exchange:
             self.reply_error(*self.error)
             return
         router = self.client.proxy.router
-        if router.hold_gate is None or self.preview is not None:   # preview traffic is never held
-            self.proceed(router)
-        else:
+        if router.hold_gate is not None and self.preview is None:   # preview traffic is never held
             self.state = HELD
             router.hold_gate.enter(self)
+            return
+        self.proceed(router)
 
     def proceed(self, router=None) -> None:
         """proceed: read the route once, choose the environment and send upstream.
@@ -115,12 +117,13 @@ class Exchange:
         env.inflight += 1
         env.active.add(self)
         self.state = CONNECTING
-        self.send_to_server()
+        self.send_to_server(env)
 
-    def send_to_server(self) -> None:
-        """send_to_server: pick a server (skipping ones that already failed) and get a connection."""
-        env = self.env
-        server = env.pick(self.tried)
+    def send_to_server(self, env: "Environment") -> None:
+        """send_to_server: pick a server of ``env`` (skipping ones that already failed) and get a connection."""
+        server = env.only
+        if server is None or not server.healthy or self.tried is not None:
+            server = env.pick(self.tried)
         if server is None:
             if self.tried:
                 self.reply_error(502, f"cannot connect to any server of environment {env.name}")
@@ -145,36 +148,38 @@ class Exchange:
         if self.tried is None:
             self.tried = set()
         self.tried.add(server)
-        self.send_to_server()
+        self.send_to_server(server.env)
 
     def attach(self, conn: "UpstreamConnection", reused: bool) -> None:
         """attach: bind an upstream connection and write the request head and buffered body."""
         if self.state == DONE:
             conn.release()
             return
+        client = self.client
         self.conn = conn
         conn.exchange = self
         conn.reused = reused
         conn.got_bytes = False
-        conn.active_at = self.client.proxy.clock
-        if self.client.write_paused:
+        conn.active_at = client.proxy.clock
+        if client.write_paused:
             conn.reading_paused = True
             conn.transport.pause_reading()
         self.state = SENT
         head = self.head
-        if head.host is None:
-            # RFC 9112 §3.2: an HTTP/1.1 request needs Host; a 1.0 client may omit it.
-            parts = [b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n"
-                     % (self.method, self.url, conn.server.address.encode(), head.block)]
+        if head.host is not None:
+            data = b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)
         else:
-            parts = [b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)]
-        if self.pending:
-            parts.extend(self.pending)
-            self.pending = []
+            # RFC 9112 §3.2: an HTTP/1.1 request needs Host; a 1.0 client may omit it.
+            data = (b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n"
+                    % (self.method, self.url, conn.server.address.encode(), head.block))
+        pending = self.pending
+        if pending is not None:
+            data = b"".join([data, *pending])
+            self.pending = None
             if self.pending_bytes > BUFFER_HIGH:
-                self.client.resume_reading(2)
+                client.resume_reading(2)
             self.pending_bytes = 0
-        conn.transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
+        conn.transport.write(data)
 
     def request_body(self, data: bytes) -> None:
         """request_body: a piece of the request body from the client parser."""
@@ -203,7 +208,7 @@ class Exchange:
     def request_complete(self) -> None:
         """request_complete: the request message ended (RFC 9112 §7.1: last chunk and trailers)."""
         self.request_done = True
-        if self.head is not None and self.head.chunked and self.state != DONE:
+        if self.head.chunked and self.state != DONE:
             trailers = b"".join(self.trailers) if self.trailers else b""
             self._send_body(b"0\r\n%s\r\n" % trailers)
 
@@ -215,6 +220,8 @@ class Exchange:
             conn.active_at = self.client.proxy.clock
             conn.transport.write(framed)
         else:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(framed)
             self.pending_bytes += len(framed)
             if self.pending_bytes > BUFFER_HIGH:
@@ -236,7 +243,7 @@ class Exchange:
         if status < 200 and status != 101:
             # RFC 9110 §15.2: forward interim responses to HTTP/1.1 clients only.
             if self.http_minor >= 1:
-                client.out += (status_line(status), rewrite_response(parts, special).block, b"\r\n")
+                client.out += (STATUS_LINES[status], rewrite_response(parts, special).block, b"\r\n")
             return
         rh = rewrite_response(parts, special)
         if rh.unknown_coding is not None:
@@ -254,16 +261,16 @@ class Exchange:
         if status == 101:
             self.state = TUNNEL
             self.keep_alive = False
-            client.out += (status_line(101), rh.block, b"connection: upgrade\r\nupgrade: ",
-                           rh.upgrade or self.head.upgrade, b"\r\n\r\n")
+            upgrade = rh.upgrade or self.head.upgrade or b""
+            client.out += (STATUS_LINES[101], rh.block, b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n\r\n")
             return
         if not self.request_done or self.head.upgrade is not None or client.closing:
             self.keep_alive = False   # the rest of the request cannot be skipped safely
         length = rh.content_length
-        if self.head_only or status == 204 or status == 304:
-            framing = b"content-length: %d\r\n" % length if length is not None and status != 204 else b""
-        elif length is not None and not rh.chunked:
+        if length is not None and not rh.chunked and status != 204:
             framing = b"content-length: %d\r\n" % length
+        elif self.head_only or status == 204 or status == 304:
+            framing = b"content-length: %d\r\n" % length if length is not None and status != 204 else b""
         elif self.http_minor >= 1:
             self.rechunk = True
             self.close_delimited = not rh.chunked
@@ -272,7 +279,7 @@ class Exchange:
             self.close_delimited = not rh.chunked
             self.keep_alive = False   # HTTP/1.0 client: the body ends when we close
             framing = b""
-        if self.probe:
+        if self.probe and self.env is not None and self.route is not None:
             framing += b"x-cutover-served-by: %s %d\r\n" % (self.env.name.encode(), self.route.generation)
         if self.canary_bucket is not None:
             framing += b"set-cookie: cutover_canary=%d; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n" \
@@ -281,7 +288,7 @@ class Exchange:
             framing += b"connection: close\r\n"
         elif self.http_minor == 0:
             framing += b"connection: keep-alive\r\n"
-        client.out += (status_line(status), rh.block, framing, b"\r\n")
+        client.out += (STATUS_LINES[status], rh.block, framing, b"\r\n")
 
     def response_body(self, data: bytes) -> None:
         """response_body: a piece of the response body, framed for the client (see also UpstreamConnection.on_body)."""
@@ -297,16 +304,17 @@ class Exchange:
         if self.rechunk:
             self.client.out.append(b"0\r\n\r\n")
         conn = self.conn
-        self.conn = None
-        if upstream_keep_alive and self.request_done:
-            conn.release()
-        else:
-            conn.close()
+        if conn is not None:
+            self.conn = None
+            if upstream_keep_alive and self.request_done:
+                conn.release()
+            else:
+                conn.close()
         self.finish(Outcome.OK)
 
     def upgraded(self, upstream_rest: bytes) -> None:
         """upgraded: the upstream switched protocols (101); both sides become a byte tunnel."""
-        if self.state != TUNNEL:
+        if self.state != TUNNEL or self.conn is None:
             return   # the 101 was refused in response_head
         self.client.start_tunnel(self.conn, upstream_rest)
 
@@ -326,16 +334,17 @@ class Exchange:
             else:
                 self.abort(Outcome.FAILED)   # never a truncated response that looks complete
             return
-        if (reused and not got_bytes and self.retries < 2 and self.method in IDEMPOTENT
+        server = self.server
+        if (server is not None and reused and not got_bytes and self.retries < 2 and self.method in IDEMPOTENT
                 and not self.head.chunked and not self.head.content_length):
             # A pooled keep-alive connection the server had already closed: nothing
             # was processed, so the request goes again on a fresh connection.
             self.retries += 1
-            self.server.inflight -= 1
-            self.server.close_idle()
+            server.inflight -= 1
+            server.close_idle()
             self.server = None
             self.state = CONNECTING
-            self.send_to_server()
+            self.send_to_server(server.env)
             return
         self.reply_error(502, "upstream closed the connection before responding")
 
@@ -357,7 +366,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ ends
 
-    def reply_error(self, status: int, message: str, outcome: Outcome = Outcome.FAILED) -> None:
+    def reply_error(self, status: int, message: str, outcome: str = Outcome.FAILED) -> None:
         """reply_error: answer with a canned error, or cut the connection once a head was sent."""
         if self.state == DONE:
             return
@@ -371,7 +380,7 @@ class Exchange:
         self.client.write(error_response(status, message, extra))
         self.finish(outcome)
 
-    def abort(self, outcome: Outcome) -> None:
+    def abort(self, outcome: str) -> None:
         """abort: cut both connections; the client sees a short response, never a complete one."""
         if self.state == DONE:
             return
@@ -410,12 +419,14 @@ class Exchange:
         else:
             self.abort(Outcome.FORCED)
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, outcome: str) -> None:
         """finish: the one exit; updates counters, tells the drain, hands the client its next request."""
         if self.state == DONE:
             return
         if self.state == HELD:
-            self.client.proxy.router.hold_gate.leave(self)
+            gate = self.client.proxy.router.hold_gate
+            if gate is not None:
+                gate.leave(self)
         self.state = DONE
         self.outcome = outcome
         server = self.server

@@ -32,6 +32,8 @@ _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
 _HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=:[]%")
 _NO_TOKENS: frozenset[bytes] = frozenset()
+_KEEP_ALIVE_OR_CLOSE = frozenset({spelling for word in (b"close", b"keep-alive")
+                                  for spelling in (word, word.title(), word.upper())})
 # The Connection values nearly every message carries, parsed once.
 _PLAIN_CONNECTION = {
     spelling: frozenset({spelling.lower()})
@@ -99,16 +101,14 @@ class RequestHead:
     """
 
     __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
-                 "expect_continue", "close", "preview_env", "preview_token", "probe")
+                 "preview_env", "preview_token", "probe")
 
-    def __init__(self) -> None:
-        self.block = b""
-        self.host: bytes | None = None
+    def __init__(self, block: bytes = b"", host: bytes | None = None) -> None:
+        self.block = block
+        self.host = host
         self.content_length: int | None = None
         self.chunked = False
         self.upgrade: bytes | None = None   # the Upgrade value when the client asks to switch
-        self.expect_continue = False
-        self.close = False                  # Connection: close was sent
         self.preview_env: bytes | None = None     # X-Cutover-Env: the environment asked for
         self.preview_token: bytes | None = None   # X-Cutover-Token: the admin token that allows it
         self.probe = False                        # X-Cutover-Probe was sent
@@ -123,6 +123,17 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
     Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
     Host leads the block; X-Forwarded-* and framing close it.
     """
+    host = None
+    for lname, value in special:
+        if lname == b"host" and host is None:
+            host = value
+        elif lname != b"connection" or value not in _KEEP_ALIVE_OR_CLOSE:
+            break
+    else:
+        if host is not None and not host.translate(None, _HOST_CHARS):
+            # Most heads: one valid Host, perhaps Connection: keep-alive or close, no body.
+            return RequestHead(b"Host: %s\r\n%sx-forwarded-for: %s\r\nx-forwarded-proto: http\r\n"
+                               b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, host), host)
     head = RequestHead()
     first: list[bytes] = []
     xff = []
@@ -151,7 +162,6 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         elif lname == b"upgrade":
             head.upgrade = value
         elif lname == b"expect":
-            head.expect_continue = value.strip().lower() == b"100-continue"
             first += (b"Expect: ", value, b"\r\n")
         elif lname == b"x-forwarded-for":
             if not replace_forwarded:
@@ -179,7 +189,6 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         if tokens - _CONNECTION_OPTIONS:
             # Host, framing and X-Forwarded-* are specials, so no token can strip them.
             out = first + _without(parts, tokens)
-        head.close = b"close" in tokens
         if head.upgrade is not None and b"upgrade" in tokens:
             out += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
         else:
@@ -208,9 +217,9 @@ class ResponseHead:
 
     __slots__ = ("block", "content_length", "chunked", "upgrade", "unknown_coding")
 
-    def __init__(self) -> None:
-        self.block = b""
-        self.content_length: int | None = None
+    def __init__(self, block: bytes = b"", content_length: int | None = None) -> None:
+        self.block = block
+        self.content_length = content_length
         self.chunked = False
         self.upgrade: bytes | None = None
         self.unknown_coding: bytes | None = None   # a transfer coding other than chunked
@@ -222,6 +231,15 @@ def rewrite_response(parts: list[bytes], special: list[tuple[bytes, bytes]]) -> 
     Called by Exchange once per response head (interim 1xx heads included),
     with the parts and specials UpstreamConnection.on_header gathered.
     """
+    length = None
+    for lname, value in special:
+        if lname == b"content-length":
+            length = int(value)
+        elif lname != b"connection" or value not in _PLAIN_CONNECTION:
+            break
+    else:
+        # Most responses: Content-Length and a plain keep-alive/close, nothing to strip.
+        return ResponseHead(b"".join(parts), length)
     head = ResponseHead()
     tokens = None
     for lname, value in special:
@@ -264,13 +282,13 @@ _REASONS = {
 }
 
 
-_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"")) for code in range(100, 600)}
+# Indexed by status code: every code a parser can report (three digits).
+STATUS_LINES = tuple(b"HTTP/1.1 %03d %s\r\n" % (code, _REASONS.get(code, b"")) for code in range(1000))
 
 
 def status_line(status: int) -> bytes:
     """status_line: "HTTP/1.1 <status> <reason>\\r\\n" with the standard reason phrase."""
-    line = _STATUS_LINES.get(status)
-    return line if line is not None else b"HTTP/1.1 %d \r\n" % status
+    return STATUS_LINES[status] if 0 <= status < 1000 else b"HTTP/1.1 %d \r\n" % status
 
 
 def origin_form(target: bytes) -> tuple[bytes, bytes] | None:

@@ -59,7 +59,7 @@ class Router:
         for name, env_cfg in config.environments.items():
             env = Environment(name)
             for address, weight in zip(env_cfg.servers, env_cfg.weights):
-                env.servers.append(Server(address.host, address.port, env, weight))
+                env.add(Server(address.host, address.port, env, weight))
             envs[name] = env
         if route is None:
             route = Route(generation=1, live=config.live, environments=tuple(envs))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -38,7 +38,7 @@ class _Unexpected(Exception):
     """Raised from a parser callback when the upstream sends what nobody asked for."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """UpstreamConnection: one keep-alive connection to a backend; made by Proxy.connect."""
 
     __slots__ = ("proxy", "server", "transport", "parser", "exchange", "parts", "special",
@@ -48,7 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, proxy: "Proxy", server: "Server") -> None:
         self.proxy = proxy
         self.server = server
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpResponseParser(self)
         self.exchange: "Exchange | None" = None
         self.parts: list[bytes] = []    # pass-through header parts of the response head being read
@@ -97,7 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------- asyncio events
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.server.connections += 1
 
@@ -210,9 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
         parts, special = self.parts, self.special
         self.parts = []
         self.special = []
-        self.keep_alive = parser.should_keep_alive()
         ex.response_head(status, parts, special)
-        if ex.head_only and status >= 200 and status not in (204, 304):
+        if ex.head_only and status >= 200 and status != 204 and status != 304:
+            self.keep_alive = parser.should_keep_alive()
             self.skip_body = True
             raise _SkipBody
 

@@ -136,15 +136,40 @@ def test_upgrade_forwarded_only_with_connection_upgrade():
     assert b"upgrade" not in names(head.block)
 
 
-def test_expect_continue_is_noticed_and_forwarded():
+def test_expect_is_forwarded():
     head = req([(b"Host", b"a"), (b"Expect", b"100-Continue")])
-    assert head.expect_continue
     assert b"Expect: 100-Continue" in lines(head.block)
 
 
-def test_connection_close_is_noticed():
-    assert req([(b"Host", b"a"), (b"Connection", b"close")]).close
-    assert not req([(b"Host", b"a")]).close
+@pytest.mark.parametrize("headers", [
+    [(b"Host", b"example.com")],
+    [(b"Host", b"example.com:8080"), (b"User-Agent", b"wrk"), (b"Accept", b"*/*")],
+    [(b"Accept", b"*/*"), (b"Connection", b"keep-alive"), (b"Host", b"a.b")],
+    [(b"Host", b"a"), (b"Connection", b"Close"), (b"Cookie", b"x=1")],
+    [(b"Connection", b"KEEP-ALIVE"), (b"Host", b"[::1]:80")],
+])
+def test_common_request_heads_take_the_same_rules(headers):
+    # X-Forwarded-Proto is always replaced, so adding one sends the head through
+    # the general rules: the result must not change.
+    fast = req(headers)
+    general = req(headers + [(b"X-Forwarded-Proto", b"https")])
+    assert fast.block == general.block
+    assert (fast.host, fast.content_length, fast.chunked, fast.upgrade) == \
+        (general.host, general.content_length, general.chunked, general.upgrade)
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"Content-Length", b"19"), (b"Connection", b"keep-alive"), (b"Server", b"nginx")],
+    [(b"Date", b"d"), (b"Content-Length", b"0")],
+    [(b"Connection", b"close"), (b"Content-Type", b"text/plain")],
+    [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Content-Length", b"007")],
+])
+def test_common_response_heads_take_the_same_rules(headers):
+    # Keep-Alive is hop-by-hop and always dropped: adding one takes the general rules.
+    fast = rewrite_response(headers)
+    general = rewrite_response(headers + [(b"Keep-Alive", b"timeout=5")])
+    assert (fast.block, fast.content_length, fast.chunked, fast.upgrade, fast.unknown_coding) == \
+        (general.block, general.content_length, general.chunked, general.upgrade, general.unknown_coding)
 
 
 def test_host_leads_and_other_headers_keep_their_case_and_order():

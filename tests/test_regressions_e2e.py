@@ -494,7 +494,7 @@ async def test_backend_with_an_endless_status_line_is_marked_unhealthy():
     try:
         env = Environment("blue")
         server = Server("127.0.0.1", upstream.server.sockets[0].getsockname()[1], env)
-        env.servers.append(server)
+        env.add(server)
         ok, _ = await asyncio.wait_for(probe(server, "/healthz", 1.0), 2)
         assert ok is False
         changes = []
