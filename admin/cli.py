@@ -375,6 +375,19 @@ def add_admin_commands(sub) -> None:
     p.set_defaults(func=cmd_drill)
 
 
+def cmd_version(args) -> int:
+    """cmd_version: `cutover version`; the bench records it with its figures."""
+    import importlib.metadata
+
+    import proxy
+    try:
+        version = importlib.metadata.version("cutover")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    print(f"cutover {version} (data plane: {proxy.build()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """build_parser: the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="cutover", description="A blue-green traffic switch.")
@@ -384,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the router in the foreground")
     p.add_argument("--config", "-c", default="config/cutover.yaml", help="config file (YAML)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("version", help="print the version and how the data plane is built")
+    p.set_defaults(func=cmd_version)
 
     p = sub.add_parser("check-config", help="validate a config and print the effective config")
     p.add_argument("file", help="config file (YAML)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy import build as data_plane_build
 from proxy.config import Config
 from proxy.router import Router
 from proxy.server import Proxy
@@ -73,9 +74,9 @@ async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
     running = await start(config)
     route = running.proxy.router.route
-    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s)",
+    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s)",
              config.listen.host, running.proxy.port, config.admin.listen.host, running.admin_port,
-             route.live, route.generation, running.controller.store.describe())
+             route.live, route.generation, running.controller.store.describe(), data_plane_build())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
