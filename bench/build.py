@@ -49,11 +49,16 @@ def install_venv(venv: Path) -> Path:
         wheel = build_wheel(Path(tmp))
         pip = venv / "bin" / "pip"
         if not pip.exists():
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            subprocess.run([str(pip), "install", "--quiet", str(wheel)], check=True)
-        subprocess.run([str(pip), "install", "--quiet", "--force-reinstall", "--no-deps", str(wheel)],
-                       check=True)
+            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([str(pip), "install", "--quiet", str(wheel)])
+        _run([str(pip), "install", "--quiet", "--force-reinstall", "--no-deps", str(wheel)])
     return venv / "bin" / "cutover"
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}".strip())
 
 
 def compiled_tree(dest: Path) -> Path:
@@ -77,7 +82,7 @@ def main(argv: list[str]) -> int:
             print(install_venv(Path(argv[1]) if len(argv) > 1 else DEFAULT_VENV))
         else:
             print(compiled_tree(Path(argv[1])))
-    except (BuildError, subprocess.CalledProcessError) as exc:
+    except BuildError as exc:
         print(f"build: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
+import build as compiled
 import load
 import procfs
 import report
@@ -83,8 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-disturbed", type=int, default=2, metavar="N",
                    help="measure a disturbed run again, at most N times, and keep the least "
                         "disturbed attempt (default 2; 0 = never)")
+    p.add_argument("--build", choices=("compiled", "pure"), default="compiled",
+                   help="which cutover to measure: compiled = what `pip install .` ships (built "
+                        "by bench/build.py into bench/results/venv-compiled), pure = the one "
+                        "beside this Python (an editable install runs pure Python)")
     p.add_argument("--cutover", metavar="CMD",
-                   help="cutover command to benchmark (default: the one beside this Python)")
+                   help="cutover command to benchmark (overrides --build)")
     p.add_argument("--switch-only", action="store_true",
                    help="run only the switch phase (flips under load, rollback recovery) "
                         "against cutover")
@@ -140,10 +145,13 @@ def choose_pinning(args, notes: list[str]) -> Pinning:
     return Pinning(args.proxy_cpu, args.load_cpu, True)
 
 
-def cutover_command(explicit: str | None) -> str | None:
-    """cutover_command: --cutover if given, else the console script beside this Python."""
+def cutover_command(explicit: str | None, build: str) -> str | None:
+    """cutover_command: --cutover if given, else the compiled build or the console script beside this Python."""
     if explicit:
         return shutil.which(explicit) or None
+    if build == "compiled":
+        log("building the compiled cutover (bench/build.py) ...")
+        return str(compiled.install_venv(compiled.DEFAULT_VENV))
     beside = Path(sys.executable).parent / "cutover"
     return str(beside) if beside.exists() else shutil.which("cutover")
 
@@ -461,12 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     try:
         paths = tools.ensure(log)
-        paths["cutover"] = cutover_command(args.cutover)
+        paths["cutover"] = cutover_command(args.cutover, args.build) if "cutover" in args.targets else None
         versions = tools.versions(paths)
         raise_nofile_limit(args.idle_connections * 3 + args.connections * 4 + 1024)
         pin = choose_pinning(args, notes)
         rounds, memory, switched = benchmark(args, paths, pin, notes, failures)
-    except (tools.ToolError, services.StartError) as e:
+    except (tools.ToolError, services.StartError, compiled.BuildError) as e:
         log(f"bench: {e}")
         return 2
     except KeyboardInterrupt:

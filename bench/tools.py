@@ -61,7 +61,9 @@ def ensure(log) -> dict[str, str]:
 def versions(paths: dict[str, str]) -> dict[str, str]:
     """versions returns one version line per tool (for the report header)."""
     out = {}
-    for command, flag in (("nginx", "-v"), ("haproxy", "-v"), ("wrk", "-v")):
+    for command, flag in (("nginx", "-v"), ("haproxy", "-v"), ("wrk", "-v"), ("cutover", "version")):
+        if not paths.get(command):
+            continue
         try:
             done = subprocess.run([paths[command], flag], capture_output=True, text=True,
                                   timeout=10)

@@ -14,7 +14,7 @@ import random
 import re
 import time
 import zlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .backends import Environment, Server
 from .drain import Drain
@@ -50,7 +50,7 @@ class Router:
         self.on_drain: list[Callable[[Drain], None]] = []
         self.on_resume: list[Callable[[int, str], None]] = []
         self.on_health: list[Callable[[Server, bool, str], None]] = []
-        self._hold_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: Any = None   # the loop's timer handle
 
     @classmethod
     def from_config(cls, config: "Config", route: Route | None = None) -> "Router":
@@ -84,7 +84,9 @@ class Router:
         if bucket is None:
             bucket = random.randrange(100)
             ex.canary_bucket = bucket
-        return route.canary if bucket < route.canary_weight else route.live
+        if route.canary is not None and bucket < route.canary_weight:
+            return route.canary
+        return route.live
 
     def idle(self, route: Route) -> str:
         """idle: where the preview route goes under ``route``: the canary, else the non-live environment."""

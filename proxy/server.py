@@ -14,7 +14,8 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .downstream import ClientConnection
 from .errors import describe_os_error
@@ -65,12 +66,12 @@ class Proxy:
         self.clock = time.monotonic()
         self.closing = False
         self.health: HealthChecker | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._preview: asyncio.AbstractServer | None = None
+        self._server: Any = None        # the event loop's servers (uvloop's own types)
+        self._preview: Any = None
         self.preview_port: int | None = None
-        self._ticker: asyncio.TimerHandle | None = None
+        self._ticker: Any = None
         self._idle: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: Any = None          # the running event loop, from start
         self._port = 0
 
     # --------------------------------------------------------------- start
@@ -79,16 +80,16 @@ class Proxy:
         """start: listen (on ``sock`` when given, else config.listen) and start health checks."""
         loop = self._loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096)
+            self._server = await loop.create_server(self._client, sock=sock, backlog=4096)
         else:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self), self.config.listen.host, self.config.listen.port,
+                self._client, self.config.listen.host, self.config.listen.port,
                 backlog=4096, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
         preview = self.config.preview_listen
         if preview is not None:
             self._preview = await loop.create_server(
-                lambda: ClientConnection(self, preview=True), preview.host, preview.port,
+                self._preview_client, preview.host, preview.port,
                 backlog=1024, reuse_address=True)
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
@@ -98,6 +99,12 @@ class Proxy:
         self.health = HealthChecker(servers, hc.path, hc.interval, hc.timeout, hc.healthy_after,
                                     hc.unhealthy_after, self.router.set_health)
         self.health.start()
+
+    def _client(self) -> Any:
+        return ClientConnection(self)
+
+    def _preview_client(self) -> Any:
+        return ClientConnection(self, preview=True)
 
     @property
     def port(self) -> int:
@@ -114,7 +121,7 @@ class Proxy:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self._loop.create_connection(
-                    lambda: UpstreamConnection(self, server), server.host, server.port)
+                    partial(UpstreamConnection, self, server), server.host, server.port)
         except TimeoutError:
             ex.connect_failed(server, f"no connection within timeouts.connect ({self.connect_timeout}s)")
             return
