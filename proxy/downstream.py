@@ -45,7 +45,7 @@ class ClientConnection:
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview", "closed_at", "trailer_bytes", "read_len")
+                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
@@ -53,6 +53,7 @@ class ClientConnection:
         self.closed_at = 0.0          # proxy clock when close() began flushing (see Proxy._check_timeouts)
         self.trailer_bytes = 0        # raw bytes read while a chunked request body was in progress
         self.read_len = 0             # length of the read being parsed
+        self.flush_due = False        # queued in Proxy.flush_soon
         self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -377,6 +378,7 @@ class ClientConnection:
             self.transport.write(upstream_rest)
         pending = self.upgrade_buffer or []
         self.upgrade_buffer = None
+        conn.flush()   # the request went first; from now on bytes go straight through
         if pending:
             conn.transport.writelines(pending)
         if self.paused & PAUSE_BUFFER:
@@ -415,6 +417,7 @@ class ClientConnection:
         UpstreamConnection.data_received calls it after each read; Exchange
         appends to ``out`` while relaying, so head and body leave together.
         """
+        self.flush_due = False
         out = self.out
         if out:
             self.out = []

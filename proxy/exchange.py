@@ -179,7 +179,7 @@ class Exchange:
             if self.pending_bytes > BUFFER_HIGH:
                 client.resume_reading(2)
             self.pending_bytes = 0
-        conn.transport.write(data)
+        conn.send(data)
 
     def request_body(self, data: bytes) -> None:
         """request_body: a piece of the request body from the client parser."""
@@ -218,7 +218,7 @@ class Exchange:
         conn = self.conn
         if conn is not None and self.state in (SENT, RESPONDING):
             conn.active_at = self.client.proxy.clock
-            conn.transport.write(framed)
+            conn.send(framed)
         else:
             if self.pending is None:
                 self.pending = []

@@ -43,7 +43,7 @@ class UpstreamConnection:
 
     __slots__ = ("proxy", "server", "transport", "parser", "exchange", "parts", "special",
                  "got_bytes", "reused", "active_at", "tunnel", "closed", "skip_body",
-                 "keep_alive", "reading_paused", "ended")
+                 "keep_alive", "reading_paused", "ended", "out", "flush_due")
 
     def __init__(self, proxy: "Proxy", server: "Server") -> None:
         self.proxy = proxy
@@ -61,6 +61,8 @@ class UpstreamConnection:
         self.skip_body = False
         self.keep_alive = False
         self.reading_paused = False
+        self.out: list[bytes] = []     # request bytes to write at the end of this loop pass, see send
+        self.flush_due = False         # queued in Proxy.flush_soon
         # The final response ended inside the current feed_data; it is completed after
         # feed_data returns, so the connection is never reused while still being parsed.
         self.ended = False
@@ -78,15 +80,32 @@ class UpstreamConnection:
             self.transport.resume_reading()
         server = self.server
         if (self.closed or not server.healthy or len(server.idle) >= MAX_IDLE_PER_SERVER
-                or self.proxy.closing or self.transport.get_write_buffer_size()):
+                or self.proxy.closing or self.out or self.transport.get_write_buffer_size()):
             self.close()
             return
         self.active_at = self.proxy.clock
         server.idle.append(self)
 
+    def send(self, data: bytes) -> None:
+        """send: write ``data`` at the end of this pass of the event loop (see Proxy.flush_soon)."""
+        self.out.append(data)
+        if not self.flush_due:
+            self.flush_due = True
+            self.proxy.flush_soon(self)
+
+    def flush(self) -> None:
+        """flush: write what send gathered, in one call."""
+        self.flush_due = False
+        out = self.out
+        if out:
+            self.out = []
+            if not self.closed:
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
     def close(self) -> None:
-        """close: close the connection and take it out of the pool at once."""
+        """close: close the connection and take it out of the pool at once; unsent bytes are dropped."""
         self.exchange = None
+        self.out = []
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
@@ -160,8 +179,9 @@ class UpstreamConnection:
             if self.ended:
                 self.ended = False
                 ex.response_complete(self.keep_alive and not self.closed)
-        if client.out:
-            client.flush()
+        if client.out and not client.flush_due:
+            client.flush_due = True
+            self.proxy.flush_soon(client)
 
     def _invalid(self, message: str) -> None:
         self.transport.close()

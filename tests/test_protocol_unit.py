@@ -79,9 +79,11 @@ class Rig:
 
     def send(self, data: bytes) -> None:
         self.client.data_received(data)
+        self.proxy.flush_due()   # what the event loop does once a pass has handled its reads
 
     def answer(self, data: bytes) -> None:
         self.up.data_received(data)
+        self.proxy.flush_due()
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -247,3 +249,25 @@ async def test_forbidden_request_trailer_fields_are_dropped():
              b"1\r\na\r\n0\r\nHost: evil\r\nConnection: close\r\nX-Sum: 1\r\n\r\n")
     sent = rig.up_t.take()
     assert sent.endswith(b"0\r\nX-Sum: 1\r\n\r\n") and b"evil" not in sent
+
+
+async def test_writes_wait_for_the_end_of_the_event_loop_pass():
+    # Proxy.flush_soon: what one pass of the loop gathers is written in one burst at its end.
+    rig = Rig()
+    rig.client.data_received(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert rig.up_t.take() == b""
+    rig.proxy.flush_due()
+    assert rig.up_t.take().startswith(b"GET /a HTTP/1.1\r\n")
+    rig.up.data_received(OK)
+    assert rig.client_t.take() == b""
+    rig.proxy.flush_due()
+    assert rig.client_t.take().endswith(b"\r\n\r\nok")
+    assert rig.server.idle == [rig.up]
+
+
+async def test_a_pooled_connection_with_unsent_bytes_is_not_reused():
+    rig = Rig()
+    rig.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    rig.up.send(b"stray")   # as if a request body were still due when the response ended
+    rig.up.data_received(OK)
+    assert rig.server.idle == [] and rig.up_t.closed
