@@ -9,30 +9,29 @@ successful Upgrade it becomes one half of a byte tunnel.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import REQUEST_SPECIAL, HeaderError, RequestHead, origin_form, rewrite_request
+from .headers import REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, name_kind, origin_form, rewrite_request
 
 if TYPE_CHECKING:
     from .server import Proxy
     from .upstream import UpstreamConnection
 
 # Pipelined requests accepted ahead of the active one before reading pauses.
-PIPELINE_DEPTH = 16
+PIPELINE_DEPTH: Final = 16
 
 # Raw bytes a partial head may take beyond max_header_bytes: one uvloop read (256 KiB).
-HEAD_SLACK = 256 * 1024
+HEAD_SLACK: Final = 256 * 1024
 
 # Reasons for pausing the client's reading, as bits of ClientConnection.paused.
-PAUSE_UPSTREAM = 1   # the upstream's write buffer is full
-PAUSE_BUFFER = 2     # body bytes wait for an upstream connection
-PAUSE_PIPELINE = 4   # too many requests queued
+PAUSE_UPSTREAM: Final = 1   # the upstream's write buffer is full
+PAUSE_BUFFER: Final = 2     # body bytes wait for an upstream connection
+PAUSE_PIPELINE: Final = 4   # too many requests queued
 
 
 class _HeadRefused(Exception):
@@ -57,7 +56,9 @@ class ClientConnection:
         self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
-        self.queue: collections.deque[Exchange] = collections.deque()
+        # A list, not a deque: at most PIPELINE_DEPTH + 1 entries, and list operations
+        # compile to direct calls.
+        self.queue: list[Exchange] = []
         self.reading: Exchange | None = None   # the exchange whose request body is being parsed
         self.url = b""
         self.parts: list[bytes] = []    # pass-through header parts of the head being read
@@ -99,7 +100,7 @@ class ClientConnection:
             tunnel.close()
         queue = self.queue
         while queue:
-            queue.popleft().client_gone()
+            queue.pop(0).client_gone()
         self.proxy.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
@@ -191,11 +192,17 @@ class ClientConnection:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
             # headers.split_into, inline: this runs for every header of every request.
-            lname = name.lower()
-            if lname in REQUEST_SPECIAL:
+            lname = REQUEST_NAMES.get(name)
+            if lname is None:
+                lname = name_kind(name, REQUEST_NAMES, REQUEST_SPECIAL)
+            if lname:
                 self.special.append((lname, value))
             else:
-                self.parts += (name, b": ", value, b"\r\n")
+                parts = self.parts
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(b"\r\n")
         elif self.reading is not None:
             self.reading.request_trailer(name, value)
 
@@ -276,7 +283,7 @@ class ClientConnection:
             size += len(value) + 24   # a special's name and separators, at most
         return size
 
-    def preview_target(self, head) -> str:
+    def preview_target(self, head: RequestHead) -> str:
         """preview_target: the environment an X-Cutover-Env header asks for, if its token is right.
 
         Raises _HeadRefused (403 or 400) otherwise, so a smoke test never
@@ -286,13 +293,13 @@ class ClientConnection:
             self.refused = (403, "X-Cutover-Env needs X-Cutover-Token with the admin token")
             raise _HeadRefused
         self.check_token(head)
-        name = head.preview_env.decode("latin-1")
+        name = (head.preview_env or b"").decode("latin-1")
         if name not in self.proxy.router.environments:
             self.refused = (400, f"X-Cutover-Env names unknown environment {name!r}")
             raise _HeadRefused
         return name
 
-    def check_token(self, head) -> None:
+    def check_token(self, head: RequestHead) -> None:
         """check_token: X-Cutover-Token must equal the admin token when one is set; 403 otherwise."""
         token = self.proxy.preview_token
         if token and (head.preview_token is None or not hmac.compare_digest(head.preview_token, token)):
@@ -348,7 +355,7 @@ class ClientConnection:
             if ex in queue:
                 queue.remove(ex)
             return
-        queue.popleft()
+        del queue[0]
         if self.closed:
             return
         if not ex.keep_alive or ex.outcome is not Outcome.OK and ex.outcome is not Outcome.CLIENT_GONE:

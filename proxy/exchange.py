@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
@@ -25,18 +25,25 @@ if TYPE_CHECKING:
     from .drain import Drain
     from .hold import HoldGate
     from .route import Route
+    from .router import Router
     from .upstream import UpstreamConnection
 
 # Methods that may be sent again on a fresh connection when a reused pooled one
 # turns out closed before any response byte (RFC 9110 §9.2.2).
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 # Body bytes buffered while no upstream connection is attached; past this the
 # client's reading is paused (flow control, SPEC §4: nothing buffers without bound).
-BUFFER_HIGH = 256 * 1024
+BUFFER_HIGH: Final = 256 * 1024
 
 # Exchange states.
-QUEUED, HELD, CONNECTING, SENT, RESPONDING, TUNNEL, DONE = range(7)
+QUEUED: Final = 0
+HELD: Final = 1
+CONNECTING: Final = 2
+SENT: Final = 3
+RESPONDING: Final = 4
+TUNNEL: Final = 5
+DONE: Final = 6
 
 
 class Exchange:
@@ -99,7 +106,7 @@ class Exchange:
             return
         self.proceed(router)
 
-    def proceed(self, router=None) -> None:
+    def proceed(self, router: "Router | None" = None) -> None:
         """proceed: read the route once, choose the environment and send upstream.
 
         Called by start, or by the hold gate when it releases this exchange.

@@ -11,52 +11,83 @@ free of I/O and tested by tables (tests/test_headers.py).
 
 from __future__ import annotations
 
+from typing import Final
+
 # RFC 9110 §7.6.1 and RFC 9112 §9.6: connection-specific fields never forwarded.
 # te is special-cased (only "trailers" may pass), upgrade passes while tunnelling.
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
 
 # Names the request rewrite looks at; any other header is copied as received.
-REQUEST_SPECIAL = HOP_BY_HOP | {
+REQUEST_SPECIAL: Final = HOP_BY_HOP | {
     b"host", b"content-length", b"expect",
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-cutover-env", b"x-cutover-token",   # the preview route's header and its token: never forwarded
     b"x-cutover-probe",                     # a drill probe: the answer names the environment that served it
 }
-RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length"}
+RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
 
-_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Bytes a Host value may hold: reg-name, IP literal and port characters (RFC 3986 §3.2.2).
-_HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_HOST_CHARS: Final = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=:[]%")
-_NO_TOKENS: frozenset[bytes] = frozenset()
-_KEEP_ALIVE_OR_CLOSE = frozenset({spelling for word in (b"close", b"keep-alive")
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+_KEEP_ALIVE_OR_CLOSE: Final = frozenset({spelling for word in (b"close", b"keep-alive")
                                   for spelling in (word, word.title(), word.upper())})
 # The Connection values nearly every message carries, parsed once.
-_PLAIN_CONNECTION = {
+_PLAIN_CONNECTION: Final = {
     spelling: frozenset({spelling.lower()})
     for word in (b"close", b"keep-alive", b"upgrade")
     for spelling in (word, word.title(), word.upper())
 }
 
 
+# Spellings seen so far -> the lowercase name if special, else b"": a dict lookup
+# instead of lowering every name. Bounded: names are client-chosen.
+REQUEST_NAMES: Final[dict[bytes, bytes]] = {}
+RESPONSE_NAMES: Final[dict[bytes, bytes]] = {}
+_NAMES_LIMIT: Final = 1024
+_NAME_LENGTH_LIMIT: Final = 40
+
+
+def name_kind(name: bytes, seen: dict[bytes, bytes], special_names: frozenset[bytes]) -> bytes:
+    """name_kind: the lowercase name when ``name`` is in special_names, else b"";
+    remembers the spelling in ``seen`` (REQUEST_NAMES or RESPONSE_NAMES)."""
+    kind = seen.get(name)
+    if kind is None:
+        lname = name.lower()
+        kind = lname if lname in special_names else b""
+        if len(seen) < _NAMES_LIMIT and len(name) <= _NAME_LENGTH_LIMIT:
+            seen[name] = kind
+    return kind
+
+
 def split_into(parts: list[bytes], special: list[tuple[bytes, bytes]], name: bytes, value: bytes,
-               special_names: frozenset) -> None:
+               special_names: frozenset[bytes]) -> None:
     """split_into: sort one header into pass-through parts or the specials.
 
     The protocols do the same inline in their on_header callbacks (it runs for
     every header of every message); this function states the rule for tests.
     """
-    lname = name.lower()
-    if lname in special_names:
+    if special_names is REQUEST_SPECIAL:
+        seen = REQUEST_NAMES
+    elif special_names is RESPONSE_SPECIAL:
+        seen = RESPONSE_NAMES
+    else:
+        seen = {}   # another set: never mixed into the protocols' memory
+    lname = name_kind(name, seen, special_names)
+    if lname:
         special.append((lname, value))
     else:
-        parts += (name, b": ", value, b"\r\n")
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
 
 
-def split(headers: list[tuple[bytes, bytes]], special_names: frozenset) -> tuple[list, list]:
+def split(headers: list[tuple[bytes, bytes]], special_names: frozenset[bytes]) -> tuple[list, list]:
     """split: (parts, special) for a whole header list, as the protocols build them."""
     parts: list[bytes] = []
     special: list[tuple[bytes, bytes]] = []
@@ -65,7 +96,7 @@ def split(headers: list[tuple[bytes, bytes]], special_names: frozenset) -> tuple
     return parts, special
 
 
-def _without(parts: list[bytes], tokens) -> list[bytes]:
+def _without(parts: list[bytes], tokens: "set[bytes] | frozenset[bytes]") -> list[bytes]:
     """_without: pass-through parts minus the fields that Connection names (RFC 9110 §7.6.1)."""
     kept: list[bytes] = []
     for i in range(0, len(parts), 4):
@@ -262,7 +293,7 @@ def rewrite_response(parts: list[bytes], special: list[tuple[bytes, bytes]]) -> 
 
 
 # RFC 9110 §15: the reason phrases this proxy writes (upstream phrases are not kept).
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue", 101: b"Switching Protocols", 102: b"Processing", 103: b"Early Hints",
     200: b"OK", 201: b"Created", 202: b"Accepted", 203: b"Non-Authoritative Information",
     204: b"No Content", 205: b"Reset Content", 206: b"Partial Content", 207: b"Multi-Status",
@@ -283,7 +314,7 @@ _REASONS = {
 
 
 # Indexed by status code: every code a parser can report (three digits).
-STATUS_LINES = tuple(b"HTTP/1.1 %03d %s\r\n" % (code, _REASONS.get(code, b"")) for code in range(1000))
+STATUS_LINES: Final = tuple(b"HTTP/1.1 %03d %s\r\n" % (code, _REASONS.get(code, b"")) for code in range(1000))
 
 
 def status_line(status: int) -> bytes:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .exchange import RESPONDING
-from .headers import RESPONSE_SPECIAL
+from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, name_kind
 
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cutover.proxy")
 
 # Idle connections kept per server; more are closed when released.
-MAX_IDLE_PER_SERVER = 512
+MAX_IDLE_PER_SERVER: Final = 512
 
 
 class _SkipBody(Exception):
@@ -215,11 +215,17 @@ class UpstreamConnection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # headers.split_into, inline: this runs for every header of every response.
-        lname = name.lower()
-        if lname in RESPONSE_SPECIAL:
+        lname = RESPONSE_NAMES.get(name)
+        if lname is None:
+            lname = name_kind(name, RESPONSE_NAMES, RESPONSE_SPECIAL)
+        if lname:
             self.special.append((lname, value))
         else:
-            self.parts += (name, b": ", value, b"\r\n")
+            parts = self.parts
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         ex = self.exchange

@@ -253,3 +253,26 @@ def test_te_trailers_is_named_in_connection_when_forwarded():
 def test_origin_form_of_absolute_targets(target, expected):
     from proxy.headers import origin_form
     assert origin_form(target) == expected
+
+
+def test_header_names_are_sorted_by_spelling_with_a_bounded_memory():
+    seen: dict[bytes, bytes] = {}
+    assert rules.name_kind(b"CoNtEnT-LeNgTh", seen, RESPONSE_SPECIAL) == b"content-length"
+    assert rules.name_kind(b"CoNtEnT-LeNgTh", seen, RESPONSE_SPECIAL) == b"content-length"
+    assert rules.name_kind(b"Host", seen, RESPONSE_SPECIAL) == b""   # special only in requests
+    assert seen == {b"CoNtEnT-LeNgTh": b"content-length", b"Host": b""}
+    for i in range(3000):
+        rules.name_kind(b"X-Name-%d" % i, seen, RESPONSE_SPECIAL)
+    assert len(seen) <= 1024
+    long_name = b"X-" + b"a" * 100
+    assert rules.name_kind(long_name, {}, REQUEST_SPECIAL) == b""
+    memory: dict[bytes, bytes] = {}
+    rules.name_kind(long_name, memory, REQUEST_SPECIAL)
+    assert memory == {}   # long, client-chosen names are not remembered
+
+
+def test_split_with_another_set_leaves_the_protocols_memory_alone():
+    before = dict(rules.RESPONSE_NAMES)
+    parts, special = split([(b"X-Odd", b"1")], frozenset({b"x-odd"}))
+    assert special == [(b"x-odd", b"1")] and parts == []
+    assert rules.RESPONSE_NAMES == before and b"X-Odd" not in rules.REQUEST_NAMES
