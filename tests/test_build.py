@@ -46,3 +46,14 @@ def test_cutover_version_names_the_build():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("cutover ")
     assert f"(data plane: {proxy.build()})" in out.stdout
+
+
+def test_the_image_compiles_in_a_build_stage_and_runs_as_non_root():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = text.split("\nFROM ")[1:]
+    assert len(stages) == 2, "a build stage with a compiler, then the slim runtime"
+    assert "python:3.11 AS build" in stages[0] and "pip wheel" in stages[0]
+    runtime = stages[1]
+    assert runtime.startswith("python:3.11-slim")
+    assert "COPY --from=build /wheels" in runtime and "pip install" in runtime
+    assert "\nUSER cutover\n" in runtime and 'ENTRYPOINT ["cutover"]' in runtime
