@@ -1,12 +1,14 @@
 """Build: cutover's data plane hot path, compiled with mypyc where it can be.
 
 The modules in COMPILED are plain, type-checked Python ([tool.mypy] files in
-pyproject.toml). A regular install (`pip install .`, the Docker image)
-compiles them with mypyc into C extensions, which run the same code about a
-third faster; an editable install (`pip install -e .`) leaves them as Python
-so that edits take effect at once. CUTOVER_COMPILE=0 skips compiling, and a
-machine without a C compiler falls back to pure Python with a warning.
-`cutover version` says which build is running.
+pyproject.toml). Building a wheel (`pip install .`, the Docker image,
+bench/build.py) compiles them with mypyc into C extensions, which run the same
+code with about half the interpreter overhead; an editable install
+(`pip install -e .`) never compiles, so edits take effect at once.
+CUTOVER_COMPILE=0 skips compiling. When compiling fails (no C compiler, no
+Python headers, a type error) the wheel holds no compiled module at all and
+the data plane runs as pure Python, with a warning. `cutover version` says
+which build is running.
 """
 
 import os
@@ -22,34 +24,54 @@ with open(Path(__file__).parent / "pyproject.toml", "rb") as f:
     COMPILED = tomllib.load(f)["tool"]["mypy"]["files"]
 
 
-class OptionalBuildExt(build_ext):
-    """OptionalBuildExt: a failed compile leaves the pure Python modules in place."""
+def warn(message: str) -> None:
+    print(f"cutover: {message}; the data plane runs as pure Python", file=sys.stderr)
+
+
+class AllOrNothingBuildExt(build_ext):
+    """AllOrNothingBuildExt: if any compiled module fails, none is kept.
+
+    mypyc builds one shared library for the group plus a small module per
+    file; a wheel with some of them would not import.
+    """
 
     def run(self):
+        self.failed = []
         try:
             super().run()
-        except Exception as exc:   # no compiler, no Python headers: run as Python
-            print(f"cutover: compiling the data plane failed ({exc}); it runs as pure Python",
-                  file=sys.stderr)
+        except Exception as exc:
+            self.failed.append(str(exc))
+        if self.failed:
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                if os.path.exists(path):
+                    os.remove(path)
+            self.extensions = []
+            warn(f"compiling failed ({self.failed[0]})")
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(f"cutover: compiling {ext.name} failed ({exc}); it runs as pure Python",
-                  file=sys.stderr)
+            self.failed.append(f"{ext.name}: {exc}")
+
+    def get_outputs(self):
+        return [] if self.failed else super().get_outputs()
 
 
 def ext_modules():
-    editable = any(cmd in sys.argv for cmd in ("editable_wheel", "develop"))
-    if editable or os.environ.get("CUTOVER_COMPILE", "1") == "0":
+    # Only a wheel build compiles: metadata steps (egg_info, dist_info) and
+    # editable installs must not need mypy, a compiler or the dependencies.
+    if not any(cmd in sys.argv for cmd in ("bdist_wheel", "build_ext")) or "editable_wheel" in sys.argv:
+        return []
+    if os.environ.get("CUTOVER_COMPILE", "1") == "0":
         return []
     try:
         from mypyc.build import mypycify
-    except ImportError:
-        print("cutover: mypy is not installed; the data plane runs as pure Python", file=sys.stderr)
+        return mypycify(COMPILED, opt_level="3", group_name="cutover_dataplane")
+    except (Exception, SystemExit) as exc:   # mypy exits on a type error
+        warn(f"mypyc could not compile it ({exc})")
         return []
-    return mypycify(COMPILED, opt_level="3", group_name="cutover_dataplane")
 
 
-setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": AllOrNothingBuildExt})

@@ -30,16 +30,23 @@ class BuildError(Exception):
 
 
 def build_wheel(out: Path) -> Path:
-    """build_wheel: a wheel of this checkout in ``out``; raises BuildError unless it is compiled."""
+    """build_wheel: a wheel of this checkout in ``out``; raises BuildError unless it is compiled.
+
+    It is built from a clean copy of the sources, so no earlier build output can slip in.
+    """
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=SKIP)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                             "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True)
+                             "--wheel-dir", str(out), str(source)], capture_output=True, text=True)
     wheels = sorted(out.glob("cutover-*.whl"))
     if result.returncode != 0 or not wheels:
         raise BuildError(f"pip wheel failed:\n{result.stdout}{result.stderr}".strip())
     with zipfile.ZipFile(wheels[-1]) as wheel:
-        if not any(name.startswith("proxy/") and name.endswith(".so") for name in wheel.namelist()):
-            raise BuildError(f"the wheel holds no compiled module (is a C compiler installed?)\n"
-                             f"{result.stderr}".strip())
+        names = wheel.namelist()
+    if not any(name.startswith("cutover_dataplane__mypyc") for name in names) or \
+            not any(name.startswith("proxy/") and name.endswith(".so") for name in names):
+        raise BuildError("the wheel holds no compiled data plane (a C compiler and the Python "
+                         f"headers are needed)\n{result.stderr}".strip())
     return wheels[-1]
 
 

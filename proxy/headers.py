@@ -161,7 +161,7 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         elif lname != b"connection" or value not in _KEEP_ALIVE_OR_CLOSE:
             break
     else:
-        if host is not None and not host.translate(None, _HOST_CHARS):
+        if host and not host.translate(None, _HOST_CHARS):
             # Most heads: one valid Host, perhaps Connection: keep-alive or close, no body.
             return RequestHead(b"Host: %s\r\n%sx-forwarded-for: %s\r\nx-forwarded-proto: http\r\n"
                                b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, host), host)
@@ -173,6 +173,8 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         if lname == b"host":
             if head.host is not None:
                 raise HeaderError(400, "more than one Host header")
+            if not value:
+                raise HeaderError(400, "empty Host header")   # RFC 9110 §4.2.1
             if value.translate(None, _HOST_CHARS):
                 raise HeaderError(400, "invalid Host header")   # RFC 9112 §3.2, RFC 3986 §3.2.2
             head.host = value

@@ -233,6 +233,8 @@ class UpstreamConnection:
             raise _Unexpected("response bytes after the response ended")
         parser = self.parser
         status = parser.get_status_code()
+        if status < 100 or status > 599:
+            raise _Unexpected(f"status code {status} outside 100-599")   # RFC 9110 §15
         parts, special = self.parts, self.special
         self.parts = []
         self.special = []

@@ -380,6 +380,8 @@ INVALID_RESPONSES = {
     "two_content_lengths": b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
     "negative_content_length": b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nok",
     "bad_chunk_size_first": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nxyz\r\n",
+    "status_over_599": b"HTTP/1.1 700 Odd\r\ncontent-length: 2\r\n\r\nok",   # RFC 9110 §15
+    "status_under_100": b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok",
 }
 
 

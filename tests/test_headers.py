@@ -95,6 +95,9 @@ def test_client_supplied_forwarded_proto_and_host_are_replaced():
     ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip")], 1, 400, "final coding"),
     ([(b"Host", b"a"), (b"Transfer-Encoding", b"gzip, chunked")], 1, 501, "Transfer-Encoding"),
     ([(b"Host", b"a"), (b"Transfer-Encoding", b"chunked")], 0, 400, "HTTP/1.0"),
+    ([(b"Host", b"")], 1, 400, "empty Host"),              # RFC 9110 §4.2.1: no empty http host
+    ([(b"Host", b"")], 0, 400, "empty Host"),
+    ([(b"Connection", b"keep-alive"), (b"Host", b"")], 1, 400, "empty Host"),
 ])
 def test_refused_request_heads(headers, minor, status, words):
     with pytest.raises(HeaderError) as info:
@@ -231,7 +234,7 @@ def test_invalid_host_values_are_refused(value):
     assert info.value.status == 400 and "invalid Host" in str(info.value)
 
 
-@pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"[::1]:80", b"10.0.0.1", b"xn--bcher-kva.ch", b""])
+@pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"[::1]:80", b"10.0.0.1", b"xn--bcher-kva.ch"])
 def test_valid_host_values_pass(value):
     assert req([(b"Host", value)]).host == value
 
