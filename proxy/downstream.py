@@ -67,7 +67,7 @@ class ClientConnection:
         self.in_head = False
         self.head_deadline = 0.0
         self.idle_deadline = 0.0
-        self.out: list[bytes] = []    # response bytes gathered during one upstream read, see flush
+        self.out: list[bytes] = []    # response bytes gathered during one event loop pass, see flush
         self.paused = 0
         self.write_paused = False     # the transport's write buffer is over its high-water mark
         self.closing = False          # shutting down: close after the current response
@@ -421,8 +421,9 @@ class ClientConnection:
     def flush(self) -> None:
         """flush: write the gathered response bytes in one call (one send for a small response).
 
-        UpstreamConnection.data_received calls it after each read; Exchange
-        appends to ``out`` while relaying, so head and body leave together.
+        Exchange appends to ``out`` while relaying, so head and body leave
+        together; UpstreamConnection.data_received queues this connection with
+        Proxy.flush_soon, which calls flush at the end of the event loop pass.
         """
         self.flush_due = False
         out = self.out
