@@ -7,8 +7,9 @@ code with about half the interpreter overhead; an editable install
 (`pip install -e .`) never compiles, so edits take effect at once.
 CUTOVER_COMPILE=0 skips compiling. When compiling fails (no C compiler, no
 Python headers, a type error) the wheel holds no compiled module at all and
-the data plane runs as pure Python, with a warning. `cutover version` says
-which build is running.
+the data plane runs as pure Python, with a warning (pip shows it with -v);
+CUTOVER_COMPILE=require makes such a build fail instead (the Docker image and
+bench/build.py use it). `cutover version` says which build is running.
 """
 
 import os
@@ -24,7 +25,12 @@ with open(Path(__file__).parent / "pyproject.toml", "rb") as f:
     COMPILED = tomllib.load(f)["tool"]["mypy"]["files"]
 
 
+MODE = os.environ.get("CUTOVER_COMPILE", "1")   # "0" never, "1" when it can, "require"
+
+
 def warn(message: str) -> None:
+    if MODE == "require":
+        raise SystemExit(f"cutover: {message} (CUTOVER_COMPILE=require)")
     print(f"cutover: {message}; the data plane runs as pure Python", file=sys.stderr)
 
 
@@ -64,13 +70,13 @@ def ext_modules():
     # editable installs must not need mypy, a compiler or the dependencies.
     if not any(cmd in sys.argv for cmd in ("bdist_wheel", "build_ext")) or "editable_wheel" in sys.argv:
         return []
-    if os.environ.get("CUTOVER_COMPILE", "1") == "0":
+    if MODE == "0":
         return []
     try:
         from mypyc.build import mypycify
         return mypycify(COMPILED, opt_level="3", group_name="cutover_dataplane")
-    except (Exception, SystemExit) as exc:   # mypy exits on a type error
-        warn(f"mypyc could not compile it ({exc})")
+    except (Exception, SystemExit) as exc:   # mypy exits on a type error, after printing it
+        warn(f"mypyc could not compile it ({exc!r}; mypy's messages are above)")
         return []
 
 

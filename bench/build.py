@@ -12,6 +12,7 @@ test the compiled build must never fall back to pure Python silently.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / "bench" / "results" / "venv-compiled"
 # Not copied into a tree: environments, build output and caches.
-SKIP = shutil.ignore_patterns(".venv*", "build", "results", "__pycache__", "*.egg-info", ".pytest_cache", ".git")
+SKIP = shutil.ignore_patterns(".venv*", "build", "results", "__pycache__", "*.egg-info", ".pytest_cache",
+                              ".mypy_cache", ".git", "*.so")
 
 
 class BuildError(Exception):
@@ -37,7 +39,8 @@ def build_wheel(out: Path) -> Path:
     source = out / "source"
     shutil.copytree(ROOT, source, ignore=SKIP)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                             "--wheel-dir", str(out), str(source)], capture_output=True, text=True)
+                             "--wheel-dir", str(out), str(source)], capture_output=True, text=True,
+                            env={**os.environ, "CUTOVER_COMPILE": "require"})
     wheels = sorted(out.glob("cutover-*.whl"))
     if result.returncode != 0 or not wheels:
         raise BuildError(f"pip wheel failed:\n{result.stdout}{result.stderr}".strip())

@@ -56,8 +56,8 @@ class ClientConnection:
         self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
-        # A list, not a deque: at most PIPELINE_DEPTH + 1 entries, and list operations
-        # compile to direct calls.
+        # A list, not a deque: list operations compile to direct calls. Reading pauses
+        # past PIPELINE_DEPTH, so it holds that many plus what one read carried.
         self.queue: list[Exchange] = []
         self.reading: Exchange | None = None   # the exchange whose request body is being parsed
         self.url = b""
@@ -98,9 +98,9 @@ class ClientConnection:
             self.tunnel = None
             tunnel.tunnel = None
             tunnel.close()
-        queue = self.queue
-        while queue:
-            queue.pop(0).client_gone()
+        queue, self.queue = self.queue, []
+        for ex in queue:
+            ex.client_gone()
         self.proxy.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:

@@ -44,11 +44,36 @@ _PLAIN_CONNECTION: Final = {
 }
 
 
-# Spellings seen so far -> the lowercase name if special, else b"": a dict lookup
-# instead of lowering every name. Bounded: names are client-chosen.
-REQUEST_NAMES: Final[dict[bytes, bytes]] = {}
-RESPONSE_NAMES: Final[dict[bytes, bytes]] = {}
-_NAMES_LIMIT: Final = 1024
+# Spellings -> the lowercase name if special, else b"": a dict lookup instead of
+# lowering every name. Common spellings are there from the start; others are
+# remembered up to a bound (names are peer-chosen: once it is full, a new
+# spelling is only classified, never stored).
+_COMMON_NAMES: Final = (
+    b"host", b"connection", b"keep-alive", b"content-length", b"transfer-encoding", b"upgrade", b"te",
+    b"trailer", b"expect", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"user-agent", b"accept",
+    b"accept-encoding", b"accept-language", b"accept-ranges", b"cookie", b"set-cookie", b"referer",
+    b"origin", b"authorization", b"cache-control", b"pragma", b"if-none-match", b"if-modified-since",
+    b"content-type", b"content-encoding", b"content-language", b"content-disposition", b"date",
+    b"server", b"etag", b"last-modified", b"expires", b"vary", b"location", b"age", b"via",
+    b"x-request-id", b"traceparent", b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest",
+    b"sec-ch-ua", b"sec-ch-ua-mobile", b"sec-ch-ua-platform", b"upgrade-insecure-requests", b"dnt",
+    b"strict-transport-security", b"x-content-type-options", b"x-frame-options", b"access-control-allow-origin",
+)
+
+
+def _spellings(special_names: frozenset[bytes]) -> dict[bytes, bytes]:
+    names: dict[bytes, bytes] = {}
+    for lname in _COMMON_NAMES:
+        title = b"-".join(part[:1].upper() + part[1:] for part in lname.split(b"-"))
+        for spelling in (lname, title, lname.upper()):
+            names[spelling] = lname if lname in special_names else b""
+    return names
+
+
+REQUEST_NAMES: Final[dict[bytes, bytes]] = _spellings(REQUEST_SPECIAL)
+RESPONSE_NAMES: Final[dict[bytes, bytes]] = _spellings(RESPONSE_SPECIAL)
+_NAMES_LIMIT: Final = 2048
 _NAME_LENGTH_LIMIT: Final = 40
 
 

@@ -52,8 +52,9 @@ def test_the_image_compiles_in_a_build_stage_and_runs_as_non_root():
     text = (ROOT / "Dockerfile").read_text()
     stages = text.split("\nFROM ")[1:]
     assert len(stages) == 2, "a build stage with a compiler, then the slim runtime"
-    assert "python:3.11 AS build" in stages[0] and "pip wheel" in stages[0]
+    assert "python:3.11-bookworm AS build" in stages[0]
+    assert "CUTOVER_COMPILE=require pip wheel" in stages[0]   # never a silently pure image
     runtime = stages[1]
-    assert runtime.startswith("python:3.11-slim")
+    assert runtime.startswith("python:3.11-slim-bookworm")   # the same Debian as the build
     assert "COPY --from=build /wheels" in runtime and "pip install" in runtime
     assert "\nUSER cutover\n" in runtime and 'ENTRYPOINT ["cutover"]' in runtime

@@ -264,9 +264,10 @@ def test_header_names_are_sorted_by_spelling_with_a_bounded_memory():
     assert rules.name_kind(b"CoNtEnT-LeNgTh", seen, RESPONSE_SPECIAL) == b"content-length"
     assert rules.name_kind(b"Host", seen, RESPONSE_SPECIAL) == b""   # special only in requests
     assert seen == {b"CoNtEnT-LeNgTh": b"content-length", b"Host": b""}
-    for i in range(3000):
+    for i in range(rules._NAMES_LIMIT + 500):
         rules.name_kind(b"X-Name-%d" % i, seen, RESPONSE_SPECIAL)
-    assert len(seen) <= 1024
+    assert len(seen) == rules._NAMES_LIMIT
+    assert rules.name_kind(b"TRANSFER-encoding", seen, RESPONSE_SPECIAL) == b"transfer-encoding"   # full: still right
     long_name = b"X-" + b"a" * 100
     assert rules.name_kind(long_name, {}, REQUEST_SPECIAL) == b""
     memory: dict[bytes, bytes] = {}
@@ -279,3 +280,17 @@ def test_split_with_another_set_leaves_the_protocols_memory_alone():
     parts, special = split([(b"X-Odd", b"1")], frozenset({b"x-odd"}))
     assert special == [(b"x-odd", b"1")] and parts == []
     assert rules.RESPONSE_NAMES == before and b"X-Odd" not in rules.REQUEST_NAMES
+
+
+def test_common_spellings_are_known_from_the_start():
+    # A peer that fills the memory with odd names cannot push these out.
+    for lname in REQUEST_SPECIAL | RESPONSE_SPECIAL:
+        for names, special in ((rules.REQUEST_NAMES, REQUEST_SPECIAL), (rules.RESPONSE_NAMES, RESPONSE_SPECIAL)):
+            if lname in names:
+                assert names[lname] == (lname if lname in special else b"")
+    assert rules.REQUEST_NAMES[b"Host"] == b"host" and rules.RESPONSE_NAMES[b"Host"] == b""
+    assert rules.RESPONSE_NAMES[b"Content-Length"] == b"content-length"
+    assert rules.REQUEST_NAMES[b"User-Agent"] == b"" and rules.RESPONSE_NAMES[b"SET-COOKIE"] == b""
+    for names in (rules.REQUEST_NAMES, rules.RESPONSE_NAMES):
+        for spelling, kind in names.items():
+            assert kind in (b"", spelling.lower())
