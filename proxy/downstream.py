@@ -8,7 +8,6 @@ successful Upgrade it becomes one half of a byte tunnel.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any, Final
 
@@ -431,6 +430,12 @@ class ClientConnection:
             self.out = []
             if not self.closed:
                 self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def flush_soon(self) -> None:
+        """flush_soon: flush at the end of this event loop pass (see Proxy.flush_soon)."""
+        if self.out and not self.flush_due:
+            self.flush_due = True
+            self.proxy.flush_soon(self)
 
     def write(self, data: bytes) -> None:
         """write: write ``data`` now, after anything gathered before it."""

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from .backends import Environment, Server
     from .downstream import ClientConnection
     from .drain import Drain
-    from .hold import HoldGate
     from .route import Route
     from .router import Router
     from .upstream import UpstreamConnection

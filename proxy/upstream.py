@@ -8,7 +8,6 @@ it becomes one half of a byte tunnel.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
@@ -179,9 +178,7 @@ class UpstreamConnection:
             if self.ended:
                 self.ended = False
                 ex.response_complete(self.keep_alive and not self.closed)
-        if client.out and not client.flush_due:
-            client.flush_due = True
-            self.proxy.flush_soon(client)
+        client.flush_soon()
 
     def _invalid(self, message: str) -> None:
         self.transport.close()
