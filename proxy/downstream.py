@@ -15,7 +15,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, name_kind, origin_form, rewrite_request
+from .headers import REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, origin_form, rewrite_request, split_into
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -190,18 +190,7 @@ class ClientConnection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
-            # headers.split_into, inline: this runs for every header of every request.
-            lname = REQUEST_NAMES.get(name)
-            if lname is None:
-                lname = name_kind(name, REQUEST_NAMES, REQUEST_SPECIAL)
-            if lname:
-                self.special.append((lname, value))
-            else:
-                parts = self.parts
-                parts.append(name)
-                parts.append(b": ")
-                parts.append(value)
-                parts.append(b"\r\n")
+            split_into(self.parts, self.special, name, value, REQUEST_SPECIAL, REQUEST_NAMES)
         elif self.reading is not None:
             self.reading.request_trailer(name, value)
 

@@ -90,19 +90,15 @@ def name_kind(name: bytes, seen: dict[bytes, bytes], special_names: frozenset[by
 
 
 def split_into(parts: list[bytes], special: list[tuple[bytes, bytes]], name: bytes, value: bytes,
-               special_names: frozenset[bytes]) -> None:
+               special_names: frozenset[bytes], seen: dict[bytes, bytes]) -> None:
     """split_into: sort one header into pass-through parts or the specials.
 
-    The protocols do the same inline in their on_header callbacks (it runs for
-    every header of every message); this function states the rule for tests.
+    Called by the protocols' on_header for every header of every message, with
+    REQUEST_NAMES or RESPONSE_NAMES as ``seen`` (see name_kind).
     """
-    if special_names is REQUEST_SPECIAL:
-        seen = REQUEST_NAMES
-    elif special_names is RESPONSE_SPECIAL:
-        seen = RESPONSE_NAMES
-    else:
-        seen = {}   # another set: never mixed into the protocols' memory
-    lname = name_kind(name, seen, special_names)
+    lname = seen.get(name)
+    if lname is None:
+        lname = name_kind(name, seen, special_names)
     if lname:
         special.append((lname, value))
     else:
@@ -116,8 +112,14 @@ def split(headers: list[tuple[bytes, bytes]], special_names: frozenset[bytes]) -
     """split: (parts, special) for a whole header list, as the protocols build them."""
     parts: list[bytes] = []
     special: list[tuple[bytes, bytes]] = []
+    if special_names is REQUEST_SPECIAL:
+        seen = REQUEST_NAMES
+    elif special_names is RESPONSE_SPECIAL:
+        seen = RESPONSE_NAMES
+    else:
+        seen = {}   # another set: never mixed into the protocols' memory
     for name, value in headers:
-        split_into(parts, special, name, value, special_names)
+        split_into(parts, special, name, value, special_names, seen)
     return parts, special
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .exchange import RESPONDING
-from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, name_kind
+from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, split_into
 
 
 if TYPE_CHECKING:
@@ -211,18 +211,7 @@ class UpstreamConnection:
     # clients ignore them), which saves a callback per response.
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # headers.split_into, inline: this runs for every header of every response.
-        lname = RESPONSE_NAMES.get(name)
-        if lname is None:
-            lname = name_kind(name, RESPONSE_NAMES, RESPONSE_SPECIAL)
-        if lname:
-            self.special.append((lname, value))
-        else:
-            parts = self.parts
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+        split_into(self.parts, self.special, name, value, RESPONSE_SPECIAL, RESPONSE_NAMES)
 
     def on_headers_complete(self) -> None:
         ex = self.exchange
