@@ -34,14 +34,14 @@ _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 _HOST_CHARS: Final = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=:[]%")
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
-_KEEP_ALIVE_OR_CLOSE: Final = frozenset({spelling for word in (b"close", b"keep-alive")
-                                  for spelling in (word, word.title(), word.upper())})
 # The Connection values nearly every message carries, parsed once.
 _PLAIN_CONNECTION: Final = {
     spelling: frozenset({spelling.lower()})
     for word in (b"close", b"keep-alive", b"upgrade")
     for spelling in (word, word.title(), word.upper())
 }
+# Those of them that a request's fast path may pass over (upgrade needs the general rules).
+_KEEP_ALIVE_OR_CLOSE: Final = frozenset(s for s, tokens in _PLAIN_CONNECTION.items() if b"upgrade" not in tokens)
 
 
 # Spellings -> the lowercase name if special, else b"": a dict lookup instead of
