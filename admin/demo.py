@@ -114,9 +114,12 @@ def _config(tmp: Path, pools: dict) -> object:
 async def run_demo(json_output: bool = False, keep_running: bool = False, duration: float = 6.0,
                    objective_ms: float = 100.0) -> int:
     """run_demo: the whole story; returns the exit status (0 only when nothing failed)."""
-    from .serve import start
+    from .serve import build_warning, start
 
     say = (lambda *a: None) if json_output else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    warning = build_warning()
+    if warning:
+        print(f"cutover: warning: {warning}", file=sys.stderr, flush=True)
     tmp_dir = tempfile.TemporaryDirectory(prefix="cutover-demo-")
     tmp = Path(tmp_dir.name)
     db = str(tmp / "orders.sqlite")

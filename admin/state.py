@@ -10,6 +10,7 @@ file; an etcd store (SPEC §9) implements the same `StateStore` protocol.
 from __future__ import annotations
 
 import difflib
+import glob
 import json
 import math
 import os
@@ -169,6 +170,23 @@ class FileStateStore:
         except ValueError as err:
             raise StateError(f"state {self.describe()}: not valid JSON: {err}") from None
         return State.from_dict(data, self.describe())
+
+    def remove_leftovers(self) -> list[Path]:
+        """remove_leftovers: serve calls it once at start, before the first save.
+
+        A process killed between mkstemp and rename leaves a `.<name>.*.tmp` beside the state
+        file; the rename never happened, so the state file is whole and the temp file is
+        garbage. Returns the paths removed; one that cannot be removed is left, not an error.
+        check-config never calls it: a running router may be writing its temp file right now.
+        """
+        removed = []
+        for temp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            try:
+                temp.unlink()
+            except OSError:
+                continue
+            removed.append(temp)
+        return removed
 
     def save(self, state: State) -> None:
         """save: the controller calls it before acknowledging a mutation; durable on return.

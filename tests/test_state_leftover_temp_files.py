@@ -1,0 +1,51 @@
+"""A save killed between its temp file and its rename leaves garbage that the next start removes."""
+
+from __future__ import annotations
+
+import json
+
+from admin.state import FileStateStore, State
+
+
+def leftover(folder, name: str = "state.json", tag: str = "k3j2") -> object:
+    path = folder / f".{name}.{tag}.tmp"
+    path.write_text('{"half": ')     # what a save cut mid-write leaves
+    return path
+
+
+def test_remove_leftovers_removes_only_this_state_files_temps(tmp_path):
+    store = FileStateStore(tmp_path / "state.json")
+    store.save(State(live="blue", previous=None, generation=4))
+    ours = [leftover(tmp_path, tag="a1"), leftover(tmp_path, tag="b2")]
+    other = leftover(tmp_path, name="other.json")
+    unrelated = tmp_path / "state.json.tmp"
+    unrelated.write_text("x")
+
+    removed = store.remove_leftovers()
+
+    assert sorted(removed) == sorted(ours)
+    assert not any(path.exists() for path in ours)
+    assert other.exists() and unrelated.exists()
+    assert store.load().generation == 4       # the state file itself is untouched
+
+
+def test_remove_leftovers_escapes_glob_characters_in_the_name(tmp_path):
+    store = FileStateStore(tmp_path / "st[a]te.json")
+    ours = leftover(tmp_path, name="st[a]te.json")
+    lookalike = leftover(tmp_path, name="sta.json")
+    assert store.remove_leftovers() == [ours]
+    assert lookalike.exists()
+
+
+def test_remove_leftovers_without_a_folder_is_a_no_op(tmp_path):
+    assert FileStateStore(tmp_path / "missing" / "state.json").remove_leftovers() == []
+
+
+async def test_start_removes_leftovers_and_loads_the_saved_state(tmp_path, make_stack, caplog):
+    (tmp_path / "state.json").write_text(json.dumps(State(live="green", previous="blue",
+                                                          generation=9).to_dict()))
+    temp = leftover(tmp_path)
+    running = await make_stack()
+    assert not temp.exists()
+    assert running.controller.state.generation == 9 and running.controller.state.live == "green"
+    assert any(temp.name in record.getMessage() for record in caplog.records)
