@@ -62,6 +62,8 @@ class Controller:
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
         self.analysis: Analysis | None = None   # the watch over the last flip or promote
+        self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
+        self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
         router.on_drain.append(self._drain_finished)
         router.on_resume.append(self._hold_expired)
 
@@ -308,6 +310,7 @@ class Controller:
             previous.cancel(f"superseded by {action} to generation {state.generation}")
         if action in ("flip", "promote") and self.config.analysis.window > 0 and self.proxy is not None:
             self.analysis = Analysis(self, state.generation, state.live, self.config.analysis)
+            self.analysis.done.add_done_callback(self._analysis_finished)
 
     async def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
         state = self._next()
@@ -320,10 +323,18 @@ class Controller:
         self.counts[action] += 1
         return self._answer(changed=True)
 
+    def _analysis_finished(self, done: asyncio.Future) -> None:
+        if not done.cancelled():
+            outcome = done.result()["state"]
+            self.analysis_counts[outcome] = self.analysis_counts.get(outcome, 0) + 1
+
     async def _gates(self, target: str, force: bool, health_only: bool = False) -> list[GateResult]:
         if force:
             return []
         results = await run_gates(self, target, health_only=health_only)
+        for result in results:
+            key = (result.name, "passed" if result.passed else "failed")
+            self.gate_counts[key] = self.gate_counts.get(key, 0) + 1
         failed = [r for r in results if not r.passed]
         if failed:
             why = "; ".join(f"{r.name}: {r.reason}" for r in failed)

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+import importlib.metadata
+import platform
+
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+
+from proxy import build as data_plane_build
 
 from proxy.backends import LATENCY_BUCKETS
 
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from .controller import Controller
 
 CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+ANALYSIS_OUTCOMES = ("passed", "rolled_back", "cancelled", "failed")
 
 
 class CutoverCollector:
@@ -43,7 +49,8 @@ class CutoverCollector:
         upstream = GaugeMetricFamily("cutover_upstream_connections", "Open connections to the servers",
                                      labels=["environment"])
         live = GaugeMetricFamily("cutover_live", "1 for the live environment", labels=["environment"])
-        weight = GaugeMetricFamily("cutover_weight_percent", "Share of new requests", labels=["environment"])
+        weight = GaugeMetricFamily("cutover_weight_ratio", "Share of new requests sent to the environment, 0..1",
+                                   labels=["environment"])
         healthy = GaugeMetricFamily("cutover_server_healthy", "1 while a server passes its health checks",
                                     labels=["environment", "server"])
         for name, env in router.environments.items():
@@ -58,12 +65,15 @@ class CutoverCollector:
             inflight.add_metric([name], env.inflight)
             upstream.add_metric([name], env.connections)
             live.add_metric([name], 1 if name == route.live else 0)
-            weight.add_metric([name], route.weights.get(name, 0))
+            weight.add_metric([name], route.weights.get(name, 0) / 100)
             for server in env.servers:
                 healthy.add_metric([name, server.address], 1 if server.healthy else 0)
+        unrouted = CounterMetricFamily("cutover_unrouted_requests", "Requests answered by cutover itself before "
+                                       "reaching an environment (bad requests, hold overflow), by status class",
+                                       labels=["code_class"])
         for index, count in enumerate(self.proxy.unrouted):
-            requests.add_metric(["", CLASSES[index]], count)
-        yield from (requests, latency, inflight, upstream, live, weight, healthy)
+            unrouted.add_metric([CLASSES[index]], count)
+        yield from (requests, latency, inflight, upstream, live, weight, healthy, unrouted)
 
         yield GaugeMetricFamily("cutover_client_connections", "Open client connections",
                                 value=len(self.proxy.connections))
@@ -82,16 +92,55 @@ class CutoverCollector:
             drains.add_metric([outcome], count)
         yield drains
         yield GaugeMetricFamily("cutover_draining", "Drains still running", value=len(router.drains))
+        gates = CounterMetricFamily("cutover_gate_checks", "Pre-switch gate runs by gate and result",
+                                    labels=["gate", "result"])
+        for (gate, result), count in sorted(self.controller.gate_counts.items()):
+            gates.add_metric([gate, result], count)
+        yield gates
+        analysis = self.controller.analysis
+        yield GaugeMetricFamily("cutover_analysis_running", "1 while a post-flip analysis watches the live environment",
+                                value=1 if analysis is not None and analysis.state == "running" else 0)
+        outcomes = CounterMetricFamily("cutover_analyses", "Finished post-flip analyses by outcome",
+                                       labels=["outcome"])
+        for outcome in ANALYSIS_OUTCOMES:
+            outcomes.add_metric([outcome], self.controller.analysis_counts.get(outcome, 0))
+        yield outcomes
         if self.controller.last_recovery_ms is not None:
             yield GaugeMetricFamily("cutover_last_rollback_recovery_seconds",
                                     "Time from the last rollback call to the swap being applied",
                                     value=self.controller.last_recovery_ms / 1000)
 
 
+def build_info() -> InfoMetricFamily:
+    """build_info: cutover_build_info{version, data_plane, python}, as Prometheus' own build_info."""
+    try:
+        version = importlib.metadata.version("cutover")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    info = InfoMetricFamily("cutover_build", "The running cutover: version and how its data plane is built")
+    info.add_metric([], {"version": version, "data_plane": data_plane_build(),
+                         "python": platform.python_version()})
+    return info
+
+
+class _Constant:
+    """_Constant: a collector answering the same families on every scrape."""
+
+    def __init__(self, *families) -> None:
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
 def make_registry(proxy: "Proxy", controller: "Controller") -> CollectorRegistry:
-    """make_registry: a registry holding only cutover's collector."""
+    """make_registry: cutover's collector, its build info and the process's CPU, memory, fds and GC."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CutoverCollector(proxy, controller))
+    registry.register(_Constant(build_info()))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

@@ -1,0 +1,89 @@
+"""/metrics follows Prometheus conventions: promtool accepts it, ratios are 0..1, unrouted
+requests are their own family, and build, process, gate and analysis facts are there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adminapi import Admin, eventually, session  # noqa: F401  (session is a fixture)
+from conftest import raw_exchange
+
+import proxy
+
+
+def scrape(text: str) -> dict:
+    """scrape: {(sample name, frozenset(labels)): value} of a Prometheus text exposition."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+async def metrics(api: Admin) -> str:
+    status, text, _ = await api.get("/metrics")
+    assert status == 200
+    return text
+
+
+async def test_promtool_accepts_the_exposition(make_stack, session):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    stack = await make_stack(analysis={"window": "200ms", "interval": "50ms"})
+    api = Admin(session, stack.admin_port)
+    await api.ok("/v1/canary", {"weight": 10})
+    await api.ok("/v1/promote")
+    text = await metrics(api)
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr
+
+
+async def test_weights_are_ratios_from_0_to_1(make_stack, session):
+    stack = await make_stack()
+    api = Admin(session, stack.admin_port)
+    await api.ok("/v1/canary", {"weight": 25})
+    samples = scrape(await metrics(api))
+    assert samples[("cutover_weight_ratio", frozenset({("environment", "blue")}))] == 0.75
+    assert samples[("cutover_weight_ratio", frozenset({("environment", "green")}))] == 0.25
+    assert not any(name.startswith("cutover_weight_percent") for name, _ in samples)
+
+
+async def test_requests_refused_before_routing_have_their_own_family(make_stack, session):
+    stack = await make_stack()
+    api = Admin(session, stack.admin_port)
+    answer = await raw_exchange(stack.proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    samples = scrape(await metrics(api))
+    assert samples[("cutover_unrouted_requests_total", frozenset({("code_class", "4xx")}))] == 1
+    environments = {dict(labels).get("environment") for name, labels in samples if name == "cutover_requests_total"}
+    assert environments == {"blue", "green"}      # no environment="" series
+
+
+async def test_build_and_process_metrics_are_exposed(make_stack, session):
+    stack = await make_stack()
+    samples = scrape(await metrics(Admin(session, stack.admin_port)))
+    (labels,) = [dict(labels) for name, labels in samples if name == "cutover_build_info"]
+    assert labels["data_plane"] == proxy.build() and labels["version"]
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+                 "python_info", "python_gc_collections_total"):
+        assert any(sample == name for sample, _ in samples), name
+
+
+async def test_gate_results_and_analysis_outcomes_are_counted(make_stack, session):
+    stack = await make_stack(analysis={"window": "200ms", "interval": "50ms"})
+    api = Admin(session, stack.admin_port)
+    await api.ok("/v1/flip")
+    passed = ("cutover_gate_checks_total", frozenset({("gate", "health"), ("result", "passed")}))
+    running = ("cutover_analysis_running", frozenset())
+    assert scrape(await metrics(api))[passed] == 1
+
+    async def analysis_passed():
+        samples = scrape(await metrics(api))
+        return samples[running] == 0 and samples[
+            ("cutover_analyses_total", frozenset({("outcome", "passed")}))] == 1
+    assert await eventually(analysis_passed, timeout=5)
