@@ -1,15 +1,27 @@
 """The admin API (SPEC §7): a thin aiohttp layer over the Controller.
 
 Each handler parses a JSON body (an empty body is {}), calls one Controller
-method and answers its result as JSON. Every /v1 endpoint needs
-``Authorization: Bearer <token>`` (compared in constant time) unless the
-config turned auth off on a loopback address. Errors are JSON
+method and answers its result as JSON. Errors are JSON
 ``{"error": "...", "code": "..."}``; ControlError carries its own status and
-code, and the few protocol errors (401, 404, 405, bad JSON) are mapped here.
+code, and the few protocol errors (401, 403, 404, 405, 413) are mapped here.
+
+Before any handler, the middleware refuses a request whose method is not safe
+(a mutation) when its Origin, Sec-Fetch-Site or Host say a web page of another
+site sent it (origin.py: 403 ``cross_origin`` / ``forbidden_host``), with or
+without a token. Every /v1 endpoint then needs ``Authorization: Bearer <token>``
+unless the config turned auth off on a loopback address: the admin token for
+everything, the read token (``admin.read_token``) for GETs only (403
+``forbidden`` on a mutation); both compared in constant time. Bodies are read by
+jsonbody.py (415, 413, bounded depth). Each mutation logs one line: applied, no
+change, replayed or refused; a repeated ``Idempotency-Key`` gets the first answer
+(idempotency.py). Requests aiohttp's parser refuses never reach this module: the
+listener (listener.py) answers them. /readyz is readiness (readiness.py),
+/healthz liveness; neither needs a token, nor does /metrics.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -17,9 +29,17 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .controller import ControlError, Controller
+from .controller import Caller, ControlError, Controller
+from .idempotency import HEADER as IDEMPOTENCY_KEY
+from .idempotency import REPLAYED, Answer, IdempotencyCache, parse_key
+from .jsonbody import MAX_BODY_BYTES, read_json_object, too_large
+from .listener import REFUSALS
+from .loglimit import LogLimit
 from .metrics import make_registry, render
 from .openapi import openapi_document
+from .origin import AdminListener, refusal
+from .readiness import Readiness
+from .requests import ENDPOINTS, check_body, check_query
 
 log = logging.getLogger("cutover.admin")
 
@@ -27,21 +47,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONTROLLER = web.AppKey("controller", Controller)
 TOKEN = web.AppKey("token", str)
+READ_TOKEN = web.AppKey("read_token", str)          # "" when there is none
 RENDER = web.AppKey("render", object)
+LISTENER = web.AppKey("listener", AdminListener)
+READINESS = web.AppKey("readiness", Readiness)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyCache)
+ACTOR = web.RequestKey("actor", str)                # which token the request carried (Caller.actor)
 
-# The body keys each mutation accepts; anything else is a 400 naming the key.
-FIELDS = {
-    "flip": {"to", "reason", "force", "if_generation", "wait"},
-    "rollback": {"reason", "force", "if_generation"},
-    "hold": {"timeout", "reason"},
-    "resume": {"reason"},
-    "lock": {"reason"},
-    "unlock": {"reason"},
-    "canary": {"weight", "reason", "force"},
-    "promote": {"reason", "force", "wait"},
-    "abort": {"reason"},
-    "attest": {"from_version", "to_version", "by"},
-}
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")          # RFC 9110 §9.2.1; anything else is a mutation
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -49,24 +62,36 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": message, "code": code}
     body.update(extra)
     headers = {"WWW-Authenticate": 'Bearer realm="cutover"'} if status == 401 else None
-    return web.json_response(body, status=status, headers=headers)
+    resp = web.json_response(body, status=status, headers=headers)
+    if status == 413:
+        resp.force_close()     # the rest of an oversized body is not worth reading
+    return resp
 
 
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """errors_and_auth: bearer auth on /v1, and every error as JSON."""
-    token = request.app[TOKEN]
-    if request.path.startswith("/v1/") and token:
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
-        presented = value.strip().encode("utf-8", "surrogateescape")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, token.encode()):
-            return error(401, "unauthorized", "missing or wrong bearer token")
+    """errors_and_auth: where a mutation comes from, bearer auth on /v1, and every error as JSON."""
+    unsafe = request.method not in SAFE_METHODS
+    if unsafe:
+        refused = refusal(request.app[LISTENER], _bound_port(request), _one(request, "Host"),
+                          _one(request, "Origin"), _one(request, "Sec-Fetch-Site"), request.scheme)
+        if refused is not None:
+            return _refuse(request, refused)
+    if request.path.startswith("/v1/"):
+        actor = authenticate(request)
+        if actor is None:
+            return _refuse(request, ControlError(401, "unauthorized", "missing or wrong bearer token"))
+        request[ACTOR] = actor
+        if unsafe and actor == "read":
+            return _refuse(request, ControlError(403, "forbidden", f"the read token may only read; "
+                                                                   f"{request.method} needs the admin token"))
     try:
         return await handler(request)
     except ControlError as exc:
         return error(exc.status, exc.code, str(exc), **exc.extra)
+    except web.HTTPRequestEntityTooLarge:
+        refused = too_large()
+        return error(refused.status, refused.code, str(refused))
     except web.HTTPMethodNotAllowed as exc:
         return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; "
                      f"use {', '.join(sorted(exc.allowed_methods))}")
@@ -79,45 +104,153 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return error(500, "internal", f"internal error: {type(exc).__name__}")
 
 
+def authenticate(request: web.Request) -> str | None:
+    """authenticate: the token a /v1 request carried: "admin", "read", "none" (auth off) or None (refused).
+
+    Both tokens are compared, always, as SHA-256 digests with hmac.compare_digest: the time
+    taken says neither which token matched nor how much of one.
+    """
+    token, read_token = request.app[TOKEN], request.app[READ_TOKEN]
+    if not token:
+        return "none"
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were.
+    presented = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
+    is_admin = hmac.compare_digest(presented, hashlib.sha256(token.encode()).digest())
+    is_read = hmac.compare_digest(presented, hashlib.sha256(read_token.encode()).digest()) and bool(read_token)
+    if scheme.lower() != "bearer":
+        return None
+    return "admin" if is_admin else "read" if is_read else None
+
+
+def caller_of(request: web.Request) -> Caller:
+    """caller_of: who sent a mutation, for its history entry and its log line."""
+    return Caller(request.get(ACTOR, "none"), request.remote)
+
+
+def _refuse(request: web.Request, refused: ControlError) -> web.Response:
+    """_refuse: the middleware's 401/403, logged in one line through the bounded REFUSALS log."""
+    route = request.match_info.route
+    what = route.name if route.name else f"{request.method} {_shown(request.path)}"
+    who = f" by {request[ACTOR]}" if ACTOR in request else ""
+    request.app[REFUSALS].log(logging.WARNING, "admin %s%s from %s refused: %s (%d)", what, who,
+                              request.remote, refused.code, refused.status)
+    return error(refused.status, refused.code, str(refused))
+
+
+def _one(request: web.Request, name: str) -> str | None:
+    """_one: a header's value; several are joined, so that a check refuses them as malformed."""
+    values = request.headers.getall(name, [])
+    return None if not values else values[0] if len(values) == 1 else ", ".join(values)
+
+
+def _bound_port(request: web.Request) -> int:
+    """_bound_port: the port this request's connection arrived on (the admin listener's, as bound)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return sockname[1]
+    return request.app[LISTENER].port
+
+
+def _shown(text: str) -> str:
+    """_shown: a request path as a log line may show it: printable ASCII, cut short."""
+    text = "".join(c if " " < c <= "~" else "?" for c in text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 async def body_of(request: web.Request, action: str) -> dict:
-    """body_of: the JSON object a POST carried ({} when empty); bad JSON or unknown keys are 400."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ControlError(400, "bad_request", f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ControlError(400, "bad_request", "body must be a JSON object")
-    unknown = sorted(set(data) - FIELDS[action])
-    if unknown:
-        raise ControlError(400, "bad_request", f"unknown field {unknown[0]!r} for {action}; "
-                           f"accepted: {', '.join(sorted(FIELDS[action]))}")
-    for key in ("reason", "to"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise ControlError(400, "bad_request", f'"{key}" must be a string')
-    for key in ("force", "wait"):
-        if key in data and not isinstance(data[key], bool):
-            raise ControlError(400, "bad_request", f'"{key}" must be true or false')
-    return data
+    """body_of: the JSON object a POST carried ({} when empty), checked against the request table.
+
+    Bad JSON, an unknown key or a value the table (requests.py) refuses is a 400 naming it.
+    """
+    data = await read_json_object(request)
+    return check_body(ENDPOINTS[action], data)
 
 
-def mutation(action: str, call: Callable[[Controller, dict], Awaitable[dict]]) -> Handler:
-    """mutation: a POST handler: parse the body, call the controller, answer the new status."""
+def mutation(action: str, call: Callable[[Controller, dict, Caller], Awaitable[dict]]) -> Handler:
+    """mutation: a POST handler: parse the body, call the controller, answer the new status.
+
+    ``answered`` wraps it: the Idempotency-Key replay and the line a refusal logs.
+    """
     async def handler(request: web.Request) -> web.Response:
         data = await body_of(request, action)
         controller = request.app[CONTROLLER]
-        result = await call(controller, data)
-        if data.get("wait") and result.get("changed"):
-            # CI blocks on the post-flip analysis: the answer carries its outcome.
-            outcome = await controller.wait_for_analysis(result["generation"])
-            if outcome is not None:
-                result = controller.status()
-                result.update(changed=True, analysis=outcome)
-        log.info("admin %s from %s: generation %s", action, request.remote, result.get("generation"))
+        result = await call(controller, data, caller_of(request))
+        if data.get("wait"):
+            # CI blocks on the analysis of the generation this call created. The answer keeps
+            # what this call did ("change") and gives that analysis' outcome ("analysis": null for
+            # a no-op or a change nothing analyses), around the status once the outcome is known.
+            change = result.get("change") if result.get("changed") else None
+            outcome = await controller.wait_for_analysis(change["generation"]) if change else None
+            result = {**result, **controller.status(), "analysis": outcome}
+        _log_applied(action, caller_of(request), data, result)
         return web.json_response(result)
-    return handler
+    return answered(action, handler)
+
+
+def answered(action: str, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Handler:
+    """answered: a mutation's ControlError as its JSON answer and log line; its Idempotency-Key replay.
+
+    Without an Idempotency-Key the handler just runs. With one, the call runs through the
+    application's IdempotencyCache, scoped by (actor, method, path, key) and compared by
+    the parsed body; a replay answers the remembered status, headers and body again.
+    """
+    async def attempt(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except ControlError as exc:
+            _log_refused(action, caller_of(request), exc)
+            return error(exc.status, exc.code, str(exc), **exc.extra)
+
+    async def run(request: web.Request) -> web.Response:
+        caller = caller_of(request)
+        try:
+            key = parse_key(request.headers.getall(IDEMPOTENCY_KEY, []))
+            if key is None:
+                return await attempt(request)
+            # the handler reads the same bytes again: aiohttp keeps a body once read
+            fingerprint = json.dumps(await read_json_object(request), sort_keys=True).encode()
+
+            async def remembered() -> Answer:
+                resp = await attempt(request)
+                assert isinstance(resp.body, bytes)     # every answer here is JSON text
+                return Answer(resp.status, dict(resp.headers), resp.body)
+            answer, replayed = await request.app[IDEMPOTENCY].run(
+                (caller.actor, request.method, request.path, key), fingerprint, remembered)
+        except ControlError as exc:
+            _log_refused(action, caller, exc)
+            return error(exc.status, exc.code, str(exc), **exc.extra)
+        resp = web.Response(status=answer.status, headers=answer.headers, body=answer.body)
+        if replayed:
+            resp.headers[REPLAYED] = "true"
+            log.info("admin %s by %s from %s: replayed the first answer (%d) of its %s",
+                     action, caller.actor, caller.client, answer.status, IDEMPOTENCY_KEY)
+        return resp
+    return run
+
+
+def _log_applied(action: str, caller: Caller, data: dict, result: dict) -> None:
+    """_log_applied: the one line of a mutation that was answered 2xx: applied or no change."""
+    change = result.get("change") if result.get("changed") else None
+    if not result.get("changed"):
+        outcome = "no change"
+    elif change and change.get("from") != change.get("to"):
+        outcome = f"applied, {change['from']} -> {change['to']}"
+    else:
+        outcome = "applied"
+    analysis = result.get("analysis") if data.get("wait") else None
+    reason = data.get("reason")
+    log.info("admin %s by %s from %s: %s; live %s, generation %s%s%s", action, caller.actor, caller.client,
+             outcome, result.get("live"), result.get("generation"),
+             f", analysis {analysis.get('state')}" if isinstance(analysis, dict) else "",
+             f" (reason {reason!r})" if reason else "")
+
+
+def _log_refused(action: str, caller: Caller, exc: ControlError) -> None:
+    """_log_refused: the one line of a mutation refused after auth (locked, gate_failed, bad body, ...)."""
+    level = logging.ERROR if exc.status >= 500 else logging.WARNING
+    log.log(level, "admin %s by %s from %s refused: %s (%d): %s", action, caller.actor, caller.client,
+            exc.code, exc.status, " ".join(str(exc).split())[:300])
 
 
 async def status(request: web.Request) -> web.Response:
@@ -125,7 +258,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def history(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].history())
+    """history: GET /v1/history; ``?limit=N`` the newest N events, ``?since=ISO`` those after it."""
+    query = check_query(ENDPOINTS["history"], request.query)
+    return web.json_response(request.app[CONTROLLER].history(query.get("limit"), query.get("since")))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -138,16 +273,32 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """healthz: GET /healthz (no auth), liveness: 200 while the process answers at all."""
     controller = request.app[CONTROLLER]
     live = controller.router.environments[controller.router.route.live]
     return web.json_response({"ok": True, "live": live.name, "live_healthy": live.healthy})
 
 
-def make_app(controller: Controller, proxy, token: str | None) -> web.Application:
-    """make_app: the admin application; ``token`` None or empty turns auth off (loopback only)."""
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=64 * 1024)
+async def readyz(request: web.Request) -> web.Response:
+    """readyz: GET /readyz (no auth), readiness: 200 when ready, else 503 with the reasons."""
+    report = request.app[READINESS].report()
+    return web.json_response(report, status=200 if report["ready"] else 503)
+
+
+def make_app(controller: Controller, proxy, token: str | None, read_token: str | None = None) -> web.Application:
+    """make_app: the admin application; ``token`` None or empty turns auth off (loopback only).
+
+    ``read_token`` (admin.read_token) may only read; serve.py runs the result with
+    listener.AdminRunner.
+    """
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
     app[CONTROLLER] = controller
     app[TOKEN] = token or ""
+    app[READ_TOKEN] = (read_token or "") if token else ""
+    app[LISTENER] = AdminListener.of(controller.config.admin.listen)
+    app[READINESS] = Readiness(controller.router)
+    app[IDEMPOTENCY] = IdempotencyCache()
+    app[REFUSALS] = LogLimit(log, "malformed or refused admin requests")
     registry = make_registry(proxy, controller)
     app[RENDER] = lambda: render(registry)
     c = Controller
@@ -155,27 +306,30 @@ def make_app(controller: Controller, proxy, token: str | None) -> web.Applicatio
         web.get("/v1/status", status),
         web.get("/v1/history", history),
         web.get("/v1/openapi.json", openapi),
-        web.post("/v1/flip", mutation("flip", lambda ctl, d: c.flip(
-            ctl, d.get("to"), d.get("reason"), d.get("force", False), d.get("if_generation")))),
-        web.post("/v1/rollback", mutation("rollback", lambda ctl, d: c.rollback(
-            ctl, d.get("reason"), d.get("force", False), d.get("if_generation")))),
-        web.post("/v1/hold", mutation("hold", lambda ctl, d: c.hold(ctl, d.get("timeout"), d.get("reason")))),
-        web.post("/v1/resume", mutation("resume", lambda ctl, d: c.resume(ctl, d.get("reason")))),
-        web.post("/v1/lock", mutation("lock", lambda ctl, d: c.lock_switch(ctl, d.get("reason")))),
-        web.post("/v1/unlock", mutation("unlock", lambda ctl, d: c.unlock(ctl, d.get("reason")))),
-        web.post("/v1/canary", mutation("canary", lambda ctl, d: c.canary(
-            ctl, d["weight"] if "weight" in d else _missing("weight"), d.get("reason"), d.get("force", False)))),
-        web.post("/v1/promote", mutation("promote", lambda ctl, d: c.promote(
-            ctl, d.get("reason"), d.get("force", False)))),
-        web.post("/v1/abort", mutation("abort", lambda ctl, d: c.abort(ctl, d.get("reason")))),
-        web.post("/v1/schema/attest", mutation("attest", lambda ctl, d: c.attest(
-            ctl, d.get("from_version"), d.get("to_version"), d.get("by")))),
+        web.post("/v1/flip", mutation("flip", lambda ctl, d, who: c.flip(
+            ctl, d.get("to"), d.get("reason"), d.get("force", False), d.get("if_generation"), caller=who)),
+            name="flip"),
+        web.post("/v1/rollback", mutation("rollback", lambda ctl, d, who: c.rollback(
+            ctl, d.get("reason"), d.get("force", False), d.get("if_generation"), caller=who)), name="rollback"),
+        web.post("/v1/hold", mutation("hold", lambda ctl, d, who: c.hold(
+            ctl, d.get("timeout"), d.get("reason"), caller=who)), name="hold"),
+        web.post("/v1/resume", mutation("resume", lambda ctl, d, who: c.resume(
+            ctl, d.get("reason"), caller=who)), name="resume"),
+        web.post("/v1/lock", mutation("lock", lambda ctl, d, who: c.lock_switch(
+            ctl, d.get("reason"), caller=who)), name="lock"),
+        web.post("/v1/unlock", mutation("unlock", lambda ctl, d, who: c.unlock(
+            ctl, d.get("reason"), caller=who)), name="unlock"),
+        web.post("/v1/canary", mutation("canary", lambda ctl, d, who: c.canary(
+            ctl, d["weight"], d.get("reason"), d.get("force", False), caller=who)), name="canary"),
+        web.post("/v1/promote", mutation("promote", lambda ctl, d, who: c.promote(
+            ctl, d.get("reason"), d.get("force", False), caller=who)), name="promote"),
+        web.post("/v1/abort", mutation("abort", lambda ctl, d, who: c.abort(
+            ctl, d.get("reason"), caller=who)), name="abort"),
+        web.post("/v1/schema/attest", mutation("attest", lambda ctl, d, who: c.attest(
+            ctl, d.get("from_version"), d.get("to_version"), d.get("by"), caller=who)), name="attest"),
         web.get("/metrics", metrics),
         web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
     ]
     app.add_routes(routes)
     return app
-
-
-def _missing(key: str):
-    raise ControlError(400, "bad_request", f'"{key}" is required')

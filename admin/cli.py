@@ -2,13 +2,20 @@
 
 The admin commands (status, flip, rollback, hold, resume, lock, unlock,
 canary, promote, abort, history) call the admin API through AdminClient
-(admin/client.py). Their options --admin, --token, --json and --timeout may
-stand before or after the subcommand (SPEC §2).
+(admin/client.py). Their options --admin, --token, --json, --timeout (also
+spelled --request-timeout) and --idempotency-key may stand before or after the
+subcommand (SPEC §2); after ``hold``, --timeout is the hold's length (its old
+spelling; --for is its name) and the request timeout is --request-timeout.
+
+Every mutation sends an ``Idempotency-Key`` header: --idempotency-key K, or a
+fresh random key per invocation; the client's one retry (when no answer came)
+reuses it, so the API applies the call at most once.
 
 Exit codes follow SPEC §2: 0 on success; 2 when the switch refused (a gate,
-the lock or a generation conflict: HTTP 409, 412) or on a usage error; 1 on
-any other failure. A failure prints one line on stderr,
-``cutover: <message> (<code>)``, never a traceback.
+the lock or a generation conflict: HTTP 409, 412); 1 on any other failure,
+usage errors included. A failure prints one line on stderr,
+``cutover: <message> (<code>)`` (a usage error: ``cutover: <command>:
+<message> (see cutover <command> --help)``), never a traceback.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import sys
-from typing import Callable
+import uuid
+from typing import Callable, NoReturn
 
-from proxy.config import ConfigError, effective_config, load_config
+from proxy.config import ConfigError, effective_config, load_config, parse_duration
 from proxy.server import new_event_loop
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, AdminClient, AdminError
@@ -35,15 +42,32 @@ def _run(coro) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from .serve import StartError, serve
     config = load_config(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _run(serve(config))
+    try:
+        return _run(serve(config))
+    except StartError as exc:    # a listener that cannot bind, named by its config key
+        print(f"cutover: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """cmd_check_config: validate, run serve's start-up checks that need no port, print the config.
+
+    stdout is the effective config, as before (itself a valid config); the state file read goes
+    to stderr, one line, so scripts that parse stdout are not disturbed.
+    """
+    from .serve import check_start
     config = load_config(args.file)
+    plan = check_start(config)
     print(json.dumps(effective_config(config), indent=2))
+    state = plan.state
+    if plan.saved:
+        found = f"live {state.live}, previous {state.previous or '-'}, generation {state.generation}"
+    else:
+        found = f"not there yet; serve starts with live {state.live} (config live), generation {state.generation}"
+    print(f"cutover check-config: state file {plan.store.path}: {found}", file=sys.stderr)
     return 0
 
 
@@ -61,6 +85,9 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
 
 def cmd_drill(args: argparse.Namespace) -> int:
     from . import drill
+    if client_option(args, "idempotency_key", None) is not None:
+        raise UsageError("cutover drill", "--idempotency-key applies to one admin call; "
+                         "the drill makes several, each with its own")
     args.admin = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
     args.token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
     args.json = client_option(args, "json", False)
@@ -75,18 +102,33 @@ def cmd_drill(args: argparse.Namespace) -> int:
 # parser stores them as pre_<name>, each subparser as <name>; both default to
 # SUPPRESS so that only a given option sets an attribute and the one after the
 # subcommand wins.
-CLIENT_OPTIONS = ("admin", "token", "json", "timeout")
+CLIENT_OPTIONS = ("admin", "token", "json", "timeout", "idempotency_key")
+
+# The request timeout when none is given: a plain call; a switch, whose gates may take
+# minutes (the schema command alone may run SCHEMA_TIMEOUT, 120 s); a --wait, which also
+# blocks for the post-flip analysis window.
+SWITCH_TIMEOUT = 300.0
+WAIT_TIMEOUT = 3600.0
+GATED = ("flip", "rollback", "canary", "promote")
 
 
-def seconds(text: str) -> float:
-    """seconds: an argparse type: a finite number of seconds above 0."""
+def duration(text: str) -> float:
+    """duration: an argparse type: a duration as the config writes one ("250ms", "2s", "1m", 5), above 0."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+        value = parse_duration(text, "")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
     return value
+
+
+def idempotency_key(text: str) -> str:
+    """idempotency_key: an argparse type: a key the API accepts (1 to 255 visible ASCII, no quote or backslash)."""
+    if not 1 <= len(text) <= 255 or not all("!" <= c <= "~" and c not in '"\\' for c in text):
+        raise argparse.ArgumentTypeError("must be 1 to 255 visible ASCII characters without spaces, "
+                                         f"quotes or backslashes, got {text!r}")
+    return text
 
 
 def percent(text: str) -> int:
@@ -111,8 +153,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bool = True) -> None:
-    """add_client_options: --admin, --token, --json and --timeout, stored as ``prefix + name``."""
+def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bool = True,
+                       keyed: bool = True) -> None:
+    """add_client_options: the admin API options, stored as ``prefix + name``.
+
+    ``timeout`` False leaves the --timeout spelling out (after `hold` it is the hold's length);
+    --request-timeout is always there. ``keyed`` False leaves --idempotency-key out (drill).
+    """
     group = parser.add_argument_group("admin API options (before or after the command)")
     group.add_argument("--admin", dest=prefix + "admin", metavar="URL", default=argparse.SUPPRESS,
                        help=f"admin API base URL (env CUTOVER_ADMIN_URL; default {DEFAULT_URL})")
@@ -120,10 +167,21 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
                        help="bearer token (env CUTOVER_TOKEN, which keeps it out of the process list)")
     group.add_argument("--json", dest=prefix + "json", action="store_true", default=argparse.SUPPRESS,
                        help="print the API's JSON document instead of text")
+    # Two spellings of one option (one dest: the last given wins), each its own argument so
+    # that an error names the spelling that was written.
+    group.add_argument("--request-timeout", dest=prefix + "timeout", metavar="DURATION", type=duration,
+                       default=argparse.SUPPRESS,
+                       help=f"give up on the admin API after this long (default {DEFAULT_TIMEOUT:g}s; "
+                            f"{SWITCH_TIMEOUT:g}s for flip, rollback, canary and promote; "
+                            f"{WAIT_TIMEOUT:g}s with --wait)")
     if timeout:
-        group.add_argument("--timeout", dest=prefix + "timeout", metavar="SECONDS", type=seconds,
-                           default=argparse.SUPPRESS,
-                           help=f"give up on the admin API after this long (default {DEFAULT_TIMEOUT:g})")
+        group.add_argument("--timeout", dest=prefix + "timeout", metavar="DURATION", type=duration,
+                           default=argparse.SUPPRESS, help="the same as --request-timeout")
+    if keyed:
+        group.add_argument("--idempotency-key", dest=prefix + "idempotency_key", metavar="KEY",
+                           type=idempotency_key, default=argparse.SUPPRESS,
+                           help="the Idempotency-Key of this call (default: a fresh random one); "
+                                "a CI retry that passes the same key is applied at most once")
 
 
 def client_option(args: argparse.Namespace, name: str, default):
@@ -131,29 +189,45 @@ def client_option(args: argparse.Namespace, name: str, default):
     return getattr(args, name, getattr(args, "pre_" + name, default))
 
 
+def request_timeout(args: argparse.Namespace) -> float:
+    """request_timeout: the admin call's timeout: the one given, else long enough for the call.
+
+    A --wait blocks for the gates and the post-flip analysis window, a switch for its gates.
+    """
+    if getattr(args, "wait", False):
+        default = WAIT_TIMEOUT
+    elif args.command in GATED:
+        default = SWITCH_TIMEOUT
+    else:
+        default = DEFAULT_TIMEOUT
+    return client_option(args, "timeout", default)
+
+
 async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
-    """call_admin: the one API call an admin command stands for."""
+    """call_admin: the one API call an admin command stands for; a mutation carries ``key``."""
+    key = args.key
     match args.command:
         case "status":
             return await client.status()
         case "flip":
-            return await client.flip(args.env, args.reason, args.force, args.if_generation, args.wait)
+            return await client.flip(args.env, args.reason, args.force, args.if_generation, args.wait,
+                                     idempotency_key=key)
         case "rollback":
-            return await client.rollback(args.reason, args.force, args.if_generation)
+            return await client.rollback(args.reason, args.force, args.if_generation, idempotency_key=key)
         case "hold":
-            return await client.hold(args.hold_timeout, args.reason)
+            return await client.hold(args.hold_for, args.reason, idempotency_key=key)
         case "resume":
-            return await client.resume()
+            return await client.resume(idempotency_key=key)
         case "lock":
-            return await client.lock(args.reason)
+            return await client.lock(args.reason, idempotency_key=key)
         case "unlock":
-            return await client.unlock()
+            return await client.unlock(idempotency_key=key)
         case "canary":
-            return await client.canary(args.weight, args.reason, args.force)
+            return await client.canary(args.weight, args.reason, args.force, idempotency_key=key)
         case "promote":
-            return await client.promote(args.reason, args.force, args.wait)
+            return await client.promote(args.reason, args.force, args.wait, idempotency_key=key)
         case "abort":
-            return await client.abort()
+            return await client.abort(idempotency_key=key)
         case "history":
             doc = await client.history()
             if args.limit is not None:
@@ -167,10 +241,10 @@ async def run_admin(args: argparse.Namespace) -> int:
     url = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
     token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
     as_json = client_option(args, "json", False)
-    # --wait blocks for the post-flip analysis window, so it waits as long as that takes.
-    timeout = client_option(args, "timeout", 3600.0 if getattr(args, "wait", False) else DEFAULT_TIMEOUT)
+    # One key per invocation: the client's own retry reuses it, and so may a CI retry (--idempotency-key).
+    args.key = client_option(args, "idempotency_key", None) or str(uuid.uuid4())
     try:
-        async with AdminClient(url, token, timeout) as client:
+        async with AdminClient(url, token, request_timeout(args)) as client:
             doc = await call_admin(client, args)
     except AdminError as exc:
         if as_json and exc.body is not None:
@@ -181,16 +255,36 @@ async def run_admin(args: argparse.Namespace) -> int:
         print(f"cutover: {one_line(message)} ({exc.code})", file=sys.stderr)
         return 2 if exc.refused else 1
     print(json.dumps(doc, indent=2) if as_json else RENDER[args.command](doc, args))
-    analysis = doc.get("analysis") if getattr(args, "wait", False) else None
-    if analysis and analysis.get("state") != "passed":
-        # --wait succeeds only when the flip stood through its analysis window.
-        what = {"rolled_back": "rolled back by post-flip analysis",
-                "cancelled": "post-flip analysis cancelled, the flip did not stand",
-                "failed": "post-flip analysis failed"}.get(analysis.get("state"), "post-flip analysis")
-        code = "auto_rollback" if analysis.get("state") == "rolled_back" else "analysis_" + str(analysis.get("state"))
-        print(f"cutover: {what}: {one_line(analysis.get('reason') or '')} ({code})", file=sys.stderr)
+    ack = doc.get("ack")
+    if isinstance(ack, dict) and ack.get("complete") is False:
+        # 202 (SPEC §9): committed, but not every worker or replica confirmed it in time.
+        pending = ", ".join(str(p) for p in ack.get("pending") or []) or "?"
+        print(f"cutover: the change is committed but not confirmed everywhere; pending: {pending} "
+              "(not_confirmed)", file=sys.stderr)
         return 1
-    return 0
+    return wait_outcome(doc) if getattr(args, "wait", False) else 0
+
+
+def wait_outcome(doc: dict) -> int:
+    """wait_outcome: --wait's exit status: 0 unless the analysis of this call's own change did not pass.
+
+    Only the analysis of the generation this call created counts (``change``); a no-op, or a
+    change no analysis watches, exits 0 whatever an older switch's analysis said.
+    """
+    change = doc.get("change") if doc.get("changed") else None
+    analysis = doc.get("analysis")
+    if not change or not isinstance(analysis, dict) or analysis.get("generation") != change.get("generation"):
+        return 0
+    state = analysis.get("state")
+    if state == "passed":
+        return 0
+    what = {"rolled_back": "rolled back by post-flip analysis",
+            "cancelled": "post-flip analysis cancelled, the flip did not stand",
+            "failed": "post-flip analysis failed"}.get(state, "post-flip analysis")
+    code = "auto_rollback" if state == "rolled_back" else f"analysis_{state}"
+    now = f"live is {doc.get('live')}{' again' if state == 'rolled_back' else ''} (generation {doc.get('generation')})"
+    print(f"cutover: {what}: {one_line(analysis.get('reason') or '')}; {now} ({code})", file=sys.stderr)
+    return 1
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -245,13 +339,21 @@ def figures(item: dict) -> str:
 
 
 def render_switch(verb: str) -> Callable[[dict, argparse.Namespace], str]:
-    """render_switch: ``<verb> blue -> green (generation 3)`` for flip, rollback and promote."""
+    """render_switch: ``<verb> blue -> green (generation 3)`` for flip, rollback and promote.
+
+    It tells what this call did (the answer's ``change``), not the status around it, which
+    after a --wait may already show the auto-rollback.
+    """
     def render(doc: dict, args: argparse.Namespace) -> str:
-        generation = doc.get("generation")
         if doc.get("changed") is False:
-            return f"already live: {doc.get('live')} (generation {generation}, nothing changed)"
+            return f"already live: {doc.get('live')} (generation {doc.get('generation')}, nothing changed)"
+        change = doc.get("change") or {"from": doc.get("previous"), "to": doc.get("live"),
+                                       "generation": doc.get("generation")}
         forced = ", forced" if getattr(args, "force", False) else ""
-        return f"{verb} {doc.get('previous')} -> {doc.get('live')} (generation {generation}{forced})"
+        if change["from"] == change["to"]:
+            # a flip to the live environment during a canary: only the weights changed
+            return f"canary stopped: all traffic to {change['to']} (generation {change['generation']}{forced})"
+        return f"{verb} {change['from']} -> {change['to']} (generation {change['generation']}{forced})"
     return render
 
 
@@ -310,13 +412,17 @@ RENDER: dict[str, Callable[[dict, argparse.Namespace], str]] = {
     "rollback": render_switch("rolled back"),
     "promote": render_switch("promoted"),
     "canary": render_canary,
-    "abort": lambda doc, args: f"canary aborted: all traffic to {doc.get('live')} "
-                               f"(generation {doc.get('generation')})",
+    "abort": lambda doc, args: (f"canary aborted: all traffic to {doc.get('live')} "
+                                f"(generation {doc.get('generation')})" if doc.get("changed") is not False else
+                                f"no canary running: all traffic to {doc.get('live')} "
+                                f"(generation {doc.get('generation')}, nothing changed)"),
     "hold": render_hold,
-    "resume": lambda doc, args: f"resumed: released {doc.get('released', 0)} held requests",
+    "resume": lambda doc, args: (f"resumed: released {doc.get('released', 0)} held requests"
+                                 if doc.get("changed") is not False else "not held: nothing to resume"),
     "lock": lambda doc, args: ("switching locked" + (f" ({doc['lock_reason']})" if doc.get("lock_reason") else "")
                                + ": flip, rollback, canary and promote refused until unlock"),
-    "unlock": lambda doc, args: "switching unlocked",
+    "unlock": lambda doc, args: ("switching unlocked" if doc.get("changed") is not False
+                                 else "switching was not locked: nothing changed"),
     "history": render_history,
 }
 
@@ -349,11 +455,15 @@ def add_admin_commands(sub) -> None:
     reason(p), force(p), if_generation(p), wait(p)
     p = command("rollback", "switch back to the previous environment")
     reason(p), force(p), if_generation(p)
-    # After `hold`, --timeout is the hold's length; the request timeout goes before `hold`.
-    p = command("hold", "make new requests wait until resume (or the timeout)", timeout=False)
-    p.add_argument("--timeout", dest="hold_timeout", metavar="SECONDS", type=seconds,
-                   help="release by itself after this long (default hold.max_wait); "
-                        "for the request timeout write `cutover --timeout S hold`")
+    # After `hold`, --timeout is the hold's length (its old spelling, kept); the request timeout
+    # is --request-timeout there, or --timeout before `hold`.
+    p = command("hold", "make new requests wait until resume (or for DURATION)", timeout=False)
+    p.add_argument("--for", dest="hold_for", metavar="DURATION", type=duration,
+                   help='release by itself after this long: "250ms", "30s", "5m" or seconds '
+                        "(default hold.max_wait)")
+    p.add_argument("--timeout", dest="hold_timeout", metavar="DURATION", type=duration,
+                   help="the old spelling of --for (after `hold` only); for the request timeout "
+                        "write --request-timeout, or `cutover --timeout S hold`")
     reason(p)
     command("resume", "release every held request")
     p = command("lock", "refuse flip, rollback, canary and promote until unlock (abort still works)")
@@ -370,13 +480,13 @@ def add_admin_commands(sub) -> None:
     from . import drill
     p = sub.add_parser("drill", help="flip to the other environment and back under probes; "
                        "report recovery times", description="rollback drill against a running router")
-    add_client_options(p, "")
+    add_client_options(p, "", keyed=False)
     drill.add_arguments(p)
     p.set_defaults(func=cmd_drill)
 
 
-def cmd_version(args) -> int:
-    """cmd_version: `cutover version`; the bench records it with its figures."""
+def version_line() -> str:
+    """version_line: ``cutover <version> (data plane: <build>)``, for `cutover version` and --version."""
     import importlib.metadata
 
     import proxy
@@ -384,13 +494,60 @@ def cmd_version(args) -> int:
         version = importlib.metadata.version("cutover")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    print(f"cutover {version} (data plane: {proxy.build()})")
+    return f"cutover {version} (data plane: {proxy.build()})"
+
+
+def cmd_version(args) -> int:
+    """cmd_version: `cutover version`; the bench records it with its figures."""
+    print(version_line())
     return 0
+
+
+class UsageError(Exception):
+    """UsageError: a command line the parser refused; main prints it as one line and exits 1.
+
+    ``prog`` is the parser's ("cutover" or "cutover canary"), so the line names the command.
+    """
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+    def __str__(self) -> str:
+        command = self.prog.removeprefix("cutover").strip()
+        where = f"{command}: " if command else ""
+        return f"{where}{one_line(self.message)} (see {self.prog} --help)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Parser: an ArgumentParser whose errors raise UsageError instead of printing usage and exiting 2.
+
+    SPEC §2 gives exit 2 to refusals (gate, lock, conflict); a usage error is "any other
+    failure": exit 1, one line. add_subparsers makes every subparser of this class too.
+    --help and --version still print and exit 0 through argparse's own exit.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+class VersionAction(argparse.Action):
+    """VersionAction: `cutover --version` prints what `cutover version` prints and exits 0."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version and how the data plane is built, then exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_line())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """build_parser: the argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="cutover", description="A blue-green traffic switch.")
+    parser = Parser(prog="cutover", description="A blue-green traffic switch.")
+    parser.add_argument("--version", action=VersionAction)
     add_client_options(parser, "pre_")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -401,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version and how the data plane is built")
     p.set_defaults(func=cmd_version)
 
-    p = sub.add_parser("check-config", help="validate a config and print the effective config")
+    p = sub.add_parser("check-config", help="validate a config, run serve's start-up checks that need no "
+                       "port (the state file too) and print the effective config")
     p.add_argument("file", help="config file (YAML)")
     p.set_defaults(func=cmd_check_config)
 
@@ -422,16 +580,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """main: the console script's entry point."""
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """parse: the command line as a Namespace, or UsageError naming the command it concerns."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise UsageError(f"cutover {args.command}", f"unrecognized arguments: {' '.join(extra)}")
     if args.func not in (cmd_admin, cmd_drill):
-        given = [f"--{name}" for name in CLIENT_OPTIONS if hasattr(args, "pre_" + name)]
+        given = [f"--{name.replace('_', '-')}" for name in CLIENT_OPTIONS if hasattr(args, "pre_" + name)]
         if given:
-            parser.error(f"{given[0]} applies to the admin commands, not to {args.command}")
+            raise UsageError("cutover", f"{given[0]} applies to the admin commands, not to {args.command}")
+    if args.command == "hold":
+        if args.hold_for is not None and args.hold_timeout is not None:
+            raise UsageError("cutover hold", "give the hold's length once: --for "
+                             "(or its old spelling --timeout after hold)")
+        args.hold_for = args.hold_for if args.hold_for is not None else args.hold_timeout
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main: the console script's entry point; returns the exit status (SPEC §2)."""
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
+    except UsageError as exc:
+        print(f"cutover: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         print(f"cutover: config error: {exc}", file=sys.stderr)
         return 1

@@ -9,12 +9,21 @@ one exception to handle:
 - another HTTP answer (a proxy's HTML 502, say): status, code ``http_<status>``;
 - no answer at all: status 0, code ``connection_failed`` or ``timeout``,
   and the message names the URL.
+
+Retry safety (SPEC §7): every mutation method takes ``idempotency_key``, sent as the
+``Idempotency-Key`` header; the API answers a repeat of a key it saw in the last 10 minutes
+with the first answer and applies nothing again. A call whose connection was closed or reset
+before any answer came is tried once more, within the same timeout: a mutation by this
+client, with the same key, and only when it carries one (without, a retry could apply it
+twice); a read (GET) by aiohttp itself, which retries idempotent methods once (RFC 9112
+§9.3.1). A timeout, a refused connection or an answer cut short is never retried.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import aiohttp
@@ -84,35 +93,44 @@ class AdminClient:
         return await self._call("GET", "/v1/history")
 
     async def flip(self, to: str | None = None, reason: str | None = None, force: bool = False,
-                   if_generation: int | None = None, wait: bool = False) -> dict:
+                   if_generation: int | None = None, wait: bool = False,
+                   idempotency_key: str | None = None) -> dict:
         return await self._call("POST", "/v1/flip", _body(to=to, reason=reason, force=force,
-                                                          if_generation=if_generation, wait=wait))
+                                                          if_generation=if_generation, wait=wait),
+                                idempotency_key=idempotency_key)
 
     async def rollback(self, reason: str | None = None, force: bool = False,
-                       if_generation: int | None = None) -> dict:
+                       if_generation: int | None = None, idempotency_key: str | None = None) -> dict:
         return await self._call("POST", "/v1/rollback", _body(reason=reason, force=force,
-                                                              if_generation=if_generation))
+                                                              if_generation=if_generation),
+                                idempotency_key=idempotency_key)
 
-    async def hold(self, timeout: float | None = None, reason: str | None = None) -> dict:
-        return await self._call("POST", "/v1/hold", _body(timeout=timeout, reason=reason))
+    async def hold(self, timeout: float | None = None, reason: str | None = None,
+                   idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/hold", _body(timeout=timeout, reason=reason),
+                                idempotency_key=idempotency_key)
 
-    async def resume(self, reason: str | None = None) -> dict:
-        return await self._call("POST", "/v1/resume", _body(reason=reason))
+    async def resume(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/resume", _body(reason=reason), idempotency_key=idempotency_key)
 
-    async def lock(self, reason: str | None = None) -> dict:
-        return await self._call("POST", "/v1/lock", _body(reason=reason))
+    async def lock(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/lock", _body(reason=reason), idempotency_key=idempotency_key)
 
-    async def unlock(self, reason: str | None = None) -> dict:
-        return await self._call("POST", "/v1/unlock", _body(reason=reason))
+    async def unlock(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/unlock", _body(reason=reason), idempotency_key=idempotency_key)
 
-    async def canary(self, weight: int, reason: str | None = None, force: bool = False) -> dict:
-        return await self._call("POST", "/v1/canary", {"weight": weight, **_body(reason=reason, force=force)})
+    async def canary(self, weight: int, reason: str | None = None, force: bool = False,
+                     idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/canary", {"weight": weight, **_body(reason=reason, force=force)},
+                                idempotency_key=idempotency_key)
 
-    async def promote(self, reason: str | None = None, force: bool = False, wait: bool = False) -> dict:
-        return await self._call("POST", "/v1/promote", _body(reason=reason, force=force, wait=wait))
+    async def promote(self, reason: str | None = None, force: bool = False, wait: bool = False,
+                      idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/promote", _body(reason=reason, force=force, wait=wait),
+                                idempotency_key=idempotency_key)
 
-    async def abort(self, reason: str | None = None) -> dict:
-        return await self._call("POST", "/v1/abort", _body(reason=reason))
+    async def abort(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/abort", _body(reason=reason), idempotency_key=idempotency_key)
 
     async def healthz(self) -> dict:
         return await self._call("GET", "/healthz")
@@ -131,12 +149,35 @@ class AdminClient:
             self._session = aiohttp.ClientSession(timeout=timeout, headers=headers)
         return self._session
 
-    async def _call(self, method: str, path: str, body: dict | None = None, text: bool = False) -> Any:
-        """_call: one request; the decoded answer, or AdminError."""
+    async def _call(self, method: str, path: str, body: dict | None = None, text: bool = False,
+                    idempotency_key: str | None = None) -> Any:
+        """_call: one call, tried once more when no answer came (see the module docstring)."""
+        retry = method == "POST" and idempotency_key is not None     # aiohttp retries a GET itself
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        deadline = time.monotonic() + self.timeout
+        try:
+            return await self._request(method, path, body, text, headers, self.timeout)
+        except _NoAnswer as first:
+            left = deadline - time.monotonic()
+            if not retry or left <= 0:
+                raise first.error from None
+        try:
+            return await self._request(method, path, body, text, headers, left)
+        except _NoAnswer as second:
+            error = second.error
+            raise AdminError(error.status, error.code, error.message + " (tried twice)", error.body) from None
+
+    async def _request(self, method: str, path: str, body: dict | None, text: bool,
+                       headers: dict | None, timeout: float) -> Any:
+        """_request: one request; the decoded answer, AdminError, or _NoAnswer when it may be retried."""
         url = self.url + path
         session = self._session_for_call()
+        answered = False    # the answer's head came: from then on nothing is retried
         try:
-            async with session.request(method, url, json=body) as resp:
+            async with session.request(method, url, json=body, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(
+                                           timeout, CONNECT_TIMEOUT))) as resp:
+                answered = True
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError:
@@ -148,8 +189,11 @@ class AdminClient:
             why = os.strerror(exc.errno).lower() if (exc.errno or 0) > 0 else (exc.strerror or str(exc.os_error))
             raise AdminError(0, "connection_failed", f"cannot connect to the admin API at {url}: {why}") from None
         except aiohttp.ClientError as exc:
-            raise AdminError(0, "connection_failed",
-                             f"admin API at {url} failed: {exc or type(exc).__name__}") from None
+            error = AdminError(0, "connection_failed", f"admin API at {url} failed: {exc or type(exc).__name__}")
+            if not answered and isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
+                # Closed or reset after the request went out, before any answer.
+                raise _NoAnswer(error) from None
+            raise error from None
         if 200 <= status < 300 and text:
             return raw.decode("utf-8", "replace")
         try:
@@ -163,3 +207,11 @@ class AdminClient:
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
             raise AdminError(status, str(doc.get("code") or f"http_{status}"), doc["error"], doc)
         raise AdminError(status, f"http_{status}", f"{url} answered HTTP {status}")
+
+
+class _NoAnswer(Exception):
+    """_NoAnswer: the connection closed or reset before an answer came; ``error`` says so."""
+
+    def __init__(self, error: AdminError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,6 +40,21 @@ class ControlError(Exception):
         self.extra = extra
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Caller: who asked for a mutation, as its history entry records it (SPEC §7 "actor", "client").
+
+    The admin API builds one per call; what cutover does by itself (auto-rollback, a hold
+    timing out) records INTERNAL.
+    """
+
+    actor: str = "cutover"       # "admin" | "read" (a token's scope) | "none" (auth off) | "cutover"
+    client: str | None = None    # the client's address; never a token
+
+
+INTERNAL = Caller()
+
+
 def now_iso() -> str:
     """now_iso: the current time as ISO-8601 UTC with milliseconds, as history entries carry it."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -62,6 +78,7 @@ class Controller:
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
         self.analysis: Analysis | None = None   # the watch over the last flip or promote
+        self._analyses: dict[int, Analysis] = {}  # the last few watches, by the generation they watch
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
         self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
         router.on_drain.append(self._drain_finished)
@@ -72,11 +89,19 @@ class Controller:
     @staticmethod
     def initial_state(config: Config, store: StateStore) -> State:
         """initial_state: the saved state checked against the config, or a fresh one from config.live."""
-        state = store.load()
-        if state is None:
+        return Controller.checked_state(config, store.load(), store.describe())
+
+    @staticmethod
+    def checked_state(config: Config, saved: State | None, source: str) -> State:
+        """checked_state: ``saved`` checked against the config, or a fresh state when None.
+
+        Called through initial_state, and by check_start (serve and check-config), which need
+        to know whether a state was saved. StateError when it names an unknown environment.
+        """
+        if saved is None:
             return State(live=config.live, previous=None, generation=1)
-        state.check_environments(config.environments, store.describe())
-        return state
+        saved.check_environments(config.environments, source)
+        return saved
 
     @staticmethod
     def route_of(state: State, environments: tuple[str, ...]) -> Route:
@@ -97,6 +122,7 @@ class Controller:
                 self._record(self.state, "resume", "hold timeout (expired while cutover was stopped)",
                              released=0)
                 self._save_later()
+                log.info("resume: the saved hold expired while cutover was stopped")
 
     # -------------------------------------------------------------- reading
 
@@ -113,14 +139,23 @@ class Controller:
                                         if self.proxy.preview_port else None)
         return status
 
-    def history(self) -> dict:
-        """history: GET /v1/history, oldest first."""
-        return {"events": copy.deepcopy(self.state.history)}
+    def history(self, limit: int | None = None, since: datetime | None = None) -> dict:
+        """history: GET /v1/history, oldest first: the newest ``limit`` events recorded after ``since``.
+
+        ``since`` is an aware datetime; an event is after it when its "at" is later (an "at"
+        that is no ISO-8601 time is never after anything).
+        """
+        events = self.state.history
+        if since is not None:
+            events = [e for e in events if (_parse_iso(e.get("at")) or since) > since]
+        if limit is not None:
+            events = events[-limit:] if limit > 0 else []
+        return {"events": copy.deepcopy(events)}
 
     # ------------------------------------------------------------ mutations
 
     async def flip(self, to: str | None = None, reason: str | None = None, force: bool = False,
-                   if_generation: int | None = None) -> dict:
+                   if_generation: int | None = None, caller: Caller = INTERNAL) -> dict:
         """flip: switch all traffic to ``to`` (default: the other environment)."""
         async with self.lock:
             self._check_generation(if_generation)
@@ -130,17 +165,17 @@ class Controller:
             self._check_unlocked("flip")
             if target == self.state.live:
                 # A flip to the live environment during a canary only resets the weights.
-                return await self._reweigh("flip", None, 0, reason)
+                return await self._reweigh("flip", None, 0, reason, caller)
             seen = self.state.generation
         # The gates may take minutes (a schema command, warm-up): they run without the
         # lock, so hold, lock and resume answer at once meanwhile.
         gates = await self._gates(target, force)
         async with self.lock:
             self._check_unchanged(seen, "flip")
-            return await self._switch("flip", target, reason, force, gates)
+            return await self._switch("flip", target, reason, force, gates, caller=caller)
 
     async def rollback(self, reason: str | None = None, force: bool = False,
-                       if_generation: int | None = None) -> dict:
+                       if_generation: int | None = None, caller: Caller = INTERNAL) -> dict:
         """rollback: flip back to ``previous``, recording the recovery time."""
         started = time.perf_counter()
         async with self.lock:
@@ -150,7 +185,7 @@ class Controller:
             if target is None:
                 raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
             gates = await self._gates(target, force, health_only=True)
-            return await self._switch("rollback", target, reason, force, gates, started=started)
+            return await self._switch("rollback", target, reason, force, gates, started=started, caller=caller)
 
     async def auto_rollback(self, reason: str, analysis: Analysis | None = None) -> dict:
         """auto_rollback: a rollback decided by post-flip analysis; not stopped by a lock or gates."""
@@ -163,13 +198,18 @@ class Controller:
             return await self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
 
     async def wait_for_analysis(self, generation: int) -> dict | None:
-        """wait_for_analysis: the outcome of the analysis of ``generation`` (None when none runs)."""
-        analysis = self.analysis
-        if analysis is None or analysis.generation != generation:
+        """wait_for_analysis: the outcome of the analysis of ``generation`` (None when none ran for it).
+
+        The API's ``wait: true`` calls it with the generation its own flip or promote created, so
+        it follows exactly that analysis: one a newer switch replaced answers ``cancelled``, and
+        a newer switch's analysis is never taken for it.
+        """
+        analysis = self._analyses.get(generation)
+        if analysis is None:
             return None
         return await asyncio.shield(analysis.done)
 
-    async def promote(self, reason: str | None = None, force: bool = False) -> dict:
+    async def promote(self, reason: str | None = None, force: bool = False, caller: Caller = INTERNAL) -> dict:
         """promote: flip to the canary environment (weights become 100/0 on the new live)."""
         async with self.lock:
             self._check_unlocked("promote")
@@ -180,9 +220,10 @@ class Controller:
         gates = await self._gates(target, force)
         async with self.lock:
             self._check_unchanged(seen, "promote")
-            return await self._switch("promote", target, reason, force, gates)
+            return await self._switch("promote", target, reason, force, gates, caller=caller)
 
-    async def canary(self, weight: Any, reason: str | None = None, force: bool = False) -> dict:
+    async def canary(self, weight: Any, reason: str | None = None, force: bool = False,
+                     caller: Caller = INTERNAL) -> dict:
         """canary: send ``weight`` percent of new requests to the idle environment."""
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             raise ControlError(400, "bad_request", '"weight" must be an integer from 0 to 100')
@@ -193,19 +234,21 @@ class Controller:
                 return self._answer(changed=False)
             if weight > 0 and weight > self.state.canary_weight:
                 await self._gates(idle, force, health_only=True)
-            return await self._reweigh("canary", idle if weight else None, weight, reason)
+            return await self._reweigh("canary", idle if weight else None, weight, reason, caller)
 
-    async def abort(self, reason: str | None = None) -> dict:
+    async def abort(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """abort: canary weight back to 0; every request goes to live again.
 
         Allowed under a lock: it only ever moves traffic back to the live environment.
+        With no canary running it is a no-op (``changed: false``), like ``canary 0``: a
+        cleanup step a pipeline runs unconditionally must not fail when there is nothing to undo.
         """
         async with self.lock:
             if not self.state.canary_weight:
-                raise ControlError(409, "no_canary", "no canary is running")
-            return await self._reweigh("abort", None, 0, reason)
+                return self._answer(changed=False)
+            return await self._reweigh("abort", None, 0, reason, caller)
 
-    async def hold(self, timeout: Any = None, reason: str | None = None) -> dict:
+    async def hold(self, timeout: Any = None, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """hold: new requests wait until resume or ``timeout`` seconds (default hold.max_wait)."""
         if timeout is None:
             timeout = self.config.hold.max_wait
@@ -215,12 +258,12 @@ class Controller:
             state = self._next()
             state.held = True
             state.hold_until = time.time() + timeout
-            self._record(state, "hold", reason, timeout=timeout)
+            self._record(state, "hold", reason, caller=caller, timeout=timeout)
             await self._save(state)
             self.router.hold(timeout)
             return self._answer(changed=True)
 
-    async def resume(self, reason: str | None = None) -> dict:
+    async def resume(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """resume: release every held request."""
         async with self.lock:
             if not self.state.held and not self.router.held:
@@ -228,13 +271,13 @@ class Controller:
             state = self._next()
             state.held = False
             state.hold_until = None
-            entry = self._record(state, "resume", reason, released=0)
+            entry = self._record(state, "resume", reason, caller=caller, released=0)
             await self._save(state)
             entry["released"] = released = self.router.resume()
             self._save_later()
             return self._answer(changed=True, released=released)
 
-    async def attest(self, from_version: Any, to_version: Any, by: Any = None) -> dict:
+    async def attest(self, from_version: Any, to_version: Any, by: Any = None, caller: Caller = INTERNAL) -> dict:
         """attest: record that migrating from_version -> to_version is schema-compatible (SPEC §6)."""
         for key, value in (("from_version", from_version), ("to_version", to_version)):
             if not isinstance(value, str) or not value:
@@ -248,11 +291,11 @@ class Controller:
             state.attestations.append({"from_version": from_version, "to_version": to_version,
                                        "by": by, "at": now_iso()})
             del state.attestations[:-100]
-            self._record(state, "attest", f"{from_version} -> {to_version}", by=by)
+            self._record(state, "attest", f"{from_version} -> {to_version}", caller=caller, by=by)
             await self._save(state)
             return self._answer(changed=True, attestations=copy.deepcopy(state.attestations))
 
-    async def lock_switch(self, reason: str | None = None) -> dict:
+    async def lock_switch(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """lock_switch: refuse flip, rollback and canary (even forced) until unlock."""
         async with self.lock:
             if self.state.locked and self.state.lock_reason == reason:
@@ -260,11 +303,11 @@ class Controller:
             state = self._next()
             state.locked = True
             state.lock_reason = reason
-            self._record(state, "lock", reason)
+            self._record(state, "lock", reason, caller=caller)
             await self._save(state)
             return self._answer(changed=True)
 
-    async def unlock(self, reason: str | None = None) -> dict:
+    async def unlock(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """unlock: allow switching again."""
         async with self.lock:
             if not self.state.locked:
@@ -272,14 +315,14 @@ class Controller:
             state = self._next()
             state.locked = False
             state.lock_reason = None
-            self._record(state, "unlock", reason)
+            self._record(state, "unlock", reason, caller=caller)
             await self._save(state)
             return self._answer(changed=True)
 
     # -------------------------------------------------------------- helpers
 
     async def _switch(self, action: str, target: str, reason: str | None, force: bool,
-                gates: list[GateResult], started: float | None = None) -> dict:
+                gates: list[GateResult], started: float | None = None, caller: Caller = INTERNAL) -> dict:
         """_switch: make ``target`` live: save, swap, count; the drain result comes later."""
         state = self._next()
         source = state.live
@@ -288,7 +331,7 @@ class Controller:
         state.canary = None
         state.canary_weight = 0
         state.generation += 1
-        entry = self._record(state, action, reason, source=source, target=target, forced=force)
+        entry = self._record(state, action, reason, source=source, target=target, caller=caller, forced=force)
         if gates:
             entry["gates"] = [g.to_dict() for g in gates]
         await self._save(state)
@@ -299,9 +342,9 @@ class Controller:
             self.last_recovery_ms = entry["recovery_ms"]
             self._save_later()
         self.counts[action] += 1
-        log.info("%s %s -> %s generation %d%s", action, source, target, state.generation,
-                 f" ({reason})" if reason else "")
-        return self._answer(changed=True)
+        if action == "auto_rollback":   # the API logs the calls it answers; this one is cutover's own
+            log.warning("auto_rollback %s -> %s generation %d (%s)", source, target, state.generation, reason)
+        return self._answer(changed=True, change=_change(entry))
 
     def _watch(self, action: str, state: State) -> None:
         """_watch: end the previous analysis; start one over a new live environment after a flip or promote."""
@@ -310,18 +353,22 @@ class Controller:
             previous.cancel(f"superseded by {action} to generation {state.generation}")
         if action in ("flip", "promote") and self.config.analysis.window > 0 and self.proxy is not None:
             self.analysis = Analysis(self, state.generation, state.live, self.config.analysis)
+            self._analyses[state.generation] = self.analysis
+            while len(self._analyses) > 16:
+                del self._analyses[next(iter(self._analyses))]
             self.analysis.done.add_done_callback(self._analysis_finished)
 
-    async def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None) -> dict:
+    async def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None,
+                       caller: Caller = INTERNAL) -> dict:
         state = self._next()
         state.canary = canary
         state.canary_weight = weight
         state.generation += 1
-        self._record(state, action, reason, weight=weight, target=canary)
+        entry = self._record(state, action, reason, target=canary, caller=caller, weight=weight)
         await self._save(state)
         self.router.swap(self.route_of(state, tuple(self.router.environments)))
         self.counts[action] += 1
-        return self._answer(changed=True)
+        return self._answer(changed=True, change=_change(entry))
 
     def _analysis_finished(self, done: asyncio.Future) -> None:
         if not done.cancelled():
@@ -386,10 +433,10 @@ class Controller:
                     log.error("could not save a history detail: %s", exc)
 
     def _record(self, state: State, action: str, reason: str | None, source: str | None = None,
-                target: str | None = None, **extra: Any) -> dict:
+                target: str | None = None, caller: Caller = INTERNAL, **extra: Any) -> dict:
         entry = {"at": now_iso(), "action": action, "from": source if source is not None else state.live,
                  "to": target if target is not None else state.live, "generation": state.generation,
-                 "reason": reason}
+                 "reason": reason, "actor": caller.actor, "client": caller.client}
         entry.update(extra)
         state.history.append(entry)
         return entry
@@ -439,6 +486,10 @@ class Controller:
         for key in self.drain_counts:
             self.drain_counts[key] += result[key]
         fields = {"drain": result, **{k: result[k] for k in ("drained", "forced_closed", "dropped")}}
+        level = logging.WARNING if result["forced_closed"] or result["dropped"] else logging.INFO
+        log.log(level, "drain of %s after generation %d ended in %.3fs: drained %d, forced_closed %d, "
+                "dropped %d, client_gone %d", drain.env.name, drain.generation, result["duration"] or 0.0,
+                result["drained"], result["forced_closed"], result["dropped"], result["client_gone"])
         self._details[(drain.generation, drain.env.name)] = fields
         while len(self._details) > 100:
             del self._details[next(iter(self._details))]
@@ -474,6 +525,28 @@ class Controller:
                 await self._save(state)
             except ControlError as exc:
                 log.error("%s", exc)
+                return
+            log.info("resume (%s): %d held requests released", why, released)
+
+
+def _parse_iso(text: Any) -> datetime | None:
+    """_parse_iso: a history entry's "at" (now_iso's form) as an aware datetime, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _change(entry: dict) -> dict:
+    """_change: what one route change did, for its answer: action, from, to and the generation it made.
+
+    Every answer of a call that changed the route carries it as ``change``; the API's
+    ``wait: true`` keeps it when the status around it has moved on (an auto-rollback).
+    """
+    return {key: entry[key] for key in ("action", "from", "to", "generation")}
 
 
 def _iso(epoch: float | None) -> str | None:

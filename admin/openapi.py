@@ -1,107 +1,334 @@
-"""The OpenAPI 3.1 document of the admin API, served at /v1/openapi.json."""
+"""The OpenAPI 3.1 document of the admin API, served at /v1/openapi.json (SPEC §7).
+
+``openapi_document`` builds it once from two sources: the request table (requests.py:
+paths, operationIds, summaries, body schemas and query parameters, the same table the
+API validates requests with) and the answer schemas below (what each endpoint answers,
+status by status). tests/test_openapi_document.py drives every route into each answer
+documented here and validates the bodies against these schemas; Status, HistoryEvent
+and Error refuse properties they do not list, so a new field must be documented first.
+"""
 
 from __future__ import annotations
 
 import copy
+import functools
+import importlib.metadata
+import tomllib
+from pathlib import Path
+from typing import Any
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-_STATUS = {"$ref": "#/components/schemas/Status"}
+from .idempotency import HEADER as IDEMPOTENCY_KEY
+from .idempotency import MAX_KEY_LENGTH, REPLAYED, WINDOW
+from .jsonbody import MAX_BODY_BYTES, MAX_DEPTH
+from .requests import ENDPOINTS, Endpoint
+
+JSON = "application/json"
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-def _json(schema: dict) -> dict:
-    return {"application/json": {"schema": schema}}
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _responses(*codes: int) -> dict:
-    out = {"200": {"description": "the new status", "content": _json(_STATUS)},
-           "401": {"description": "missing or wrong bearer token", "content": _json(_ERROR)}}
-    text = {400: "bad body or unknown environment", 409: "refused: locked, gate_failed, no_previous or no_canary",
-            412: "if_generation does not match", 503: "the state could not be saved; nothing changed"}
-    for code in codes:
-        out[str(code)] = {"description": text[code], "content": _json(_ERROR)}
+def _object(properties: dict, required: list[str] | None = None, closed: bool = True,
+            description: str | None = None) -> dict:
+    """_object: a JSON object schema; ``closed`` refuses properties it does not list."""
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    if required is not None:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    if description:
+        out["description"] = description
     return out
 
 
-def _post(summary: str, properties: dict, *codes: int, required: list[str] | None = None) -> dict:
-    schema = {"type": "object", "additionalProperties": False, "properties": properties}
-    if required:
-        schema["required"] = required
-    return {"post": {"summary": summary, "requestBody": {"required": False, "content": _json(schema)},
-                     "responses": _responses(400, 503, *codes)}}
+_COUNT = {"type": "integer", "minimum": 0}
+_NAME = {"type": "string", "description": "an environment name"}
+_TIME = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC, milliseconds"}
 
+_ERROR_CODES = [
+    "bad_request", "unauthorized", "forbidden", "cross_origin", "forbidden_host", "unknown_environment",
+    "not_found", "method_not_allowed", "payload_too_large", "unsupported_media_type", "idempotency_key_reused",
+    "locked", "gate_failed", "no_previous", "no_canary", "conflict", "generation_mismatch",
+    "state_unavailable", "idempotency_busy", "http_error", "internal",
+]
 
-_REASON = {"reason": {"type": "string"}}
-_FORCE = {"force": {"type": "boolean", "description": "skip the gates (never a lock)"}}
-_IF_GEN = {"if_generation": {"type": "integer", "description": "compare-and-swap on the generation"}}
-_WAIT = {"wait": {"type": "boolean", "description": "answer only when the post-flip analysis ended; "
-                                                    "the answer's analysis.state says passed or rolled_back"}}
-
-_DOCUMENT = {
-    "openapi": "3.1.0",
-    "info": {"title": "cutover admin API", "version": "1",
-             "description": "Blue-green switching: flip, rollback, hold, lock and canary. "
-                            "POST bodies may be empty; every mutation answers with the new status."},
-    "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["error", "code"], "properties": {
-                "error": {"type": "string"},
-                "code": {"type": "string", "enum": [
-                    "unauthorized", "bad_request", "unknown_environment", "locked", "gate_failed",
-                    "no_previous", "no_canary", "generation_mismatch", "state_unavailable", "superseded", "conflict",
-                    "not_found", "method_not_allowed"]},
-                "gates": {"type": "array", "items": {"type": "object"}},
-                "generation": {"type": "integer"}}},
-            "Server": {"type": "object", "properties": {
-                "address": {"type": "string"}, "healthy": {"type": "boolean"},
-                "inflight": {"type": "integer"}, "connections": {"type": "integer"}}},
-            "Environment": {"type": "object", "properties": {
-                "healthy": {"type": "boolean"}, "inflight": {"type": "integer"},
-                "connections": {"type": "integer"},
-                "servers": {"type": "array", "items": {"$ref": "#/components/schemas/Server"}}}},
-            "Status": {"type": "object", "required": ["live", "previous", "generation", "held", "held_requests",
-                                                      "locked", "weights", "environments"], "properties": {
-                "live": {"type": "string"}, "previous": {"type": ["string", "null"]},
-                "generation": {"type": "integer", "minimum": 1}, "held": {"type": "boolean"},
-                "held_requests": {"type": "integer"}, "locked": {"type": "boolean"},
-                "weights": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "environments": {"type": "object",
-                                 "additionalProperties": {"$ref": "#/components/schemas/Environment"}},
-                "changed": {"type": "boolean", "description": "on mutations: whether anything changed"}}},
-        },
-    },
-    "security": [{"bearer": []}],
-    "paths": {
-        "/v1/status": {"get": {"summary": "the live route, hold, lock, weights and every server",
-                               "responses": {"200": {"description": "status", "content": _json(_STATUS)}}}},
-        "/v1/history": {"get": {"summary": "every switch, hold and lock, oldest first", "responses": {
-            "200": {"description": "events", "content": _json({"type": "object", "properties": {
-                "events": {"type": "array", "items": {"type": "object", "required": ["at", "action"]}}}})}}}},
-        "/v1/flip": _post("switch all traffic to `to` (default: the other environment)",
-                          {"to": {"type": "string"}, **_REASON, **_FORCE, **_IF_GEN, **_WAIT}, 409, 412),
-        "/v1/rollback": _post("flip back to the previous environment", {**_REASON, **_FORCE, **_IF_GEN}, 409, 412),
-        "/v1/hold": _post("new requests wait until resume or the timeout",
-                          {"timeout": {"type": "number", "exclusiveMinimum": 0}, **_REASON}),
-        "/v1/resume": _post("release held requests", dict(_REASON)),
-        "/v1/lock": _post("refuse flip, rollback and canary until unlock", dict(_REASON)),
-        "/v1/unlock": _post("allow switching again", dict(_REASON)),
-        "/v1/canary": _post("send `weight` percent of new requests to the idle environment",
-                            {"weight": {"type": "integer", "minimum": 0, "maximum": 100}, **_REASON, **_FORCE},
-                            409, required=["weight"]),
-        "/v1/promote": _post("flip to the canary environment", {**_REASON, **_FORCE, **_WAIT}, 409),
-        "/v1/abort": _post("canary weight back to 0", dict(_REASON), 409),
-        "/v1/schema/attest": _post("record that migrating from_version to to_version is schema-compatible",
-                                   {"from_version": {"type": "string"}, "to_version": {"type": "string"},
-                                    "by": {"type": "string"}}, required=["from_version", "to_version"]),
-        "/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
-                             "responses": {"200": {"description": "text exposition"}}}},
-        "/healthz": {"get": {"summary": "liveness of the router", "security": [],
-                             "responses": {"200": {"description": "ok"}}}},
-    },
+_SCHEMAS: dict[str, dict] = {
+    "Error": _object({
+        "error": {"type": "string", "description": "what went wrong, for a person"},
+        "code": {"type": "string", "enum": _ERROR_CODES, "description": "stable, for a program"},
+        "gates": {"type": "array", "items": _ref("GateResult"), "description": "gate_failed: every gate's result"},
+        "generation": {"type": "integer", "minimum": 1,
+                       "description": "generation_mismatch, conflict: the current generation"},
+    }, required=["error", "code"]),
+    "GateResult": _object({
+        "gate": {"type": "string", "description": "health, drift, schema, smoke or warmup"},
+        "passed": {"type": "boolean"},
+        "reason": {"type": "string"},
+    }, required=["gate", "passed", "reason"]),
+    "Server": _object({
+        "address": {"type": "string", "description": "host:port"},
+        "healthy": {"type": "boolean"},
+        "inflight": _COUNT,
+        "connections": _COUNT,
+    }, required=["address", "healthy", "inflight", "connections"]),
+    "Environment": _object({
+        "healthy": {"type": "boolean", "description": "at least one server healthy"},
+        "inflight": _COUNT,
+        "connections": _COUNT,
+        "servers": {"type": "array", "items": _ref("Server")},
+    }, required=["healthy", "inflight", "connections", "servers"]),
+    "Drain": _object({
+        "environment": _NAME,
+        "generation": {"type": "integer", "minimum": 1, "description": "the switch that started it"},
+        "inflight_at_start": _COUNT,
+        "drained": {**_COUNT, "description": "requests that finished"},
+        "forced_closed": {**_COUNT, "description": "requests closed at drain_timeout"},
+        "dropped": {**_COUNT, "description": "requests lost by the switch (always 0 unless a fault)"},
+        "client_gone": {**_COUNT, "description": "requests whose client left first"},
+        "remaining": _COUNT,
+        "interrupted": {"type": "boolean", "description": "a newer switch made this environment serve again"},
+        "duration": {"type": ["number", "null"], "description": "seconds; null while running"},
+        "idle_connections_closed": _COUNT,
+    }, required=["environment", "generation", "inflight_at_start", "drained", "forced_closed", "dropped",
+                 "client_gone", "remaining", "interrupted", "duration", "idle_connections_closed"],
+        description="a drain of the environment that stopped receiving traffic"),
+    "Analysis": _object({
+        "generation": {"type": "integer", "minimum": 1, "description": "the switch watched"},
+        "environment": _NAME,
+        "state": {"type": "string", "enum": ["running", "passed", "rolled_back", "cancelled", "failed"]},
+        "reason": {"type": ["string", "null"], "description": "why it rolled back, was cancelled or failed"},
+        "window": {"type": "number", "description": "seconds watched"},
+        "probes": _COUNT,
+        "failed_probes": _COUNT,
+        "requests": {**_COUNT, "description": "live requests in the window (probes not counted)"},
+        "errors": {**_COUNT, "description": "their 5xx answers"},
+        "rollback_ms": {"type": "number", "description": "first failure to rollback applied"},
+    }, required=["generation", "environment", "state", "reason", "window", "probes", "failed_probes",
+                 "requests", "errors"], description="the post-flip analysis of the last flip or promote"),
+    "Attestation": _object({
+        "from_version": {"type": "string"},
+        "to_version": {"type": "string"},
+        "by": {"type": ["string", "null"]},
+        "at": _TIME,
+    }, required=["from_version", "to_version", "by", "at"]),
+    "Change": _object({
+        "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort"]},
+        "from": {**_NAME, "description": "live before"},
+        "to": {**_NAME, "description": "live after, or the canary environment"},
+        "generation": {"type": "integer", "minimum": 1, "description": "the generation it made"},
+    }, required=["action", "from", "to", "generation"], description="what one route change did"),
+    "Status": _object({
+        "live": _NAME,
+        "previous": {"type": ["string", "null"], "description": "where rollback goes; null before the first switch"},
+        "generation": {"type": "integer", "minimum": 1, "description": "+1 on every change of the route"},
+        "held": {"type": "boolean"},
+        "held_requests": _COUNT,
+        "hold_until": {"type": ["string", "null"], "format": "date-time",
+                       "description": "when the hold resumes by itself; null when not held"},
+        "locked": {"type": "boolean"},
+        "lock_reason": {"type": ["string", "null"]},
+        "weights": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "description": "percent of new requests per environment"},
+        "environments": {"type": "object", "additionalProperties": _ref("Environment")},
+        "draining": {"type": "object", "additionalProperties": _ref("Drain"),
+                     "description": "the drains running now, by environment"},
+        "analysis": {"oneOf": [_ref("Analysis"), {"type": "null"}]},
+        "listen": {"type": "string", "description": "host:port of the user traffic listener"},
+        "preview_listen": {"type": ["string", "null"], "description": "host:port of the preview listener"},
+        "changed": {"type": "boolean", "description": "mutations only: whether the call changed anything"},
+        "change": {**_ref("Change"), "description": "a mutation that changed the route: that change, "
+                                                     "even when the status has moved on since (wait: true)"},
+        "released": {**_COUNT, "description": "resume only: the held requests released"},
+        "attestations": {"type": "array", "items": _ref("Attestation"),
+                         "description": "schema/attest only: every attestation kept"},
+    }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
+                 "lock_reason", "weights", "environments", "draining", "analysis", "listen",
+                 "preview_listen"]),
+    "HistoryEvent": _object({
+        "at": _TIME,
+        "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
+                                              "hold", "resume", "lock", "unlock", "attest"]},
+        "from": {**_NAME, "description": "live before"},
+        "to": {**_NAME, "description": "live after, or the canary environment"},
+        "generation": {"type": "integer", "minimum": 1, "description": "the generation after it"},
+        "reason": {"type": ["string", "null"]},
+        "forced": {"type": "boolean", "description": "switches: the gates were skipped"},
+        "gates": {"type": "array", "items": _ref("GateResult"), "description": "switches: the gates that ran"},
+        "recovery_ms": {"type": "number", "description": "rollbacks: call to the route swapped"},
+        "drain": _ref("Drain"),
+        "drained": {**_COUNT, "description": "switches, once the drain ended"},
+        "forced_closed": {**_COUNT, "description": "switches, once the drain ended"},
+        "dropped": {**_COUNT, "description": "switches, once the drain ended"},
+        "timeout": {"type": "number", "description": "hold: seconds"},
+        "released": {**_COUNT, "description": "resume: the held requests released"},
+        "weight": {"type": "integer", "minimum": 0, "maximum": 100, "description": "canary, abort: the new weight"},
+        "by": {"type": ["string", "null"], "description": "attest: who attested"},
+        "actor": {"type": "string", "enum": ["admin", "read", "none", "cutover"],
+                  "description": "which token asked: admin, read, none (auth off), or cutover itself "
+                                 "(a hold's timeout, an analysis' rollback)"},
+        "client": {"type": ["string", "null"], "description": "the client's address; null for cutover itself"},
+    }, required=["at", "action", "from", "to", "generation", "reason"]),
+    "History": _object({"events": {"type": "array", "items": _ref("HistoryEvent"),
+                                   "description": "oldest first"}}, required=["events"]),
+    "Health": _object({
+        "ok": {"type": "boolean", "const": True},
+        "live": _NAME,
+        "live_healthy": {"type": "boolean"},
+    }, required=["ok", "live", "live_healthy"]),
+    "Readiness": _object({
+        "ready": {"type": "boolean"},
+        "reasons": {"type": "array", "items": {"type": "string"}, "description": "why not ready; empty when ready"},
+        "live": _NAME,
+        "live_healthy": {"type": "boolean"},
+        "shutting_down": {"type": "boolean"},
+    }, required=["ready", "reasons", "live", "live_healthy", "shutting_down"]),
 }
 
 
+def _error(description: str, *codes: str) -> dict:
+    """_error: a response carrying Error, its code one of ``codes``."""
+    schema = {"allOf": [_ref("Error"), {"properties": {"code": {"enum": list(codes)}}}]}
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+_RESPONSES = {
+    "Unauthorized": {**_error("missing or wrong bearer token", "unauthorized"),
+                     "headers": {"WWW-Authenticate": {"description": 'Bearer realm="cutover"', "required": True,
+                                                      "schema": {"type": "string", "pattern": "^Bearer "}}}},
+    "NotFound": _error("any path that is no endpoint", "not_found"),
+    "MethodNotAllowed": _error("an endpoint called with a method it does not take", "method_not_allowed"),
+    "Internal": _error("any endpoint, on a bug (details in the log)", "internal"),
+    "Forbidden": _error("the read token may only read (forbidden), or a web page of another site sent "
+                        "the mutation (cross_origin: Origin or Sec-Fetch-Site; forbidden_host: Host)",
+                        "forbidden", "cross_origin", "forbidden_host"),
+    "TooLarge": _error(f"the body is larger than {MAX_BODY_BYTES} bytes", "payload_too_large"),
+    "UnsupportedMediaType": _error("a body that is not Content-Type application/json, or is compressed",
+                                   "unsupported_media_type"),
+    "IdempotencyKeyReused": _error(f"this {IDEMPOTENCY_KEY} came with another body in the last "
+                                   f"{WINDOW:g} seconds", "idempotency_key_reused"),
+    "StateUnavailable": _error(f"the state could not be saved, nothing changed (state_unavailable); or too "
+                               f"many calls with an {IDEMPOTENCY_KEY} are running (idempotency_busy)",
+                               "state_unavailable", "idempotency_busy"),
+}
+
+_PARAMETERS = {
+    "IdempotencyKey": {
+        "name": IDEMPOTENCY_KEY, "in": "header", "required": False,
+        "description": f"makes a retry safe: a repeat with the same key and body within {WINDOW:g} seconds "
+                       "applies nothing and gets the first answer again (marked "
+                       f"{REPLAYED}: true); a bad key is 400, the same key with another body 422",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH + 2,
+                   "pattern": '^"?[!#-\\[\\]-~]+"?$'},
+    },
+}
+
+_STATUS_ANSWER = "the status after the call"
+_OK: dict[str, tuple[str, str, dict]] = {       # endpoint -> (description, media type, schema)
+    "status": ("the live route and every server", JSON, _ref("Status")),
+    "history": ("the events asked for, oldest first", JSON, _ref("History")),
+    "openapi": ("this document", JSON, {"type": "object", "required": ["openapi", "info", "paths"]}),
+    "metrics": ("the Prometheus text exposition format 0.0.4", "text/plain", {"type": "string"}),
+    "healthz": ("the process is up", JSON, _ref("Health")),
+    "readyz": ("ready for traffic", JSON, _ref("Readiness")),
+}
+
+# Refusals of the request itself (400 for its body or query comes from the table).
+_REFUSALS: dict[str, dict[int, dict]] = {
+    "flip": {400: _error("a bad body, or `to` names no environment", "bad_request", "unknown_environment"),
+             409: _error("refused: switching is locked, a gate failed, or the route changed while "
+                         "the gates ran", "locked", "gate_failed", "conflict"),
+             412: _error("if_generation does not match the current generation", "generation_mismatch")},
+    "readyz": {503: {"description": "not ready: the reasons say why",
+                     "content": {JSON: {"schema": _ref("Readiness")}}}},
+    "rollback": {409: _error("refused: locked, no previous environment, or its health gate failed",
+                             "locked", "no_previous", "gate_failed"),
+                 412: _error("if_generation does not match the current generation", "generation_mismatch")},
+    "canary": {409: _error("refused: locked, or the idle environment's health gate failed",
+                           "locked", "gate_failed")},
+    "promote": {409: _error("refused: locked, no canary running, a gate failed, or the route changed "
+                            "while the gates ran", "locked", "no_canary", "gate_failed", "conflict")},
+}
+
+
+def _responses(endpoint: Endpoint) -> dict:
+    """_responses: every answer of one endpoint, by status."""
+    description, media, schema = _OK.get(endpoint.name, (_STATUS_ANSWER, JSON, _ref("Status")))
+    out: dict[str, dict] = {"200": {"description": description, "content": {media: {"schema": schema}}}}
+    mutation = endpoint.method == "POST"
+    if mutation:
+        out["200"]["headers"] = {REPLAYED: {"description": f"true on the replayed answer to a repeated "
+                                                           f"{IDEMPOTENCY_KEY}", "schema": {"const": "true"}}}
+    refusals = _REFUSALS.get(endpoint.name, {})
+    if endpoint.body or endpoint.query or 400 in refusals:
+        what = (f"a bad body (not JSON, not an object, nested over {MAX_DEPTH} deep, or a field the "
+                f"request table refuses) or a bad {IDEMPOTENCY_KEY}" if mutation else "a bad query parameter")
+        out["400"] = refusals.get(400) or _error(f"{what}; the message names it", "bad_request")
+    if endpoint.auth:
+        out["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    out.update({str(code): answer for code, answer in refusals.items() if code != 400})
+    if mutation:
+        for code, name in ((403, "Forbidden"), (413, "TooLarge"), (415, "UnsupportedMediaType"),
+                           (422, "IdempotencyKeyReused"), (503, "StateUnavailable")):
+            out[str(code)] = {"$ref": f"#/components/responses/{name}"}
+    return dict(sorted(out.items()))
+
+
+def _operation(endpoint: Endpoint) -> dict:
+    """_operation: one endpoint as an OpenAPI operation object."""
+    op: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary}
+    if not endpoint.auth:
+        op["security"] = []
+    if endpoint.query:
+        op["parameters"] = [{"name": f.name, "in": "query", "required": f.required,
+                             "description": f.description, "schema": f.schema()} for f in endpoint.query]
+    if endpoint.method == "POST":
+        op["parameters"] = [{"$ref": "#/components/parameters/IdempotencyKey"}]
+        schema = _object({f.name: f.schema() for f in endpoint.body},
+                         required=[f.name for f in endpoint.body if f.required] or None)
+        op["requestBody"] = {"required": False, "description": "an empty body is {}",
+                             "content": {JSON: {"schema": schema}}}
+    op["responses"] = _responses(endpoint)
+    return op
+
+
+def package_version() -> str:
+    """package_version: the installed cutover's version, else the one pyproject.toml gives."""
+    try:
+        return importlib.metadata.version("cutover")
+    except importlib.metadata.PackageNotFoundError:
+        try:
+            return tomllib.loads(_PYPROJECT.read_text(encoding="utf-8"))["project"]["version"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+@functools.cache
+def _document() -> dict:
+    paths: dict[str, dict] = {}
+    for endpoint in ENDPOINTS.values():
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cutover admin API", "version": package_version(),
+                 "description": "Blue-green switching: flip, rollback, hold, lock, canary and promote. "
+                                "POST bodies may be empty ({}); every mutation answers with the new status. "
+                                "Errors are {\"error\", \"code\"} with a stable code."},
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "admin.token for everything; admin.read_token "
+                                                          "for GETs only (a mutation with it is 403)"}},
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+            "parameters": _PARAMETERS,
+        },
+    }
+
+
 def openapi_document() -> dict:
-    """openapi_document: a fresh copy of the document."""
-    return copy.deepcopy(_DOCUMENT)
+    """openapi_document: the GET /v1/openapi.json handler's answer; a fresh copy each call."""
+    return copy.deepcopy(_document())

@@ -10,6 +10,7 @@ second one exits at once with status 1.
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.metadata
 import json
 import logging
@@ -20,13 +21,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy import build as data_plane_build
-from proxy.config import Config
+from proxy.config import Address, Config, ConfigError
 from proxy.router import Router
 from proxy.server import Proxy
 
-from .api import make_app
+from .api import READINESS, make_app
 from .controller import Controller
-from .state import FileStateStore
+from .listener import AdminRunner
+from .state import FileStateStore, State
 
 log = logging.getLogger("cutover")
 
@@ -63,35 +65,91 @@ class Running:
     admin_port: int
 
     async def stop(self, timeout: float | None = None) -> dict:
-        """stop: shut the data plane down gracefully, then the admin API."""
+        """stop: /readyz turns 503, then the data plane shuts down gracefully, then the admin API."""
+        self.admin.app[READINESS].begin_shutdown()
         result = await self.proxy.shutdown(timeout)
         await self.admin.cleanup()
         return result
 
 
-async def start(config: Config) -> Running:
-    """start: load the state, start the proxy and the admin API; raises StateError or OSError."""
+class StartError(Exception):
+    """StartError: serve could not start a listener; the message names its config key, one line.
+
+    Raised by start; ``cutover serve`` prints ``cutover: <message>`` and exits 1.
+    """
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """StartPlan: what serve starts from, as check_start found it.
+
+    ``state`` is the saved state checked against the config, or a fresh one from config.live
+    when ``saved`` is False (no state file yet).
+    """
+
+    store: FileStateStore
+    state: State
+    saved: bool
+
+
+def check_start(config: Config) -> StartPlan:
+    """check_start: every start-up check that needs no port; start and check-config call it.
+
+    A non-loopback admin without a token is a ConfigError naming admin.token; an unreadable,
+    corrupt or mismatched state file (one naming an environment the config lacks) a StateError
+    naming the file. Reads the state file, writes nothing.
+    """
     if not config.admin.listen.is_loopback and not config.admin.token:
-        raise ValueError("admin.listen is not a loopback address and admin.token is not set")
-    store = FileStateStore(config.state_file)
+        raise ConfigError("required unless admin.listen is loopback and admin.auth is none "
+                          f'(admin.listen is "{config.admin.listen}")', key="admin.token")
+    store = FileStateStore(config.state_file, history_limit=config.history_limit)
+    saved = store.load()
+    return StartPlan(store, Controller.checked_state(config, saved, store.describe()), saved is not None)
+
+
+def listen_failure(key: str, address: Address, exc: OSError) -> StartError:
+    """listen_failure: the one-line StartError for a listener at config ``key`` that could not bind."""
+    if exc.errno == errno.EADDRINUSE:
+        return StartError(f"{key}: {address} is in use")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return StartError(f"{key}: {address} is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return StartError(f"{key}: {address}: permission denied (a port below 1024 needs privileges)")
+    return StartError(f"{key}: cannot listen on {address}: {exc.strerror or exc}")
+
+
+async def start(config: Config) -> Running:
+    """start: check, load the state, start the proxy and the admin API.
+
+    Raises ConfigError or StateError (check_start), or StartError naming the config key of a
+    listener that cannot bind; what had started is closed again first.
+    """
+    plan = check_start(config)
+    store = plan.store
     for temp in store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
-    state = Controller.initial_state(config, store)
+    state = plan.state
     router = Router.from_config(config)
     proxy = Proxy(config, router)
     controller = Controller(config, router, store, state, proxy)
-    await proxy.start()
+    try:
+        await proxy.start()
+    except OSError as exc:
+        # Proxy.start binds listen first: a port still 0 means that was the one that failed.
+        key, address = ("listen", config.listen) if proxy.port == 0 else ("preview_listen", config.preview_listen)
+        await proxy.shutdown(0)
+        raise listen_failure(key, address, exc) from None
     controller.start()
     token = config.admin.token if config.admin.auth != "none" else None
-    runner = web.AppRunner(make_app(controller, proxy, token), access_log=None)
+    runner = AdminRunner(make_app(controller, proxy, token, config.admin.read_token))
     await runner.setup()
     site = web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port)
     try:
         await site.start()
-    except OSError:
+    except OSError as exc:
         await proxy.shutdown(0)
         await runner.cleanup()
-        raise
+        raise listen_failure("admin.listen", config.admin.listen, exc) from None
     admin_port = site._server.sockets[0].getsockname()[1]
     return Running(proxy, controller, runner, admin_port)
 

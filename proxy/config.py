@@ -146,6 +146,7 @@ class TimeoutsConfig:
     upstream_response: float = 30.0
     client_header: float = 10.0
     keepalive_idle: float = 60.0
+    client_body: float = 30.0  # between two reads of a request body; over it -> 408
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class LimitsConfig:
     max_header_bytes: int = 65536  # >= 1; over it -> 431
     max_body_bytes: int | None = None  # None = unlimited; over it -> 413
     max_connections: int = 10000  # >= 1
+    max_response_header_bytes: int = 65536  # >= 1; an upstream head (or trailers) over it -> 502
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class AdminConfig:
     listen: Address = Address("127.0.0.1", 9901)
     token: str | None = None  # never "": an empty token is stored as None
     auth: str = "token"  # "token" | "none"; "none" only on a loopback listen
+    read_token: str | None = None  # may only read (GET); never "", never equal to token
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,7 @@ class Config:
     preview_listen: Address | None = None
     canary_header: str | None = None  # None = cookie stickiness
     analysis: AnalysisConfig = AnalysisConfig()
+    history_limit: int = 1000  # history events kept, the newest; 1..HISTORY_LIMIT_MAX
     source: Path | None = None  # the file it was loaded from
 
 
@@ -553,6 +557,9 @@ def _same_socket(a: Address, b: Address) -> bool:
 
 # --------------------------------------------------------------------------- sections
 
+# The most history events a state may keep: the state file is rewritten whole on every save.
+HISTORY_LIMIT_MAX = 100_000
+
 _TOP = (
     "listen",
     "preview_listen",
@@ -560,6 +567,7 @@ _TOP = (
     "environments",
     "live",
     "state_file",
+    "history_limit",
     "health_check",
     "drain_timeout",
     "timeouts",
@@ -573,15 +581,14 @@ _TOP = (
 
 
 def _admin(value: object) -> AdminConfig:
-    data = _section(value, "admin", ("listen", "token", "auth"))
+    data = _section(value, "admin", ("listen", "token", "auth", "read_token"))
     listen = AdminConfig.listen
     if "listen" in data:
         listen = parse_address(data["listen"], "admin.listen", allow_port_zero=True)
-    token = data.get("token")
-    if token is not None:
-        token = _str(token, "admin.token") or None
-    if token is not None and not _BEARER.fullmatch(token):
-        raise ConfigError("must be printable ASCII without spaces", key="admin.token")
+    token = _bearer(data.get("token"), "admin.token")
+    read_token = _bearer(data.get("read_token"), "admin.read_token")
+    if read_token is not None and read_token == token:
+        raise ConfigError("must differ from admin.token (it may only read)", key="admin.read_token")
     auth = _choice(data.get("auth", "token"), "admin.auth", ("token", "none"))
     if auth == "none" and not listen.is_loopback:
         raise ConfigError(
@@ -591,7 +598,17 @@ def _admin(value: object) -> AdminConfig:
         raise ConfigError(
             "required unless admin.listen is loopback and admin.auth is none", key="admin.token"
         )
-    return AdminConfig(listen=listen, token=token, auth=auth)
+    return AdminConfig(listen=listen, token=token, auth=auth, read_token=read_token)
+
+
+def _bearer(value: object, path: str) -> str | None:
+    """_bearer: a token for `Authorization: Bearer <token>`; an empty one is None (unset)."""
+    if value is None:
+        return None
+    token = _str(value, path) or None
+    if token is not None and not _BEARER.fullmatch(token):
+        raise ConfigError("must be printable ASCII without spaces", key=path)
+    return token
 
 
 def _environment(name: object, value: object, listens: list[Address]) -> EnvironmentConfig:
@@ -680,7 +697,8 @@ def _timeouts(value: object) -> TimeoutsConfig:
 
 
 def _limits(value: object) -> LimitsConfig:
-    data = _section(value, "limits", ("max_header_bytes", "max_body_bytes", "max_connections"))
+    data = _section(value, "limits", ("max_header_bytes", "max_body_bytes", "max_connections",
+                                       "max_response_header_bytes"))
     d = LimitsConfig()
     header = parse_size(data.get("max_header_bytes", d.max_header_bytes), "limits.max_header_bytes")
     if header < 1:
@@ -688,10 +706,15 @@ def _limits(value: object) -> LimitsConfig:
     body = data.get("max_body_bytes")
     if body is not None:
         body = parse_size(body, "limits.max_body_bytes")
+    response_header = parse_size(data.get("max_response_header_bytes", d.max_response_header_bytes),
+                                 "limits.max_response_header_bytes")
+    if response_header < 1:
+        raise ConfigError(f"must be >= 1, got {response_header}", key="limits.max_response_header_bytes")
     return LimitsConfig(
         max_header_bytes=header,
         max_body_bytes=body,
         max_connections=_int(data.get("max_connections", d.max_connections), "limits.max_connections", 1),
+        max_response_header_bytes=response_header,
     )
 
 
@@ -847,6 +870,7 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         environments=environments,
         live=live,
         state_file=_state_file(top.get("state_file", "var/cutover-state.json"), base_dir, environ),
+        history_limit=_int(top.get("history_limit", Config.history_limit), "history_limit", 1, HISTORY_LIMIT_MAX),
         health_check=_health_check(top.get("health_check")),
         drain_timeout=parse_duration(top.get("drain_timeout", 30.0), "drain_timeout"),
         timeouts=_timeouts(top.get("timeouts")),
@@ -950,6 +974,7 @@ def effective_config(cfg: Config) -> dict[str, Any]:
             "listen": str(cfg.admin.listen),
             "token": "***" if cfg.admin.token else None,
             "auth": cfg.admin.auth,
+            "read_token": "***" if cfg.admin.read_token else None,
         },
         "environments": {
             name: {
@@ -961,6 +986,7 @@ def effective_config(cfg: Config) -> dict[str, Any]:
         },
         "live": cfg.live,
         "state_file": str(cfg.state_file),
+        "history_limit": cfg.history_limit,
         "health_check": dataclasses.asdict(cfg.health_check),
         "drain_timeout": cfg.drain_timeout,
         "timeouts": dataclasses.asdict(cfg.timeouts),

@@ -346,6 +346,10 @@ def test_live_defaults_to_first_environment(patch, expected):
          == (TimeoutsConfig(), LimitsConfig(), HoldConfig(), HealthCheckConfig())),
         ({"limits": {"max_body_bytes": None}}, lambda c: c.limits.max_body_bytes is None),
         ({"limits": {"max_body_bytes": "10m"}}, lambda c: c.limits.max_body_bytes == 10 << 20),
+        ({"limits": {}}, lambda c: c.limits.max_response_header_bytes == 65536),
+        ({"limits": {"max_response_header_bytes": "16k"}}, lambda c: c.limits.max_response_header_bytes == 16384),
+        ({"timeouts": {}}, lambda c: c.timeouts.client_body == 30.0),
+        ({"timeouts": {"client_body": "250ms"}}, lambda c: c.timeouts.client_body == 0.25),
         ({"canary": None}, lambda c: c.canary_header is None),
         ({"canary": {}}, lambda c: c.canary_header is None),
         ({"preview_listen": None}, lambda c: c.preview_listen is None),
@@ -486,6 +490,8 @@ ERRORS = [
     ({"timeouts": {"client_header": -5}}, "timeouts.client_header: must not be negative"),
     ({"timeouts": {"keepalive_idle": []}}, "timeouts.keepalive_idle: expected a duration"),
     ({"timeouts": "30s"}, "timeouts: expected a mapping"),
+    ({"timeouts": {"client_body": 0}}, "timeouts.client_body: must be greater than 0"),
+    ({"timeouts": {"client_body": "soon"}}, "timeouts.client_body: expected a duration"),
     # limits
     ({"limits": {"max_header_bytes": 0}}, "limits.max_header_bytes: must be >= 1"),
     ({"limits": {"max_header_bytes": -1}}, "limits.max_header_bytes: must not be negative"),
@@ -496,6 +502,8 @@ ERRORS = [
     ({"limits": {"max_connections": 0}}, "limits.max_connections: must be >= 1"),
     ({"limits": {"max_connections": False}}, "limits.max_connections: expected an integer"),
     ({"limits": {"max_conections": 1}}, "limits.max_conections: unknown key"),
+    ({"limits": {"max_response_header_bytes": 0}}, "limits.max_response_header_bytes: must be >= 1"),
+    ({"limits": {"max_response_header_bytes": "huge"}}, "limits.max_response_header_bytes: expected a byte count"),
     # hold
     ({"hold": {"max_wait": 0}}, "hold.max_wait: must be greater than 0"),
     ({"hold": {"max_wait": "forever"}}, "hold.max_wait: expected a duration"),
@@ -778,7 +786,8 @@ def test_reference_config_documents_every_key():
             "live", "state_file", "health_check", "path", "interval", "timeout", "healthy_after",
             "unhealthy_after", "drain_timeout", "timeouts", "connect", "upstream_response",
             "client_header", "keepalive_idle", "limits", "max_header_bytes", "max_body_bytes",
-            "max_connections", "hold", "max_wait", "max_queued", "forwarded_headers", "canary",
+            "max_connections", "max_response_header_bytes", "client_body",
+            "hold", "max_wait", "max_queued", "forwarded_headers", "canary",
             "header", "gates", "smoke", "expect_status", "expect_body_contains", "method", "drift",
             "ignore", "schema", "command", "warmup", "paths", "requests"]
     for key in keys:
@@ -813,7 +822,7 @@ def test_effective_config_redacts_token_and_is_json(tmp_path):
 
 def test_effective_config_without_token_shows_null():
     effective = effective_config(parse(minimal()))
-    assert effective["admin"] == {"listen": "127.0.0.1:9901", "token": None, "auth": "none"}
+    assert effective["admin"] == {"listen": "127.0.0.1:9901", "token": None, "read_token": None, "auth": "none"}
     json.dumps(effective)
 
 
@@ -821,10 +830,11 @@ def test_effective_config_fills_in_every_default():
     effective = effective_config(parse(minimal()))
     assert effective["health_check"] == {"path": "/healthz", "interval": 1.0, "timeout": 1.0,
                                          "healthy_after": 2, "unhealthy_after": 2}
-    assert effective["limits"] == {"max_header_bytes": 65536, "max_body_bytes": None, "max_connections": 10000}
+    assert effective["limits"] == {"max_header_bytes": 65536, "max_body_bytes": None, "max_connections": 10000,
+                                   "max_response_header_bytes": 65536}
     assert effective["hold"] == {"max_wait": 30.0, "max_queued": 10000}
     assert effective["timeouts"] == {"connect": 2.0, "upstream_response": 30.0, "client_header": 10.0,
-                                     "keepalive_idle": 60.0}
+                                     "keepalive_idle": 60.0, "client_body": 30.0}
     assert effective["forwarded_headers"] == "append"
     assert effective["live"] == "blue"
     assert effective["gates"] == {"smoke": [], "drift": None, "schema": None, "warmup": None}
