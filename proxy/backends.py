@@ -24,7 +24,7 @@ class Server:
     """
 
     __slots__ = ("host", "port", "address", "env", "weight", "healthy", "inflight",
-                 "connections", "idle", "ok_streak", "fail_streak")
+                 "connections", "idle", "ok_streak", "fail_streak", "heads_over_limit", "strays")
 
     def __init__(self, host: str, port: int, env: "Environment", weight: int = 1) -> None:
         self.host = host
@@ -38,6 +38,9 @@ class Server:
         self.idle: list["UpstreamConnection"] = []
         self.ok_streak = 0
         self.fail_streak = 0
+        # Counted by UpstreamConnection, read by admin/metrics.py at scrape time:
+        self.heads_over_limit = 0   # responses refused (502) or cut: head or trailers over limits.max_response_header_bytes
+        self.strays = 0             # connections closed for bytes no request asked for (after a response, or idle)
 
     def set_healthy(self, healthy: bool) -> None:
         """set_healthy: the one place health changes; a server going down loses its idle pool."""

@@ -15,7 +15,8 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, origin_form, rewrite_request, split_into
+from .headers import (GATHER_BYTES, REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, head_may_end,
+                      origin_form, rewrite_request, split_into)
 
 if TYPE_CHECKING:
     from .server import Proxy
@@ -43,7 +44,7 @@ class ClientConnection:
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due")
+                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "held_bytes", "tail")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
@@ -63,7 +64,10 @@ class ClientConnection:
         self.parts: list[bytes] = []    # pass-through header parts of the head being read
         self.special: list = []         # its (lowercase name, value) specials, see headers.py
         self.head_size = 0              # raw bytes received while a head was in progress
-        self.in_head = False
+        self.in_head = False            # a request has begun (its first byte came) and its head is not complete
+        self.held: list[bytes] | None = None   # reads of that head not parsed yet, see gather
+        self.held_bytes = 0
+        self.tail = b""                 # the last bytes of that head parsed so far, see gather
         self.head_deadline = 0.0
         self.idle_deadline = 0.0
         self.out: list[bytes] = []    # response bytes gathered during one event loop pass, see flush
@@ -114,6 +118,10 @@ class ClientConnection:
             if sum(map(len, self.upgrade_buffer)) > 256 * 1024:
                 self.pause_reading(PAUSE_BUFFER)
             return
+        if self.in_head:
+            data = self.gather(data)   # the previous read ended inside a request head
+            if not data:
+                return
         reading = self.reading
         self.read_len = len(data)
         try:
@@ -130,8 +138,11 @@ class ClientConnection:
             if self.in_head:
                 # A head still incomplete after this read. Its complete fields are counted
                 # exactly; the raw bytes bound the field httptools is still collecting (one
-                # read of slack: the read that began the head may also end a body).
-                self.head_size += len(data)
+                # read of slack: the read that began the head may also end a body). gather
+                # counted the bytes of a head begun earlier; one begun in this read is 0.
+                if not self.head_size:
+                    self.head_size = len(data)
+                self.tail = data[-3:]
                 if self.head_size > limit + HEAD_SLACK or self.head_fields_size() > limit:
                     self.refused = (431, "request header block over limits.max_header_bytes")
                     self.request_refused()
@@ -142,6 +153,38 @@ class ClientConnection:
                 if self.trailer_bytes - reading.body_bytes > limit + 65536 + 32 * reading.chunks:
                     self.reading = None
                     reading.request_broken(431, "request trailers over limits.max_header_bytes")
+
+    def gather(self, data: bytes) -> bytes:
+        """gather: called by data_received for a read of a head begun in an earlier read.
+
+        httptools grows a field that spans reads by concatenating the pieces, so a
+        field in n pieces would cost O(n * size): reads that cannot end the head
+        are held (b"" is returned) until one may end it or GATHER_BYTES wait (at
+        most max_header_bytes, so that complete fields are still counted about as
+        often as the limit needs), and then parsed in one piece. Every raw byte is
+        counted as it arrives.
+        """
+        limit = self.proxy.max_header_bytes
+        self.head_size += len(data)
+        if self.head_size > limit + HEAD_SLACK:
+            self.refused = (431, "request header block over limits.max_header_bytes")
+            self.request_refused()
+            return b""
+        held = self.held
+        edge = self.tail if held is None else (self.tail + b"".join(held[-3:]))[-3:]
+        if head_may_end(edge, data) or self.held_bytes + len(data) >= min(GATHER_BYTES, limit):
+            if held is None:
+                return data
+            held.append(data)
+            self.held = None
+            self.held_bytes = 0
+            return b"".join(held)
+        if held is None:
+            self.held = [data]
+        else:
+            held.append(data)
+        self.held_bytes += len(data)
+        return b""
 
     def eof_received(self) -> bool:
         # As nginx does: a client that closes its side has given up on what it
@@ -176,17 +219,20 @@ class ClientConnection:
 
     # ----------------------------------------------- httptools callbacks
 
-    # There is no on_message_begin: a head begins with its request target, which
-    # saves a callback per request (a partial method alone is bounded by idle_deadline).
-
-    def on_url(self, url: bytes) -> None:
-        if self.in_head:
-            self.url += url   # the target came in more than one read
-            return
+    def on_message_begin(self) -> None:
+        # client_header runs from a request's first byte, its method included; empty
+        # lines before a request line are skipped by the parser (RFC 9112 §2.2).
         self.in_head = True
         self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
         self.head_size = 0
-        self.url = url
+
+    def on_url(self, url: bytes) -> None:
+        # Empty until the target begins, so a non-empty url also says that the method of
+        # the head being read is known (see request_refused); reset when the head is taken.
+        if self.url:
+            self.url += url   # the target came in more than one piece
+        else:
+            self.url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:
@@ -205,7 +251,6 @@ class ClientConnection:
         limit = proxy.max_header_bytes
         over = self.head_size + self.read_len > limit and self.head_fields_size() > limit
         url, parts, special = self.url, self.parts, self.special
-        self.url = b""
         self.parts = []
         self.special = []
         if url[:1] != b"/" and url != b"*":
@@ -256,6 +301,7 @@ class ClientConnection:
         if head.probe:
             self.check_token(head)
             ex.probe = True
+        self.url = b""
         self.reading = ex
         queue = self.queue
         queue.append(ex)
@@ -331,7 +377,10 @@ class ClientConnection:
             self.reading = None
             reading.request_broken(status, message)
             return
-        ex = Exchange(self, b"-", b"-", RequestHead(), 1, False, error=(status, message))
+        # The answer to a HEAD has no content (RFC 9110 §9.3.2): the method counts once the
+        # parser reached the target, before that its method is the previous request's.
+        method = self.parser.get_method() if self.url else b"-"
+        ex = Exchange(self, method, b"-", RequestHead(), 1, False, error=(status, message))
         self.queue.append(ex)
         if len(self.queue) == 1:
             ex.start()
@@ -400,9 +449,11 @@ class ClientConnection:
         self.paused &= ~reason
         if not self.paused and not self.closed:
             self.transport.resume_reading()
+            # The client_header and client_body clocks stood still while this proxy was not reading.
             if self.in_head:
-                # The client_header clock stood still while this proxy was not reading.
                 self.head_deadline = self.proxy.clock + self.proxy.client_header_timeout
+            elif self.reading is not None:
+                self.reading.body_at = self.proxy.clock
 
     # --------------------------------------------------------------- writes
 
@@ -470,5 +521,6 @@ class ClientConnection:
         if self.queue:
             self.abort()
             return
-        self.write(error_response(408, "request head not received within timeouts.client_header"))
+        head_only = bool(self.url) and self.parser.get_method() == b"HEAD"
+        self.write(error_response(408, "request head not received within timeouts.client_header", b"", head_only))
         self.close()

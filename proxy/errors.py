@@ -1,8 +1,9 @@
 """Canned error responses and the outcomes an exchange can end with.
 
 Every reply the proxy writes itself goes through ``error_response``: a short
-plain-text body naming the problem, Content-Length framing, and
-``connection: close`` (after an error the connection is not trusted further).
+plain-text body naming the problem (none in an answer to HEAD), Content-Length
+framing, and ``connection: close`` (after an error the connection is not trusted
+further).
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ class Outcome:
     FORCED: Final = "forced"            # closed by a drain at drain_timeout or by shutdown
 
 
-def error_response(status: int, message: str, extra: bytes = b"") -> bytes:
-    """error_response: a complete HTTP/1.1 reply with a one-line text body; closes the connection."""
+def error_response(status: int, message: str, extra: bytes = b"", head_only: bool = False) -> bytes:
+    """error_response: a complete HTTP/1.1 reply with a one-line text body; closes the connection.
+
+    ``head_only`` answers a HEAD request: the same header fields, Content-Length
+    included, and no content (RFC 9110 §9.3.2, §8.6).
+    """
     body = message.encode("utf-8", "replace") + b"\n"
     return b"".join((
         status_line(status),
         b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body),
         extra,
         b"connection: close\r\nx-cutover-error: 1\r\n\r\n",
-        body,
+        b"" if head_only else body,
     ))
 
 

@@ -53,7 +53,7 @@ class Exchange:
         "state", "route", "env", "server", "conn", "tried", "retries",
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
-        "drain", "outcome", "started", "canary_bucket", "preview", "probe", "chunks",
+        "drain", "outcome", "started", "canary_bucket", "preview", "probe", "chunks", "body_at",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -90,6 +90,7 @@ class Exchange:
         self.preview: str | None = None     # preview route: "" = the idle environment, else the one named
         self.probe = False                  # a drill probe: name the serving environment in the answer
         self.chunks = 0                     # chunks of a chunked request body seen so far
+        self.body_at = self.started         # when the request body last made progress (timeouts.client_body)
 
     # ----------------------------------------------------------- request side
 
@@ -139,10 +140,17 @@ class Exchange:
         self.server = server
         server.inflight += 1
         idle = server.idle
-        if idle:
-            self.attach(idle.pop(), reused=True)
-        else:
-            self.client.proxy.connect(server, self)
+        while idle:
+            conn = idle.pop()
+            if server.strays and conn.has_unread():
+                # A server seen sending what nobody asked for: its idle connections are
+                # checked before reuse, as such bytes would become this request's answer.
+                server.strays += 1
+                conn.close()
+                continue
+            self.attach(conn, reused=True)
+            return
+        self.client.proxy.connect(server, self)
 
     def connect_failed(self, server: "Server", reason: str) -> None:
         """connect_failed: the pool could not connect; mark the server down and try another."""
@@ -166,6 +174,7 @@ class Exchange:
         conn.exchange = self
         conn.reused = reused
         conn.got_bytes = False
+        conn.head_bytes = 0
         conn.active_at = client.proxy.clock
         if client.write_paused:
             conn.reading_paused = True
@@ -190,7 +199,9 @@ class Exchange:
     def request_body(self, data: bytes) -> None:
         """request_body: a piece of the request body from the client parser."""
         self.body_bytes += len(data)
-        limit = self.client.proxy.max_body_bytes
+        proxy = self.client.proxy
+        self.body_at = proxy.clock
+        limit = proxy.max_body_bytes
         if limit is not None and self.body_bytes > limit:
             self.request_broken(413, f"request body over max_body_bytes ({limit})")
             return
@@ -247,6 +258,8 @@ class Exchange:
         """response_head: the upstream's response head (interim 1xx ones included)."""
         client = self.client
         if status < 200 and status != 101:
+            if status == 100:
+                self.body_at = client.proxy.clock   # the client may send its body from now on
             # RFC 9110 §15.2: forward interim responses to HTTP/1.1 clients only.
             if self.http_minor >= 1:
                 client.out += (STATUS_LINES[status], rewrite_response(parts, special).block, b"\r\n")
@@ -370,6 +383,16 @@ class Exchange:
         """timed_out: called by the proxy's ticker when upstream_response passed without progress."""
         self.reply_error(504, "upstream did not respond within timeouts.upstream_response")
 
+    def client_timed_out(self) -> None:
+        """client_timed_out: called by the proxy's ticker when the client sent nothing of its
+        request body for timeouts.client_body.
+
+        The wait was the client's: 408, and it ends as CLIENT_GONE (a drain does not
+        count it as dropped), in the 4xx class, never in the environment's 5xx.
+        """
+        self.client.proxy.client_body_timeouts += 1
+        self.reply_error(408, "request body not received within timeouts.client_body", Outcome.CLIENT_GONE)
+
     # ------------------------------------------------------------------ ends
 
     def reply_error(self, status: int, message: str, outcome: str = Outcome.FAILED) -> None:
@@ -383,7 +406,7 @@ class Exchange:
         self.status = status
         self.keep_alive = False
         extra = b"retry-after: 1\r\n" if status == 503 else b""
-        self.client.write(error_response(status, message, extra))
+        self.client.write(error_response(status, message, extra, self.head_only))
         self.finish(outcome)
 
     def abort(self, outcome: str) -> None:

@@ -44,6 +44,22 @@ _PLAIN_CONNECTION: Final = {
 _KEEP_ALIVE_OR_CLOSE: Final = frozenset(s for s, tokens in _PLAIN_CONNECTION.items() if b"upgrade" not in tokens)
 
 
+# Bytes of a head begun in an earlier read that the protocols gather before they parse them
+# (see head_may_end).
+GATHER_BYTES: Final = 32 * 1024
+
+
+def head_may_end(tail: bytes, data: bytes) -> bool:
+    """head_may_end: whether the empty line that ends a head (CRLF CRLF, RFC 9112 §2.1; llhttp
+    accepts no other) can be in ``data``, read after ``tail``, the head's last bytes before it.
+
+    Called by the protocols while a head spans reads: httptools grows a field that spans
+    reads by concatenating the pieces (quadratic in their number), so reads that cannot end
+    the head are gathered, up to GATHER_BYTES, and parsed in one piece.
+    """
+    return b"\r\n\r\n" in data or b"\r\n\r\n" in tail[-3:] + data[:3]
+
+
 # Spellings -> the lowercase name if special, else b"": a dict lookup instead of
 # lowering every name. Common spellings are there from the start; others are
 # remembered up to a bound (names are peer-chosen: once it is full, a new
@@ -159,7 +175,7 @@ class RequestHead:
     """
 
     __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
-                 "preview_env", "preview_token", "probe")
+                 "preview_env", "preview_token", "probe", "expect")
 
     def __init__(self, block: bytes = b"", host: bytes | None = None) -> None:
         self.block = block
@@ -170,6 +186,7 @@ class RequestHead:
         self.preview_env: bytes | None = None     # X-Cutover-Env: the environment asked for
         self.preview_token: bytes | None = None   # X-Cutover-Token: the admin token that allows it
         self.probe = False                        # X-Cutover-Probe was sent
+        self.expect = False                       # Expect was sent: the body may wait for a 100 (RFC 9110 §10.1.1)
 
 
 def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http_minor: int,
@@ -222,6 +239,7 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         elif lname == b"upgrade":
             head.upgrade = value
         elif lname == b"expect":
+            head.expect = True
             first += (b"Expect: ", value, b"\r\n")
         elif lname == b"x-forwarded-for":
             if not replace_forwarded:

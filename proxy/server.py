@@ -52,7 +52,9 @@ class Proxy:
         self.upstream_timeout = t.upstream_response
         self.client_header_timeout = t.client_header
         self.keepalive_timeout = t.keepalive_idle
+        self.client_body_timeout = t.client_body
         self.max_header_bytes = config.limits.max_header_bytes
+        self.max_response_header_bytes = config.limits.max_response_header_bytes
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_connections = config.limits.max_connections
         self.replace_forwarded = config.forwarded_headers == "replace"
@@ -60,9 +62,10 @@ class Proxy:
         token = config.admin.token if config.admin.auth != "none" else None
         self.preview_token = token.encode() if token else None
         self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
-                                                   t.client_header, t.keepalive_idle) / 4))
+                                                   t.client_header, t.keepalive_idle, t.client_body) / 4))
         self.connections: set[ClientConnection] = set()
         self.unrouted = [0] * 6         # requests answered before reaching an environment, by status class
+        self.client_body_timeouts = 0   # requests cut with 408 at timeouts.client_body (read by admin/metrics.py)
         self.clock = time.monotonic()
         self.closing = False
         self.health: HealthChecker | None = None
@@ -165,6 +168,7 @@ class Proxy:
     def _check_timeouts(self, now: float) -> None:
         upstream_timeout = self.upstream_timeout
         send_timeout = self.keepalive_timeout
+        body_timeout = self.client_body_timeout
         for conn in list(self.connections):
             if conn.closed:
                 # A client that never reads what is left to flush holds its slot: cut it.
@@ -183,6 +187,14 @@ class Proxy:
                 continue
             ex = queue[0]
             up = ex.conn
+            if ex is conn.reading and not conn.paused and (
+                    not ex.head.expect or up is not None and up.got_bytes):
+                # Its request body is still coming and this proxy reads it: the wait is the
+                # client's, and the upstream cannot be expected to answer before it ends
+                # (unless the client waits for its 100 Continue, RFC 9110 §10.1.1).
+                if now - ex.body_at > body_timeout:
+                    ex.client_timed_out()
+                continue
             if up is not None and (ex.state == SENT or ex.state == RESPONDING):
                 # A response paused by a slow client is cut only after keepalive_idle.
                 limit = send_timeout if up.reading_paused else upstream_timeout

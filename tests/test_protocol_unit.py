@@ -7,9 +7,11 @@ No sockets: the pool is primed with an UpstreamConnection on a fake transport.
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
+from httptools import HttpRequestParser, HttpResponseParser
 
 from proxy.config import parse_config
 from proxy.downstream import ClientConnection
@@ -125,8 +127,8 @@ async def test_pipelined_requests_wait_their_turn():
 async def test_response_to_head_ends_at_its_head_and_parser_is_fresh():
     rig = Rig()
     rig.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
-    rig.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"
+    rig.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
     assert rig.server.idle == [rig.up]
     rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     rig.answer(OK)
@@ -271,3 +273,162 @@ async def test_a_pooled_connection_with_unsent_bytes_is_not_reused():
     rig.up.send(b"stray")   # as if a request body were still due when the response ended
     rig.up.data_received(OK)
     assert rig.server.idle == [] and rig.up_t.closed
+
+
+# ------------------------------------------- heads arriving in many small reads
+
+class CountingRequestParser(HttpRequestParser):
+    """CountingRequestParser: the request parser, counting the pieces it is fed."""
+
+    feeds = 0
+
+    def feed_data(self, data):
+        self.feeds += 1
+        return super().feed_data(data)
+
+
+class CountingResponseParser(HttpResponseParser):
+    """CountingResponseParser: the response parser, counting the pieces it is fed."""
+
+    feeds = 0
+
+    def feed_data(self, data):
+        self.feeds += 1
+        return super().feed_data(data)
+
+
+# httptools grows a header field that spans reads by concatenating the pieces, so a field in
+# n pieces costs O(n * size): the protocols feed it few pieces, whatever the reads were.
+
+async def test_a_request_header_value_in_many_small_reads_reaches_the_parser_in_few_pieces():
+    rig = Rig()
+    parser = rig.client.parser = CountingRequestParser(rig.client)
+    value = b"v" * 60000
+    rig.send(b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: ")
+    for i in range(0, len(value), 100):
+        rig.send(value[i:i + 100])
+    rig.send(b"\r\n\r\n")
+    assert b"\r\nX-Big: " + value + b"\r\n" in rig.up_t.take()
+    assert parser.feeds <= 5
+
+
+async def test_many_small_request_header_lines_in_many_reads_reach_the_parser_in_few_pieces():
+    rig = Rig()
+    parser = rig.client.parser = CountingRequestParser(rig.client)
+    rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    for i in range(4000):
+        rig.send(b"X-%d: 1\r\n" % i)
+    rig.send(b"\r\n")
+    sent = rig.up_t.take()
+    assert b"\r\nX-0: 1\r\n" in sent and b"\r\nX-3999: 1\r\n" in sent
+    assert parser.feeds <= 5
+
+
+async def test_a_request_url_in_many_small_reads_reaches_the_parser_in_few_pieces():
+    rig = Rig()
+    parser = rig.client.parser = CountingRequestParser(rig.client)
+    path = b"/" + b"p" * 30000
+    rig.send(b"GET ")
+    for i in range(0, len(path), 50):
+        rig.send(path[i:i + 50])
+    rig.send(b" HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert rig.up_t.take().startswith(b"GET " + path + b" HTTP/1.1\r\n")
+    assert parser.feeds <= 5
+
+
+async def test_a_head_whose_end_is_split_across_reads_is_parsed_when_it_ends():
+    for cut in (1, 2, 3):
+        rig = Rig()
+        head = b"GET / HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+        rig.send(head[:20])
+        rig.send(head[20:-cut])
+        assert rig.up_t.take() == b""
+        rig.send(head[-cut:])
+        assert rig.up_t.take().startswith(b"GET / HTTP/1.1\r\nHost: h\r\n")
+
+
+async def test_a_response_header_value_in_many_small_reads_reaches_the_parser_in_few_pieces():
+    rig = Rig()
+    parser = rig.up.parser = CountingResponseParser(rig.up)
+    rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    value = b"v" * 60000
+    rig.answer(b"HTTP/1.1 200 OK\r\nX-Big: ")
+    for i in range(0, len(value), 100):
+        rig.answer(value[i:i + 100])
+    rig.answer(b"\r\nContent-Length: 2\r\n\r\nok")
+    out = rig.client_t.take()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\nX-Big: " + value + b"\r\n") and out.endswith(b"\r\n\r\nok")
+    assert parser.feeds <= 5
+    assert rig.server.idle == [rig.up]
+
+
+async def test_a_response_head_split_across_reads_is_relayed_when_it_ends():
+    for cut in (1, 2, 3):
+        rig = Rig()
+        rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        rig.answer(OK[:20])
+        rig.answer(OK[20:-2 - cut])
+        assert rig.client_t.take() == b""
+        rig.answer(OK[-2 - cut:])
+        assert rig.client_t.take().endswith(b"\r\n\r\nok")
+
+
+async def test_a_response_head_over_the_limit_is_502_and_counted():
+    rig = Rig(limits={"max_response_header_bytes": 4096})
+    rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    rig.answer(b"HTTP/1.1 200 OK\r\nX-Big: ")
+    for _ in range(100):
+        if rig.up_t.closed:
+            break
+        rig.answer(b"v" * 100)
+    assert rig.up_t.closed and rig.server.heads_over_limit == 1
+    out = rig.client_t.take()
+    assert out.startswith(b"HTTP/1.1 502 ") and b"limits.max_response_header_bytes (4096)" in out
+
+
+@pytest.mark.parametrize(("request_bytes", "answer"), [
+    (b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"),
+    (b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n"),
+    (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n"),
+])
+async def test_a_bodiless_answer_that_announces_a_body_is_relayed_but_not_pooled(request_bytes, answer):
+    rig = Rig()
+    rig.send(request_bytes)
+    rig.answer(answer)
+    assert rig.client_t.take().endswith(b"\r\n\r\n")
+    assert rig.server.idle == [] and rig.up_t.closed and not rig.client_t.closed
+
+
+class SocketTransport(FakeTransport):
+    """SocketTransport: a fake transport whose "socket" is one end of a real socket pair."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sock, self.peer = socket.socketpair()
+
+    def get_extra_info(self, name, default=None):
+        return self.sock if name == "socket" else super().get_extra_info(name, default)
+
+
+@pytest.mark.parametrize("stray", [b"", b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nstray!"])
+async def test_an_idle_connection_of_a_server_seen_sending_strays_is_checked_before_reuse(stray):
+    rig = Rig()
+    rig.server.idle.clear()
+    up_t = SocketTransport()
+    up = UpstreamConnection(rig.proxy, rig.server)
+    up.connection_made(up_t)
+    rig.server.idle.append(up)
+    rig.server.strays = 1      # it was caught before (see test_pooled_connection_reuse_e2e.py)
+    try:
+        up_t.peer.sendall(stray)   # bytes the event loop has not delivered yet
+        rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        if stray:
+            assert up_t.closed and up_t.take() == b"" and rig.server.strays == 2
+        else:
+            assert not up_t.closed and up_t.take().startswith(b"GET / HTTP/1.1\r\n")
+    finally:
+        up_t.sock.close()
+        up_t.peer.close()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()   # the fresh connection attempt to the unit rig's unused address
