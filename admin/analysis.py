@@ -1,11 +1,12 @@
 """Post-flip analysis: watch the new live environment and roll back on a breach (SPEC §6).
 
 The Controller starts one Analysis after each flip or promote when
-``analysis.window`` is set. Every ``interval`` it sends a synthetic probe
-through the router's main listener (the user's path) and reads the live
-environment's own counters since the flip. A breach rolls back at once
-through Controller.auto_rollback, which records ``auto_rollback`` with the
-reason: ``probe_failures`` consecutive failed probes, or, once at least
+``analysis.window`` is set, with narrow inputs: a snapshot source, the probe URL
+(the router's main listener: the user's path) and an ``on_breach`` callback.
+Every ``interval`` it sends a synthetic probe and reads the live environment's
+own counters since the flip from a snapshot. A breach calls ``on_breach`` at
+once (the Controller's auto_rollback, which records ``auto_rollback`` with the
+reason): ``probe_failures`` consecutive failed probes, or, once at least
 ``min_requests`` user requests finished in the window, a 5xx ratio above
 ``max_error_ratio`` or a p99 latency above ``max_p99``. While traffic is held
 no probe is sent and the window is extended. The outcome is passed,
@@ -18,18 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
 
-from proxy.backends import LATENCY_BUCKETS
+from proxy import LATENCY_BUCKETS
 
-from .gates import base_url
+from .gates import Fetch, Opener, http_fetch
 
 if TYPE_CHECKING:
-    from proxy.config import AnalysisConfig
-
-    from .controller import Controller
+    from proxy import AnalysisConfig, EnvironmentSnapshot, Snapshot
 
 log = logging.getLogger("cutover.analysis")
 
@@ -49,13 +49,23 @@ def p99(counts: list[int]) -> float | None:
 
 
 class Analysis:
-    """Analysis: one watch over the environment a switch made live."""
+    """Analysis: one watch over the environment a switch made live.
 
-    def __init__(self, controller: "Controller", generation: int, env: str, config: "AnalysisConfig") -> None:
-        self.controller = controller
+    ``snapshot`` reads the data plane; ``probe_url`` is where the synthetic probes go;
+    ``on_breach(analysis, reason)`` rolls back (its outcome decides rolled_back or failed);
+    ``opener`` gives the probes' HTTP (http_fetch; tests pass one without sockets).
+    """
+
+    def __init__(self, generation: int, env: str, config: "AnalysisConfig", snapshot: Callable[[], "Snapshot"],
+                 probe_url: str, on_breach: Callable[["Analysis", str], Awaitable[object]],
+                 opener: Opener = http_fetch) -> None:
         self.generation = generation
         self.env = env
         self.config = config
+        self._snapshot = snapshot
+        self.probe_url = probe_url
+        self._on_breach = on_breach
+        self._opener = opener
         self.state = "running"          # running | passed | rolled_back | cancelled | failed
         self.reason: str | None = None
         self.started = time.time()
@@ -68,10 +78,14 @@ class Analysis:
         self.first_failure_at: float | None = None
         self.rolled_back_at: float | None = None
         self.done = asyncio.get_running_loop().create_future()
-        environment = controller.router.environments[env]
-        self._responses = list(environment.responses)
-        self._latency = list(environment.latency_counts)
+        environment = self._environment()
+        self._responses = environment.responses
+        self._latency = environment.latency_counts
         self._task = asyncio.create_task(self._run())
+
+    def _environment(self) -> "EnvironmentSnapshot":
+        """_environment: the watched environment in a fresh snapshot (its counters since start-up)."""
+        return self._snapshot().router.env(self.env)
 
     def cancel(self, why: str) -> None:
         """cancel: a newer switch replaced this one; stop watching."""
@@ -94,7 +108,7 @@ class Analysis:
             self.done.set_result(self.to_dict())
 
     def _live_breach(self) -> str | None:
-        environment = self.controller.router.environments[self.env]
+        environment = self._environment()
         delta = [now - then for now, then in zip(environment.responses, self._responses)]
         # Only user traffic decides (SPEC §6: a minimum sample, so low traffic does not);
         # the probes speak for themselves through probe_failures.
@@ -113,34 +127,30 @@ class Analysis:
                        f"> max_p99 {self.config.max_p99}s"
         return None
 
-    async def _probe(self, session: aiohttp.ClientSession, url: str) -> str | None:
+    async def _probe(self, fetch: Fetch) -> str | None:
         self.probes += 1
         try:
-            async with session.get(url) as resp:
-                await resp.read()
-                self.probe_answers += 1
-                if resp.status < 500:
-                    return None
-                self.probe_errors += 1
-                return f"probe GET {self.config.probe_path} answered {resp.status}"
+            status, _ = await fetch("GET", self.probe_url, {}, True)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return f"probe GET {self.config.probe_path} failed: {type(exc).__name__}"
+        self.probe_answers += 1
+        if status < 500:
+            return None
+        self.probe_errors += 1
+        return f"probe GET {self.config.probe_path} answered {status}"
 
     async def _run(self) -> None:
-        proxy = self.controller.proxy
-        url = base_url(proxy.config.listen.host, proxy.port) + self.config.probe_path
         deadline = time.monotonic() + self.config.window
         consecutive = 0
-        timeout = aiohttp.ClientTimeout(total=max(self.config.interval, 1.0))
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with self._opener(max(self.config.interval, 1.0)) as fetch:
                 while time.monotonic() < deadline:
-                    if self.controller.router.held:
+                    if self._snapshot().router.held:
                         # Traffic is held on purpose: a probe would only wait; the window waits too.
                         await asyncio.sleep(self.config.interval)
                         deadline += self.config.interval
                         continue
-                    failure = await self._probe(session, url)
+                    failure = await self._probe(fetch)
                     if failure is None:
                         consecutive = 0
                     else:
@@ -176,7 +186,7 @@ class Analysis:
         self.reason = breach
         log.warning("analysis of generation %d on %s: %s; rolling back", self.generation, self.env, breach)
         try:
-            await self.controller.auto_rollback(f"analysis: {breach}", analysis=self)
+            await self._on_breach(self, f"analysis: {breach}")
         except Exception as exc:
             log.error("auto-rollback failed: %s", exc)
             self.state = "failed"

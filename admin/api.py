@@ -2,8 +2,8 @@
 
 Each handler parses a JSON body (an empty body is {}), calls one Controller
 method and answers its result as JSON. Errors are JSON
-``{"error": "...", "code": "..."}``; ControlError carries its own status and
-code, and the few protocol errors (401, 403, 404, 405, 413) are mapped here.
+``{"error": "...", "code": "..."}``: every refusal is a ControlError with a stable
+code, and STATUS below is the one table that gives each code its HTTP status.
 
 Before any handler, the middleware refuses a request whose method is not safe
 (a mutation) when its Origin, Sec-Fetch-Site or Host say a web page of another
@@ -57,8 +57,45 @@ ACTOR = web.RequestKey("actor", str)                # which token the request ca
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")          # RFC 9110 §9.2.1; anything else is a mutation
 
 
+# The one table from error code to HTTP status (SPEC §7): every ControlError, whoever raised
+# it, is answered with its code's status; the OpenAPI document lists the same codes.
+STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "unknown_environment": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "cross_origin": 403,
+    "forbidden_host": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "locked": 409,
+    "gate_failed": 409,
+    "no_previous": 409,
+    "no_canary": 409,
+    "conflict": 409,
+    "superseded": 409,
+    "generation_mismatch": 412,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "idempotency_key_reused": 422,
+    "internal": 500,
+    "state_unavailable": 503,
+    "idempotency_busy": 503,
+}
+
+
+def status_of(code: str) -> int:
+    """status_of: the HTTP status of an error code (ControlError.status); a code not in STATUS is a bug: 500."""
+    return STATUS.get(code, 500)
+
+
+def refused(exc: ControlError) -> web.Response:
+    """refused: the JSON answer of a ControlError: its code's status, its message and extra fields."""
+    return error(status_of(exc.code), exc.code, str(exc), **exc.extra)
+
+
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    """error: the JSON error answer every failure uses."""
+    """error: the JSON error answer every failure uses (refused for a ControlError, else the middleware's own)."""
     body = {"error": message, "code": code}
     body.update(extra)
     headers = {"WWW-Authenticate": 'Bearer realm="cutover"'} if status == 401 else None
@@ -73,35 +110,34 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     """errors_and_auth: where a mutation comes from, bearer auth on /v1, and every error as JSON."""
     unsafe = request.method not in SAFE_METHODS
     if unsafe:
-        refused = refusal(request.app[LISTENER], _bound_port(request), _one(request, "Host"),
-                          _one(request, "Origin"), _one(request, "Sec-Fetch-Site"), request.scheme)
-        if refused is not None:
-            return _refuse(request, refused)
+        cross_site = refusal(request.app[LISTENER], _bound_port(request), _one(request, "Host"),
+                             _one(request, "Origin"), _one(request, "Sec-Fetch-Site"), request.scheme)
+        if cross_site is not None:
+            return _refuse(request, cross_site)
     if request.path.startswith("/v1/"):
         actor = authenticate(request)
         if actor is None:
-            return _refuse(request, ControlError(401, "unauthorized", "missing or wrong bearer token"))
+            return _refuse(request, ControlError("unauthorized", "missing or wrong bearer token"))
         request[ACTOR] = actor
         if unsafe and actor == "read":
-            return _refuse(request, ControlError(403, "forbidden", f"the read token may only read; "
-                                                                   f"{request.method} needs the admin token"))
+            return _refuse(request, ControlError("forbidden", f"the read token may only read; "
+                                                              f"{request.method} needs the admin token"))
     try:
         return await handler(request)
     except ControlError as exc:
-        return error(exc.status, exc.code, str(exc), **exc.extra)
+        return refused(exc)
     except web.HTTPRequestEntityTooLarge:
-        refused = too_large()
-        return error(refused.status, refused.code, str(refused))
+        return refused(too_large())
     except web.HTTPMethodNotAllowed as exc:
-        return error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}; "
-                     f"use {', '.join(sorted(exc.allowed_methods))}")
+        return refused(ControlError("method_not_allowed", f"{request.method} is not allowed on {request.path}; "
+                                    f"use {', '.join(sorted(exc.allowed_methods))}"))
     except web.HTTPNotFound:
-        return error(404, "not_found", f"no endpoint {request.path}")
-    except web.HTTPException as exc:
+        return refused(ControlError("not_found", f"no endpoint {request.path}"))
+    except web.HTTPException as exc:   # any other status aiohttp answers, passed through as it is
         return error(exc.status, "http_error", exc.reason)
     except Exception as exc:   # a bug: answer JSON, keep the details in the log
         log.exception("admin %s %s failed", request.method, request.path)
-        return error(500, "internal", f"internal error: {type(exc).__name__}")
+        return refused(ControlError("internal", f"internal error: {type(exc).__name__}"))
 
 
 def authenticate(request: web.Request) -> str | None:
@@ -128,14 +164,14 @@ def caller_of(request: web.Request) -> Caller:
     return Caller(request.get(ACTOR, "none"), request.remote)
 
 
-def _refuse(request: web.Request, refused: ControlError) -> web.Response:
+def _refuse(request: web.Request, exc: ControlError) -> web.Response:
     """_refuse: the middleware's 401/403, logged in one line through the bounded REFUSALS log."""
     route = request.match_info.route
     what = route.name if route.name else f"{request.method} {_shown(request.path)}"
     who = f" by {request[ACTOR]}" if ACTOR in request else ""
     request.app[REFUSALS].log(logging.WARNING, "admin %s%s from %s refused: %s (%d)", what, who,
-                              request.remote, refused.code, refused.status)
-    return error(refused.status, refused.code, str(refused))
+                              request.remote, exc.code, status_of(exc.code))
+    return refused(exc)
 
 
 def _one(request: web.Request, name: str) -> str | None:
@@ -200,7 +236,7 @@ def answered(action: str, handler: Callable[[web.Request], Awaitable[web.Respons
             return await handler(request)
         except ControlError as exc:
             _log_refused(action, caller_of(request), exc)
-            return error(exc.status, exc.code, str(exc), **exc.extra)
+            return refused(exc)
 
     async def run(request: web.Request) -> web.Response:
         caller = caller_of(request)
@@ -213,13 +249,13 @@ def answered(action: str, handler: Callable[[web.Request], Awaitable[web.Respons
 
             async def remembered() -> Answer:
                 resp = await attempt(request)
-                assert isinstance(resp.body, bytes)     # every answer here is JSON text
-                return Answer(resp.status, dict(resp.headers), resp.body)
+                # every answer here is a json_response, whose body is bytes
+                return Answer(resp.status, dict(resp.headers), bytes(resp.body or b""))
             answer, replayed = await request.app[IDEMPOTENCY].run(
                 (caller.actor, request.method, request.path, key), fingerprint, remembered)
         except ControlError as exc:
             _log_refused(action, caller, exc)
-            return error(exc.status, exc.code, str(exc), **exc.extra)
+            return refused(exc)
         resp = web.Response(status=answer.status, headers=answer.headers, body=answer.body)
         if replayed:
             resp.headers[REPLAYED] = "true"
@@ -248,9 +284,10 @@ def _log_applied(action: str, caller: Caller, data: dict, result: dict) -> None:
 
 def _log_refused(action: str, caller: Caller, exc: ControlError) -> None:
     """_log_refused: the one line of a mutation refused after auth (locked, gate_failed, bad body, ...)."""
-    level = logging.ERROR if exc.status >= 500 else logging.WARNING
+    status = status_of(exc.code)
+    level = logging.ERROR if status >= 500 else logging.WARNING
     log.log(level, "admin %s by %s from %s refused: %s (%d): %s", action, caller.actor, caller.client,
-            exc.code, exc.status, " ".join(str(exc).split())[:300])
+            exc.code, status, " ".join(str(exc).split())[:300])
 
 
 async def status(request: web.Request) -> web.Response:
@@ -274,8 +311,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """healthz: GET /healthz (no auth), liveness: 200 while the process answers at all."""
-    controller = request.app[CONTROLLER]
-    live = controller.router.environments[controller.router.route.live]
+    router = request.app[CONTROLLER].plane.snapshot().router
+    live = router.env(router.route.live)
     return web.json_response({"ok": True, "live": live.name, "live_healthy": live.healthy})
 
 
@@ -285,21 +322,22 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if report["ready"] else 503)
 
 
-def make_app(controller: Controller, proxy, token: str | None, read_token: str | None = None) -> web.Application:
+def make_app(controller: Controller, token: str | None, read_token: str | None = None) -> web.Application:
     """make_app: the admin application; ``token`` None or empty turns auth off (loopback only).
 
     ``read_token`` (admin.read_token) may only read; serve.py runs the result with
-    listener.AdminRunner.
+    listener.AdminRunner. Status, /metrics, /healthz and /readyz read the data plane
+    through ``controller.plane.snapshot``.
     """
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
     app[CONTROLLER] = controller
     app[TOKEN] = token or ""
     app[READ_TOKEN] = (read_token or "") if token else ""
     app[LISTENER] = AdminListener.of(controller.config.admin.listen)
-    app[READINESS] = Readiness(controller.router)
+    app[READINESS] = Readiness(controller.plane.snapshot)
     app[IDEMPOTENCY] = IdempotencyCache()
     app[REFUSALS] = LogLimit(log, "malformed or refused admin requests")
-    registry = make_registry(proxy, controller)
+    registry = make_registry(controller.plane.snapshot, controller)
     app[RENDER] = lambda: render(registry)
     c = Controller
     routes = [

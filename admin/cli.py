@@ -72,19 +72,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .story.demo import run_demo
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return _run(run_demo(json_output=args.json, keep_running=args.keep_running,
                          duration=args.duration, objective_ms=args.objective_ms))
 
 
 def cmd_schema_check(args: argparse.Namespace) -> int:
-    from . import schema_check
+    from .story import schema_check
     return schema_check.run(args)
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from . import drill
+    from .story import drill
     if client_option(args, "idempotency_key", None) is not None:
         raise UsageError("cutover drill", "--idempotency-key applies to one admin call; "
                          "the drill makes several, each with its own")
@@ -477,7 +477,7 @@ def add_admin_commands(sub) -> None:
     command("abort", "stop the canary: every request goes to live again")
     p = command("history", "list the switch history, oldest first")
     p.add_argument("--limit", metavar="N", type=positive_int, help="only the last N events")
-    from . import drill
+    from .story import drill
     p = sub.add_parser("drill", help="flip to the other environment and back under probes; "
                        "report recovery times", description="rollback drill against a running router")
     add_client_options(p, "", keyed=False)
@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rollback recovery-time objective of the drill (default 100)")
     p.set_defaults(func=cmd_demo)
 
-    from . import schema_check
+    from .story import schema_check
     p = sub.add_parser("schema-check", help="flag migration statements that break the version still serving")
     schema_check.add_arguments(p)
     p.set_defaults(func=cmd_schema_check)

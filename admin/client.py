@@ -132,6 +132,13 @@ class AdminClient:
     async def abort(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
         return await self._call("POST", "/v1/abort", _body(reason=reason), idempotency_key=idempotency_key)
 
+    async def attest(self, from_version: str, to_version: str, by: str | None = None,
+                     idempotency_key: str | None = None) -> dict:
+        """attest: POST /v1/schema/attest, migrating from_version -> to_version is schema-compatible."""
+        return await self._call("POST", "/v1/schema/attest",
+                                {"from_version": from_version, "to_version": to_version, **_body(by=by)},
+                                idempotency_key=idempotency_key)
+
     async def healthz(self) -> dict:
         return await self._call("GET", "/healthz")
 

@@ -3,41 +3,55 @@
 The admin API and the CLI (through the API) call one method per mutation.
 Each mutation runs under one lock, so compare-and-swap and gates see a
 stable route; it builds the new State, saves it through the store (so an
-acknowledged change survives a crash), then applies it to the Router. Domain
-errors are ControlError with an HTTP status and a stable code; the API maps
-them in one place.
+acknowledged change survives a crash), then sends it to the data plane as one
+Change (plane.py) and answers once the Ack is back. It reads the data plane
+only through snapshots. The hold is the Controller's: the State keeps its
+deadline and the Controller runs the one timer that ends it; the data plane
+only holds and releases. Domain errors are ControlError with a stable code;
+api.py maps codes to HTTP statuses in one table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
-from proxy.config import Config
-from proxy.drain import Drain
-from proxy.route import Route
-from proxy.router import Router
+from proxy import Config, DrainSnapshot, EnvironmentSnapshot, Route
 
 from .analysis import Analysis
-from .gates import GateResult, run_gates
-from .state import State, StateError, StateNotDurable, StateStore
+from .gates import GateInputs, GateResult, listen_url, run_gates
+from .plane import Change, DataPlane, Hold
+from .state import Revision, State, StateConflict, StateError, StateNotDurable, StateStore, drain_fields
 
 log = logging.getLogger("cutover.controller")
 
+_WATCH_RETRY = 1.0   # seconds before the follower watches the store again after a failed watch
+
 
 class ControlError(Exception):
-    """ControlError: a refused admin call; status is the HTTP status, code the stable error code."""
+    """ControlError: a refused admin call: a stable code, a message for a person, extra answer fields.
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    Raised by the Controller and the admin modules before it (request parsing, auth,
+    idempotency); api.py's STATUS table gives each code its HTTP status.
+    """
+
+    def __init__(self, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.extra = extra
+
+    @property
+    def status(self) -> int:
+        """status: the HTTP status api.STATUS maps this code to (the answer's and the log line's)."""
+        from .api import status_of   # api.py imports this module: look the table up when asked
+        return status_of(self.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +75,21 @@ def now_iso() -> str:
 
 
 class Controller:
-    """Controller: flip, rollback, hold, lock and canary over a Router, persisted in a StateStore."""
+    """Controller: flip, rollback, hold, lock and canary over a DataPlane, persisted in a StateStore."""
 
-    def __init__(self, config: Config, router: Router, store: StateStore, state: State, proxy=None) -> None:
+    def __init__(self, config: Config, plane: DataPlane, store: StateStore, state: State,
+                 revision: Revision = None) -> None:
         self.config = config
-        self.router = router
-        self.proxy = proxy            # the data plane's listeners, for the gates' preview route
+        self.plane = plane
+        self.environments = tuple(config.environments)   # in config order, as the data plane has them
         self.store = store
         self.state = state
         self.lock = asyncio.Lock()          # one mutation at a time
         self.save_lock = asyncio.Lock()     # one store write at a time
-        self._detail_pending = False
+        self.revision = revision            # the store's revision of ``state``: what the next commit expects
+        self._later: collections.deque[Callable[[], Awaitable[None]]] = collections.deque()  # detail writes
         self._detail_task: asyncio.Task | None = None
+        self._follow_task: asyncio.Task | None = None   # takes what the store reports committed elsewhere
         self._details: dict[tuple[int, str], dict] = {}   # drain outcomes by (generation, from)
         self.counts = {action: 0 for action in ("flip", "rollback", "auto_rollback", "promote", "canary", "abort")}
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
@@ -81,15 +98,20 @@ class Controller:
         self._analyses: dict[int, Analysis] = {}  # the last few watches, by the generation they watch
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
         self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
-        router.on_drain.append(self._drain_finished)
-        router.on_resume.append(self._hold_expired)
+        self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
+        plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
 
     @staticmethod
-    def initial_state(config: Config, store: StateStore) -> State:
-        """initial_state: the saved state checked against the config, or a fresh one from config.live."""
-        return Controller.checked_state(config, store.load(), store.describe())
+    async def initial_state(config: Config, store: StateStore) -> tuple[State, Revision]:
+        """initial_state: the stored state checked against the config (or a fresh one), and its revision.
+
+        For a start from any store; check_start reads a state file itself (check-config is
+        synchronous) and hands the Controller the revision it read.
+        """
+        saved, revision = await store.load()
+        return Controller.checked_state(config, saved, store.describe()), revision
 
     @staticmethod
     def checked_state(config: Config, saved: State | None, source: str) -> State:
@@ -109,35 +131,64 @@ class Controller:
         return Route(state.generation, state.live, previous=state.previous, canary=state.canary,
                      canary_weight=state.canary_weight, environments=environments)
 
-    def start(self) -> None:
-        """start: apply the loaded state to the router (called once, inside the event loop)."""
-        self.router.route = self.route_of(self.state, tuple(self.router.environments))
+    async def start(self) -> None:
+        """start: put a saved hold back on the data plane (serve's start-up calls it once).
+
+        The plane was built serving route_of(state); a hold saved with a deadline still ahead
+        holds again until that same deadline, one that passed meanwhile is recorded as resumed.
+        """
         if self.state.held:
             remaining = (self.state.hold_until or 0) - time.time()
             if remaining > 0:
-                self.router.hold(remaining)
+                await self.plane.apply(Change(hold=Hold(True, self.state.hold_until)))
+                self._arm_hold_timer(self.state.hold_until)
             else:
-                self.state.held = False
-                self.state.hold_until = None
-                self._record(self.state, "resume", "hold timeout (expired while cutover was stopped)",
-                             released=0)
-                self._save_later()
-                log.info("resume: the saved hold expired while cutover was stopped")
+                await self._record_resume(0, "hold timeout (expired while cutover was stopped)")
+        self._follow_task = asyncio.get_running_loop().create_task(self._follow())
+
+    def stop(self) -> None:
+        """stop: disarm the hold timer (serve's Running.stop, before the data plane shuts down).
+
+        A hold still running stays in the state, so the next start holds again until its
+        saved deadline instead of this process recording a resume while it stops.
+        """
+        self._arm_hold_timer(None)
+
+    async def close(self) -> None:
+        """close: stop following the store, then let the pending detail writes end (at most 5 s).
+
+        serve's Running.stop calls it after the data plane has shut down, so the outcomes of
+        the last drains are in the store before the process exits.
+        """
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.wait({self._follow_task})
+        if self._detail_task is not None and not self._detail_task.done():
+            await asyncio.wait({self._detail_task}, timeout=5)
 
     # -------------------------------------------------------------- reading
 
     def status(self) -> dict:
-        """status: GET /v1/status (SPEC §7)."""
-        status = self.router.status()
-        status["locked"] = self.state.locked
-        status["lock_reason"] = self.state.lock_reason
-        status["hold_until"] = _iso(self.state.hold_until) if self.router.held else None
-        status["analysis"] = self.analysis.to_dict() if self.analysis is not None else None
-        if self.proxy is not None:
-            status["listen"] = f"{self.config.listen.host}:{self.proxy.port}"
-            status["preview_listen"] = (f"{self.config.preview_listen.host}:{self.proxy.preview_port}"
-                                        if self.proxy.preview_port else None)
-        return status
+        """status: GET /v1/status (SPEC §7), from one snapshot of the data plane and the state."""
+        snapshot = self.plane.snapshot()
+        router = snapshot.router
+        route = router.route
+        return {
+            "live": route.live,
+            "previous": route.previous,
+            "generation": route.generation,
+            "held": router.held,
+            "held_requests": router.held_requests,
+            "weights": route.weights,
+            "environments": {env.name: _environment_status(env) for env in router.environments},
+            "draining": {drain.environment: _drain_result(drain) for drain in router.drains},
+            "locked": self.state.locked,
+            "lock_reason": self.state.lock_reason,
+            "hold_until": _iso(self.state.hold_until) if router.held else None,
+            "analysis": self.analysis.to_dict() if self.analysis is not None else None,
+            "listen": snapshot.listen,
+            "preview_listen": snapshot.preview_listen,
+        }
 
     def history(self, limit: int | None = None, since: datetime | None = None) -> dict:
         """history: GET /v1/history, oldest first: the newest ``limit`` events recorded after ``since``.
@@ -183,7 +234,7 @@ class Controller:
             self._check_unlocked("rollback")
             target = self.state.previous
             if target is None:
-                raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
+                raise ControlError("no_previous", "there is no previous environment to roll back to")
             gates = await self._gates(target, force, health_only=True)
             return await self._switch("rollback", target, reason, force, gates, started=started, caller=caller)
 
@@ -192,9 +243,9 @@ class Controller:
         started = time.perf_counter()
         async with self.lock:
             if analysis is not None and analysis is not self.analysis:
-                raise ControlError(409, "superseded", "a newer switch replaced the analysed one")
+                raise ControlError("superseded", "a newer switch replaced the analysed one")
             if self.state.previous is None:
-                raise ControlError(409, "no_previous", "there is no previous environment to roll back to")
+                raise ControlError("no_previous", "there is no previous environment to roll back to")
             return await self._switch("auto_rollback", self.state.previous, reason, True, [], started=started)
 
     async def wait_for_analysis(self, generation: int) -> dict | None:
@@ -214,7 +265,7 @@ class Controller:
         async with self.lock:
             self._check_unlocked("promote")
             if not self.state.canary_weight or self.state.canary is None:
-                raise ControlError(409, "no_canary", "no canary is running")
+                raise ControlError("no_canary", "no canary is running")
             target = self.state.canary
             seen = self.state.generation
         gates = await self._gates(target, force)
@@ -226,7 +277,7 @@ class Controller:
                      caller: Caller = INTERNAL) -> dict:
         """canary: send ``weight`` percent of new requests to the idle environment."""
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-            raise ControlError(400, "bad_request", '"weight" must be an integer from 0 to 100')
+            raise ControlError("bad_request", '"weight" must be an integer from 0 to 100')
         async with self.lock:
             self._check_unlocked("canary")
             idle = self._other(self.state.live)
@@ -253,37 +304,39 @@ class Controller:
         if timeout is None:
             timeout = self.config.hold.max_wait
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
-            raise ControlError(400, "bad_request", '"timeout" must be a number of seconds above 0 (at most 86400)')
+            raise ControlError("bad_request", '"timeout" must be a number of seconds above 0 (at most 86400)')
         async with self.lock:
             state = self._next()
             state.held = True
             state.hold_until = time.time() + timeout
             self._record(state, "hold", reason, caller=caller, timeout=timeout)
             await self._save(state)
-            self.router.hold(timeout)
+            await self.plane.apply(Change(hold=Hold(True, state.hold_until)))
+            self._arm_hold_timer(state.hold_until)
             return self._answer(changed=True)
 
     async def resume(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
         """resume: release every held request."""
         async with self.lock:
-            if not self.state.held and not self.router.held:
+            if not self.state.held:
                 return self._answer(changed=False, released=0)
             state = self._next()
             state.held = False
             state.hold_until = None
             entry = self._record(state, "resume", reason, caller=caller, released=0)
             await self._save(state)
-            entry["released"] = released = self.router.resume()
-            self._save_later()
+            self._arm_hold_timer(None)
+            released = await self._release()
+            self._amend_later(entry, released=released)
             return self._answer(changed=True, released=released)
 
     async def attest(self, from_version: Any, to_version: Any, by: Any = None, caller: Caller = INTERNAL) -> dict:
         """attest: record that migrating from_version -> to_version is schema-compatible (SPEC §6)."""
         for key, value in (("from_version", from_version), ("to_version", to_version)):
             if not isinstance(value, str) or not value:
-                raise ControlError(400, "bad_request", f'"{key}" must be a non-empty string')
+                raise ControlError("bad_request", f'"{key}" must be a non-empty string')
         if by is not None and not isinstance(by, str):
-            raise ControlError(400, "bad_request", '"by" must be a string')
+            raise ControlError("bad_request", '"by" must be a string')
         async with self.lock:
             state = self._next()
             state.attestations = [a for a in state.attestations
@@ -335,12 +388,11 @@ class Controller:
         if gates:
             entry["gates"] = [g.to_dict() for g in gates]
         await self._save(state)
-        self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        await self.plane.apply(Change(route=self.route_of(state, self.environments)))
         self._watch(action, state)
         if started is not None:
-            entry["recovery_ms"] = round((time.perf_counter() - started) * 1000, 3)
-            self.last_recovery_ms = entry["recovery_ms"]
-            self._save_later()
+            self.last_recovery_ms = round((time.perf_counter() - started) * 1000, 3)
+            self._amend_later(entry, recovery_ms=self.last_recovery_ms)
         self.counts[action] += 1
         if action == "auto_rollback":   # the API logs the calls it answers; this one is cutover's own
             log.warning("auto_rollback %s -> %s generation %d (%s)", source, target, state.generation, reason)
@@ -351,8 +403,11 @@ class Controller:
         previous = self.analysis
         if previous is not None and previous.state == "running" and action != "auto_rollback":
             previous.cancel(f"superseded by {action} to generation {state.generation}")
-        if action in ("flip", "promote") and self.config.analysis.window > 0 and self.proxy is not None:
-            self.analysis = Analysis(self, state.generation, state.live, self.config.analysis)
+        if action in ("flip", "promote") and self.config.analysis.window > 0:
+            snapshot = self.plane.snapshot
+            url = listen_url(snapshot().listen) + self.config.analysis.probe_path
+            self.analysis = Analysis(state.generation, state.live, self.config.analysis, snapshot, url,
+                                     self._breach)
             self._analyses[state.generation] = self.analysis
             while len(self._analyses) > 16:
                 del self._analyses[next(iter(self._analyses))]
@@ -366,9 +421,13 @@ class Controller:
         state.generation += 1
         entry = self._record(state, action, reason, target=canary, caller=caller, weight=weight)
         await self._save(state)
-        self.router.swap(self.route_of(state, tuple(self.router.environments)))
+        await self.plane.apply(Change(route=self.route_of(state, self.environments)))
         self.counts[action] += 1
         return self._answer(changed=True, change=_change(entry))
+
+    async def _breach(self, analysis: Analysis, reason: str) -> None:
+        """_breach: an analysis found the new live environment failing: roll back (its on_breach)."""
+        await self.auto_rollback(reason, analysis=analysis)
 
     def _analysis_finished(self, done: asyncio.Future) -> None:
         if not done.cancelled():
@@ -378,57 +437,93 @@ class Controller:
     async def _gates(self, target: str, force: bool, health_only: bool = False) -> list[GateResult]:
         if force:
             return []
-        results = await run_gates(self, target, health_only=health_only)
+        results = await run_gates(self._gate_inputs(), target, health_only=health_only)
         for result in results:
             key = (result.name, "passed" if result.passed else "failed")
             self.gate_counts[key] = self.gate_counts.get(key, 0) + 1
         failed = [r for r in results if not r.passed]
         if failed:
             why = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-            raise ControlError(409, "gate_failed", f"gate failed for {target}: {why}",
+            raise ControlError("gate_failed", f"gate failed for {target}: {why}",
                                gates=[r.to_dict() for r in results])
         return results
+
+    def _gate_inputs(self) -> GateInputs:
+        """_gate_inputs: what the gates read: snapshots, the preview token, attestations, gates config."""
+        token = self.config.admin.token if self.config.admin.auth != "none" else None
+        return GateInputs(snapshot=self.plane.snapshot, gates=self.config.gates,
+                          attestations=tuple(copy.deepcopy(self.state.attestations)),
+                          preview_token=token or None,
+                          config_dir=self.config.source.parent if self.config.source else None)
 
     def _next(self) -> State:
         """_next: a copy of the state to change; it replaces the current one only once saved."""
         return State.from_dict(self.state.to_dict(), "memory")
 
     async def _save(self, state: State) -> None:
-        """_save: make ``state`` durable, then current; ControlError 503 when the store fails."""
+        """_save: commit ``state`` and its new event to the store, then make it current.
+
+        Every caller holds self.lock. The event is the one the mutation's _record added (the
+        copy from _next has one event more than the current state). ControlError
+        state_unavailable when the store fails; conflict when the stored state moved since
+        this controller read it (another writer), after taking what is stored now.
+        """
+        event = state.history[-1] if len(state.history) > len(self.state.history) else None
         async with self.save_lock:
             try:
-                await self._write(state)
+                self.revision = await self.store.commit(state, self.revision, event)
             except StateNotDurable as exc:
                 log.warning("%s; applying it anyway, the file holds it", exc)
+                self.revision = exc.revision
+            except StateConflict as exc:
+                await self._conflicted(exc)
             except StateError as exc:
-                raise ControlError(503, "state_unavailable", f"not applied: {exc}") from exc
+                raise ControlError("state_unavailable", f"not applied: {exc}") from exc
+            limit = self.store.history_limit
+            if len(state.history) > limit:
+                del state.history[:len(state.history) - limit]
             self._apply_details(state)
             self.state = state
 
-    async def _write(self, state: State) -> None:
-        """_write: store a snapshot of ``state`` from a thread (the caller holds save_lock).
+    async def _conflicted(self, conflict: StateConflict) -> NoReturn:
+        """_conflicted: a commit found the store moved on: take what it holds, answer conflict.
 
-        Proxying goes on while the disk syncs; the snapshot is taken under the
-        lock, so an older state never lands after a newer one.
+        The same answer as a route that moved while a flip's gates ran; with the stored state
+        taken, a retry's if_generation is checked against it (412 when it moved).
         """
-        snapshot = State.from_dict(state.to_dict(), "memory")
-        await asyncio.to_thread(self.store.save, snapshot)
-        limit = getattr(self.store, "history_limit", None)
-        if limit is not None and len(state.history) > limit:
-            del state.history[:len(state.history) - limit]
+        try:
+            saved, revision = await self.store.load()
+        except StateError as exc:
+            raise ControlError("state_unavailable", f"not applied: {conflict}; reading it again "
+                               f"failed: {exc}") from exc
+        if saved is not None:
+            await self._take(saved, revision, force=True)
+        raise ControlError("conflict", f"not applied: {conflict}", generation=self.state.generation)
 
-    def _save_later(self) -> None:
-        """_save_later: save a detail added after the acknowledged change (drain result, timing)."""
-        self._detail_pending = True
+    def _amend_later(self, entry: dict, **fields: Any) -> None:
+        """_amend_later: add what a mutation learnt after its commit (recovery time, released count).
+
+        ``entry`` (the current state's event) takes ``fields`` at once; the store's copy
+        takes them in the background, after the answer.
+        """
+        entry.update(fields)
+        event = {key: entry.get(key) for key in ("at", "action", "generation")}
+        self._write_later(lambda: self.store.amend(event, fields))
+
+    def _write_later(self, write: Callable[[], Awaitable[None]]) -> None:
+        """_write_later: run a store write that adds a detail to an acknowledged change, in order."""
+        self._later.append(write)
         if self._detail_task is None or self._detail_task.done():
-            self._detail_task = asyncio.get_running_loop().create_task(self._save_details())
+            self._detail_task = asyncio.get_running_loop().create_task(self._write_details())
 
-    async def _save_details(self) -> None:
-        while self._detail_pending:
-            self._detail_pending = False
+    async def _write_details(self) -> None:
+        while self._later:
+            write = self._later.popleft()
             async with self.save_lock:
                 try:
-                    await self._write(self.state)
+                    await write()
+                except StateNotDurable as exc:
+                    log.warning("%s", exc)
                 except StateError as exc:
                     log.error("could not save a history detail: %s", exc)
 
@@ -447,21 +542,21 @@ class Controller:
         return status
 
     def _environment(self, name: Any) -> str:
-        if not isinstance(name, str) or name not in self.router.environments:
-            raise ControlError(400, "unknown_environment",
-                               f"unknown environment {name!r}; configured: {', '.join(self.router.environments)}")
+        if not isinstance(name, str) or name not in self.environments:
+            raise ControlError("unknown_environment",
+                               f"unknown environment {name!r}; configured: {', '.join(self.environments)}")
         return name
 
     def _other(self, name: str) -> str:
-        return next(env for env in self.router.environments if env != name)
+        return next(env for env in self.environments if env != name)
 
     def _check_generation(self, expected: Any) -> None:
         if expected is None:
             return
         if isinstance(expected, bool) or not isinstance(expected, int):
-            raise ControlError(400, "bad_request", '"if_generation" must be an integer')
+            raise ControlError("bad_request", '"if_generation" must be an integer')
         if expected != self.state.generation:
-            raise ControlError(412, "generation_mismatch",
+            raise ControlError("generation_mismatch",
                                f"generation is {self.state.generation}, not {expected}",
                                generation=self.state.generation)
 
@@ -469,32 +564,33 @@ class Controller:
         """_check_unchanged: after gates ran without the lock, nothing may have moved meanwhile."""
         self._check_unlocked(action)
         if self.state.generation != seen:
-            raise ControlError(409, "conflict", f"the route changed (generation {seen} -> "
+            raise ControlError("conflict", f"the route changed (generation {seen} -> "
                                f"{self.state.generation}) while the gates ran; {action} not applied",
                                generation=self.state.generation)
 
     def _check_unlocked(self, action: str) -> None:
         if self.state.locked:
             why = f" ({self.state.lock_reason})" if self.state.lock_reason else ""
-            raise ControlError(409, "locked", f"switching is locked{why}; {action} refused until unlock")
+            raise ControlError("locked", f"switching is locked{why}; {action} refused until unlock")
 
-    # ------------------------------------------------------- router events
+    # -------------------------------------------------- data plane events
 
-    def _drain_finished(self, drain: Drain) -> None:
+    def _drain_finished(self, drain: DrainSnapshot) -> None:
         """_drain_finished: add a drain's outcome to the history entry of the switch that started it."""
-        result = drain.result()
+        result = _drain_result(drain)
         for key in self.drain_counts:
             self.drain_counts[key] += result[key]
-        fields = {"drain": result, **{k: result[k] for k in ("drained", "forced_closed", "dropped")}}
+        fields = drain_fields(result)
         level = logging.WARNING if result["forced_closed"] or result["dropped"] else logging.INFO
         log.log(level, "drain of %s after generation %d ended in %.3fs: drained %d, forced_closed %d, "
-                "dropped %d, client_gone %d", drain.env.name, drain.generation, result["duration"] or 0.0,
+                "dropped %d, client_gone %d", drain.environment, drain.generation, result["duration"] or 0.0,
                 result["drained"], result["forced_closed"], result["dropped"], result["client_gone"])
-        self._details[(drain.generation, drain.env.name)] = fields
+        generation, source = drain.generation, drain.environment
+        self._details[(generation, source)] = fields
         while len(self._details) > 100:
             del self._details[next(iter(self._details))]
         self._apply_details(self.state)
-        self._save_later()
+        self._write_later(lambda: self.store.add_drain(generation, source, result))
 
     def _apply_details(self, state: State) -> None:
         """_apply_details: put the known drain outcomes into ``state``'s history entries.
@@ -509,13 +605,97 @@ class Controller:
             if fields is not None and "drain" not in entry:
                 entry.update(fields)
 
-    def _hold_expired(self, released: int, why: str) -> None:
-        """_hold_expired: the router resumed by itself at the hold's timeout; record it."""
-        asyncio.get_running_loop().create_task(self._record_resume(released, why))
+    # ------------------------------------------------------- the store's news
+
+    async def _follow(self) -> None:
+        """_follow: take each state the store reports committed elsewhere (start runs it, close stops it).
+
+        A watch that fails is logged and started again after _WATCH_RETRY seconds, from the
+        revision held then.
+        """
+        while True:
+            try:
+                async for saved, revision in self.store.watch(self.revision):
+                    async with self.lock:
+                        await self._take(saved, revision)
+                return
+            except StateError as exc:
+                log.error("watching %s failed: %s; watching again in %gs", self.store.describe(),
+                          exc, _WATCH_RETRY)
+            await asyncio.sleep(_WATCH_RETRY)
+
+    async def _take(self, saved: State, revision: Revision, force: bool = False) -> bool:
+        """_take: make a state committed elsewhere current, and put its route and hold on the data plane.
+
+        The caller holds self.lock: the follower, and _conflicted (``force``: the store's
+        state wins whatever it is). The follower skips what this controller holds already
+        (its revision) and a report behind it (a lower generation). A state naming an
+        environment the config has not got is logged, not taken. Returns whether it was taken.
+        """
+        if not force and (revision == self.revision or saved.generation < self.state.generation):
+            return False
+        try:
+            saved.check_environments(self.environments, self.store.describe())
+        except StateError as exc:
+            log.error("not taking a state committed elsewhere: %s", exc)
+            return False
+        before, self.state, self.revision = self.state, saved, revision
+        self._apply_details(saved)
+        route = self.route_of(saved, self.environments)
+        moved = route != self.route_of(before, self.environments)
+        held = (saved.held, saved.hold_until) != (before.held, before.hold_until)
+        if moved or held:
+            hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
+            await self.plane.apply(Change(route=route if moved else None, hold=hold))
+        if held:
+            self._arm_hold_timer(saved.hold_until if saved.held else None)
+        if saved.generation != before.generation and self.analysis is not None \
+                and self.analysis.state == "running":
+            self.analysis.cancel(f"superseded by a change committed elsewhere (generation {saved.generation})")
+        log.info("took the state committed elsewhere: live %s, generation %d, held %s, locked %s",
+                 saved.live, saved.generation, saved.held, saved.locked)
+        return True
+
+    # ----------------------------------------------------------------- hold
+
+    def _arm_hold_timer(self, until: float | None) -> None:
+        """_arm_hold_timer: the one hold timer, set to end the hold at ``until`` (wall clock), or stopped.
+
+        hold and start set it after the data plane acked the hold; resume stops it.
+        """
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if until is not None:
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                max(0.0, until - time.time()), self._hold_timed_out)
+
+    def _hold_timed_out(self) -> None:
+        """_hold_timed_out: the hold reached its deadline (the timer's callback)."""
+        self._hold_timer = None
+        asyncio.get_running_loop().create_task(self._end_hold("hold timeout"))
+
+    async def _end_hold(self, why: str) -> None:
+        """_end_hold: release the held requests at once, then record the resume.
+
+        A hold or resume that came between the timer and this task has re-armed or
+        stopped the timer, or already saved the resume: then this timeout is history.
+        """
+        if self._hold_timer is not None or not self.state.held:
+            return
+        released = await self._release()
+        await self._record_resume(released, why)
+
+    async def _release(self) -> int:
+        """_release: end the hold on the data plane; returns how many requests it was holding."""
+        held = self.plane.snapshot().router.held_requests
+        await self.plane.apply(Change(hold=Hold(False, None)))
+        return held
 
     async def _record_resume(self, released: int, why: str) -> None:
+        """_record_resume: save the resume a timeout made, unless a newer hold or a resume came first."""
         async with self.lock:
-            if self.router.held or not self.state.held:
+            if self._hold_timer is not None or not self.state.held:
                 return   # a newer hold, or a resume, came first: this timeout is history already
             state = self._next()
             state.held = False
@@ -538,6 +718,18 @@ def _parse_iso(text: Any) -> datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _environment_status(env: EnvironmentSnapshot) -> dict:
+    """_environment_status: one environment of GET /v1/status (SPEC §7)."""
+    return {"healthy": env.healthy, "inflight": env.inflight, "connections": env.connections,
+            "servers": [{"address": s.address, "healthy": s.healthy, "inflight": s.inflight,
+                         "connections": s.connections} for s in env.servers]}
+
+
+def _drain_result(drain: DrainSnapshot) -> dict:
+    """_drain_result: a drain's figures as status "draining" and the history entry's "drain" show them."""
+    return asdict(drain)
 
 
 def _change(entry: dict) -> dict:

@@ -1,12 +1,15 @@
 """Gates: checks a switch must pass before traffic moves to a target environment (SPEC §6).
 
-run_gates is called by the Controller (unless the call is forced) and returns
-one GateResult per gate, in order: health (every server of the target
-healthy), drift (fingerprints of both environments differ only in
-allow-listed keys), schema (a command, or an attestation for exactly this pair
-of versions), smoke (probes with expected status and body through the preview
-route) and warm-up (requests to configured paths, last, so caches are warm
-when users arrive). Later gates are skipped once one fails.
+run_gates is called by the Controller (unless the call is forced) with GateInputs
+(a snapshot source, the preview token, the attestations, the gates config) and
+returns one GateResult per gate, in order: health (every server of the target
+healthy), drift (fingerprints of both environments differ only in allow-listed
+keys), schema (a command, or an attestation for exactly this pair of versions),
+smoke (probes with expected status and body through the preview route) and
+warm-up (requests to configured paths, last, so caches are warm when users
+arrive). Later gates are skipped once one fails. The gates read the data plane
+only through snapshots and send HTTP only through a Fetch, so they run without
+a Router and, given a fake Fetch, without sockets.
 """
 
 from __future__ import annotations
@@ -14,16 +17,54 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 if TYPE_CHECKING:
-    from .controller import Controller
+    from proxy import GatesConfig, Route, Snapshot
 
 PROBE_TIMEOUT = 5.0          # seconds per smoke, warm-up or fingerprint request
 SCHEMA_TIMEOUT = 120.0       # seconds for the schema command
+
+# Fetch(method, url, headers, follow_redirects) -> (status, body as text): one HTTP request.
+# Raises aiohttp.ClientError or asyncio.TimeoutError when no answer comes.
+Fetch = Callable[[str, str, dict[str, str], bool], Awaitable[tuple[int, str]]]
+# Opener(timeout) -> an async context manager giving a Fetch (http_fetch, or a test's own).
+Opener = Callable[[float], AbstractAsyncContextManager[Fetch]]
+
+
+@asynccontextmanager
+async def http_fetch(timeout: float) -> AsyncIterator[Fetch]:
+    """http_fetch: a Fetch over one aiohttp session (``timeout`` seconds per request), open for the block.
+
+    run_gates and Analysis use it; their tests pass an opener of their own instead.
+    """
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async def fetch(method: str, url: str, headers: dict[str, str], follow: bool) -> tuple[int, str]:
+            async with session.request(method, url, headers=headers, allow_redirects=follow) as resp:
+                return resp.status, await resp.text(errors="replace")
+        yield fetch
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """GateInputs: everything the gates read, built by the Controller for one switch.
+
+    ``snapshot`` is the data plane's read model (called when a gate needs the servers or
+    listeners); ``preview_token`` is the token X-Cutover-Env needs (the admin token, None
+    when auth is off); ``config_dir`` is where gates.schema.command runs.
+    """
+
+    snapshot: Callable[[], "Snapshot"]
+    gates: "GatesConfig"
+    attestations: tuple[dict, ...] = ()
+    preview_token: str | None = None
+    config_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -38,29 +79,36 @@ class GateResult:
         return {"gate": self.name, "passed": self.passed, "reason": self.reason}
 
 
-def health_gate(controller: "Controller", target: str) -> GateResult:
+def health_gate(snapshot: "Snapshot", target: str) -> GateResult:
     """health_gate: every server of the target environment is healthy."""
-    env = controller.router.environments[target]
-    down = [s.address for s in env.servers if not s.healthy]
+    servers = snapshot.router.env(target).servers
+    down = [s.address for s in servers if not s.healthy]
     if down:
         return GateResult("health", False, f"unhealthy servers in {target}: {', '.join(down)}")
-    return GateResult("health", True, f"all {len(env.servers)} servers of {target} healthy")
+    return GateResult("health", True, f"all {len(servers)} servers of {target} healthy")
 
 
-def preview_routes(controller: "Controller", target: str) -> list[tuple[str, dict]]:
+def idle(route: "Route") -> str:
+    """idle: where the preview listener sends requests under ``route`` (preview_routes asks).
+
+    The canary while one runs, else the environment that is not live: the data plane's
+    own rule (Router.idle), read off the route a snapshot carries.
+    """
+    return route.canary if route.canary_weight and route.canary else route.other(route.live)
+
+
+def preview_routes(snapshot: "Snapshot", target: str, token: str | None) -> list[tuple[str, dict]]:
     """preview_routes: (base URL, headers) pairs that reach ``target`` off the user's path.
 
     The preview listener when it serves the target, else the main listener with
-    X-Cutover-Env and the admin token, else every server of the target directly.
+    X-Cutover-Env and the admin token (when the data plane honours one), else every
+    server of the target directly.
     """
-    proxy = controller.proxy
-    router = controller.router
-    if proxy.preview_port and router.idle(router.route) == target:
-        return [(base_url(proxy.config.preview_listen.host, proxy.preview_port), {})]
-    if proxy.preview_token:
-        return [(base_url(proxy.config.listen.host, proxy.port),
-                 {"X-Cutover-Env": target, "X-Cutover-Token": proxy.preview_token.decode()})]
-    return [(f"http://{server.address}", {}) for server in router.environments[target].servers]
+    if snapshot.preview_listen is not None and idle(snapshot.router.route) == target:
+        return [(listen_url(snapshot.preview_listen), {})]
+    if token and snapshot.preview_token_set:
+        return [(listen_url(snapshot.listen), {"X-Cutover-Env": target, "X-Cutover-Token": token})]
+    return [(f"http://{server.address}", {}) for server in snapshot.router.env(target).servers]
 
 
 def base_url(host: str, port: int) -> str:
@@ -70,14 +118,21 @@ def base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def listen_url(listen: str) -> str:
+    """listen_url: base_url of a listener as a snapshot names it ("host:port", "[v6]:port")."""
+    host, _, port = listen.rpartition(":")
+    return base_url(host.removeprefix("[").removesuffix("]"), int(port))
+
+
 class GateRun:
-    """GateRun: what the gates of one switch share: an HTTP session and the fingerprints fetched.
+    """GateRun: what the gates of one switch share: the inputs, a Fetch and the fingerprints fetched.
 
     Drift and schema both read fingerprints; each server is asked once per run.
     """
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
+    def __init__(self, inputs: GateInputs, fetch: Fetch) -> None:
+        self.inputs = inputs
+        self.fetch = fetch
         self._fingerprints: dict[str, dict | ValueError] = {}
 
     async def fingerprint(self, address: str, path: str) -> dict:
@@ -85,7 +140,7 @@ class GateRun:
         key = address + path
         if key not in self._fingerprints:
             try:
-                self._fingerprints[key] = await server_fingerprint(address, path, self.session)
+                self._fingerprints[key] = await server_fingerprint(address, path, self.fetch)
             except ValueError as exc:
                 self._fingerprints[key] = exc
         found = self._fingerprints[key]
@@ -94,24 +149,20 @@ class GateRun:
         return found
 
 
-async def _get(session: aiohttp.ClientSession, method: str, url: str, headers: dict) -> tuple[int, str]:
-    async with session.request(method, url, headers=headers, allow_redirects=False) as resp:
-        return resp.status, await resp.text(errors="replace")
-
-
-async def smoke_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
+async def smoke_gate(run: GateRun, target: str) -> GateResult:
     """smoke_gate: every configured probe answers as expected through the preview route."""
-    probes = controller.config.gates.smoke
-    routes = preview_routes(controller, target)
+    probes = run.inputs.gates.smoke
+    snapshot = run.inputs.snapshot()
+    routes = preview_routes(snapshot, target, run.inputs.preview_token)
     if len(routes) == 1:
         # Through the router each probe meets one server: repeat it once per server of the
         # target, and the round robin among equally loaded servers lets each one answer.
-        routes = routes * len(controller.router.environments[target].servers)
+        routes = routes * len(snapshot.router.env(target).servers)
     for base, headers in routes:
         for probe in probes:
             url = base + probe.path
             try:
-                status, body = await _get(run.session, probe.method, url, headers)
+                status, body = await run.fetch(probe.method, url, headers, False)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 return GateResult("smoke", False, f"{probe.method} {probe.path}: {type(exc).__name__} {exc}")
             if status != probe.expect_status:
@@ -123,18 +174,18 @@ async def smoke_gate(controller: "Controller", target: str, run: GateRun) -> Gat
     return GateResult("smoke", True, f"{len(probes)} probe(s) passed on {target}")
 
 
-async def warmup_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
+async def warmup_gate(run: GateRun, target: str) -> GateResult:
     """warmup_gate: send the configured warm-up requests to the target; 5xx or errors fail it."""
-    warmup = controller.config.gates.warmup
+    warmup = run.inputs.gates.warmup
     sent = failed = 0
     last = ""
-    routes = preview_routes(controller, target)
+    routes = preview_routes(run.inputs.snapshot(), target, run.inputs.preview_token)
     for path in warmup.paths:
         for i in range(warmup.requests):
             base, headers = routes[i % len(routes)]
             sent += 1
             try:
-                status, _ = await _get(run.session, "GET", base + path, headers)
+                status, _ = await run.fetch("GET", base + path, headers, False)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failed += 1
                 last = f"GET {path}: {type(exc).__name__}"
@@ -181,12 +232,10 @@ def drift(live: dict, target: dict, ignore: tuple[str, ...]) -> list[str]:
     return out
 
 
-async def server_fingerprint(address: str, path: str, session: aiohttp.ClientSession) -> dict:
+async def server_fingerprint(address: str, path: str, fetch: Fetch) -> dict:
     """server_fingerprint: the JSON object one server answers at ``path`` (ValueError otherwise)."""
     try:
-        async with session.get(f"http://{address}{path}") as resp:
-            status = resp.status
-            text = await resp.text()
+        status, text = await fetch("GET", f"http://{address}{path}", {}, True)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise ValueError(f"{address}: {type(exc).__name__}") from None
     if status != 200:
@@ -200,10 +249,10 @@ async def server_fingerprint(address: str, path: str, session: aiohttp.ClientSes
     return data
 
 
-async def fingerprint(controller: "Controller", env: str, path: str, run: GateRun) -> dict:
+async def fingerprint(run: GateRun, env: str, path: str) -> dict:
     """fingerprint: the JSON fingerprint of the first healthy server of ``env`` that answers."""
-    servers = [s for s in controller.router.environments[env].servers if s.healthy] or \
-        controller.router.environments[env].servers
+    servers = run.inputs.snapshot().router.env(env).servers
+    servers = tuple(s for s in servers if s.healthy) or servers
     errors = []
     for server in servers:
         try:
@@ -213,17 +262,17 @@ async def fingerprint(controller: "Controller", env: str, path: str, run: GateRu
     raise ValueError(f"no fingerprint from {env} ({'; '.join(errors)})")
 
 
-async def drift_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
+async def drift_gate(run: GateRun, target: str) -> GateResult:
     """drift_gate: the target's config fingerprint matches live's outside the allow-list."""
-    gate = controller.config.gates.drift
-    live = controller.router.route.live
+    gate = run.inputs.gates.drift
+    live = run.inputs.snapshot().router.route.live
     if live == target:
         return GateResult("drift", True, "target is live")
     try:
-        a = await fingerprint(controller, live, gate.path, run)
+        a = await fingerprint(run, live, gate.path)
     except ValueError as exc:
         return GateResult("drift", False, str(exc))
-    for server in controller.router.environments[target].servers:
+    for server in run.inputs.snapshot().router.env(target).servers:
         # Every server of the target is compared: one misconfigured copy is enough to refuse.
         try:
             b = await run.fingerprint(server.address, gate.path)
@@ -237,35 +286,35 @@ async def drift_gate(controller: "Controller", target: str, run: GateRun) -> Gat
                       + (f" (ignoring {', '.join(gate.ignore)})" if gate.ignore else ""))
 
 
-async def versions(controller: "Controller", target: str, run: GateRun) -> tuple[str, str]:
+async def versions(run: GateRun, live: str, target: str) -> tuple[str, str]:
     """versions: (version serving now, version of the target), from the fingerprints' "version" key."""
-    path = controller.config.gates.drift.path if controller.config.gates.drift else "/__fingerprint"
-    live = controller.router.route.live
+    drift = run.inputs.gates.drift
+    path = drift.path if drift else "/__fingerprint"
     out = []
     for env in (live, target):
-        data = await fingerprint(controller, env, path, run)
+        data = await fingerprint(run, env, path)
         if "version" not in data:
             raise ValueError(f'the fingerprint of {env} ({path}) has no "version"')
         out.append(str(data["version"]))
     return out[0], out[1]
 
 
-async def schema_gate(controller: "Controller", target: str, run: GateRun) -> GateResult:
+async def schema_gate(run: GateRun, target: str) -> GateResult:
     """schema_gate: an attestation for exactly this pair of versions, or the configured command passes."""
-    gate = controller.config.gates.schema
-    live = controller.router.route.live
+    gate = run.inputs.gates.schema
+    live = run.inputs.snapshot().router.route.live
     try:
-        old, new = await versions(controller, target, run)
+        old, new = await versions(run, live, target)
     except ValueError as exc:
         return GateResult("schema", False, f"cannot tell the versions: {exc}")
-    for attestation in controller.state.attestations:
+    for attestation in run.inputs.attestations:
         if attestation["from_version"] == old and attestation["to_version"] == new:
             by = attestation.get("by") or "someone"
             return GateResult("schema", True, f"attested compatible {old} -> {new} by {by}")
     if gate.command is None:
         return GateResult("schema", False, f"no attestation for {old} -> {new} "
                           "(POST /v1/schema/attest or configure gates.schema.command)")
-    cwd = controller.config.source.parent if controller.config.source else None
+    cwd = run.inputs.config_dir
     env = dict(os.environ, CUTOVER_FROM_ENV=live, CUTOVER_TO_ENV=target,
                CUTOVER_FROM_VERSION=old, CUTOVER_TO_VERSION=new)
     try:
@@ -287,12 +336,16 @@ async def schema_gate(controller: "Controller", target: str, run: GateRun) -> Ga
     return GateResult("schema", True, f"{gate.command!r} passed for {old} -> {new}" + (f": {last}" if last else ""))
 
 
-async def run_gates(controller: "Controller", target: str, health_only: bool = False) -> list[GateResult]:
-    """run_gates: every configured gate against ``target``, in order, stopping at the first failure."""
-    results = [health_gate(controller, target)]
+async def run_gates(inputs: GateInputs, target: str, health_only: bool = False,
+                    opener: Opener = http_fetch) -> list[GateResult]:
+    """run_gates: every configured gate against ``target``, in order, stopping at the first failure.
+
+    The Controller calls it; ``opener`` gives the gates' HTTP (tests pass one without sockets).
+    """
+    results = [health_gate(inputs.snapshot(), target)]
     if health_only or not results[0].passed:
         return results
-    gates = controller.config.gates
+    gates = inputs.gates
     steps = []
     if gates.drift is not None:
         steps.append(drift_gate)
@@ -304,11 +357,10 @@ async def run_gates(controller: "Controller", target: str, health_only: bool = F
         steps.append(warmup_gate)
     if not steps:
         return results
-    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        run = GateRun(session)
+    async with opener(PROBE_TIMEOUT) as fetch:
+        run = GateRun(inputs, fetch)
         for step in steps:
-            result = await step(controller, target, run)
+            result = await step(run, target)
             results.append(result)
             if not result.passed:
                 break

@@ -62,13 +62,13 @@ def parse_key(values: Sequence[str]) -> str | None:
     if not values:
         return None
     if len(values) > 1:
-        raise ControlError(400, "bad_request", f"send one {HEADER} header, not {len(values)}")
+        raise ControlError("bad_request", f"send one {HEADER} header, not {len(values)}")
     key = values[0]
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1]
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not all("!" <= c <= "~" and c not in '"\\' for c in key):
-        raise ControlError(400, "bad_request", f"{HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII "
-                                               f'characters (no spaces, control bytes, " or \\)')
+        raise ControlError("bad_request", f"{HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII "
+                                          f'characters (no spaces, control bytes, " or \\)')
     return key
 
 
@@ -99,7 +99,7 @@ class IdempotencyCache:
             if entry is None:
                 return await self._first(scope, fingerprint, call), False
             if entry.fingerprint != fingerprint:
-                raise ControlError(422, "idempotency_key_reused",
+                raise ControlError("idempotency_key_reused",
                                    f"this {HEADER} was used with another body for {scope[1]} {scope[2]} "
                                    f"in the last {self.window:g} seconds; send a new key")
             answer = await asyncio.shield(entry.done)
@@ -135,6 +135,6 @@ class IdempotencyCache:
         while len(self._entries) >= self.max_keys:
             answered = [(e.order, s) for s, e in self._entries.items() if e.answered_at is not None]
             if not answered:
-                raise ControlError(503, "idempotency_busy", f"{self.max_keys} mutations with an {HEADER} "
-                                                            "are still running; retry later")
+                raise ControlError("idempotency_busy", f"{self.max_keys} mutations with an {HEADER} "
+                                                       "are still running; retry later")
             del self._entries[min(answered)[1]]

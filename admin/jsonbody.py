@@ -38,7 +38,7 @@ async def read_json_object(request: web.Request) -> dict:
         raise too_large()
     coding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if coding != "identity":
-        raise ControlError(415, "unsupported_media_type",
+        raise ControlError("unsupported_media_type",
                            f"a request body must not be compressed; got Content-Encoding {coding[:40]!r}")
     try:
         raw = await request.read()
@@ -46,19 +46,19 @@ async def read_json_object(request: web.Request) -> dict:
         raise too_large() from None
     except (RequestPayloadError, ConnectionError) as exc:
         # the answer may reach no one, but the log gets one line rather than a traceback
-        raise ControlError(400, "bad_request", f"the body could not be read ({type(exc).__name__}: "
-                                               "bad framing, or the client went away)") from None
+        raise ControlError("bad_request", f"the body could not be read ({type(exc).__name__}: "
+                                          "bad framing, or the client went away)") from None
     declared = request.headers.get("Content-Type")
     if raw.strip() and (declared is None or request.content_type.lower() != ACCEPTED):
         given = request.content_type if declared is not None else "none"
-        raise ControlError(415, "unsupported_media_type",
+        raise ControlError("unsupported_media_type",
                            f"a request body must be sent as Content-Type {ACCEPTED} (or be empty); got {given}")
     return parse_json_object(raw)
 
 
 def too_large() -> ControlError:
     """too_large: the 413 for a body over MAX_BODY_BYTES (the API maps aiohttp's own to it too)."""
-    return ControlError(413, "payload_too_large", f"the request body is over {MAX_BODY_BYTES} bytes")
+    return ControlError("payload_too_large", f"the request body is over {MAX_BODY_BYTES} bytes")
 
 
 def parse_json_object(raw: bytes) -> dict:
@@ -69,22 +69,22 @@ def parse_json_object(raw: bytes) -> dict:
     if not raw.strip():
         return {}
     if depth(raw) > MAX_DEPTH:
-        raise ControlError(400, "bad_request", f"body is not accepted: JSON nested deeper than {MAX_DEPTH} levels")
+        raise ControlError("bad_request", f"body is not accepted: JSON nested deeper than {MAX_DEPTH} levels")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ControlError(400, "bad_request", f"body is not valid JSON: not UTF-8 ({exc.reason} "
-                                               f"at byte {exc.start})") from None
+        raise ControlError("bad_request", f"body is not valid JSON: not UTF-8 ({exc.reason} "
+                                          f"at byte {exc.start})") from None
     try:
         data = json.loads(text, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
-        raise ControlError(400, "bad_request", f"body is not accepted: duplicate key {exc.args[0]!r}") from None
+        raise ControlError("bad_request", f"body is not accepted: duplicate key {exc.args[0]!r}") from None
     except RecursionError:   # depth() bounds nesting already; this keeps any other path a 400
-        raise ControlError(400, "bad_request", "body is not accepted: JSON nested too deep") from None
+        raise ControlError("bad_request", "body is not accepted: JSON nested too deep") from None
     except ValueError as exc:
-        raise ControlError(400, "bad_request", f"body is not valid JSON: {_short(exc)}") from None
+        raise ControlError("bad_request", f"body is not valid JSON: {_short(exc)}") from None
     if not isinstance(data, dict):
-        raise ControlError(400, "bad_request", f"body must be a JSON object, not {_kind(data)}")
+        raise ControlError("bad_request", f"body must be a JSON object, not {_kind(data)}")
     return data
 
 

@@ -1,28 +1,27 @@
 """Prometheus metrics, read from the data plane's own counters at scrape time.
 
-The per-request path only bumps plain integers on Environment (responses by
-status class, a latency histogram) and on Proxy (requests refused before
-routing); this collector turns them, the route, health, drains and the
-controller's switch counts into metric families when /metrics is scraped.
-Nothing prometheus-client does runs per request.
+The per-request path only bumps plain integers on the data plane (responses by
+status class, a latency histogram, requests and upstream errors per server, bytes,
+requests refused before routing); each scrape takes one snapshot of them
+(DataPlane.snapshot) and turns it, with the controller's switch, drain, gate and
+analysis counts, into metric families. Nothing prometheus-client does runs per request.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import importlib.metadata
 import platform
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 
+from proxy import LATENCY_BUCKETS
 from proxy import build as data_plane_build
 
-from proxy.backends import LATENCY_BUCKETS
-
 if TYPE_CHECKING:
-    from proxy.server import Proxy
+    from proxy import Snapshot
 
     from .controller import Controller
 
@@ -31,14 +30,15 @@ ANALYSIS_OUTCOMES = ("passed", "rolled_back", "cancelled", "failed")
 
 
 class CutoverCollector:
-    """CutoverCollector: one prometheus-client collector over a Proxy and its Controller."""
+    """CutoverCollector: one prometheus-client collector over the data plane's snapshots and the Controller."""
 
-    def __init__(self, proxy: "Proxy", controller: "Controller") -> None:
-        self.proxy = proxy
+    def __init__(self, snapshot: Callable[[], "Snapshot"], controller: "Controller") -> None:
+        self.snapshot = snapshot
         self.controller = controller
 
     def collect(self):
-        router = self.proxy.router
+        snapshot = self.snapshot()
+        router = snapshot.router
         route = router.route
         requests = CounterMetricFamily("cutover_requests", "Finished requests by environment and status class "
                                        "(none = the connection was cut before a response)",
@@ -53,7 +53,17 @@ class CutoverCollector:
                                    labels=["environment"])
         healthy = GaugeMetricFamily("cutover_server_healthy", "1 while a server passes its health checks",
                                     labels=["environment", "server"])
-        for name, env in router.environments.items():
+        server_requests = CounterMetricFamily("cutover_server_requests", "Finished requests sent to a server",
+                                              labels=["environment", "server"])
+        upstream_errors = CounterMetricFamily("cutover_upstream_errors", "Failed exchanges with a server, by kind "
+                                              "(connect, timeout, reset, invalid, head_too_large, stray_bytes)",
+                                              labels=["environment", "server", "kind"])
+        received = CounterMetricFamily("cutover_received_bytes", "Bytes received from clients for the environment",
+                                       labels=["environment"])
+        sent = CounterMetricFamily("cutover_sent_bytes", "Bytes sent to clients from the environment",
+                                   labels=["environment"])
+        for env in router.environments:
+            name = env.name
             for index, count in enumerate(env.responses):
                 requests.add_metric([name, CLASSES[index]], count)
             buckets, total = [], 0
@@ -66,17 +76,23 @@ class CutoverCollector:
             upstream.add_metric([name], env.connections)
             live.add_metric([name], 1 if name == route.live else 0)
             weight.add_metric([name], route.weights.get(name, 0) / 100)
+            received.add_metric([name], env.bytes_in)
+            sent.add_metric([name], env.bytes_out)
             for server in env.servers:
                 healthy.add_metric([name, server.address], 1 if server.healthy else 0)
+                server_requests.add_metric([name, server.address], server.requests)
+                for kind, count in server.upstream_errors:
+                    upstream_errors.add_metric([name, server.address, kind], count)
         unrouted = CounterMetricFamily("cutover_unrouted_requests", "Requests answered by cutover itself before "
                                        "reaching an environment (bad requests, hold overflow), by status class",
                                        labels=["code_class"])
-        for index, count in enumerate(self.proxy.unrouted):
+        for index, count in enumerate(snapshot.unrouted):
             unrouted.add_metric([CLASSES[index]], count)
-        yield from (requests, latency, inflight, upstream, live, weight, healthy, unrouted)
+        yield from (requests, latency, inflight, upstream, live, weight, healthy, server_requests, upstream_errors,
+                    received, sent, unrouted)
 
         yield GaugeMetricFamily("cutover_client_connections", "Open client connections",
-                                value=len(self.proxy.connections))
+                                value=snapshot.client_connections)
         yield GaugeMetricFamily("cutover_route_generation", "Generation of the live route", value=route.generation)
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
@@ -133,10 +149,10 @@ class _Constant:
         return self.families
 
 
-def make_registry(proxy: "Proxy", controller: "Controller") -> CollectorRegistry:
+def make_registry(snapshot: Callable[[], "Snapshot"], controller: "Controller") -> CollectorRegistry:
     """make_registry: cutover's collector, its build info and the process's CPU, memory, fds and GC."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(CutoverCollector(proxy, controller))
+    registry.register(CutoverCollector(snapshot, controller))
     registry.register(_Constant(build_info()))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

@@ -64,20 +64,20 @@ def refusal(listener: AdminListener, bound_port: int, host: str | None, origin: 
     ``fetch_site`` are the header values (None when absent); ``scheme`` the listener's.
     """
     if fetch_site is not None and fetch_site.strip().lower() not in _SAFE_FETCH_SITES:
-        return ControlError(403, "cross_origin", f"a mutation from a page of another site is refused "
-                                                 f"(Sec-Fetch-Site: {_shown(fetch_site)})")
+        return ControlError("cross_origin", f"a mutation from a page of another site is refused "
+                                            f"(Sec-Fetch-Site: {_shown(fetch_site)})")
     target = split_host(host, scheme) if host is not None else None
     if origin is not None:
         if target is None or _origin(origin) != (scheme, *target):
-            return ControlError(403, "cross_origin", "a mutation from another origin is refused "
-                                                     f"(Origin: {_shown(origin)})")
+            return ControlError("cross_origin", "a mutation from another origin is refused "
+                                                f"(Origin: {_shown(origin)})")
     if listener.wildcard:
         return None
     if host is None or target is None or target[0] not in listener.names \
             or target[1] not in (listener.port or bound_port, bound_port):
         given = "a request without Host" if host is None else f"Host {_shown(host)}"
-        return ControlError(403, "forbidden_host", f"{given} does not name the admin listener; "
-                                                   f"accepted: {listener.describe(bound_port)}")
+        return ControlError("forbidden_host", f"{given} does not name the admin listener; "
+                                              f"accepted: {listener.describe(bound_port)}")
     return None
 
 

@@ -15,17 +15,22 @@ every check passes, 503 with the reasons otherwise. The checks:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from proxy.router import Router
+if TYPE_CHECKING:
+    from proxy import Snapshot
 
 Check = Callable[[], "str | None"]
 
 
 class Readiness:
-    """Readiness: the checks behind /readyz; one per admin application (make_app builds it)."""
+    """Readiness: the checks behind /readyz; one per admin application (make_app builds it).
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
+    ``snapshot`` is the data plane's read model (DataPlane.snapshot).
+    """
+
+    def __init__(self, snapshot: Callable[[], "Snapshot"]) -> None:
+        self._snapshot = snapshot
         self.shutting_down = False
         self._checks: list[Check] = []
 
@@ -39,7 +44,8 @@ class Readiness:
 
     def report(self) -> dict:
         """report: the /readyz answer: {"ready", "reasons", "live", "live_healthy", "shutting_down"}."""
-        live = self.router.environments[self.router.route.live]
+        router = self._snapshot().router
+        live = router.env(router.route.live)
         reasons = []
         if self.shutting_down:
             reasons.append("shutting down: draining in-flight requests, then exiting")

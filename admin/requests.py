@@ -123,7 +123,7 @@ class Field:
     def refused(self, value: Any, query: bool = False) -> ControlError:
         """refused: the 400 for a bad value, naming the field and what it must be."""
         what = f'query parameter "{self.name}"' if query else f'"{self.name}"'
-        return ControlError(400, "bad_request", f"{what} must be {self.expectation()}, got {_show(value)}")
+        return ControlError("bad_request", f"{what} must be {self.expectation()}, got {_show(value)}")
 
     def _in_range(self, value: float) -> bool:
         if self.minimum is not None:
@@ -216,13 +216,13 @@ def check_body(endpoint: Endpoint, data: dict) -> dict:
     for key in data:
         if key not in accepted:
             names = ", ".join(sorted(accepted)) or "none (send an empty body)"
-            raise ControlError(400, "bad_request", f"unknown field {key!r} for {endpoint.name}; "
-                                                   f"accepted: {names}")
+            raise ControlError("bad_request", f"unknown field {key!r} for {endpoint.name}; "
+                                              f"accepted: {names}")
     for f in endpoint.body:
         if f.name in data:
             f.check(data[f.name])
         elif f.required:
-            raise ControlError(400, "bad_request", f'"{f.name}" is required ({f.expectation()})')
+            raise ControlError("bad_request", f'"{f.name}" is required ({f.expectation()})')
     return data
 
 
@@ -238,14 +238,14 @@ def check_query(endpoint: Endpoint, query: MultiMapping[str]) -> dict[str, Any]:
         f = accepted.get(key)
         if f is None:
             names = ", ".join(sorted(accepted)) or "none"
-            raise ControlError(400, "bad_request", f'unknown query parameter "{key}" for {endpoint.name}; '
-                                                   f"accepted: {names}")
+            raise ControlError("bad_request", f'unknown query parameter "{key}" for {endpoint.name}; '
+                                              f"accepted: {names}")
         if len(query.getall(key)) > 1:
-            raise ControlError(400, "bad_request", f'query parameter "{key}" is given more than once')
+            raise ControlError("bad_request", f'query parameter "{key}" is given more than once')
         out[key] = f.parse(query[key])
     for f in endpoint.query:
         if f.required and f.name not in out:
-            raise ControlError(400, "bad_request", f'query parameter "{f.name}" is required')
+            raise ControlError("bad_request", f'query parameter "{f.name}" is required')
     return out
 
 

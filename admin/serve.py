@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy import Proxy
 from proxy import build as data_plane_build
 from proxy.config import Address, Config, ConfigError
-from proxy.router import Router
-from proxy.server import Proxy
 
 from .api import READINESS, make_app
 from .controller import Controller
 from .listener import AdminRunner
-from .state import FileStateStore, State
+from .plane import LocalPlane
+from .state import FileStateStore, Revision, State
 
 log = logging.getLogger("cutover")
 
@@ -65,9 +65,15 @@ class Running:
     admin_port: int
 
     async def stop(self, timeout: float | None = None) -> dict:
-        """stop: /readyz turns 503, then the data plane shuts down gracefully, then the admin API."""
+        """stop: /readyz turns 503, the hold timer stops, the data plane shuts down gracefully, then the admin API.
+
+        The data plane's shutdown releases a hold; the state keeps it, so a restart holds
+        again until the saved deadline.
+        """
         self.admin.app[READINESS].begin_shutdown()
+        self.controller.stop()
         result = await self.proxy.shutdown(timeout)
+        await self.controller.close()      # the last drains' outcomes are in the store
         await self.admin.cleanup()
         return result
 
@@ -84,12 +90,14 @@ class StartPlan:
     """StartPlan: what serve starts from, as check_start found it.
 
     ``state`` is the saved state checked against the config, or a fresh one from config.live
-    when ``saved`` is False (no state file yet).
+    when ``saved`` is False (no state file yet); ``revision`` is the store's revision of what
+    it read, the one the Controller's first commit expects.
     """
 
     store: FileStateStore
     state: State
     saved: bool
+    revision: Revision = None
 
 
 def check_start(config: Config) -> StartPlan:
@@ -103,8 +111,9 @@ def check_start(config: Config) -> StartPlan:
         raise ConfigError("required unless admin.listen is loopback and admin.auth is none "
                           f'(admin.listen is "{config.admin.listen}")', key="admin.token")
     store = FileStateStore(config.state_file, history_limit=config.history_limit)
-    saved = store.load()
-    return StartPlan(store, Controller.checked_state(config, saved, store.describe()), saved is not None)
+    saved, revision = store.read()
+    return StartPlan(store, Controller.checked_state(config, saved, store.describe()), saved is not None,
+                     revision)
 
 
 def listen_failure(key: str, address: Address, exc: OSError) -> StartError:
@@ -129,9 +138,9 @@ async def start(config: Config) -> Running:
     for temp in store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
     state = plan.state
-    router = Router.from_config(config)
-    proxy = Proxy(config, router)
-    controller = Controller(config, router, store, state, proxy)
+    plane = LocalPlane.build(config, Controller.route_of(state, tuple(config.environments)))
+    proxy = plane.proxy
+    controller = Controller(config, plane, store, state, plan.revision)
     try:
         await proxy.start()
     except OSError as exc:
@@ -139,18 +148,20 @@ async def start(config: Config) -> Running:
         key, address = ("listen", config.listen) if proxy.port == 0 else ("preview_listen", config.preview_listen)
         await proxy.shutdown(0)
         raise listen_failure(key, address, exc) from None
-    controller.start()
+    await controller.start()
     token = config.admin.token if config.admin.auth != "none" else None
-    runner = AdminRunner(make_app(controller, proxy, token, config.admin.read_token))
+    runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()
     site = web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port)
     try:
         await site.start()
     except OSError as exc:
+        controller.stop()
         await proxy.shutdown(0)
+        await controller.close()
         await runner.cleanup()
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
-    admin_port = site._server.sockets[0].getsockname()[1]
+    admin_port = runner.addresses[0][1]
     return Running(proxy, controller, runner, admin_port)
 
 

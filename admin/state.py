@@ -1,42 +1,78 @@
-"""The control plane's persistent runtime state (SPEC §8), behind a small store interface.
+"""The control plane's persistent runtime state (SPEC §8), behind a store shaped for etcd.
 
-The controller loads a `State` once at start, checks it against the config with
-`State.check_environments`, and saves it through a `StateStore` before it acknowledges any
-mutation. The state holds runtime facts only (live, previous, generation, hold, lock, canary,
-history); server lists always come from the config. `FileStateStore` keeps it in one JSON
-file; an etcd store (SPEC §9) implements the same `StateStore` protocol.
+The controller loads a `State` and its revision once at start, checks it against the config
+with `State.check_environments`, and commits every mutation through a `StateStore` (a
+compare-and-swap on the revision it read) before it acknowledges it. The state holds runtime
+facts only (live, previous, generation, hold, lock, canary, attestations) and the history;
+server lists always come from the config. `FileStateStore` keeps it in one JSON file; an etcd
+store (SPEC §9.2) implements the same `StateStore` protocol.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import difflib
 import glob
+import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["FORMAT_VERSION", "FileStateStore", "State", "StateError", "StateNotDurable", "StateStore"]
+try:
+    import fcntl
+except ImportError:        # Windows: FileStateStore locks within the process only
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "FORMAT_VERSION", "FileStateStore", "Revision", "State", "StateConflict", "StateError",
+    "StateNotDurable", "StateStore", "add_drain_outcome", "amend_event", "drain_fields",
+]
 
 FORMAT_VERSION = 1  # the "version" written with every state; a higher one is refused on load
 
+Revision = str | int | None
+"""Revision: what a store hands out with the state it read or wrote, handed back to `commit`.
+
+Opaque to the controller, compared only by the store that issued it: etcd's revision of the
+state key; for a file, a digest of the runtime facts it holds. None: nothing stored yet.
+"""
+
 
 class StateError(Exception):
-    """StateError: a state that cannot be loaded or saved; the message names the store and why.
+    """StateError: a state that cannot be loaded or stored; the message names the store and why.
 
     Raised by `State.from_dict`, `State.check_environments` and the stores. At start it stops
-    `cutover serve`; on save the controller must not acknowledge the mutation.
+    `cutover serve`; on commit the controller must not acknowledge the mutation.
     """
 
 
 class StateNotDurable(StateError):
     """StateNotDurable: the new state is in the file, but syncing its folder failed.
 
-    The controller applies the change (the file already holds it) and logs a warning.
+    `revision` is the new state's. The controller applies the change (the file already holds
+    it) and logs a warning.
+    """
+
+    def __init__(self, message: str, revision: Revision = None) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
+class StateConflict(StateError):
+    """StateConflict: a commit's expected revision is no longer the stored one; nothing was written.
+
+    Another writer committed since this one read (another replica; for a file, another process
+    on the same file). The controller reloads, applies what it finds and answers 409 conflict,
+    as when the route moves while a flip's gates run.
     """
 
 
@@ -111,31 +147,131 @@ class State:
                 )
 
 
+def drain_fields(outcome: dict) -> dict:
+    """drain_fields: what a drain's outcome adds to its switch's history entry (SPEC §5).
+
+    The whole `Drain.result()` under "drain", and its three counts at the top of the entry.
+    The controller (for its copy of the history) and the stores call it.
+    """
+    return {"drain": dict(outcome), **{key: outcome[key] for key in ("drained", "forced_closed", "dropped")}}
+
+
+def add_drain_outcome(history: list[dict], generation: int, source: str, outcome: dict) -> bool:
+    """add_drain_outcome: add `outcome` to the newest entry of `generation` switched away from `source`.
+
+    The entry of the switch that started the drain: its "generation" is the one the switch
+    made and its "from" the environment that drained. An entry that has a drain outcome already
+    keeps it. Returns whether an entry took it (False when it is no longer in the history).
+    """
+    for entry in reversed(history):
+        if entry.get("generation") == generation and entry.get("from") == source:
+            if "drain" in entry:
+                return False
+            entry.update(drain_fields(outcome))
+            return True
+    return False
+
+
+def amend_event(history: list[dict], event: dict, fields: dict) -> bool:
+    """amend_event: add `fields` to the newest entry that is `event` (same "at", "action", "generation").
+
+    Those three name an entry: one controller records one event at a time, each with the time
+    it was recorded. Returns whether an entry took them (False when it is no longer there).
+    """
+    key = (event.get("at"), event.get("action"), event.get("generation"))
+    for entry in reversed(history):
+        if (entry.get("at"), entry.get("action"), entry.get("generation")) == key:
+            entry.update(fields)
+            return True
+    return False
+
+
 class StateStore(Protocol):
-    """StateStore: where the controller keeps its State; one per control plane."""
+    """StateStore: where the controller keeps its State; one per control plane (SPEC §8, §9.2).
 
-    def load(self) -> State | None:
-        """load: the saved State, or None when nothing was saved yet; StateError if unusable."""
-        ...
+    Shaped for etcd, which a file can also do. The runtime facts (everything but history) change
+    only through `commit`, a compare-and-swap on the revision the caller last read or wrote.
+    History is added to, never rewritten whole by the caller: a mutation's event goes with its
+    commit, and `append`, `amend` and `add_drain` add events or fields to one. `watch` reports
+    commits made elsewhere. Every method is called from the event loop and none blocks it; a
+    store copies what it needs of its arguments before its first await.
+    """
 
-    def save(self, state: State) -> None:
-        """save: store the State durably before returning; StateError if that failed.
-
-        A store may trim `state.history` in place to the events it keeps.
-        """
-        ...
+    history_limit: int  # events kept, the newest; the controller trims its own copy the same
 
     def describe(self) -> str:
         """describe: where the state lives, for messages ("file /var/lib/cutover/state.json")."""
         ...
 
+    async def load(self) -> tuple[State | None, Revision]:
+        """load: the stored State and its revision; (None, None) when nothing was stored yet.
+
+        StateError when what is stored is unusable.
+        """
+        ...
+
+    async def commit(self, state: State, expect: Revision, event: dict | None = None) -> Revision:
+        """commit: store `state`'s runtime facts if the stored revision is still `expect`.
+
+        `event`, when given, is added to the history in the same write (etcd: the same
+        transaction); `state.history` itself is not written, the store keeps its own. Returns the
+        new revision, durable on return. StateConflict when the stored state moved since
+        `expect` (nothing written); StateNotDurable when written but maybe not durable (its
+        `revision` is the new one); any other StateError: nothing written.
+        """
+        ...
+
+    async def append(self, event: dict) -> None:
+        """append: add one history event that changes no runtime fact; durable on return.
+
+        A mutation's own event goes with its `commit` instead. etcd: one key per event, so no
+        other event is rewritten. StateError when not stored.
+        """
+        ...
+
+    async def amend(self, event: dict, fields: dict) -> None:
+        """amend: add `fields` to the history entry `event` (see `amend_event`); durable on return.
+
+        The controller adds what it learns after the answer: a rollback's recovery time, how
+        many held requests a resume released. Nothing happens when the entry is gone.
+        """
+        ...
+
+    async def add_drain(self, generation: int, source: str, outcome: dict) -> None:
+        """add_drain: add a drain's outcome to the entry of the switch that started it (SPEC §5).
+
+        `generation` is the switch's, `source` the environment that drained, `outcome` what
+        `Drain.result()` gave; see `add_drain_outcome`. Durable on return. etcd: a key per
+        replica's outcome beside the entry's key, summed when read (SPEC §9.2), so the
+        replicas never rewrite one another's entry.
+        """
+        ...
+
+    def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
+        """watch: each state committed elsewhere after revision `since`, with its revision, in order.
+
+        The controller's follower consumes it for as long as the controller runs and stops it
+        by cancelling its task. A store raises StateError when it cannot watch (the follower
+        logs it and watches again).
+        """
+        ...
+
 
 class FileStateStore:
-    """FileStateStore: the State as one JSON file, replaced atomically on every save.
+    """FileStateStore: the State as one JSON file, replaced atomically on every change.
 
-    The controller creates one from the config's state path. A save writes a temp file in the
-    same folder, fsyncs it, renames it over the target and fsyncs the folder, so after a crash
-    the file holds either the old or the new state, whole.
+    serve builds one from the config's state path. Every change is a read of the file, the
+    change, and a `save`: a temp file in the same folder, fsynced, renamed over the target, then
+    the folder fsynced, so after a crash (kill -9 included) the file holds either the old or the
+    new state, whole. The read, the check and the save run under a lock on the folder, from a
+    thread (the event loop is never blocked by the disk).
+
+    The revision is a digest of the runtime facts the file holds, so `commit` refuses when the
+    file no longer holds what this store last read or wrote, and appending history does not
+    move it. A file holds its history inline, so `append`, `amend` and `add_drain` rewrite the
+    one file (an etcd store keeps one key per event instead). One router per state file is the
+    setup it is for (a fleet shares etcd, SPEC §9.2): a second writer on the same file is caught
+    by `commit`'s check, never reported by `watch`, which reports nothing.
     """
 
     __slots__ = ("path", "history_limit")
@@ -150,16 +286,21 @@ class FileStateStore:
         """describe: "file <path>", the source named in every StateError from this store."""
         return f"file {self.path}"
 
-    def load(self) -> State | None:
-        """load: the controller calls it once at start; None when the file does not exist.
+    async def load(self) -> tuple[State | None, Revision]:
+        """load: `read` from a thread; the controller calls it after a commit's conflict."""
+        return await asyncio.to_thread(self.read)
 
+    def read(self) -> tuple[State | None, Revision]:
+        """read: the State in the file and its revision, blocking; (None, None) when there is no file.
+
+        check_start (serve and check-config) calls it once; every change calls it under the lock.
         An unreadable file, invalid JSON or a wrong shape is a StateError: a corrupt state
         must stop the start, not be silently replaced.
         """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as err:
             reason = _os_reason(err)
             raise StateError(f"state {self.describe()}: cannot read it: {reason}") from None
@@ -169,7 +310,105 @@ class FileStateStore:
             data = json.loads(raw)
         except ValueError as err:
             raise StateError(f"state {self.describe()}: not valid JSON: {err}") from None
-        return State.from_dict(data, self.describe())
+        state = State.from_dict(data, self.describe())
+        return state, _revision(state)
+
+    async def commit(self, state: State, expect: Revision, event: dict | None = None) -> Revision:
+        """commit: write `state`'s facts and the file's history plus `event`, if the file still has `expect`.
+
+        See `StateStore.commit`. The conflict check compares the facts the file holds now with
+        the ones this store read or wrote last (`expect`); `save` does the write.
+        """
+        facts = replace(state, history=[], attestations=[dict(a) for a in state.attestations])
+        added = copy.deepcopy(event) if event is not None else None
+        return await asyncio.to_thread(self._commit, facts, expect, added)
+
+    def _commit(self, facts: State, expect: Revision, event: dict | None) -> Revision:
+        with self._locked():
+            current, revision = self.read()
+            if revision != expect:
+                now = f"generation {current.generation}" if current is not None else "no file"
+                raise StateConflict(f"state {self.describe()} changed since this router read it "
+                                    f"(it now holds {now}); nothing written")
+            facts.history = current.history if current is not None else []
+            if event is not None:
+                facts.history.append(event)
+            return self.save(facts)
+
+    async def append(self, event: dict) -> None:
+        """append: see `StateStore.append`; a read-modify-write of the file under its lock."""
+        added = copy.deepcopy(event)
+
+        def add(history: list[dict]) -> bool:
+            history.append(added)
+            return True
+
+        await asyncio.to_thread(self._change_history, add)
+
+    async def amend(self, event: dict, fields: dict) -> None:
+        """amend: see `StateStore.amend`; no write when the entry is no longer in the file."""
+        key, added = dict(event), copy.deepcopy(fields)
+        await asyncio.to_thread(self._change_history, lambda history: amend_event(history, key, added))
+
+    async def add_drain(self, generation: int, source: str, outcome: dict) -> None:
+        """add_drain: see `StateStore.add_drain`; no write when the entry is gone or has one already."""
+        added = copy.deepcopy(outcome)
+        await asyncio.to_thread(self._change_history,
+                                lambda history: add_drain_outcome(history, generation, source, added))
+
+    def _change_history(self, change: Callable[[list[dict]], bool]) -> None:
+        """_change_history: read the file, let `change` edit its history, save it if `change` says so."""
+        with self._locked():
+            current, _ = self.read()
+            if current is None:
+                raise StateError(f"state {self.describe()}: no state saved yet to add history to")
+            if change(current.history):
+                self.save(current)
+
+    async def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
+        """watch: reports nothing, ever: a file tells no one it changed (see the class docstring).
+
+        It waits until its consumer cancels it, as a store with other writers would wait for
+        their next commit.
+        """
+        news: asyncio.Future[tuple[State, Revision]] = asyncio.get_running_loop().create_future()
+        yield await news   # never done: nothing reports a change to a file
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """_locked: hold the folder's lock around a read-check-save (creating the folder first).
+
+        flock on the folder, so two stores on one file, in one process or two, take turns; it
+        waits at most _LOCK_WAIT seconds, then StateError. Without flock (Windows) a lock of
+        this process stands in.
+        """
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StateError(f"cannot save state to {self.path}: {_os_reason(err)}") from None
+        if fcntl is None:
+            with _PROCESS_LOCK:
+                yield
+            return
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as err:
+            raise StateError(f"cannot save state to {self.path}: {_os_reason(err)}") from None
+        try:
+            deadline = time.monotonic() + _LOCK_WAIT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateError(f"cannot save state to {self.path}: another process has "
+                                         f"held the lock on {folder} for {_LOCK_WAIT:g}s") from None
+                    time.sleep(0.005)
+            yield
+        finally:
+            os.close(fd)   # closing the descriptor releases the lock
 
     def remove_leftovers(self) -> list[Path]:
         """remove_leftovers: serve calls it once at start, before the first save.
@@ -188,12 +427,15 @@ class FileStateStore:
             removed.append(temp)
         return removed
 
-    def save(self, state: State) -> None:
-        """save: the controller calls it before acknowledging a mutation; durable on return.
+    def save(self, state: State) -> Revision:
+        """save: replace the file with `state`, history included, durably; returns its revision.
 
-        History is trimmed to the newest `history_limit` events, in the file and in
-        `state.history`. On failure a StateError names the path and the OS error, the old file
-        is left intact and no temp file is left behind.
+        Blocking, no check and no lock of its own: `commit`, `append`, `amend` and `add_drain`
+        call it under the lock after their read, and tools and tests call it to seed a state
+        file no router is using. History is trimmed to the newest `history_limit` events, in the
+        file and in `state.history`. On failure a StateError names the path and the OS error,
+        the old file is left intact and no temp file is left behind; StateNotDurable when only
+        the folder's fsync failed.
         """
         data = state.to_dict()
         kept = data["history"][-self.history_limit:] if self.history_limit else []
@@ -228,14 +470,28 @@ class FileStateStore:
             if isinstance(err, OSError):
                 raise StateError(f"cannot save state to {self.path}: {_os_reason(err)}") from None
             raise
+        state.history[:] = kept
+        revision = _revision(state)
         try:
             _fsync_folder(folder)
         except OSError as err:
             raise StateNotDurable(
                 f"state written to {self.path}, but syncing its folder failed, so the rename "
-                f"may not survive a crash: {_os_reason(err)}"
+                f"may not survive a crash: {_os_reason(err)}", revision
             ) from None
-        state.history[:] = kept
+        return revision
+
+
+_LOCK_WAIT = 10.0                  # seconds a change waits for another process's lock on the folder
+_PROCESS_LOCK = threading.Lock()   # where there is no flock
+
+
+def _revision(state: State) -> str:
+    """_revision: a FileStateStore's revision, a digest of every runtime fact (all but history)."""
+    facts = state.to_dict()
+    del facts["history"]
+    text = json.dumps(facts, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _fsync_folder(folder: Path) -> None:

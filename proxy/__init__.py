@@ -1,4 +1,22 @@
-"""cutover's data plane (see setup.py for how its hot modules are built)."""
+"""cutover's data plane (see setup.py for how its hot modules are built).
+
+What admin/ may import from it is exported here: the Route it sends, the snapshot
+types it reads (snapshot.py), the Router and Proxy that admin/plane.py and serve's
+start-up build, the settings those are built from, and build(). admin/ reaches no
+other module of proxy/ and holds no live data-plane object outside admin/plane.py.
+"""
+
+from .backends import LATENCY_BUCKETS
+from .config import AnalysisConfig, Config, GatesConfig
+from .route import Route
+from .router import Router
+from .server import Proxy
+from .snapshot import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, RouterSnapshot, ServerSnapshot,
+                       Snapshot)
+
+__all__ = ["LATENCY_BUCKETS", "UPSTREAM_ERROR_KINDS", "AnalysisConfig", "Config", "DrainSnapshot",
+           "EnvironmentSnapshot", "GatesConfig", "Proxy", "Route", "Router", "RouterSnapshot", "ServerSnapshot",
+           "Snapshot", "build"]
 
 
 def build() -> str:

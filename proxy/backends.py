@@ -1,15 +1,19 @@
-"""Servers and environments: health, counters, idle upstream connections, selection.
+"""Servers and environments: health, counters, selection.
 
-A Server is one upstream address with its own counters and its pool of idle
-keep-alive connections (a LIFO stack: the most recently used is reused first,
-so surplus connections age out at the bottom). An Environment is a named set
-of servers (blue or green) with in-flight and connection totals, and the set of
-exchanges it is serving, which a drain watches.
+A Server is one upstream address with its own counters and its idle keep-alive
+connections (``idle``, kept by pool.py). An Environment is a named set of servers
+(blue or green) with in-flight and connection totals, its request counters, and
+the set of exchanges it is serving, which a drain watches. The counters are
+plain ints bumped where the data plane already knows the event; ``snapshot``
+turns them into the frozen values of snapshot.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
+
+from . import pool
+from .snapshot import EnvironmentSnapshot, ServerSnapshot
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -24,7 +28,8 @@ class Server:
     """
 
     __slots__ = ("host", "port", "address", "env", "weight", "healthy", "inflight",
-                 "connections", "idle", "ok_streak", "fail_streak", "heads_over_limit", "strays")
+                 "connections", "idle", "ok_streak", "fail_streak", "requests", "connect_errors",
+                 "timeouts", "resets", "invalid", "heads_over_limit", "strays")
 
     def __init__(self, host: str, port: int, env: "Environment", weight: int = 1) -> None:
         self.host = host
@@ -35,12 +40,17 @@ class Server:
         self.healthy = True          # optimistic until a check says otherwise, as HAProxy does
         self.inflight = 0
         self.connections = 0
-        self.idle: list["UpstreamConnection"] = []
+        self.idle: list["UpstreamConnection"] = []   # the idle pool, most recently used last (pool.py)
         self.ok_streak = 0
         self.fail_streak = 0
-        # Counted by UpstreamConnection, read by admin/metrics.py at scrape time:
-        self.heads_over_limit = 0   # responses refused (502) or cut: head or trailers over limits.max_response_header_bytes
-        self.strays = 0             # connections closed for bytes no request asked for (after a response, or idle)
+        # Totals read through snapshot() (snapshot.UPSTREAM_ERROR_KINDS says what each counts):
+        self.requests = 0           # finished exchanges that were sent to this server last (Exchange.finish)
+        self.connect_errors = 0     # Exchange.connect_failed
+        self.timeouts = 0           # Exchange.timed_out
+        self.resets = 0             # Exchange.upstream_lost
+        self.invalid = 0            # Exchange.upstream_invalid
+        self.heads_over_limit = 0   # UpstreamConnection.over_limit
+        self.strays = 0             # UpstreamConnection and pool.take; non-zero makes pool.take check before reuse
 
     def set_healthy(self, healthy: bool) -> None:
         """set_healthy: the one place health changes; a server going down loses its idle pool."""
@@ -48,19 +58,16 @@ class Server:
             return
         self.healthy = healthy
         if not healthy:
-            self.close_idle()
+            pool.close_idle(self)
 
-    def close_idle(self) -> int:
-        """close_idle: close every idle pooled connection to this server; returns how many."""
-        idle, self.idle = self.idle, []
-        for conn in idle:
-            conn.close()
-        return len(idle)
-
-    def snapshot(self) -> dict:
-        """snapshot: this server's figures for the status endpoint."""
-        return {"address": self.address, "healthy": self.healthy,
-                "inflight": self.inflight, "connections": self.connections}
+    def snapshot(self) -> ServerSnapshot:
+        """snapshot: this server as plain values; called by Environment.snapshot."""
+        errors = (("connect", self.connect_errors), ("timeout", self.timeouts), ("reset", self.resets),
+                  ("invalid", self.invalid), ("head_too_large", self.heads_over_limit),
+                  ("stray_bytes", self.strays))
+        return ServerSnapshot(address=self.address, healthy=self.healthy, inflight=self.inflight,
+                              connections=self.connections, weight=self.weight, requests=self.requests,
+                              upstream_errors=errors)
 
 
 # Upper bounds (seconds) of the request latency histogram, as Prometheus buckets.
@@ -75,7 +82,7 @@ class Environment:
     """
 
     __slots__ = ("name", "servers", "only", "inflight", "active", "_rr", "responses", "latency_counts",
-                 "latency_sum")
+                 "latency_sum", "bytes_in", "bytes_out")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -84,10 +91,13 @@ class Environment:
         self.inflight = 0
         self.active: set["Exchange"] = set()
         self._rr = 0
-        # Counted by Exchange.finish, read by admin/metrics.py at scrape time:
+        # Counted by Exchange.finish, read through snapshot():
         self.responses = [0] * 6        # finished requests by status class; [0] = no response sent
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)   # per bucket, last = +Inf
         self.latency_sum = 0.0
+        # Client bytes of its requests and answers (ClientConnection counts, Exchange settles):
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def add(self, server: Server) -> None:
         """add: a server of this environment (Router.from_config adds them in config order)."""
@@ -126,12 +136,11 @@ class Environment:
                 best, best_load = s, load
         return best
 
-    def close_idle(self) -> int:
-        """close_idle: close the idle pooled connections of every server; returns how many."""
-        return sum(s.close_idle() for s in self.servers)
-
-    def snapshot(self) -> dict:
-        """snapshot: this environment's figures for the status endpoint."""
-        servers = [s.snapshot() for s in self.servers]
-        return {"healthy": self.healthy, "inflight": self.inflight,
-                "connections": sum(s["connections"] for s in servers), "servers": servers}
+    def snapshot(self) -> EnvironmentSnapshot:
+        """snapshot: this environment and its servers as plain values; called by Router.snapshot."""
+        servers = tuple(s.snapshot() for s in self.servers)
+        return EnvironmentSnapshot(name=self.name, healthy=any(s.healthy for s in servers),
+                                   inflight=self.inflight, connections=sum(s.connections for s in servers),
+                                   servers=servers, responses=tuple(self.responses),
+                                   latency_counts=tuple(self.latency_counts), latency_sum=self.latency_sum,
+                                   bytes_in=self.bytes_in, bytes_out=self.bytes_out)

@@ -9,29 +9,21 @@ successful Upgrade it becomes one half of a byte tunnel.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from .errors import Outcome, error_response
 from .exchange import Exchange
-from .headers import (GATHER_BYTES, REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, head_may_end,
-                      origin_form, rewrite_request, split_into)
+from .flow import (CHUNK_LINE_BYTES, GATHER_BYTES, HEAD_SLACK, PAUSE_BUFFER, PAUSE_PIPELINE, PIPELINE_DEPTH,
+                   TRAILER_SLACK, UPGRADE_BUFFER_HIGH)
+from .headers import (REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, head_may_end, origin_form,
+                      rewrite_request, split_into)
 
 if TYPE_CHECKING:
+    from .backends import Environment
     from .server import Proxy
     from .upstream import UpstreamConnection
-
-# Pipelined requests accepted ahead of the active one before reading pauses.
-PIPELINE_DEPTH: Final = 16
-
-# Raw bytes a partial head may take beyond max_header_bytes: one uvloop read (256 KiB).
-HEAD_SLACK: Final = 256 * 1024
-
-# Reasons for pausing the client's reading, as bits of ClientConnection.paused.
-PAUSE_UPSTREAM: Final = 1   # the upstream's write buffer is full
-PAUSE_BUFFER: Final = 2     # body bytes wait for an upstream connection
-PAUSE_PIPELINE: Final = 4   # too many requests queued
 
 
 class _HeadRefused(Exception):
@@ -44,7 +36,8 @@ class ClientConnection:
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "held_bytes", "tail")
+                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "held_bytes", "tail",
+                 "received", "out_env")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
@@ -53,6 +46,11 @@ class ClientConnection:
         self.trailer_bytes = 0        # raw bytes read while a chunked request body was in progress
         self.read_len = 0             # length of the read being parsed
         self.flush_due = False        # queued in Proxy.flush_soon
+        # Byte counts of the environments (Environment.bytes_in/bytes_out): bytes read and not yet
+        # counted for an environment (Exchange.proceed and finish count them for theirs), and the
+        # environment whose answer is being written (set by Exchange when it answers).
+        self.received = 0
+        self.out_env: "Environment" = proxy.unrouted_env
         self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -109,13 +107,15 @@ class ClientConnection:
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            self.out_env.bytes_in += len(data)   # the tunnel's environment (see start_tunnel)
             tunnel.transport.write(data)
             return
+        self.received += len(data)
         if self.closed or self.refused is not None:
             return
         if self.upgrade_buffer is not None:
             self.upgrade_buffer.append(data)
-            if sum(map(len, self.upgrade_buffer)) > 256 * 1024:
+            if sum(map(len, self.upgrade_buffer)) > UPGRADE_BUFFER_HIGH:
                 self.pause_reading(PAUSE_BUFFER)
             return
         if self.in_head:
@@ -150,7 +150,8 @@ class ClientConnection:
                 # Chunk framing and trailers are not body: bound them like a head
                 # (one read of slack, as what ends a body may share a read with more).
                 self.trailer_bytes += len(data)
-                if self.trailer_bytes - reading.body_bytes > limit + 65536 + 32 * reading.chunks:
+                framing = self.trailer_bytes - reading.body_bytes
+                if framing > limit + TRAILER_SLACK + CHUNK_LINE_BYTES * reading.chunks:
                     self.reading = None
                     reading.request_broken(431, "request trailers over limits.max_header_bytes")
 
@@ -418,7 +419,11 @@ class ClientConnection:
         self.tunnel = conn
         conn.tunnel = self
         self.flush()
+        # From now on both directions count for the environment that answered 101 (out_env).
+        self.out_env.bytes_in += self.received
+        self.received = 0
         if upstream_rest:
+            self.out_env.bytes_out += len(upstream_rest)
             self.transport.write(upstream_rest)
         pending = self.upgrade_buffer or []
         self.upgrade_buffer = None
@@ -469,7 +474,9 @@ class ClientConnection:
         if out:
             self.out = []
             if not self.closed:
-                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+                data = b"".join(out) if len(out) > 1 else out[0]
+                self.out_env.bytes_out += len(data)
+                self.transport.write(data)
 
     def flush_soon(self) -> None:
         """flush_soon: flush at the end of this event loop pass (see Proxy.flush_soon)."""
@@ -482,6 +489,7 @@ class ClientConnection:
         if self.out:
             self.flush()
         if not self.closed:
+            self.out_env.bytes_out += len(data)
             self.transport.write(data)
 
     # ---------------------------------------------------------------- ends
@@ -522,5 +530,7 @@ class ClientConnection:
             self.abort()
             return
         head_only = bool(self.url) and self.parser.get_method() == b"HEAD"
+        self.flush()
+        self.out_env = self.proxy.unrouted_env   # refused before it had an environment
         self.write(error_response(408, "request head not received within timeouts.client_header", b"", head_only))
         self.close()

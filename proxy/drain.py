@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Callable
 
+from . import pool
 from .errors import Outcome
+from .snapshot import DrainSnapshot
 
 if TYPE_CHECKING:
     from .backends import Environment
@@ -44,7 +47,7 @@ class Drain:
         self.dropped = 0
         self.client_gone = 0
         self.interrupted = False
-        self.closed_idle = env.close_idle()
+        self.closed_idle = pool.close_environment(env)
         self.done: asyncio.Future = loop.create_future()
         self._on_done = on_done
         self._timer = None
@@ -111,22 +114,26 @@ class Drain:
             self._timer.cancel()
             self._timer = None
         self.duration = time.monotonic() - self.started
-        self.closed_idle += self.env.close_idle()
+        self.closed_idle += pool.close_environment(self.env)
         self.done.set_result(self.result())
         self._on_done(self)
 
+    def snapshot(self) -> DrainSnapshot:
+        """snapshot: the drain's figures as plain values (Router.snapshot, the on_drain callbacks)."""
+        return DrainSnapshot(
+            environment=self.env.name,
+            generation=self.generation,
+            inflight_at_start=self.inflight_at_start,
+            drained=self.drained,
+            forced_closed=self.forced_closed,
+            dropped=self.dropped,
+            client_gone=self.client_gone,
+            remaining=len(self.exchanges),
+            interrupted=self.interrupted,
+            duration=round(self.duration, 6) if self.duration is not None else None,
+            idle_connections_closed=self.closed_idle,
+        )
+
     def result(self) -> dict:
-        """result: the drain's figures, as recorded in the flip's history entry."""
-        return {
-            "environment": self.env.name,
-            "generation": self.generation,
-            "inflight_at_start": self.inflight_at_start,
-            "drained": self.drained,
-            "forced_closed": self.forced_closed,
-            "dropped": self.dropped,
-            "client_gone": self.client_gone,
-            "remaining": len(self.exchanges),
-            "interrupted": self.interrupted,
-            "duration": round(self.duration, 6) if self.duration is not None else None,
-            "idle_connections_closed": self.closed_idle,
-        }
+        """result: the drain's figures as a dict, field by field as snapshot (the ``done`` future's value)."""
+        return asdict(self.snapshot())

@@ -15,8 +15,10 @@ from bisect import bisect_left
 from time import monotonic
 from typing import TYPE_CHECKING, Final
 
+from . import pool
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
+from .flow import BUFFER_HIGH, PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import REQUEST_SPECIAL, STATUS_LINES, RequestHead, rewrite_response
 
 if TYPE_CHECKING:
@@ -30,10 +32,6 @@ if TYPE_CHECKING:
 # Methods that may be sent again on a fresh connection when a reused pooled one
 # turns out closed before any response byte (RFC 9110 §9.2.2).
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-
-# Body bytes buffered while no upstream connection is attached; past this the
-# client's reading is paused (flow control, SPEC §4: nothing buffers without bound).
-BUFFER_HIGH: Final = 256 * 1024
 
 # Exchange states.
 QUEUED: Final = 0
@@ -123,6 +121,9 @@ class Exchange:
         env = self.env = router.environments[name]
         env.inflight += 1
         env.active.add(self)
+        client = self.client
+        env.bytes_in += client.received   # what the client sent so far is this request's (see finish)
+        client.received = 0
         self.state = CONNECTING
         self.send_to_server(env)
 
@@ -139,21 +140,15 @@ class Exchange:
             return
         self.server = server
         server.inflight += 1
-        idle = server.idle
-        while idle:
-            conn = idle.pop()
-            if server.strays and conn.has_unread():
-                # A server seen sending what nobody asked for: its idle connections are
-                # checked before reuse, as such bytes would become this request's answer.
-                server.strays += 1
-                conn.close()
-                continue
+        conn = pool.take(server)
+        if conn is not None:
             self.attach(conn, reused=True)
             return
         self.client.proxy.connect(server, self)
 
     def connect_failed(self, server: "Server", reason: str) -> None:
         """connect_failed: the pool could not connect; mark the server down and try another."""
+        server.connect_errors += 1
         self.client.proxy.router.passive_failure(server, reason)
         if self.state == DONE:
             return   # finish already released the server's count
@@ -192,7 +187,7 @@ class Exchange:
             data = b"".join([data, *pending])
             self.pending = None
             if self.pending_bytes > BUFFER_HIGH:
-                client.resume_reading(2)
+                client.resume_reading(PAUSE_BUFFER)
             self.pending_bytes = 0
         conn.send(data)
 
@@ -242,7 +237,7 @@ class Exchange:
             self.pending.append(framed)
             self.pending_bytes += len(framed)
             if self.pending_bytes > BUFFER_HIGH:
-                self.client.pause_reading(2)
+                self.client.pause_reading(PAUSE_BUFFER)
 
     def request_broken(self, status: int, message: str) -> None:
         """request_broken: the request body turned out invalid or too large; answer or cut."""
@@ -257,6 +252,9 @@ class Exchange:
     def response_head(self, status: int, parts: list[bytes], special: list) -> None:
         """response_head: the upstream's response head (interim 1xx ones included)."""
         client = self.client
+        env = self.env
+        if env is not None:
+            client.out_env = env   # the bytes of this answer are its environment's (ClientConnection.flush)
         if status < 200 and status != 101:
             if status == 100:
                 self.body_at = client.proxy.clock   # the client may send its body from now on
@@ -267,11 +265,13 @@ class Exchange:
         rh = rewrite_response(parts, special)
         if rh.unknown_coding is not None:
             # As nginx does: a body in a coding this proxy cannot re-frame is refused.
+            self._count_invalid()
             self.reply_error(502, "upstream sent an unsupported Transfer-Encoding: "
                              + rh.unknown_coding.decode("latin-1"))
             return
         if status == 101 and self.head.upgrade is None:
             # RFC 9110 §15.2.2: switching protocols the client never asked for.
+            self._count_invalid()
             self.reply_error(502, "upstream switched protocols without an Upgrade request")
             return
         self.status = status
@@ -347,24 +347,28 @@ class Exchange:
             self.finish(Outcome.OK)
             self.client.close()
             return
+        server = self.server
         if self.response_started:
             if self.close_delimited and clean:
                 self.response_complete_on_eof()
             else:
+                if server is not None:
+                    server.resets += 1
                 self.abort(Outcome.FAILED)   # never a truncated response that looks complete
             return
-        server = self.server
         if (server is not None and reused and not got_bytes and self.retries < 2 and self.method in IDEMPOTENT
                 and not self.head.chunked and not self.head.content_length):
             # A pooled keep-alive connection the server had already closed: nothing
             # was processed, so the request goes again on a fresh connection.
             self.retries += 1
             server.inflight -= 1
-            server.close_idle()
+            pool.close_idle(server)
             self.server = None
             self.state = CONNECTING
             self.send_to_server(server.env)
             return
+        if server is not None:
+            server.resets += 1
         self.reply_error(502, "upstream closed the connection before responding")
 
     def response_complete_on_eof(self) -> None:
@@ -377,10 +381,19 @@ class Exchange:
 
     def upstream_invalid(self, message: str) -> None:
         """upstream_invalid: the upstream sent bytes that are not valid HTTP."""
+        self._count_invalid()
         self.reply_error(502, f"invalid response from upstream: {message}")
+
+    def _count_invalid(self) -> None:
+        """_count_invalid: a response this proxy cannot relay (invalid HTTP, an unknown coding, an
+        unasked 101), counted on its server as the "invalid" upstream error."""
+        if self.server is not None:
+            self.server.invalid += 1
 
     def timed_out(self) -> None:
         """timed_out: called by the proxy's ticker when upstream_response passed without progress."""
+        if self.server is not None:
+            self.server.timeouts += 1
         self.reply_error(504, "upstream did not respond within timeouts.upstream_response")
 
     def client_timed_out(self) -> None:
@@ -406,7 +419,10 @@ class Exchange:
         self.status = status
         self.keep_alive = False
         extra = b"retry-after: 1\r\n" if status == 503 else b""
-        self.client.write(error_response(status, message, extra, self.head_only))
+        client = self.client
+        client.flush()   # what was gathered before this answer is counted where it belongs
+        client.out_env = self.env if self.env is not None else client.proxy.unrouted_env
+        client.write(error_response(status, message, extra, self.head_only))
         self.finish(outcome)
 
     def abort(self, outcome: str) -> None:
@@ -461,21 +477,24 @@ class Exchange:
         server = self.server
         if server is not None:
             server.inflight -= 1
+            server.requests += 1
+        client = self.client
         env = self.env
         if env is not None:
             env.inflight -= 1
             env.active.discard(self)
+            env.bytes_in += client.received   # the rest of its request body, a tunnel's bytes
+            client.received = 0
             # The environment's metrics (see Environment.responses); once per request.
             elapsed = monotonic() - self.started
             env.responses[self.status // 100] += 1
             env.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             env.latency_sum += elapsed
         else:
-            self.client.proxy.unrouted[self.status // 100] += 1
+            client.proxy.unrouted[self.status // 100] += 1
         drain = self.drain
         if drain is not None:
             drain.finished(self, outcome)
-        client = self.client
-        if client.paused & 1:
-            client.resume_reading(1)   # the upstream that pushed back is no longer ours
+        if client.paused & PAUSE_UPSTREAM:
+            client.resume_reading(PAUSE_UPSTREAM)   # the upstream that pushed back is no longer ours
         client.exchange_done(self)

@@ -44,18 +44,13 @@ _PLAIN_CONNECTION: Final = {
 _KEEP_ALIVE_OR_CLOSE: Final = frozenset(s for s, tokens in _PLAIN_CONNECTION.items() if b"upgrade" not in tokens)
 
 
-# Bytes of a head begun in an earlier read that the protocols gather before they parse them
-# (see head_may_end).
-GATHER_BYTES: Final = 32 * 1024
-
-
 def head_may_end(tail: bytes, data: bytes) -> bool:
     """head_may_end: whether the empty line that ends a head (CRLF CRLF, RFC 9112 §2.1; llhttp
     accepts no other) can be in ``data``, read after ``tail``, the head's last bytes before it.
 
     Called by the protocols while a head spans reads: httptools grows a field that spans
     reads by concatenating the pieces (quadratic in their number), so reads that cannot end
-    the head are gathered, up to GATHER_BYTES, and parsed in one piece.
+    the head are gathered, up to flow.GATHER_BYTES, and parsed in one piece.
     """
     return b"\r\n\r\n" in data or b"\r\n\r\n" in tail[-3:] + data[:3]
 

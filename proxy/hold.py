@@ -1,9 +1,10 @@
 """HoldGate: the bounded queue that new requests wait in while traffic is held.
 
 Router.hold creates one; Exchange.start enters it instead of reading the
-route; Router.resume (by call or at the hold's timeout) releases every waiting
-exchange in arrival order, and each then reads the route as it is at that
-moment. Only past max_queued does a request get 503 with Retry-After.
+route; Router.resume releases every waiting exchange in arrival order, and each
+then reads the route as it is at that moment. The gate only holds and releases:
+the admin's Controller keeps the hold's deadline and calls resume when it passes.
+Only past max_queued does a request get 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ class HoldGate:
 
     __slots__ = ("max_queued", "waiting", "deadline")
 
-    def __init__(self, max_queued: int, deadline: float) -> None:
+    def __init__(self, max_queued: int, deadline: float | None) -> None:
         self.max_queued = max_queued
-        self.deadline = deadline          # wall-clock time the hold resumes by itself
+        self.deadline = deadline          # wall-clock time the Controller ends the hold (None: until resume)
         self.waiting: dict["Exchange", None] = {}
 
     def __len__(self) -> int:

@@ -1,25 +1,27 @@
 """Router: the one narrow interface between the data plane and whoever steers it.
 
 It owns the environments and their servers, the live Route snapshot, the
-hold gate and the drains. The admin side (and the demo) call ``swap``,
-``hold``/``resume``, ``status`` and watch drains through ``on_drain``;
-nothing else in the data plane is changed from outside.
+hold gate and the drains. The admin side (through admin/plane.py) calls
+``swap`` and ``hold``/``resume``, reads it through ``snapshot`` and watches
+drains through ``on_drain``; nothing else in the data plane is changed from
+outside. A hold lasts until ``resume``: its deadline and the timer that ends
+it are the caller's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import re
-import time
 import zlib
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Callable
 
 from .backends import Environment, Server
 from .drain import Drain
 from .hold import HoldGate
 from .route import Route
+from .snapshot import RouterSnapshot
 
 if TYPE_CHECKING:
     from .config import Config
@@ -36,21 +38,18 @@ class Router:
     """Router: environments, the live route, the hold gate and the drains."""
 
     def __init__(self, environments: dict[str, Environment], route: Route, drain_timeout: float,
-                 hold_max_wait: float, hold_max_queued: int, canary_header: str | None = None) -> None:
+                 hold_max_queued: int, canary_header: str | None = None) -> None:
         self.environments = environments
         # Without a configured header, clients are told their bucket in a cookie.
         self._canary_header = (re.compile(rb"(?im)^" + re.escape(canary_header.encode()) + rb"[ \t]*:[ \t]*([^\r\n]*)")
                                if canary_header else None)
         self.route = route
         self.drain_timeout = drain_timeout
-        self.hold_max_wait = hold_max_wait
         self.hold_max_queued = hold_max_queued
         self.hold_gate: HoldGate | None = None
         self.drains: dict[str, Drain] = {}       # environment -> its running drain
         self.on_drain: list[Callable[[Drain], None]] = []
-        self.on_resume: list[Callable[[int, str], None]] = []
         self.on_health: list[Callable[[Server, bool, str], None]] = []
-        self._hold_timer: Any = None   # the loop's timer handle
 
     @classmethod
     def from_config(cls, config: "Config", route: Route | None = None) -> "Router":
@@ -63,8 +62,7 @@ class Router:
             envs[name] = env
         if route is None:
             route = Route(generation=1, live=config.live, environments=tuple(envs))
-        return cls(envs, route, config.drain_timeout, config.hold.max_wait, config.hold.max_queued,
-                   config.canary_header)
+        return cls(envs, route, config.drain_timeout, config.hold.max_queued, config.canary_header)
 
     # ----------------------------------------------------------------- route
 
@@ -131,33 +129,21 @@ class Router:
     def held(self) -> bool:
         return self.hold_gate is not None
 
-    def hold(self, timeout: float | None = None) -> None:
-        """hold: new requests wait until resume, or until ``timeout`` (default hold.max_wait)."""
-        timeout = self.hold_max_wait if timeout is None else timeout
+    def hold(self, until: float | None = None) -> None:
+        """hold: new requests wait in the hold gate until resume.
+
+        ``until`` is the deadline whoever steers the router keeps (admin's Controller runs
+        the timer that calls resume); the router only shows it and never ends a hold itself.
+        """
         if self.hold_gate is None:
-            self.hold_gate = HoldGate(self.hold_max_queued, time.time() + timeout)
+            self.hold_gate = HoldGate(self.hold_max_queued, until)
         else:
-            self.hold_gate.deadline = time.time() + timeout
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-        self._hold_timer = asyncio.get_running_loop().call_later(timeout, self._hold_expired)
+            self.hold_gate.deadline = until
 
     def resume(self) -> int:
         """resume: release every waiting request; returns how many were waiting."""
-        if self._hold_timer is not None:
-            self._hold_timer.cancel()
-            self._hold_timer = None
         gate, self.hold_gate = self.hold_gate, None
         return gate.release() if gate is not None else 0
-
-    def _hold_expired(self) -> None:
-        self._hold_timer = None
-        released = self.resume()
-        for callback in self.on_resume:
-            try:
-                callback(released, "hold timeout")
-            except Exception:
-                log.exception("resume callback failed")
 
     @property
     def held_requests(self) -> int:
@@ -183,20 +169,42 @@ class Router:
         server.ok_streak = 0
         self.set_health(server, False, f"connect failed: {reason}")
 
-    # ---------------------------------------------------------------- status
+    # -------------------------------------------------------------- snapshot
+
+    def snapshot(self) -> RouterSnapshot:
+        """snapshot: the route, the hold, the environments and the drains as plain values.
+
+        Called by Proxy.snapshot when the admin side reads the data plane (status, scrape,
+        probe), never per request.
+        """
+        gate = self.hold_gate
+        return RouterSnapshot(
+            route=self.route,
+            held=gate is not None,
+            held_requests=len(gate) if gate is not None else 0,
+            hold_until=gate.deadline if gate is not None else None,
+            environments=tuple(env.snapshot() for env in self.environments.values()),
+            drains=tuple(drain.snapshot() for drain in self.drains.values()),
+        )
 
     def status(self) -> dict:
-        """status: the data plane's part of GET /v1/status."""
-        route = self.route
+        """status: the data plane's part of GET /v1/status, from snapshot()."""
+        snapshot = self.snapshot()
+        route = snapshot.route
         return {
             "live": route.live,
             "previous": route.previous,
             "generation": route.generation,
-            "held": self.held,
-            "held_requests": self.held_requests,
+            "held": snapshot.held,
+            "held_requests": snapshot.held_requests,
             "weights": route.weights,
-            "environments": {name: env.snapshot() for name, env in self.environments.items()},
-            "draining": {name: d.result() for name, d in self.drains.items()},
+            "environments": {env.name: {"healthy": env.healthy, "inflight": env.inflight,
+                                        "connections": env.connections,
+                                        "servers": [{"address": s.address, "healthy": s.healthy,
+                                                     "inflight": s.inflight, "connections": s.connections}
+                                                    for s in env.servers]}
+                             for env in snapshot.environments},
+            "draining": {drain.environment: asdict(drain) for drain in snapshot.drains},
         }
 
 

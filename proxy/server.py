@@ -17,11 +17,15 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from . import pool
+from .backends import Environment
 from .downstream import ClientConnection
 from .errors import describe_os_error
 from .exchange import RESPONDING, SENT
+from .flow import LISTEN_BACKLOG, PREVIEW_BACKLOG
 from .health import HealthChecker
 from .router import Router
+from .snapshot import Snapshot
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -65,7 +69,10 @@ class Proxy:
                                                    t.client_header, t.keepalive_idle, t.client_body) / 4))
         self.connections: set[ClientConnection] = set()
         self.unrouted = [0] * 6         # requests answered before reaching an environment, by status class
-        self.client_body_timeouts = 0   # requests cut with 408 at timeouts.client_body (read by admin/metrics.py)
+        self.client_body_timeouts = 0   # requests cut with 408 at timeouts.client_body
+        # Where ClientConnection counts the bytes of answers no environment gave (refusals before
+        # routing, a full hold queue): never one of the router's environments, never in a snapshot.
+        self.unrouted_env = Environment("")
         self.clock = time.monotonic()
         self.closing = False
         self.health: HealthChecker | None = None
@@ -85,17 +92,17 @@ class Proxy:
         """start: listen (on ``sock`` when given, else config.listen) and start health checks."""
         loop = self._loop = asyncio.get_running_loop()
         if sock is not None:
-            self._server = await loop.create_server(self._client, sock=sock, backlog=4096)
+            self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
         else:
             self._server = await loop.create_server(
                 self._client, self.config.listen.host, self.config.listen.port,
-                backlog=4096, reuse_address=True)
+                backlog=LISTEN_BACKLOG, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
         preview = self.config.preview_listen
         if preview is not None:
             self._preview = await loop.create_server(
                 self._preview_client, preview.host, preview.port,
-                backlog=1024, reuse_address=True)
+                backlog=PREVIEW_BACKLOG, reuse_address=True)
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
@@ -115,6 +122,25 @@ class Proxy:
     def port(self) -> int:
         """port: the port actually listened on (config may say 0 for an ephemeral one)."""
         return self._port
+
+    def snapshot(self) -> Snapshot:
+        """snapshot: the data plane as plain values: Router.snapshot, the listeners, the client side.
+
+        Called by admin/plane.py's LocalPlane when the admin side reads the data plane
+        (status, scrape, probe), never per request. listen and preview_listen are the
+        configured host with the port as bound (preview_listen is None until it listens).
+        """
+        preview = self.config.preview_listen
+        return Snapshot(
+            router=self.router.snapshot(),
+            listen=f"{self.config.listen.host}:{self._port}",
+            preview_listen=(f"{preview.host}:{self.preview_port}"
+                            if preview is not None and self.preview_port else None),
+            client_connections=len(self.connections),
+            unrouted=tuple(self.unrouted),
+            client_body_timeouts=self.client_body_timeouts,
+            preview_token_set=self.preview_token is not None,
+        )
 
     # ----------------------------------------------------------- upstream
 
@@ -203,9 +229,7 @@ class Proxy:
         idle_limit = now - self.keepalive_timeout
         for env in self.router.environments.values():
             for server in env.servers:
-                idle = server.idle
-                while idle and idle[0].active_at < idle_limit:
-                    idle.pop(0).close()
+                pool.expire(server, idle_limit)
 
     # ------------------------------------------------------------ shutdown
 
@@ -245,7 +269,7 @@ class Proxy:
             conn.abort()
             conn.transport.abort()   # also when a graceful close is still waiting to flush
         for env in self.router.environments.values():
-            env.close_idle()
+            pool.close_environment(env)
         await self.close()
         return {"connections": open_at_start, "cut": cut}
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import termios
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from . import pool
 from .exchange import RESPONDING, SENT
-from .headers import GATHER_BYTES, RESPONSE_NAMES, RESPONSE_SPECIAL, head_may_end, split_into
+from .flow import GATHER_BYTES, PAUSE_UPSTREAM
+from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, head_may_end, split_into
 
 
 if TYPE_CHECKING:
@@ -31,9 +33,6 @@ if TYPE_CHECKING:
     from .server import Proxy
 
 log = logging.getLogger("cutover.proxy")
-
-# Idle connections kept per server; more are closed when released.
-MAX_IDLE_PER_SERVER: Final = 512
 
 
 class _SkipBody(Exception):
@@ -90,26 +89,24 @@ class UpstreamConnection:
     # ------------------------------------------------------------ pool side
 
     def release(self) -> None:
-        """release: the exchange is done with this connection; keep it idle or close it.
+        """release: the exchange is done with this connection; keep it idle (pool.put) or close it.
 
-        Only a connection with nothing left to send goes back to the pool.
+        Only a connection with nothing left to send goes back to the pool, and none
+        while the proxy shuts down.
         """
         self.exchange = None
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
-        server = self.server
-        if (self.closed or not server.healthy or len(server.idle) >= MAX_IDLE_PER_SERVER
-                or self.proxy.closing or self.out or self.transport.get_write_buffer_size()):
+        proxy = self.proxy
+        if (self.closed or proxy.closing or self.out or self.transport.get_write_buffer_size()
+                or not pool.put(self, proxy.clock)):
             self.close()
-            return
-        self.active_at = self.proxy.clock
-        server.idle.append(self)
 
     def has_unread(self) -> bool:
         """has_unread: whether bytes this proxy has not read yet wait on the socket (FIONREAD).
 
-        Called by Exchange before it reuses an idle connection of a server that has
+        Called by pool.take before it hands out an idle connection of a server that has
         sent stray bytes before: a syscall, so never for servers that have not.
         """
         sock = self.transport.get_extra_info("socket")
@@ -143,10 +140,7 @@ class UpstreamConnection:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
-            try:
-                self.server.idle.remove(self)
-            except ValueError:
-                pass
+            pool.discard(self)
 
     # ------------------------------------------------------- asyncio events
 
@@ -167,14 +161,12 @@ class UpstreamConnection:
             self.exchange = None
             ex.upstream_lost(self.got_bytes, self.reused, exc is None)
         else:
-            try:
-                self.server.idle.remove(self)
-            except ValueError:
-                pass
+            pool.discard(self)   # the server closed an idle one
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
+            tunnel.out_env.bytes_out += len(data)
             tunnel.transport.write(data)
             return
         ex = self.exchange
@@ -296,16 +288,16 @@ class UpstreamConnection:
     def pause_writing(self) -> None:
         ex = self.exchange
         if ex is not None:
-            ex.client.pause_reading(1)
+            ex.client.pause_reading(PAUSE_UPSTREAM)
         elif self.tunnel is not None:
-            self.tunnel.pause_reading(1)
+            self.tunnel.pause_reading(PAUSE_UPSTREAM)
 
     def resume_writing(self) -> None:
         ex = self.exchange
         if ex is not None:
-            ex.client.resume_reading(1)
+            ex.client.resume_reading(PAUSE_UPSTREAM)
         elif self.tunnel is not None:
-            self.tunnel.resume_reading(1)
+            self.tunnel.resume_reading(PAUSE_UPSTREAM)
 
     # ----------------------------------------------- httptools callbacks
 

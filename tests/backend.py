@@ -12,7 +12,7 @@ import json
 
 from aiohttp import WSMsgType, web
 
-from admin.demo_app import serve_app
+from admin.story.demo_app import serve_app
 
 STATE = web.AppKey("state", dict)
 

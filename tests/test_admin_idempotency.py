@@ -115,24 +115,27 @@ async def test_a_repeat_while_the_first_still_runs_waits_and_answers_the_same(ma
 
 
 class FailingStore:
-    """FailingStore: a state store whose next ``failures`` saves fail as a broken disk would."""
+    """FailingStore: a state store whose next ``failures`` commits fail as a broken disk would."""
 
     def __init__(self, store, failures: int) -> None:
         self.store = store
         self.failures = failures
         self.history_limit = getattr(store, "history_limit", None)
 
-    def load(self):
-        return self.store.load()
+    async def load(self):
+        return await self.store.load()
 
     def describe(self) -> str:
         return self.store.describe()
 
-    def save(self, state) -> None:
+    async def commit(self, state, expect, event=None):
         if self.failures:
             self.failures -= 1
             raise StateError(f"state {self.describe()}: disk full (test)")
-        self.store.save(state)
+        return await self.store.commit(state, expect, event)
+
+    def __getattr__(self, name):      # append, amend, add_drain, watch: the wrapped store's
+        return getattr(self.store, name)
 
 
 async def test_a_5xx_is_not_remembered_so_a_retry_can_succeed(make_stack, session):

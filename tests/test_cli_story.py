@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from test_cli import TOKEN, assert_failed, cutover, url_of
+from test_cli import TOKEN, assert_failed, cutover, free_port, url_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
 
@@ -62,6 +62,13 @@ async def test_drill_command_exits_2_when_the_flip_is_refused(make_stack):
     await running.controller.lock_switch("freeze")
     result = await cutover("drill", "--settle", "0.1", "--admin", url_of(running), timeout=30)
     assert result.rc == 2 and "locked" in result.err and "Traceback" not in result.err
+
+
+async def test_drill_command_names_an_unreachable_admin_api_in_one_line():
+    admin = f"http://127.0.0.1:{free_port()}"
+    result = await cutover("drill", "--settle", "0.1", "--admin", admin, timeout=30)
+    line = assert_failed(result, 1, "connection_failed")
+    assert admin in line and "drill" in line
 
 
 async def test_schema_check_command_exit_codes():

@@ -12,7 +12,7 @@ from test_cli import cutover, url_of
 
 
 class Store:
-    """Store: wraps the stack's store; ``fail`` (an exception to raise after or instead of saving)."""
+    """Store: wraps the stack's store; ``fail`` (an exception to raise after or instead of committing)."""
 
     def __init__(self, inner, fail=None, write_first=False) -> None:
         self.inner = inner
@@ -23,14 +23,19 @@ class Store:
     def describe(self) -> str:
         return self.inner.describe()
 
-    def load(self):
-        return self.inner.load()
+    async def load(self):
+        return await self.inner.load()
 
-    def save(self, state) -> None:
+    async def commit(self, state, expect, event=None):
+        revision = None
         if self.fail is None or self.write_first:
-            self.inner.save(state)
+            revision = await self.inner.commit(state, expect, event)
         if self.fail is not None:
             raise self.fail
+        return revision
+
+    def __getattr__(self, name):      # append, amend, add_drain, watch: the inner store's
+        return getattr(self.inner, name)
 
 
 async def post(session, running, path, body=None):
@@ -128,7 +133,7 @@ async def test_a_state_written_but_not_folder_synced_is_applied(make_stack):
                                      write_first=True)
     result = await running.controller.flip()
     assert result["live"] == "green" and running.proxy.router.route.live == "green"
-    assert inner.load().live == "green"       # the file and the route agree
+    assert inner.read()[0].live == "green"    # the file and the route agree
 
 
 async def test_switch_metrics_count_each_action(make_stack):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 
-from admin.drill import drill
+from admin.api import IDEMPOTENCY
+from admin.story.drill import drill
 
 
 async def test_probe_header_names_the_serving_environment(make_proxy):
@@ -47,3 +48,11 @@ async def test_drill_fails_when_the_target_answers_errors(make_stack, backends):
     report = await drill(f"http://127.0.0.1:{running.admin_port}", None, settle=0.2, objective_ms=1000)
     assert report["failed_probes"] > 0 and report["passed"] is False
     assert "500" in report["failures"]
+
+
+async def test_drill_sends_its_own_idempotency_key_with_each_switch(make_stack):
+    # A key per switch lets AdminClient retry a switch whose answer never came, at most once applied.
+    running = await make_stack()
+    report = await drill(f"http://127.0.0.1:{running.admin_port}", None, settle=0.1, objective_ms=5000)
+    assert [s["action"] for s in report["switches"]] == ["flip", "rollback"]
+    assert len(running.admin.app[IDEMPOTENCY]) == 2

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from admin.demo_app import serve_app
+from admin.story.demo_app import serve_app
 from adminapi import JsonAdmin, eventually, session  # noqa: F401  (session is a fixture)
 
 TOKEN = "t0ken"

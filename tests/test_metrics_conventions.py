@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +16,7 @@ from adminapi import Admin, eventually, session  # noqa: F401  (session is a fix
 from conftest import raw_exchange
 
 import proxy
+from proxy.snapshot import UPSTREAM_ERROR_KINDS
 
 
 def scrape(text: str) -> dict:
@@ -87,3 +90,39 @@ async def test_gate_results_and_analysis_outcomes_are_counted(make_stack, sessio
         return samples[running] == 0 and samples[
             ("cutover_analyses_total", frozenset({("outcome", "passed")}))] == 1
     assert await eventually(analysis_passed, timeout=5)
+
+
+@dataclass(frozen=True)
+class Refusing:
+    """Refusing: a loopback address nothing listens on (bound once for a free port, then closed)."""
+
+    address: str
+
+    @classmethod
+    def new(cls) -> "Refusing":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return cls(f"127.0.0.1:{sock.getsockname()[1]}")
+
+
+async def test_requests_bytes_and_upstream_errors_are_counted_per_server(make_stack, backends, session):
+    refusing = Refusing.new()
+    # health checks every 30 s: the first one alone does not mark the refusing server down
+    stack = await make_stack({"blue": backends["blue"], "green": refusing}, preview_listen="127.0.0.1:0",
+                             health_check={"interval": "30s", "timeout": "500ms"})
+    api = Admin(session, stack.admin_port)
+    for _ in range(2):
+        async with session.get(f"http://127.0.0.1:{stack.proxy.port}/") as resp:
+            assert resp.status == 200 and await resp.text() == "blue\n"
+    async with session.get(f"http://127.0.0.1:{stack.proxy.preview_port}/") as resp:
+        assert resp.status == 502                # green, through the preview listener: connection refused
+    samples = scrape(await metrics(api))
+    blue = backends["blue"].address
+    assert samples[("cutover_server_requests_total", frozenset({("environment", "blue"), ("server", blue)}))] == 2
+    assert samples[("cutover_received_bytes_total", frozenset({("environment", "blue")}))] > 0
+    assert samples[("cutover_sent_bytes_total", frozenset({("environment", "blue")}))] > 0
+    errors = {(dict(labels)["server"], dict(labels)["kind"]): value for (name, labels), value in samples.items()
+              if name == "cutover_upstream_errors_total"}
+    assert set(errors) == {(server, kind) for server in (blue, refusing.address) for kind in UPSTREAM_ERROR_KINDS}
+    assert errors[(refusing.address, "connect")] == 1
+    assert sum(errors.values()) == 1

@@ -68,16 +68,25 @@ async def test_shutdown_makes_readyz_503_before_the_listeners_stop_accepting(mak
     running = await make_stack()
     api = Admin(session, running.admin_port)
     seen = []
-    shutdown = running.proxy.shutdown
+    real = running.proxy
 
-    async def shutdown_after_looking(timeout=None):
-        seen.append(await api.get("/readyz"))     # the admin API still answers here
-        return await shutdown(timeout)
-    running.proxy.shutdown = shutdown_after_looking
+    class LooksFirst:
+        """LooksFirst: the real Proxy, except that shutdown reads /readyz before it starts.
+
+        Wraps rather than patches: the compiled Proxy's methods are read-only.
+        """
+
+        async def shutdown(self, timeout=None):
+            seen.append(await api.get("/readyz"))     # the admin API still answers here
+            return await real.shutdown(timeout)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+    running.proxy = LooksFirst()
     try:
         await running.stop(0.5)
     finally:
-        running.proxy.shutdown = shutdown
+        running.proxy = real
     [(status, payload, _)] = seen
     assert status == 503, payload
     assert payload["shutting_down"] is True and payload["ready"] is False

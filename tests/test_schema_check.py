@@ -1,4 +1,4 @@
-"""Table tests for the migration schema check (admin/schema_check.py): pure, no database."""
+"""Table tests for the migration schema check (admin/story/schema_check.py): pure, no database."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from admin.schema_check import RULES, Finding, SchemaCheckError, check_sql, main, split_statements
+from admin.story.schema_check import RULES, Finding, SchemaCheckError, check_sql, main, split_statements
 
 FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -54,13 +55,13 @@ def test_every_field_survives_save_and_load(tmp_path):
     store = FileStateStore(tmp_path / "state.json")
     state = full_state()
     store.save(state)
-    assert store.load() == full_state()
+    assert store.read()[0] == full_state()
 
 
 def test_defaults_survive_save_and_load(tmp_path):
     store = FileStateStore(tmp_path / "state.json")
     store.save(State(live="blue", previous=None, generation=1))
-    assert store.load() == State(live="blue", previous=None, generation=1)
+    assert store.read()[0] == State(live="blue", previous=None, generation=1)
 
 
 def test_to_dict_from_dict_round_trip_without_a_store():
@@ -77,7 +78,7 @@ def test_to_dict_does_not_share_history_with_the_state():
 
 
 def test_missing_file_loads_as_none(tmp_path):
-    assert FileStateStore(tmp_path / "absent.json").load() is None
+    assert FileStateStore(tmp_path / "absent.json").read()[0] is None
 
 
 def test_save_creates_missing_folders(tmp_path):
@@ -100,17 +101,19 @@ def test_describe_names_the_file(tmp_path):
     assert FileStateStore(path).describe() == f"file {path}"
 
 
-def test_file_store_satisfies_the_store_protocol(tmp_path):
+def test_file_store_has_every_method_of_the_store_protocol_async_where_it_is(tmp_path):
     store: StateStore = FileStateStore(tmp_path / "state.json")
-    for method in ("load", "save", "describe"):
-        assert callable(getattr(store, method))
+    for method in ("load", "commit", "append", "amend", "add_drain"):
+        assert inspect.iscoroutinefunction(getattr(store, method)), method
+    assert inspect.isasyncgenfunction(store.watch)
+    assert callable(store.describe) and store.history_limit == 1000
 
 
 def test_a_second_save_replaces_the_first(tmp_path):
     store = FileStateStore(tmp_path / "state.json")
     store.save(State(live="blue", previous=None, generation=1))
     store.save(State(live="green", previous="blue", generation=2))
-    assert store.load() == State(live="green", previous="blue", generation=2)
+    assert store.read()[0] == State(live="green", previous="blue", generation=2)
 
 
 # --- atomicity and durability ---
@@ -258,20 +261,20 @@ def test_history_is_trimmed_to_the_newest_events_on_save(tmp_path):
     store = FileStateStore(tmp_path / "state.json", history_limit=3)
     state = State(live="blue", previous=None, generation=1, history=[event(n) for n in range(5)])
     store.save(state)
-    assert [e["n"] for e in store.load().history] == [2, 3, 4]
+    assert [e["n"] for e in store.read()[0].history] == [2, 3, 4]
     assert [e["n"] for e in state.history] == [2, 3, 4]
 
 
 def test_history_under_the_limit_is_kept_whole(tmp_path):
     store = FileStateStore(tmp_path / "state.json", history_limit=3)
     store.save(State(live="blue", previous=None, generation=1, history=[event(0), event(1)]))
-    assert [e["n"] for e in store.load().history] == [0, 1]
+    assert [e["n"] for e in store.read()[0].history] == [0, 1]
 
 
 def test_history_limit_zero_keeps_no_events(tmp_path):
     store = FileStateStore(tmp_path / "state.json", history_limit=0)
     store.save(State(live="blue", previous=None, generation=1, history=[event(0), event(1)]))
-    assert store.load().history == []
+    assert store.read()[0].history == []
 
 
 def test_failed_save_does_not_trim_the_history_in_memory(tmp_path, monkeypatch):
@@ -293,7 +296,7 @@ def test_corrupt_json_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "state.json"
     path.write_text('{"version": 1, "live": "blue",')
     with pytest.raises(StateError, match="not valid JSON") as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -301,7 +304,7 @@ def test_empty_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "state.json"
     path.write_text("")
     with pytest.raises(StateError, match="empty") as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -309,14 +312,14 @@ def test_non_utf8_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "state.json"
     path.write_bytes(b'{"live": "\xff\xfe"}')
     with pytest.raises(StateError, match=re.escape(str(path))):
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
 
 
 def test_unreadable_file_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "state.json"
     path.mkdir()
     with pytest.raises(StateError, match="cannot read") as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -324,7 +327,7 @@ def test_corrupt_file_is_not_replaced_by_load(tmp_path):
     path = tmp_path / "state.json"
     path.write_text("garbage")
     with pytest.raises(StateError):
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert path.read_text() == "garbage"
 
 
@@ -366,7 +369,7 @@ def test_wrong_value_is_an_error_naming_the_key_and_file(tmp_path, changes, key)
     path = tmp_path / "state.json"
     path.write_text(json.dumps(valid_dict(**changes)))
     with pytest.raises(StateError) as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     message = str(err.value)
     assert f'"{key}"' in message and str(path) in message
 
@@ -383,21 +386,21 @@ def test_missing_required_key_is_an_error_naming_it(tmp_path, key):
     path = tmp_path / "state.json"
     write_json(path, data)
     with pytest.raises(StateError, match=f'"{key}" is missing') as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
 def test_optional_keys_take_their_defaults(tmp_path):
     path = tmp_path / "state.json"
     write_json(path, {"version": 1, "live": "green", "generation": 4})
-    assert FileStateStore(path).load() == State(live="green", previous=None, generation=4)
+    assert FileStateStore(path).read()[0] == State(live="green", previous=None, generation=4)
 
 
 def test_unknown_key_is_an_error_naming_it_and_the_file(tmp_path):
     path = tmp_path / "state.json"
     write_json(path, valid_dict(wieghts={"blue": 100}))
     with pytest.raises(StateError, match='unknown key "wieghts"') as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -405,7 +408,7 @@ def test_top_level_must_be_an_object(tmp_path):
     path = tmp_path / "state.json"
     write_json(path, [1, 2])
     with pytest.raises(StateError, match="must be a JSON object") as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -413,7 +416,7 @@ def test_newer_format_version_is_refused_before_its_new_keys(tmp_path):
     path = tmp_path / "state.json"
     write_json(path, valid_dict(version=2, replicas=["a", "b"]))
     with pytest.raises(StateError, match="written by a newer cutover") as err:
-        FileStateStore(path).load()
+        FileStateStore(path).read()[0]
     assert str(path) in str(err.value)
 
 
@@ -458,4 +461,4 @@ def test_check_environments_with_a_store_description(tmp_path):
     store.save(State(live="purple", previous=None, generation=1))
     expected = "^" + re.escape(f"state file {store.path} names")
     with pytest.raises(StateError, match=expected):
-        store.load().check_environments(["blue", "green"], store.describe())
+        store.read()[0].check_environments(["blue", "green"], store.describe())

@@ -26,7 +26,7 @@ def test_remove_leftovers_removes_only_this_state_files_temps(tmp_path):
     assert sorted(removed) == sorted(ours)
     assert not any(path.exists() for path in ours)
     assert other.exists() and unrelated.exists()
-    assert store.load().generation == 4       # the state file itself is untouched
+    assert store.read()[0].generation == 4       # the state file itself is untouched
 
 
 def test_remove_leftovers_escapes_glob_characters_in_the_name(tmp_path):

@@ -243,19 +243,21 @@ async def test_hold_queues_requests_and_resume_serves_them_on_the_new_route(make
     assert router.held is False and router.held_requests == 0
 
 
-async def test_hold_releases_by_itself_at_its_timeout(make_proxy):
+async def test_a_router_hold_outlasts_its_deadline_until_resume(make_proxy):
+    # The deadline is the Controller's: its timer calls resume (tests/test_hold_has_one_owner.py).
     proxy = await make_proxy()
     router = proxy.router
-    resumed = []
-    router.on_resume.append(lambda n, why: resumed.append((n, why)))
     async with aiohttp.ClientSession() as session:
-        router.hold(timeout=0.3)
-        started = time.monotonic()
-        async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
+        router.hold(until=time.time() + 0.1)
+        request = asyncio.create_task(session.get(f"http://127.0.0.1:{proxy.port}/"))
+        async with asyncio.timeout(2):
+            while router.held_requests < 1:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert not request.done() and router.held and router.held_requests == 1
+        assert router.resume() == 1
+        async with await asyncio.wait_for(request, 3) as resp:
             assert resp.status == 200 and await resp.text() == "blue\n"
-        waited = time.monotonic() - started
-    assert 0.2 < waited < 2
-    assert resumed == [(1, "hold timeout")]
     assert router.held is False
 
 

@@ -106,9 +106,8 @@ async def serve_app(app: web.Application, port: int = 0, shutdown_timeout: float
     """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, runner.addresses[0][1]     # the one site's socket, as bound
 
 
 class DemoServer:

@@ -1,6 +1,6 @@
 """The rollback drill: flip to the other environment and back under synthetic probes.
 
-``cutover drill`` runs against a running router through its admin API. A
+``cutover drill`` runs against a running router through its admin API (AdminClient). A
 probe client sends ``GET <path>`` with ``X-Cutover-Probe`` over one keep-alive
 connection every few milliseconds; the router answers each probe naming the
 environment and generation that served it. The drill flips, waits, rolls
@@ -17,9 +17,15 @@ import asyncio
 import json
 import sys
 import time
+import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from ..client import AdminClient, AdminError
+
+ADMIN_TIMEOUT = 60.0    # seconds for one admin call (a flip includes its gates)
 
 
 @dataclass
@@ -63,33 +69,50 @@ class DrillError(Exception):
         self.code = code
 
 
-async def _call(session: aiohttp.ClientSession, method: str, url: str, body: dict | None = None) -> dict:
+def listener_url(listen: str, path: str = "/") -> str:
+    """listener_url: the URL of ``path`` on a listener named as the status names it ("host:port").
+
+    A wildcard host (0.0.0.0, ::) is reached on 127.0.0.1. Used by the drill and the demo.
+    """
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
+    return f"http://{host}:{port}{path}"
+
+
+async def _admin(what: str, call: Awaitable[dict]) -> dict:
+    """_admin: the answer of one AdminClient call, or DrillError with the API's message and code.
+
+    An answer's message is prefixed with ``what`` (the call); a call that got no answer
+    already names the URL.
+    """
     try:
-        async with session.request(method, url, json=body) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                raise DrillError(f"{method} {url}: {data.get('error')} ({data.get('code')})",
-                                 2 if resp.status in (409, 412) else 1)
-            return data
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        raise DrillError(f"{method} {url}: {type(exc).__name__} {exc}") from None
+        return await call
+    except AdminError as exc:
+        message = exc.message if exc.status == 0 else f"{what}: {exc.message}"
+        raise DrillError(f"{message} ({exc.code})", 2 if exc.refused else 1) from None
 
 
 async def drill(admin: str, token: str | None, path: str = "/", interval: float = 0.005,
                 settle: float = 1.0, objective_ms: float = 100.0) -> dict:
-    """drill: flip and roll back under probes; returns the report."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """drill: flip and roll back under probes; returns the report.
+
+    Called by ``cutover drill`` (run) and the demo. Every admin call goes through AdminClient;
+    each switch carries a fresh Idempotency-Key, so the client's one retry (no answer came)
+    cannot switch twice.
+    """
     probe_headers = {"X-Cutover-Probe": "1"}
     if token:
         probe_headers["X-Cutover-Token"] = token
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        status = await _call(session, "GET", f"{admin}/v1/status")
+    try:
+        client = AdminClient(admin, token, ADMIN_TIMEOUT)
+    except AdminError as exc:
+        raise DrillError(f"{exc.message} ({exc.code})") from None
+    async with client:
+        status = await _admin("status", client.status())
         listen = status.get("listen")
         if not listen:
             raise DrillError("the router's status does not name its listen address")
-        host, _, port = listen.rpartition(":")
-        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        url = f"http://{host}:{port}{path}"
+        url = listener_url(listen, path)
         start_env = status["live"]
         other = next(name for name in status["environments"] if name != start_env)
         probes = Probes()
@@ -99,11 +122,13 @@ async def drill(admin: str, token: str | None, path: str = "/", interval: float 
         try:
             await asyncio.sleep(settle)
             for action, target in (("flip", other), ("rollback", start_env)):
+                key = str(uuid.uuid4())
                 t0 = time.perf_counter()
                 if action == "flip":
-                    answer = await _call(session, "POST", f"{admin}/v1/flip", {"to": target, "reason": "drill"})
+                    call = client.flip(target, reason="drill", idempotency_key=key)
                 else:
-                    answer = await _call(session, "POST", f"{admin}/v1/rollback", {"reason": "drill"})
+                    call = client.rollback(reason="drill", idempotency_key=key)
+                answer = await _admin(action, call)
                 applied = (time.perf_counter() - t0) * 1000
                 deadline = time.monotonic() + 5
                 while probes.first_from(target, t0) is None and time.monotonic() < deadline:
@@ -125,7 +150,7 @@ async def drill(admin: str, token: str | None, path: str = "/", interval: float 
     passed = not failed and rollback is not None and rollback <= objective_ms and \
         switches[0]["recovery_ms"] is not None
     return {
-        "router": url, "admin": admin, "probes": len(probes.seen), "failed_probes": len(failed),
+        "router": url, "admin": client.url, "probes": len(probes.seen), "failed_probes": len(failed),
         "failures": [reason for _, _, reason in failed[:5]], "switches": switches,
         "objective_ms": objective_ms, "passed": passed,
     }

@@ -1,0 +1,115 @@
+"""The data plane as the control plane sees it: changes go in, acks and snapshots come out.
+
+The Controller is the only caller: it sends one Change per mutation through
+``DataPlane.apply`` and answers the mutation only after the Ack is back; it reads
+the data plane only through ``snapshot()`` (plain frozen values, proxy/snapshot.py) and
+learns how a drain ended through ``on_drain`` (a DrainSnapshot, never a live Drain).
+Gates, analysis, metrics, readiness and the API get the same ``snapshot`` callable.
+
+LocalPlane is the one implementation today: the Router and Proxy of this process.
+A plane over worker processes, or a fleet's replica loop, implements the same three
+calls; nothing else in admin/ holds a Router, Proxy, Environment or Server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from proxy import Proxy, Route, Router
+
+if TYPE_CHECKING:
+    from proxy import Config, DrainSnapshot, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Hold: whether new requests wait in the hold gate, and until when (wall clock).
+
+    The Controller owns the deadline and runs the one timer that ends the hold: ``until``
+    travels only so that snapshots can show it; the data plane never ends a hold itself.
+    """
+
+    held: bool
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Change: what one mutation changes on the data plane; None leaves that part as it is."""
+
+    route: Route | None = None
+    hold: Hold | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Ack: the data plane's answer to a Change.
+
+    ``generation`` is the route generation it serves after the change; ``acked`` names who
+    applied it (process ids here), ``pending`` who has not; ``complete`` when none is pending.
+    """
+
+    generation: int
+    complete: bool
+    acked: tuple[int, ...]
+    pending: tuple[int, ...]
+
+
+DrainCallback = Callable[["DrainSnapshot"], None]
+
+
+class DataPlane(Protocol):
+    """DataPlane: what the Controller drives (SPEC §9: one process, workers or a fleet's replica)."""
+
+    async def apply(self, change: Change) -> Ack:
+        """apply: make ``change`` effective; the Ack comes back once it is."""
+        ...
+
+    def snapshot(self) -> "Snapshot":
+        """snapshot: the data plane as it is now, as plain frozen values."""
+        ...
+
+    def on_drain(self, callback: DrainCallback) -> None:
+        """on_drain: call ``callback`` with each drain's outcome when the drain ends."""
+        ...
+
+
+class LocalPlane:
+    """LocalPlane: the data plane of this process, one Router behind one Proxy.
+
+    serve's start-up builds it (``build``); every call runs on the event loop, so apply
+    takes effect before it returns: a request that reads the route after it goes by the
+    new one, and the Ack is complete at once.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self._router = proxy.router
+
+    @classmethod
+    def build(cls, config: "Config", route: Route) -> "LocalPlane":
+        """build: a Router for the config's environments serving ``route``, behind a Proxy (not started)."""
+        return cls(Proxy(config, Router.from_config(config, route)))
+
+    async def apply(self, change: Change) -> Ack:
+        """apply: swap the route (Router.swap starts the drains), then set or release the hold."""
+        router = self._router
+        if change.route is not None:
+            router.swap(change.route)
+        if change.hold is not None:
+            if change.hold.held:
+                router.hold(change.hold.until)
+            else:
+                router.resume()
+        return Ack(router.route.generation, complete=True, acked=(os.getpid(),), pending=())
+
+    def snapshot(self) -> "Snapshot":
+        """snapshot: Proxy.snapshot(), the router with its listeners and client-side counters."""
+        return self.proxy.snapshot()
+
+    def on_drain(self, callback: DrainCallback) -> None:
+        """on_drain: hand ``callback`` the snapshot of each drain the Router reports ended."""
+        self._router.on_drain.append(lambda drain: callback(drain.snapshot()))

@@ -1,0 +1,143 @@
+"""The data plane's read model: plain frozen values, taken in one pass of the event loop.
+
+Proxy.snapshot() (and Router.snapshot(), its router part) build them when the admin
+side asks, at status, scrape and probe time, never per request. They hold only
+plain values (str, int, float, bool, tuples, Route), no live object, so whoever
+reads one can keep it, compare two, or (later) receive it from another process:
+admin/ reads the data plane only through these (admin/plane.py).
+
+Counters are totals since the process started; the reader takes differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .route import Route
+
+# The kinds of ServerSnapshot.upstream_errors, in the order they are listed. Stable names:
+# they are label values of cutover_upstream_errors.
+UPSTREAM_ERROR_KINDS = (
+    "connect",          # no connection: refused, unreachable, or not within timeouts.connect
+    "timeout",          # no answer (or no progress) within timeouts.upstream_response: 504
+    "reset",            # the connection closed before or while the response came: 502 or a cut response
+    "invalid",          # bytes that are not a valid HTTP response: 502
+    "head_too_large",   # head or trailers over limits.max_response_header_bytes: 502 or a cut response
+    "stray_bytes",      # bytes nobody asked for (after a response, or while idle): connection closed
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSnapshot:
+    """ServerSnapshot: one backend server.
+
+    inflight counts exchanges that picked it and have not finished; connections its
+    open upstream connections (idle ones included); requests the finished exchanges
+    that were sent to it last. upstream_errors is a (kind, count) pair for every kind
+    of UPSTREAM_ERROR_KINDS, in that order.
+    """
+
+    address: str
+    healthy: bool
+    inflight: int
+    connections: int
+    weight: int
+    requests: int
+    upstream_errors: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentSnapshot:
+    """EnvironmentSnapshot: one environment (blue or green) and its counters.
+
+    responses counts finished requests by status class ([0]: no response was sent,
+    [1]..[5]: 1xx..5xx); latency_counts the same requests by latency bucket
+    (backends.LATENCY_BUCKETS, the last one +Inf), latency_sum their seconds.
+    bytes_in are the bytes received from clients for its requests, bytes_out those
+    sent to clients in their answers (heads, bodies, tunnels included), as the client
+    connections read and wrote them. A client's bytes count for its request when the
+    request is routed or ends, so in a read that also carries the start of the next
+    pipelined request, that start counts for the one before it.
+    """
+
+    name: str
+    healthy: bool
+    inflight: int
+    connections: int
+    servers: tuple[ServerSnapshot, ...]
+    responses: tuple[int, ...]
+    latency_counts: tuple[int, ...]
+    latency_sum: float
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrainSnapshot:
+    """DrainSnapshot: a drain in progress or ended (Drain.snapshot), field by field as
+    the status's "draining" and the history's "drain" show it.
+
+    Every exchange in flight at the start is counted once: drained (finished normally),
+    forced_closed (cut at drain_timeout), dropped (failed), client_gone, or still remaining.
+    interrupted: the environment received traffic again first. duration is None while
+    it runs.
+    """
+
+    environment: str
+    generation: int
+    inflight_at_start: int
+    drained: int
+    forced_closed: int
+    dropped: int
+    client_gone: int
+    remaining: int
+    interrupted: bool
+    duration: float | None
+    idle_connections_closed: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSnapshot:
+    """RouterSnapshot: the live route, the hold and the environments with their drains.
+
+    hold_until is the wall-clock deadline whoever holds traffic gave (None: no hold,
+    or one until resume); held_requests wait in the hold gate.
+    """
+
+    route: Route
+    held: bool
+    held_requests: int
+    hold_until: float | None
+    environments: tuple[EnvironmentSnapshot, ...]
+    drains: tuple[DrainSnapshot, ...]
+
+    def env(self, name: str) -> EnvironmentSnapshot:
+        """env: the environment called ``name``; KeyError names it when there is none."""
+        for env in self.environments:
+            if env.name == name:
+                return env
+        raise KeyError(f"no environment {name!r} (there are {', '.join(self.names())})")
+
+    def names(self) -> tuple[str, ...]:
+        """names: the environments' names, in config order."""
+        return tuple(env.name for env in self.environments)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Snapshot: Proxy.snapshot(), the router and the listeners' side.
+
+    listen and preview_listen are "host:port" with the port as bound (preview_listen
+    None when there is none or it is not listening yet). unrouted counts requests
+    answered before reaching an environment, by status class as responses;
+    client_body_timeouts the requests cut with 408 at timeouts.client_body.
+    preview_token_set tells whether X-Cutover-Env is honoured at all (the token is never here).
+    """
+
+    router: RouterSnapshot
+    listen: str
+    preview_listen: str | None
+    client_connections: int
+    unrouted: tuple[int, ...]
+    client_body_timeouts: int
+    preview_token_set: bool
