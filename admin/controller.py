@@ -32,6 +32,7 @@ from .state import Revision, State, StateConflict, StateError, StateNotDurable, 
 
 log = logging.getLogger("cutover.controller")
 
+_RESUME_RETRY = 1.0  # seconds before a timed-out hold's resume is saved again after the store failed
 _WATCH_RETRY = 1.0   # seconds before the follower watches the store again after a failed watch
 
 
@@ -99,6 +100,7 @@ class Controller:
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
         self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
         self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
+        self._released_unsaved = 0     # requests a timed-out hold released while its resume could not be saved
         plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
@@ -143,7 +145,7 @@ class Controller:
                 await self.plane.apply(Change(hold=Hold(True, self.state.hold_until)))
                 self._arm_hold_timer(self.state.hold_until)
             else:
-                await self._record_resume(0, "hold timeout (expired while cutover was stopped)")
+                await self._end_hold("hold timeout (expired while cutover was stopped)")
         self._follow_task = asyncio.get_running_loop().create_task(self._follow())
 
     def stop(self) -> None:
@@ -666,6 +668,7 @@ class Controller:
         if self._hold_timer is not None:
             self._hold_timer.cancel()
             self._hold_timer = None
+        self._released_unsaved = 0
         if until is not None:
             self._hold_timer = asyncio.get_running_loop().call_later(
                 max(0.0, until - time.time()), self._hold_timed_out)
@@ -676,27 +679,17 @@ class Controller:
         asyncio.get_running_loop().create_task(self._end_hold("hold timeout"))
 
     async def _end_hold(self, why: str) -> None:
-        """_end_hold: release the held requests at once, then record the resume.
+        """_end_hold: release the held requests at once, then record the resume, under the lock.
 
         A hold or resume that came between the timer and this task has re-armed or
-        stopped the timer, or already saved the resume: then this timeout is history.
+        stopped the timer, or already saved the resume: then this timeout is history. If the
+        resume cannot be saved, the data plane stays released and the save is tried again
+        every _RESUME_RETRY seconds, so the state never keeps a hold nothing is timing.
         """
-        if self._hold_timer is not None or not self.state.held:
-            return
-        released = await self._release()
-        await self._record_resume(released, why)
-
-    async def _release(self) -> int:
-        """_release: end the hold on the data plane; returns how many requests it was holding."""
-        held = self.plane.snapshot().router.held_requests
-        await self.plane.apply(Change(hold=Hold(False, None)))
-        return held
-
-    async def _record_resume(self, released: int, why: str) -> None:
-        """_record_resume: save the resume a timeout made, unless a newer hold or a resume came first."""
         async with self.lock:
             if self._hold_timer is not None or not self.state.held:
-                return   # a newer hold, or a resume, came first: this timeout is history already
+                return
+            released = self._released_unsaved + await self._release()
             state = self._next()
             state.held = False
             state.hold_until = None
@@ -704,9 +697,18 @@ class Controller:
             try:
                 await self._save(state)
             except ControlError as exc:
-                log.error("%s", exc)
+                self._released_unsaved = released
+                log.error("%s; the hold is released, its resume is saved again in %ss", exc, _RESUME_RETRY)
+                self._hold_timer = asyncio.get_running_loop().call_later(_RESUME_RETRY, self._hold_timed_out)
                 return
+            self._released_unsaved = 0
             log.info("resume (%s): %d held requests released", why, released)
+
+    async def _release(self) -> int:
+        """_release: end the hold on the data plane; returns how many requests it was holding."""
+        held = self.plane.snapshot().router.held_requests
+        await self.plane.apply(Change(hold=Hold(False, None)))
+        return held
 
 
 def _parse_iso(text: Any) -> datetime | None:

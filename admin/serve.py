@@ -141,14 +141,17 @@ async def start(config: Config) -> Running:
     plane = LocalPlane.build(config, Controller.route_of(state, tuple(config.environments)))
     proxy = plane.proxy
     controller = Controller(config, plane, store, state, plan.revision)
+    # A saved hold is back on the data plane before the first connection is accepted.
+    await controller.start()
     try:
         await proxy.start()
     except OSError as exc:
         # Proxy.start binds listen first: a port still 0 means that was the one that failed.
         key, address = ("listen", config.listen) if proxy.port == 0 else ("preview_listen", config.preview_listen)
+        controller.stop()
         await proxy.shutdown(0)
+        await controller.close()
         raise listen_failure(key, address, exc) from None
-    await controller.start()
     token = config.admin.token if config.admin.auth != "none" else None
     runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()

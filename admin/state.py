@@ -419,12 +419,15 @@ class FileStateStore:
         check-config never calls it: a running router may be writing its temp file right now.
         """
         removed = []
-        for temp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            try:
-                temp.unlink()
-            except OSError:
-                continue
-            removed.append(temp)
+        if not self.path.parent.is_dir():
+            return removed
+        with self._locked():     # temp files are written only under this lock: what is seen here is left over
+            for temp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                try:
+                    temp.unlink()
+                except OSError:
+                    continue
+                removed.append(temp)
         return removed
 
     def save(self, state: State) -> Revision:

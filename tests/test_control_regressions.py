@@ -81,7 +81,7 @@ async def test_a_late_hold_timeout_record_does_not_undo_a_newer_hold(make_stack)
     running = await make_stack()
     controller = running.controller
     await controller.hold(30)
-    await controller._record_resume(0, "hold timeout")      # the expiry of an older hold, recorded late
+    await controller._end_hold("hold timeout")      # the expiry of an older hold, handled late
     assert controller.state.held is True and running.proxy.router.held
     assert [e["action"] for e in controller.state.history] == ["hold"]
 

@@ -83,3 +83,52 @@ async def test_the_deadline_ends_the_hold_through_the_plane_and_records_the_resu
     assert (events[-1]["action"], events[-1]["reason"], events[-1]["actor"]) == ("resume", "hold timeout", "cutover")
     assert running.controller.state.held is False and running.controller.state.hold_until is None
     assert not running.controller.plane.snapshot().router.held
+
+
+async def test_a_saved_hold_is_back_on_before_the_listener_accepts(make_stack, admin_session, monkeypatch):
+    first = await make_stack()
+    await Admin(admin_session, first.admin_port).ok("/v1/hold", {"timeout": 30})
+    await first.stop(0.5)
+
+    from admin.controller import Controller
+    ports_seen = []
+    real_start = Controller.start
+
+    async def start(self):
+        ports_seen.append(self.plane.snapshot().listen)    # port 0 until the proxy listens
+        await real_start(self)
+    monkeypatch.setattr(Controller, "start", start)
+    second = await make_stack()
+    assert len(ports_seen) == 1 and ports_seen[0].endswith(":0"), ports_seen
+    assert second.controller.plane.snapshot().router.held
+
+
+async def test_a_timed_out_hold_whose_resume_cannot_be_saved_is_saved_again(make_stack, admin_session, monkeypatch):
+    running = await make_stack()
+    api = Admin(admin_session, running.admin_port)
+    await api.ok("/v1/hold", {"timeout": 0.1})
+    store_type = type(running.controller.store)
+    real_commit = store_type.commit
+    failures = []
+
+    async def failing_twice(self, *args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            from admin.state import StateError
+            raise StateError("disk full (injected)")
+        return await real_commit(self, *args, **kwargs)
+    monkeypatch.setattr(store_type, "commit", failing_twice)
+
+    async def resumed():
+        events = await api.events()
+        return events if len(events) == 2 else None
+    events = await eventually(resumed, timeout=6)
+    assert len(failures) == 2
+    assert (events[-1]["action"], events[-1]["reason"]) == ("resume", "hold timeout")
+    assert running.controller.state.held is False
+    assert not running.controller.plane.snapshot().router.held
+    assert saved_state_held(running) is False
+
+
+def saved_state_held(running) -> bool:
+    return json.loads(running.controller.store.path.read_text())["held"]
