@@ -17,7 +17,7 @@ from .errors import Outcome, error_response
 from .exchange import Exchange
 from .flow import (CHUNK_LINE_BYTES, GATHER_BYTES, HEAD_SLACK, PAUSE_BUFFER, PAUSE_PIPELINE, PIPELINE_DEPTH,
                    TRAILER_SLACK, UPGRADE_BUFFER_HIGH)
-from .headers import (REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, head_may_end, origin_form,
+from .headers import (REQUEST_NAMES, REQUEST_SPECIAL, HeaderError, RequestHead, HeldReads, origin_form,
                       rewrite_request, split_into)
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class ClientConnection:
     __slots__ = ("proxy", "transport", "parser", "client_ip", "queue", "reading", "url",
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
-                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "held_bytes", "tail",
+                 "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "tail",
                  "received", "out_env")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
@@ -63,8 +63,7 @@ class ClientConnection:
         self.special: list = []         # its (lowercase name, value) specials, see headers.py
         self.head_size = 0              # raw bytes received while a head was in progress
         self.in_head = False            # a request has begun (its first byte came) and its head is not complete
-        self.held: list[bytes] | None = None   # reads of that head not parsed yet, see gather
-        self.held_bytes = 0
+        self.held = HeldReads()   # reads of that head not parsed yet, see gather
         self.tail = b""                 # the last bytes of that head parsed so far, see gather
         self.head_deadline = 0.0
         self.idle_deadline = 0.0
@@ -171,21 +170,7 @@ class ClientConnection:
             self.refused = (431, "request header block over limits.max_header_bytes")
             self.request_refused()
             return b""
-        held = self.held
-        edge = self.tail if held is None else (self.tail + b"".join(held[-3:]))[-3:]
-        if head_may_end(edge, data) or self.held_bytes + len(data) >= min(GATHER_BYTES, limit):
-            if held is None:
-                return data
-            held.append(data)
-            self.held = None
-            self.held_bytes = 0
-            return b"".join(held)
-        if held is None:
-            self.held = [data]
-        else:
-            held.append(data)
-        self.held_bytes += len(data)
-        return b""
+        return self.held.take(self.tail, data, min(GATHER_BYTES, limit))
 
     def eof_received(self) -> bool:
         # As nginx does: a client that closes its side has given up on what it

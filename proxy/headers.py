@@ -55,6 +55,40 @@ def head_may_end(tail: bytes, data: bytes) -> bool:
     return b"\r\n\r\n" in data or b"\r\n\r\n" in tail[-3:] + data[:3]
 
 
+class HeldReads:
+    """HeldReads: the reads of a head that spans reads, not parsed yet.
+
+    Each protocol (ClientConnection.gather, UpstreamConnection.gather) owns one and hands it
+    every read of a head begun in an earlier read, after counting the read against its own
+    limit. ``take`` holds a read that cannot end the head (answering b"") until one may end
+    it or ``cap`` bytes wait, and then answers everything held as one piece to parse.
+    """
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] | None = None
+        self.size = 0                    # bytes in pieces
+
+    def take(self, tail: bytes, data: bytes, cap: int) -> bytes:
+        """take: ``data`` read after ``tail`` (the head's last parsed bytes): b"" or what to parse now."""
+        pieces = self.pieces
+        edge = tail if pieces is None else (tail + b"".join(pieces[-3:]))[-3:]
+        if head_may_end(edge, data) or self.size + len(data) >= cap:
+            if pieces is None:
+                return data
+            pieces.append(data)
+            self.pieces = None
+            self.size = 0
+            return b"".join(pieces)
+        if pieces is None:
+            self.pieces = [data]
+        else:
+            pieces.append(data)
+        self.size += len(data)
+        return b""
+
+
 # Spellings -> the lowercase name if special, else b"": a dict lookup instead of
 # lowering every name. Common spellings are there from the start; others are
 # remembered up to a bound (names are peer-chosen: once it is full, a new

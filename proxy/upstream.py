@@ -23,7 +23,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 from . import pool
 from .exchange import RESPONDING, SENT
 from .flow import GATHER_BYTES, PAUSE_UPSTREAM
-from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, head_may_end, split_into
+from .headers import RESPONSE_NAMES, RESPONSE_SPECIAL, HeldReads, split_into
 
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class UpstreamConnection:
     __slots__ = ("proxy", "server", "transport", "parser", "exchange", "parts", "special",
                  "got_bytes", "reused", "active_at", "tunnel", "closed", "skip_body",
                  "keep_alive", "reading_paused", "ended", "out", "flush_due", "head_bytes", "progress",
-                 "held", "held_bytes", "tail", "dirty")
+                 "held", "tail", "dirty")
 
     def __init__(self, proxy: "Proxy", server: "Server") -> None:
         self.proxy = proxy
@@ -81,8 +81,7 @@ class UpstreamConnection:
         # bounded by limits.max_response_header_bytes. Reset by Exchange.attach.
         self.head_bytes = 0
         self.progress = False           # the current read brought progress
-        self.held: list[bytes] | None = None   # reads of an unfinished head not parsed yet, see gather
-        self.held_bytes = 0
+        self.held = HeldReads()   # reads of an unfinished head not parsed yet, see gather
         self.tail = b""                 # the last bytes of that head parsed so far
         self.dirty = False              # may still carry bytes of a finished exchange: never pooled
 
@@ -245,21 +244,7 @@ class UpstreamConnection:
         if self.head_bytes > self.proxy.max_response_header_bytes:
             self.over_limit("head")
             return b""
-        held = self.held
-        edge = self.tail if held is None else (self.tail + b"".join(held[-3:]))[-3:]
-        if head_may_end(edge, data) or self.held_bytes + len(data) >= GATHER_BYTES:
-            if held is None:
-                return data
-            held.append(data)
-            self.held = None
-            self.held_bytes = 0
-            return b"".join(held)
-        if held is None:
-            self.held = [data]
-        else:
-            held.append(data)
-        self.held_bytes += len(data)
-        return b""
+        return self.held.take(self.tail, data, GATHER_BYTES)
 
     def over_limit(self, part: str) -> None:
         """over_limit: called by data_received and gather when the response's head or trailers
