@@ -14,7 +14,6 @@ import logging
 import random
 import re
 import zlib
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Callable
 
 from .backends import Environment, Server
@@ -186,26 +185,6 @@ class Router:
             environments=tuple(env.snapshot() for env in self.environments.values()),
             drains=tuple(drain.snapshot() for drain in self.drains.values()),
         )
-
-    def status(self) -> dict:
-        """status: the data plane's part of GET /v1/status, from snapshot()."""
-        snapshot = self.snapshot()
-        route = snapshot.route
-        return {
-            "live": route.live,
-            "previous": route.previous,
-            "generation": route.generation,
-            "held": snapshot.held,
-            "held_requests": snapshot.held_requests,
-            "weights": route.weights,
-            "environments": {env.name: {"healthy": env.healthy, "inflight": env.inflight,
-                                        "connections": env.connections,
-                                        "servers": [{"address": s.address, "healthy": s.healthy,
-                                                     "inflight": s.inflight, "connections": s.connections}
-                                                    for s in env.servers]}
-                             for env in snapshot.environments},
-            "draining": {drain.environment: asdict(drain) for drain in snapshot.drains},
-        }
 
 
 def canary_bucket(block: bytes, header: "re.Pattern | None") -> int | None:

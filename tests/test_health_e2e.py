@@ -97,7 +97,7 @@ async def test_environment_with_no_healthy_server_answers_503(make_proxy):
                 assert resp.status == 503
                 assert "no healthy server in environment blue" in await resp.text()
                 assert resp.headers["Retry-After"] == "1"
-        assert proxy.router.status()["environments"]["blue"]["healthy"] is False
+        assert proxy.router.snapshot().env("blue").healthy is False
     finally:
         await blue.stop()
         await green.stop()

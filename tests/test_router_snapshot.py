@@ -166,15 +166,3 @@ def test_the_proxy_snapshot_adds_listeners_and_client_side_counters_but_never_th
     assert guarded.preview_token_set is True
     assert secret not in repr(guarded)
 
-
-def test_router_status_keeps_its_answer_shape():
-    proxy = make_proxy()
-    proxy.router.environments["blue"].servers[0].connections = 1
-    status = proxy.router.status()
-    assert set(status) == {"live", "previous", "generation", "held", "held_requests", "weights",
-                           "environments", "draining"}
-    assert status["environments"]["blue"] == {
-        "healthy": True, "inflight": 0, "connections": 1,
-        "servers": [{"address": "127.0.0.1:1", "healthy": True, "inflight": 0, "connections": 1},
-                    {"address": "127.0.0.1:3", "healthy": True, "inflight": 0, "connections": 0}]}
-    assert status["weights"] == {"blue": 100, "green": 0} and status["draining"] == {}

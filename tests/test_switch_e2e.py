@@ -97,7 +97,7 @@ async def test_swap_during_slow_inflight_requests_drains_all_of_them(make_proxy,
         async with asyncio.timeout(3):
             while proxy.router.environments["blue"].inflight < 20:
                 await asyncio.sleep(0.01)
-        assert proxy.router.status()["environments"]["blue"]["inflight"] == 20
+        assert proxy.router.snapshot().env("blue").inflight == 20
         drains = proxy.router.swap(flipped(proxy.router, "green"))
         async with session.get(f"http://127.0.0.1:{proxy.port}/") as resp:
             assert await resp.text() == "green\n"   # new requests go to green at once
@@ -234,8 +234,8 @@ async def test_hold_queues_requests_and_resume_serves_them_on_the_new_route(make
                 await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)
         assert not any(t.done() for t in tasks)
-        status = router.status()
-        assert status["held"] is True and status["held_requests"] == 10
+        snapshot = router.snapshot()
+        assert snapshot.held is True and snapshot.held_requests == 10
         router.swap(flipped(router, "green"))
         assert router.resume() == 10
         answers = await asyncio.wait_for(asyncio.gather(*tasks), 3)
@@ -304,10 +304,11 @@ async def test_inflight_and_connection_counters_per_env_and_server(make_proxy):
         async with asyncio.timeout(2):
             while proxy.router.environments["blue"].inflight < 3:
                 await asyncio.sleep(0.01)
-        status = proxy.router.status()["environments"]
-        assert status["blue"]["inflight"] == 3 and status["blue"]["servers"][0]["inflight"] == 3
-        assert status["blue"]["connections"] == 3
-        assert status["green"]["inflight"] == 0 and status["green"]["connections"] == 0
+        snapshot = proxy.router.snapshot()
+        blue, green = snapshot.env("blue"), snapshot.env("green")
+        assert blue.inflight == 3 and blue.servers[0].inflight == 3
+        assert blue.connections == 3
+        assert green.inflight == 0 and green.connections == 0
         for resp in await asyncio.gather(*tasks):
             resp.release()
     assert proxy.router.environments["blue"].inflight == 0
