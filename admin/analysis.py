@@ -29,7 +29,9 @@ from proxy import LATENCY_BUCKETS
 from .gates import Fetch, Opener, http_fetch
 
 if TYPE_CHECKING:
-    from proxy import AnalysisConfig, EnvironmentSnapshot, Snapshot
+    from proxy import EnvironmentSnapshot, Snapshot
+
+    from .config import AnalysisConfig
 
 log = logging.getLogger("cutover.analysis")
 

@@ -29,8 +29,9 @@ import sys
 import uuid
 from typing import Callable, NoReturn
 
-from proxy.config import ConfigError, effective_config, load_config, parse_duration
-from proxy.server import new_event_loop
+from proxy import new_event_loop
+
+from .config import ConfigError, effective_config, load_config, parse_duration
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, AdminClient, AdminError
 from .state import StateError

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from proxy import Config, DrainSnapshot, EnvironmentSnapshot, Route
+from proxy import DrainSnapshot, EnvironmentSnapshot, Route
 
 from .analysis import Analysis
+from .config import Config
 from .gates import GateInputs, GateResult, listen_url, run_gates
 from .plane import Change, DataPlane, Hold
 from .state import Revision, State, StateConflict, StateError, StateNotDurable, StateStore, drain_fields

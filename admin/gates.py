@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 if TYPE_CHECKING:
-    from proxy import GatesConfig, Route, Snapshot
+    from proxy import Route, Snapshot
+
+    from .config import GatesConfig
 
 PROBE_TIMEOUT = 5.0          # seconds per smoke, warm-up or fingerprint request
 SCHEMA_TIMEOUT = 120.0       # seconds for the schema command

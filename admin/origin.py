@@ -24,7 +24,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from proxy.config import Address
+from proxy import Address
 
 from .controller import ControlError
 

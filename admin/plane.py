@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy import Proxy, Route, Router
 
 if TYPE_CHECKING:
-    from proxy import Config, DrainSnapshot, Snapshot
+    from proxy import DrainSnapshot, Settings, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +90,9 @@ class LocalPlane:
         self._router = proxy.router
 
     @classmethod
-    def build(cls, config: "Config", route: Route) -> "LocalPlane":
-        """build: a Router for the config's environments serving ``route``, behind a Proxy (not started)."""
-        return cls(Proxy(config, Router.from_config(config, route)))
+    def build(cls, settings: "Settings", route: Route) -> "LocalPlane":
+        """build: a Router for the settings' environments serving ``route``, behind a Proxy (not started)."""
+        return cls(Proxy(settings, Router.from_settings(settings, route)))
 
     async def apply(self, change: Change) -> Ack:
         """apply: swap the route (Router.swap starts the drains), then set or release the hold."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from multidict import MultiMapping
 
-from proxy.config import HISTORY_LIMIT_MAX
+from .config import HISTORY_LIMIT_MAX
 
 from .controller import ControlError
 

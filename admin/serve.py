@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Proxy
+from proxy import Address, Proxy
 from proxy import build as data_plane_build
-from proxy.config import Address, Config, ConfigError
 
 from .api import READINESS, make_app
+from .config import Config, ConfigError
 from .controller import Controller
 from .listener import AdminRunner
 from .plane import LocalPlane
@@ -138,7 +138,7 @@ async def start(config: Config) -> Running:
     for temp in store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
     state = plan.state
-    plane = LocalPlane.build(config, Controller.route_of(state, tuple(config.environments)))
+    plane = LocalPlane.build(config.settings(), Controller.route_of(state, tuple(config.environments)))
     proxy = plane.proxy
     controller = Controller(config, plane, store, state, plan.revision)
     # A saved hold is back on the data plane before the first connection is accepted.

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.config import parse_config  # noqa: E402
 from proxy.downstream import ClientConnection  # noqa: E402
 from proxy.server import Proxy  # noqa: E402
+from proxy.settings import Address, EnvironmentConfig, Settings  # noqa: E402
 from proxy.upstream import UpstreamConnection  # noqa: E402
 
 REQUEST = (b"GET /index.html?x=1 HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\n"
@@ -67,12 +67,9 @@ class FakeTransport:
 
 
 async def main(n: int) -> None:
-    config = parse_config({
-        "listen": "127.0.0.1:0", "admin": {"listen": "127.0.0.1:0", "auth": "none"},
-        "environments": {"blue": {"servers": ["127.0.0.1:1"]}, "green": {"servers": ["127.0.0.1:2"]}},
-        "state_file": "/tmp/cutover-micro-state.json",
-    }, Path("/tmp"), {})
-    proxy = Proxy(config)
+    settings = Settings(listen=Address("127.0.0.1", 0), live="blue", environments=(
+        EnvironmentConfig("blue", (Address("127.0.0.1", 1),)), EnvironmentConfig("green", (Address("127.0.0.1", 2),))))
+    proxy = Proxy(settings)
     proxy._loop = FakeLoop()
     server = proxy.router.environments["blue"].servers[0]
     upstream = UpstreamConnection(proxy, server)

@@ -2,21 +2,23 @@
 
 What admin/ may import from it is exported here: the Route it sends, the snapshot
 types it reads (snapshot.py), the Router and Proxy that admin/plane.py and serve's
-start-up build, the settings those are built from, and build(). admin/ reaches no
-other module of proxy/ and holds no live data-plane object outside admin/plane.py.
+start-up build, the frozen Settings those are built from (settings.py; admin/config.py
+makes them from the YAML config), the event loop serve runs on, and build(). admin/
+reaches no other module of proxy/ and holds no live data-plane object outside
+admin/plane.py.
 """
 
 from .backends import LATENCY_BUCKETS
-from .config import AnalysisConfig, Config, GatesConfig
 from .route import Route
 from .router import Router
-from .server import Proxy
+from .server import Proxy, new_event_loop
+from .settings import Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
 from .snapshot import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, RouterSnapshot, ServerSnapshot,
                        Snapshot)
 
-__all__ = ["LATENCY_BUCKETS", "UPSTREAM_ERROR_KINDS", "AnalysisConfig", "Config", "DrainSnapshot",
-           "EnvironmentSnapshot", "GatesConfig", "Proxy", "Route", "Router", "RouterSnapshot", "ServerSnapshot",
-           "Snapshot", "build"]
+__all__ = ["LATENCY_BUCKETS", "UPSTREAM_ERROR_KINDS", "Address", "DrainSnapshot", "EnvironmentConfig",
+           "EnvironmentSnapshot", "HealthCheckConfig", "LimitsConfig", "Proxy", "Route", "Router", "RouterSnapshot",
+           "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "new_event_loop"]
 
 
 def build() -> str:

@@ -100,7 +100,7 @@ class Environment:
         self.bytes_out = 0
 
     def add(self, server: Server) -> None:
-        """add: a server of this environment (Router.from_config adds them in config order)."""
+        """add: a server of this environment (Router.from_settings adds them in config order)."""
         self.servers.append(server)
         self.only = server if len(self.servers) == 1 else None
 

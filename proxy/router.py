@@ -23,7 +23,7 @@ from .route import Route
 from .snapshot import RouterSnapshot
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .settings import Settings
     from .exchange import Exchange
 
 log = logging.getLogger("cutover.router")
@@ -51,17 +51,17 @@ class Router:
         self.on_health: list[Callable[[Server, bool, str], None]] = []
 
     @classmethod
-    def from_config(cls, config: "Config", route: Route | None = None) -> "Router":
-        """from_config: environments and servers from the config; route from saved state or config.live."""
+    def from_settings(cls, settings: "Settings", route: Route | None = None) -> "Router":
+        """from_settings: environments and servers from the settings; route from saved state or settings.live."""
         envs = {}
-        for name, env_cfg in config.environments.items():
-            env = Environment(name)
+        for env_cfg in settings.environments:
+            env = Environment(env_cfg.name)
             for address, weight in zip(env_cfg.servers, env_cfg.weights):
                 env.add(Server(address.host, address.port, env, weight))
-            envs[name] = env
+            envs[env_cfg.name] = env
         if route is None:
-            route = Route(generation=1, live=config.live, environments=tuple(envs))
-        return cls(envs, route, config.drain_timeout, config.hold.max_queued, config.canary_header)
+            route = Route(generation=1, live=settings.live, environments=tuple(envs))
+        return cls(envs, route, settings.drain_timeout, settings.max_queued, settings.canary_header)
 
     # ----------------------------------------------------------------- route
 

@@ -1,6 +1,6 @@
 """Proxy: the listener, its client connections, the upstream connector and the ticker.
 
-``Proxy(config)`` builds a Router from the config (or takes one), ``start``
+``Proxy(settings)`` builds a Router from the settings (or takes one), ``start``
 listens and starts health checks, ``shutdown`` stops gracefully (SPEC §4:
 stop accepting, finish in-flight requests up to drain_timeout, close idle
 keep-alive connections, then cut what is left). The ticker keeps a coarse
@@ -30,7 +30,7 @@ from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from .backends import Server
-    from .config import Config
+    from .settings import Settings
     from .exchange import Exchange
 
 log = logging.getLogger("cutover.proxy")
@@ -48,22 +48,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class Proxy:
     """Proxy: one listening data plane in front of a Router."""
 
-    def __init__(self, config: "Config", router: Router | None = None) -> None:
-        self.config = config
-        self.router = router or Router.from_config(config)
-        t = config.timeouts
+    def __init__(self, settings: "Settings", router: Router | None = None) -> None:
+        self.settings = settings
+        self.router = router or Router.from_settings(settings)
+        t = settings.timeouts
         self.connect_timeout = t.connect
         self.upstream_timeout = t.upstream_response
         self.client_header_timeout = t.client_header
         self.keepalive_timeout = t.keepalive_idle
         self.client_body_timeout = t.client_body
-        self.max_header_bytes = config.limits.max_header_bytes
-        self.max_response_header_bytes = config.limits.max_response_header_bytes
-        self.max_body_bytes = config.limits.max_body_bytes
-        self.max_connections = config.limits.max_connections
-        self.replace_forwarded = config.forwarded_headers == "replace"
-        # X-Cutover-Env is honoured only with this token (the admin token); None = never.
-        token = config.admin.token if config.admin.auth != "none" else None
+        self.max_header_bytes = settings.limits.max_header_bytes
+        self.max_response_header_bytes = settings.limits.max_response_header_bytes
+        self.max_body_bytes = settings.limits.max_body_bytes
+        self.max_connections = settings.limits.max_connections
+        self.replace_forwarded = settings.forwarded_headers == "replace"
+        # X-Cutover-Env is honoured only with this token; None = never.
+        token = settings.preview_token
         self.preview_token = token.encode() if token else None
         self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
                                                    t.client_header, t.keepalive_idle, t.client_body) / 4))
@@ -89,16 +89,16 @@ class Proxy:
     # --------------------------------------------------------------- start
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        """start: listen (on ``sock`` when given, else config.listen) and start health checks."""
+        """start: listen (on ``sock`` when given, else settings.listen) and start health checks."""
         loop = self._loop = asyncio.get_running_loop()
         if sock is not None:
             self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
         else:
             self._server = await loop.create_server(
-                self._client, self.config.listen.host, self.config.listen.port,
+                self._client, self.settings.listen.host, self.settings.listen.port,
                 backlog=LISTEN_BACKLOG, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
-        preview = self.config.preview_listen
+        preview = self.settings.preview_listen
         if preview is not None:
             self._preview = await loop.create_server(
                 self._preview_client, preview.host, preview.port,
@@ -106,7 +106,7 @@ class Proxy:
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
-        hc = self.config.health_check
+        hc = self.settings.health_check
         servers = [s for env in self.router.environments.values() for s in env.servers]
         self.health = HealthChecker(servers, hc.path, hc.interval, hc.timeout, hc.healthy_after,
                                     hc.unhealthy_after, self.router.set_health)
@@ -130,10 +130,10 @@ class Proxy:
         (status, scrape, probe), never per request. listen and preview_listen are the
         configured host with the port as bound (preview_listen is None until it listens).
         """
-        preview = self.config.preview_listen
+        preview = self.settings.preview_listen
         return Snapshot(
             router=self.router.snapshot(),
-            listen=f"{self.config.listen.host}:{self._port}",
+            listen=f"{self.settings.listen.host}:{self._port}",
             preview_listen=(f"{preview.host}:{self.preview_port}"
                             if preview is not None and self.preview_port else None),
             client_connections=len(self.connections),
@@ -243,7 +243,7 @@ class Proxy:
 
         Returns counts: connections open at the start, and how many had to be cut.
         """
-        timeout = self.config.drain_timeout if timeout is None else timeout
+        timeout = self.settings.drain_timeout if timeout is None else timeout
         self.closing = True
         for server in (self._server, self._preview):
             if server is not None:

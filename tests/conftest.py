@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from backend import Backend  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
+from admin.config import parse_config  # noqa: E402
 from proxy.server import Proxy  # noqa: E402
 from admin.serve import start as start_stack  # noqa: E402
 
@@ -49,7 +49,7 @@ async def make_proxy(tmp_path, backends):
     started = []
 
     async def factory(backend_map=None, **overrides) -> Proxy:
-        proxy = Proxy(proxy_config(tmp_path, backend_map or backends, **overrides))
+        proxy = Proxy(proxy_config(tmp_path, backend_map or backends, **overrides).settings())
         await proxy.start()
         started.append(proxy)
         return proxy

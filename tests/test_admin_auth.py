@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adminapi import Admin, assert_error, eventually, session  # noqa: F401  (session is a fixture)
-from proxy.config import Config, ConfigError, effective_config, load_config, parse_config
+from admin.config import Config, ConfigError, effective_config, load_config, parse_config
 
 TOKEN = "admin-t0ken"
 READ = "read-t0ken"

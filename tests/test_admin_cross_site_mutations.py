@@ -17,7 +17,7 @@ import pytest
 
 from admin.origin import AdminListener, refusal
 from adminapi import Admin, assert_error, session  # noqa: F401  (session is a fixture)
-from proxy.config import Address
+from admin.config import Address
 
 TOKEN = "t0ken"
 

@@ -13,7 +13,7 @@ import aiohttp
 
 from admin.analysis import Analysis
 from fakeplane import FakeHTTP, FakePlane
-from proxy.config import AnalysisConfig
+from admin.config import AnalysisConfig
 
 URL = "http://127.0.0.1:8000/healthz"
 

@@ -71,7 +71,7 @@ def runtime_stage() -> str:
 def image_config(environ: dict):
     """image_config: config/docker.yaml parsed as serve would, without creating its state folder."""
     import yaml
-    from proxy.config import expand_env, parse_config
+    from admin.config import expand_env, parse_config
     path = ROOT / "config" / "docker.yaml"
     return parse_config(yaml.safe_load(expand_env(path.read_text(), environ)), path.parent, environ)
 
@@ -85,7 +85,7 @@ def test_the_image_keeps_its_state_on_a_volume():
 
 
 def test_the_image_config_listens_everywhere_and_requires_the_token():
-    from proxy.config import ConfigError
+    from admin.config import ConfigError
     assert "COPY config/docker.yaml ./config/cutover.yaml" in runtime_stage()
     with pytest.raises(ConfigError, match="CUTOVER_TOKEN"):
         image_config({})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-from proxy.config import parse_config
+from admin.config import parse_config
 from proxy.downstream import ClientConnection
 from proxy.exchange import Exchange
 from proxy.headers import RequestHead
@@ -26,7 +26,7 @@ def make_proxy(**overrides) -> Proxy:
         "state_file": "/tmp/cutover-canary-unit-state.json",
     }
     data.update(overrides)
-    return Proxy(parse_config(data, Path("/tmp"), {}))   # never started: no socket
+    return Proxy(parse_config(data, Path("/tmp"), {}).settings())   # never started: no socket
 
 
 def request(proxy: Proxy, block: bytes) -> Exchange:

@@ -15,7 +15,7 @@ import pytest
 
 from admin.serve import StartError, check_start, start
 from admin.state import FileStateStore, State, StateError
-from proxy.config import Address, AdminConfig, ConfigError, effective_config, load_config, parse_config
+from admin.config import Address, AdminConfig, ConfigError, effective_config, load_config, parse_config
 from test_cli import cutover
 
 

@@ -1,4 +1,4 @@
-"""Table tests for proxy/config.py: durations, ${VAR}, addresses, every validation rule."""
+"""Table tests for admin/config.py: durations, ${VAR}, addresses, every validation rule."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
+from admin.config import (
     Address,
     AdminConfig,
     Config,

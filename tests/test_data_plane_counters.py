@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from proxy.config import parse_config
+from admin.config import parse_config
 from proxy.downstream import ClientConnection
 from proxy.route import Route
 from proxy.server import Proxy
@@ -62,7 +62,7 @@ class Rig:
             "state_file": "/tmp/cutover-counters-unit-state.json",
         }
         data.update(overrides)
-        self.proxy = Proxy(parse_config(data, Path("/tmp"), {}))
+        self.proxy = Proxy(parse_config(data, Path("/tmp"), {}).settings())
         self.proxy._loop = asyncio.get_running_loop()
         self.ups = {}
         for name, env in self.proxy.router.environments.items():

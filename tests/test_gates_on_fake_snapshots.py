@@ -13,7 +13,7 @@ import pytest
 from admin.gates import GateInputs, listen_url, preview_routes, run_gates
 from fakeplane import FakeHTTP, FakePlane
 from proxy import Route
-from proxy.config import DriftGate, GatesConfig, SchemaGate, SmokeProbe, WarmupGate
+from admin.config import DriftGate, GatesConfig, SchemaGate, SmokeProbe, WarmupGate
 
 FINGERPRINT = '{"version": "v1", "db": "pg", "build": "1"}'
 

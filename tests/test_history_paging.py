@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from adminapi import Admin, assert_error, session  # noqa: F401  (session is a fixture)
-from proxy.config import ConfigError, effective_config, load_config, parse_config
+from admin.config import ConfigError, effective_config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "config" / "cutover.yaml"

@@ -8,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 from proxy import flow, pool
-from proxy.config import parse_config
+from admin.config import parse_config
 from proxy.downstream import ClientConnection
 from proxy.server import Proxy
 from proxy.upstream import UpstreamConnection
@@ -51,7 +51,7 @@ def make_proxy() -> Proxy:
                          "green": {"servers": ["127.0.0.1:2"]}},
         "state_file": "/tmp/cutover-pool-unit-state.json",
     }
-    return Proxy(parse_config(data, Path("/tmp"), {}))   # never started: no socket
+    return Proxy(parse_config(data, Path("/tmp"), {}).settings())   # never started: no socket
 
 
 def opened(proxy: Proxy, server) -> UpstreamConnection:

@@ -28,7 +28,7 @@ class Unstarted:
 @pytest.fixture
 def plane(tmp_path):
     config = proxy_config(tmp_path, {"blue": Unstarted("127.0.0.1:9"), "green": Unstarted("127.0.0.1:10")})
-    return LocalPlane.build(config, Route(3, "blue", previous="green", environments=("blue", "green")))
+    return LocalPlane.build(config.settings(), Route(3, "blue", previous="green", environments=("blue", "green")))
 
 
 async def test_the_plane_serves_the_route_it_was_built_with(plane):

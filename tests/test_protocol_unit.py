@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from httptools import HttpRequestParser, HttpResponseParser
 
-from proxy.config import parse_config
+from admin.config import parse_config
 from proxy.downstream import ClientConnection
 from proxy.server import Proxy
 from proxy.upstream import UpstreamConnection
@@ -68,7 +68,7 @@ class Rig:
             "state_file": "/tmp/cutover-unit-state.json",
         }
         data.update(overrides)
-        self.proxy = Proxy(parse_config(data, Path("/tmp"), {}))
+        self.proxy = Proxy(parse_config(data, Path("/tmp"), {}).settings())
         self.proxy._loop = asyncio.get_running_loop()
         self.server = self.proxy.router.environments["blue"].servers[0]
         self.up = UpstreamConnection(self.proxy, self.server)

@@ -13,7 +13,7 @@ import pytest
 
 from proxy import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot,
                    Snapshot)
-from proxy.config import parse_config
+from admin.config import parse_config
 from proxy.errors import Outcome
 from proxy.exchange import SENT
 from proxy.server import Proxy
@@ -54,7 +54,7 @@ def make_proxy(**overrides) -> Proxy:
         "state_file": "/tmp/cutover-snapshot-unit-state.json",
     }
     data.update(overrides)
-    return Proxy(parse_config(data, Path("/tmp"), {}))   # never started: no socket
+    return Proxy(parse_config(data, Path("/tmp"), {}).settings())   # never started: no socket
 
 
 def assert_plain(value) -> None:

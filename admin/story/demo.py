@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.config import Config, parse_config
+from ..config import Config, parse_config
 
 from ..client import AdminClient, AdminError
 from .demo_app import MIGRATION_V2, DemoServer, migrate_v2, prepare_database

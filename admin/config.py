@@ -1,9 +1,10 @@
-"""Loading and validation of cutover's YAML config (SPEC §3).
+"""Loading and validation of cutover's YAML config (SPEC §3); the control plane's side of it.
 
 `load_config` is the entry point for `cutover serve` and `cutover check-config`: it reads the
 file, expands ${VAR} references, parses the YAML and turns it into a frozen `Config`. Every
 mistake is a `ConfigError` whose message names the key path (`timeouts.connect`,
-`environments.green.servers[0]`), so an operator can find the line to fix.
+`environments.green.servers[0]`), so an operator can find the line to fix. The data plane never sees a Config: it is built from
+`Config.settings()`, the frozen proxy.Settings (which holds no admin section).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from proxy import Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
 
 __all__ = [
     "Address",
@@ -94,72 +97,6 @@ def _rebuild_error(message: str, key: str | None, source: str | None, line: int 
 
 
 @dataclass(frozen=True)
-class Address:
-    """Address: a "host:port" from the config, built by parse_address for listeners and servers.
-
-    host is lowercased and IP literals are canonical, so equal addresses compare equal.
-    """
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-    @property
-    def is_loopback(self) -> bool:
-        """Address.is_loopback: 127.0.0.0/8, ::1 (also IPv4-mapped) or "localhost"."""
-        if self.host.lower() == "localhost":
-            return True
-        try:
-            ip = ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped.is_loopback
-        return ip.is_loopback
-
-    @property
-    def is_wildcard(self) -> bool:
-        """Address.is_wildcard: 0.0.0.0 or ::, i.e. every interface."""
-        return self.host in ("0.0.0.0", "::")
-
-
-@dataclass(frozen=True)
-class HealthCheckConfig:
-    """HealthCheckConfig: the `health_check` section, read by the health checker."""
-
-    path: str = "/healthz"
-    interval: float = 1.0  # seconds, > 0
-    timeout: float = 1.0  # seconds, > 0
-    healthy_after: int = 2  # consecutive successes that bring a server back, >= 1
-    unhealthy_after: int = 2  # consecutive failures that mark a server down, >= 1
-
-
-@dataclass(frozen=True)
-class TimeoutsConfig:
-    """TimeoutsConfig: the `timeouts` section in seconds, each > 0; read by the data plane."""
-
-    connect: float = 2.0
-    upstream_response: float = 30.0
-    client_header: float = 10.0
-    keepalive_idle: float = 60.0
-    client_body: float = 30.0  # between two reads of a request body; over it -> 408
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """LimitsConfig: the `limits` section, read by the data plane."""
-
-    max_header_bytes: int = 65536  # >= 1; over it -> 431
-    max_body_bytes: int | None = None  # None = unlimited; over it -> 413
-    max_connections: int = 10000  # >= 1
-    max_response_header_bytes: int = 65536  # >= 1; an upstream head (or trailers) over it -> 502
-
-
-@dataclass(frozen=True)
 class HoldConfig:
     """HoldConfig: the `hold` section, read by the hold gate and the controller."""
 
@@ -175,19 +112,6 @@ class AdminConfig:
     token: str | None = None  # never "": an empty token is stored as None
     auth: str = "token"  # "token" | "none"; "none" only on a loopback listen
     read_token: str | None = None  # may only read (GET); never "", never equal to token
-
-
-@dataclass(frozen=True)
-class EnvironmentConfig:
-    """EnvironmentConfig: one entry of `environments`, read by the backends and health checks."""
-
-    name: str
-    servers: tuple[Address, ...]  # non-empty, no duplicates
-    weights: tuple[int, ...] = ()  # one per server, each >= 1; () means 1 each
-
-    def __post_init__(self) -> None:
-        if not self.weights:
-            object.__setattr__(self, "weights", (1,) * len(self.servers))
 
 
 @dataclass(frozen=True)
@@ -272,6 +196,20 @@ class Config:
     analysis: AnalysisConfig = AnalysisConfig()
     history_limit: int = 1000  # history events kept, the newest; 1..HISTORY_LIMIT_MAX
     source: Path | None = None  # the file it was loaded from
+
+    def settings(self) -> Settings:
+        """settings: the data plane's part of this config; LocalPlane.build and workers build from it.
+
+        The preview route's token is the admin token unless admin.auth is none.
+        """
+        return Settings(
+            listen=self.listen, environments=tuple(self.environments.values()), live=self.live,
+            drain_timeout=self.drain_timeout, timeouts=self.timeouts, limits=self.limits,
+            health_check=self.health_check, max_queued=self.hold.max_queued,
+            forwarded_headers=self.forwarded_headers, preview_listen=self.preview_listen,
+            canary_header=self.canary_header,
+            preview_token=self.admin.token if self.admin.auth != "none" else None,
+        )
 
 
 # --------------------------------------------------------------------------- scalars
