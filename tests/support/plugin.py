@@ -1,0 +1,97 @@
+"""plugin: the suite's fixtures, registered as a pytest plugin by tests/conftest.py.
+
+Real test backends and a real proxy or stack (proxy + controller + admin API) on ephemeral
+loopback ports, a RawBackend in front of which a proxy is started, and aiohttp client
+sessions; everything a fixture started is stopped after the test.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from admin.serve import start as start_stack
+from proxy.server import Proxy
+from tests.support.backend import Backend
+from tests.support.rawhttp import RawBackend, answer_ok
+from tests.support.stack import proxy_config
+
+
+@pytest.fixture
+async def backends():
+    """backends: {"blue": Backend, "green": Backend}, started and stopped around the test."""
+    pair = {"blue": await Backend("blue").start(), "green": await Backend("green").start()}
+    yield pair
+    for backend in pair.values():
+        await backend.stop()
+
+
+@pytest.fixture
+async def make_proxy(tmp_path, backends):
+    """make_proxy(backend_map=None, **overrides) -> a started Proxy in front of ``backends``.
+
+    Every proxy it started is shut down after the test.
+    """
+    started = []
+
+    async def factory(backend_map=None, **overrides) -> Proxy:
+        proxy = Proxy(proxy_config(tmp_path, backend_map or backends, **overrides).settings())
+        await proxy.start()
+        started.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in started:
+        await proxy.shutdown(0.5)
+
+
+@pytest.fixture
+async def make_stack(tmp_path, backends):
+    """make_stack(backend_map=None, **overrides) -> admin.serve.Running: proxy + controller + admin API.
+
+    The state file is tmp_path/state.json unless overridden, so a second stack
+    started in the same test with the same overrides sees the first one's state.
+    ``running.admin_port`` is the admin API's port; auth is off unless admin is overridden.
+    """
+    started = []
+
+    async def factory(backend_map=None, **overrides):
+        running = await start_stack(proxy_config(tmp_path, backend_map or backends, **overrides))
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        await running.stop(0.5)
+
+
+@pytest.fixture
+async def raw_backend(make_proxy, backends):
+    """raw_backend(handler=answer_ok, **overrides) -> (proxy, RawBackend): blue is the raw upstream.
+
+    Green stays the ordinary test backend; every RawBackend is stopped after the test.
+    """
+    started = []
+
+    async def factory(handler=answer_ok, **overrides):
+        upstream = await RawBackend(handler).start()
+        started.append(upstream)
+        proxy = await make_proxy({"blue": upstream, "green": backends["green"]}, **overrides)
+        return proxy, upstream
+
+    yield factory
+    for upstream in started:
+        await upstream.stop()
+
+
+@pytest.fixture
+async def session():
+    """session: one aiohttp.ClientSession for the test, closed after it."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def admin_session(session):
+    """admin_session: ``session`` under the name the switch-rule tests give the one their Admin speaks on."""
+    return session
