@@ -28,9 +28,33 @@ from .config import Config, ConfigError
 from .controller import Controller
 from .listener import AdminRunner
 from .plane import LocalPlane
+from .workers import BindFailed, WorkerPlane, WorkerStartError
 from .state import FileStateStore, Revision, State
 
 log = logging.getLogger("cutover")
+
+
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def reuseport_migration(path: str = MIGRATE_REQ) -> str | None:
+    """reuseport_migration: a warning when the kernel resets connections queued on a closing
+    SO_REUSEPORT listener (net.ipv4.tcp_migrate_req is 0), else None (also where there is no such knob).
+
+    Workers share listen through SO_REUSEPORT: with the knob at 0, connections still in the
+    accept queue of a listener that closes (a stopping cutover beside its successor) are reset
+    instead of moving to a listener that stays.
+    """
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return ("net.ipv4.tcp_migrate_req is 0: connections queued on a closing listener are reset "
+            "rather than moved to the listeners that stay; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1) "
+            "before restarting or upgrading cutover under load")
 
 
 def build_warning() -> str | None:
@@ -57,12 +81,21 @@ def build_warning() -> str | None:
 
 @dataclass
 class Running:
-    """Running: a started router with its admin API (for serve, the demo and tests)."""
+    """Running: a started router with its admin API (for serve, the demo and tests).
 
-    proxy: Proxy
+    ``plane`` is a LocalPlane (workers: 1; ``proxy`` is its Proxy) or a WorkerPlane (``proxy`` None).
+    """
+
+    proxy: Proxy | None
     controller: Controller
     admin: web.AppRunner
     admin_port: int
+    plane: LocalPlane | WorkerPlane
+
+    @property
+    def port(self) -> int:
+        """port: the port listen is bound to."""
+        return self.plane.port
 
     async def stop(self, timeout: float | None = None) -> dict:
         """stop: /readyz turns 503, the hold timer stops, the data plane shuts down gracefully, then the admin API.
@@ -72,7 +105,7 @@ class Running:
         """
         self.admin.app[READINESS].begin_shutdown()
         self.controller.stop()
-        result = await self.proxy.shutdown(timeout)
+        result = await self.plane.shutdown(timeout)
         await self.controller.close()      # the last drains' outcomes are in the store
         await self.admin.cleanup()
         return result
@@ -138,20 +171,41 @@ async def start(config: Config) -> Running:
     for temp in store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
     state = plan.state
-    plane = LocalPlane.build(config.settings(), Controller.route_of(state, tuple(config.environments)))
-    proxy = plane.proxy
+    route = Controller.route_of(state, tuple(config.environments))
+    plane: LocalPlane | WorkerPlane
+    if config.workers > 1:
+        plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
+                            logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+        try:
+            plane.bind()
+        except BindFailed as exc:
+            raise listen_failure(exc.key, exc.address, exc.error) from None
+        proxy = None
+    else:
+        plane = LocalPlane.build(config.settings(), route)
+        proxy = plane.proxy
     controller = Controller(config, plane, store, state, plan.revision)
     # A saved hold is back on the data plane before the first connection is accepted.
     await controller.start()
-    try:
-        await proxy.start()
-    except OSError as exc:
-        # Proxy.start binds listen first: a port still 0 means that was the one that failed.
-        key, address = ("listen", config.listen) if proxy.port == 0 else ("preview_listen", config.preview_listen)
-        controller.stop()
-        await proxy.shutdown(0)
-        await controller.close()
-        raise listen_failure(key, address, exc) from None
+    if isinstance(plane, WorkerPlane):
+        try:
+            await plane.start()
+        except WorkerStartError as exc:
+            controller.stop()
+            await plane.shutdown(0)
+            await controller.close()
+            raise StartError(str(exc)) from None
+    else:
+        try:
+            await plane.proxy.start()
+        except OSError as exc:
+            # Proxy.start binds listen first: a port still 0 means that was the one that failed.
+            key, address = (("listen", config.listen) if plane.proxy.port == 0
+                            else ("preview_listen", config.preview_listen))
+            controller.stop()
+            await plane.proxy.shutdown(0)
+            await controller.close()
+            raise listen_failure(key, address, exc) from None
     token = config.admin.token if config.admin.auth != "none" else None
     runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()
@@ -160,21 +214,26 @@ async def start(config: Config) -> Running:
         await site.start()
     except OSError as exc:
         controller.stop()
-        await proxy.shutdown(0)
+        await plane.shutdown(0)
         await controller.close()
         await runner.cleanup()
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
     admin_port = runner.addresses[0][1]
-    return Running(proxy, controller, runner, admin_port)
+    return Running(proxy, controller, runner, admin_port, plane)
 
 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
     running = await start(config)
-    route = running.proxy.router.route
-    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s)",
-             config.listen.host, running.proxy.port, config.admin.listen.host, running.admin_port,
-             route.live, route.generation, running.controller.store.describe(), data_plane_build())
+    route = running.plane.snapshot().router.route
+    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
+             "workers %d)", config.listen.host, running.port, config.admin.listen.host, running.admin_port,
+             route.live, route.generation, running.controller.store.describe(), data_plane_build(),
+             config.workers)
+    if config.workers > 1:
+        migrate = reuseport_migration()
+        if migrate is not None:
+            log.warning("%s", migrate)
     warning = build_warning()
     if warning:
         log.warning("%s", warning)
