@@ -17,6 +17,7 @@ import asyncio
 import collections
 import copy
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -192,6 +193,7 @@ class Controller:
             "analysis": self.analysis.to_dict() if self.analysis is not None else None,
             "listen": snapshot.listen,
             "preview_listen": snapshot.preview_listen,
+            "pid": os.getpid(),
             "workers": [{"pid": w.pid, "generation": w.generation, "inflight": w.inflight,
                          "connections": w.connections, "started": _iso(w.started) if w.started else None,
                          "restarts": w.restarts, "alive": w.alive, "requests": w.requests}

@@ -154,6 +154,8 @@ _SCHEMAS: dict[str, dict] = {
         "analysis": {"oneOf": [_ref("Analysis"), {"type": "null"}]},
         "listen": {"type": "string", "description": "host:port of the user traffic listener"},
         "preview_listen": {"type": ["string", "null"], "description": "host:port of the preview listener"},
+        "pid": {"type": "integer", "description": "the process id of cutover serve (its supervisor with workers "
+                                                 "> 1): SIGTERM drains it, SIGUSR2 upgrades it"},
         "workers": {"type": "array", "items": _ref("Worker"), "description": "the processes serving traffic"},
         "ack": {**_ref("Ack"), "description": "a mutation that changed the data plane: who applied it"},
         "changed": {"type": "boolean", "description": "mutations only: whether the call changed anything"},
@@ -164,7 +166,7 @@ _SCHEMAS: dict[str, dict] = {
                          "description": "schema/attest only: every attestation kept"},
     }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
                  "lock_reason", "weights", "environments", "draining", "analysis", "listen",
-                 "preview_listen", "workers"]),
+                 "preview_listen", "pid", "workers"]),
     "HistoryEvent": _object({
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",

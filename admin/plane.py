@@ -147,6 +147,14 @@ class LocalPlane:
         """port: the port listen is bound to (0 before the Proxy starts)."""
         return self.proxy.port
 
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the listen and preview_listen sockets' descriptors, for a successor."""
+        return self.proxy.listener_fds()
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: accept no new connection; the open ones go on (a successor took over)."""
+        self.proxy.stop_accepting()
+
     async def refresh(self) -> None:
         """refresh: nothing to do; every snapshot of this process is current."""
 

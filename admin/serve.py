@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from proxy import build as data_plane_build
 from .api import READINESS, make_app
 from .config import Config, ConfigError
 from .controller import Controller
+from .handoff import Inherited, hand_over
 from .listener import AdminRunner
 from .plane import LocalPlane
 from .workers import BindFailed, WorkerPlane, WorkerStartError
@@ -54,7 +56,8 @@ def reuseport_migration(path: str = MIGRATE_REQ) -> str | None:
         return None
     return ("net.ipv4.tcp_migrate_req is 0: connections queued on a closing listener are reset "
             "rather than moved to the listeners that stay; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1) "
-            "before restarting or upgrading cutover under load")
+            "before running a second cutover beside this one and stopping this one (the SIGUSR2 upgrade hands "
+            "the same sockets over and is not affected)")
 
 
 def build_warning() -> str | None:
@@ -91,6 +94,20 @@ class Running:
     admin: web.AppRunner
     admin_port: int
     plane: LocalPlane | WorkerPlane
+    site: web.BaseSite | None = None
+    admin_socket: socket.socket | None = None
+
+    def listener_fds(self) -> dict:
+        """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
+        listen, preview = self.plane.listener_fds()
+        return {"listen": listen, "preview": preview,
+                "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1}
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff)."""
+        await self.plane.stop_accepting()
+        if self.site is not None:
+            await self.site.stop()
 
     @property
     def port(self) -> int:
@@ -160,9 +177,11 @@ def listen_failure(key: str, address: Address, exc: OSError) -> StartError:
     return StartError(f"{key}: cannot listen on {address}: {exc.strerror or exc}")
 
 
-async def start(config: Config) -> Running:
+async def start(config: Config, inherited: Inherited | None = None) -> Running:
     """start: check, load the state, start the proxy and the admin API.
 
+    With ``inherited`` (a predecessor's sockets, admin/handoff.py) it listens on those instead
+    of binding, and starts its admin API only once the predecessor stopped accepting.
     Raises ConfigError or StateError (check_start), or StartError naming the config key of a
     listener that cannot bind; what had started is closed again first.
     """
@@ -177,9 +196,14 @@ async def start(config: Config) -> Running:
         plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
                             logging.getLevelName(logging.getLogger().getEffectiveLevel()))
         try:
-            plane.bind()
+            if inherited is not None:
+                plane.adopt(inherited.listens, inherited.previews if config.preview_listen else [])
+            else:
+                plane.bind()
         except BindFailed as exc:
             raise listen_failure(exc.key, exc.address, exc.error) from None
+        except OSError as exc:
+            raise listen_failure("listen", config.listen, exc) from None
         proxy = None
     else:
         plane = LocalPlane.build(config.settings(), route)
@@ -196,8 +220,9 @@ async def start(config: Config) -> Running:
             await controller.close()
             raise StartError(str(exc)) from None
     else:
+        socks = _single(inherited, config)
         try:
-            await plane.proxy.start()
+            await plane.proxy.start(*socks)
         except OSError as exc:
             # Proxy.start binds listen first: a port still 0 means that was the one that failed.
             key, address = (("listen", config.listen) if plane.proxy.port == 0
@@ -206,11 +231,14 @@ async def start(config: Config) -> Running:
             await plane.proxy.shutdown(0)
             await controller.close()
             raise listen_failure(key, address, exc) from None
+    if inherited is not None:
+        await inherited.ready_then_wait()
     token = config.admin.token if config.admin.auth != "none" else None
     runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()
-    site = web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port)
     try:
+        admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
+        site = web.SockSite(runner, admin_sock)
         await site.start()
     except OSError as exc:
         controller.stop()
@@ -218,13 +246,45 @@ async def start(config: Config) -> Running:
         await controller.close()
         await runner.cleanup()
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
-    admin_port = runner.addresses[0][1]
-    return Running(proxy, controller, runner, admin_port, plane)
+    admin_port = admin_sock.getsockname()[1]
+    return Running(proxy, controller, runner, admin_port, plane, site, admin_sock)
+
+
+def bind_admin(address: Address) -> socket.socket:
+    """bind_admin: the admin API's listening socket (serve keeps it, to hand it to a successor)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket | None, socket.socket | None]:
+    """_single: the listen and preview_listen sockets of a one-process data plane from ``inherited``.
+
+    Sockets handed over beyond the first (a predecessor with more workers) are closed: what was
+    queued on them is reset, unless net.ipv4.tcp_migrate_req moves it.
+    """
+    if inherited is None:
+        return None, None
+    extra = inherited.listens[1:] + inherited.previews[(1 if config.preview_listen else 0):]
+    if extra:
+        log.warning("upgrade: %d handed-over listening sockets are not needed with workers: 1; closing them",
+                    len(extra))
+        for sock in extra:
+            sock.close()
+    preview = inherited.previews[0] if inherited.previews and config.preview_listen else None
+    return inherited.listens[0], preview
 
 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
-    running = await start(config)
+    running = await start(config, Inherited.take())
     route = running.plane.snapshot().router.route
     log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
              "workers %d)", config.listen.host, running.port, config.admin.listen.host, running.admin_port,
@@ -247,10 +307,33 @@ async def serve(config: Config) -> int:
         log.info("signal %s: draining (up to %ss)", signal.Signals(signum).name, config.drain_timeout)
         stopping.set()
 
+    async def upgrade() -> None:
+        async with running.controller.lock:     # no mutation from here on, unless it fails
+            if stopping.is_set():
+                return
+            successor = await hand_over(running.listener_fds(), running.stop_accepting)
+            if successor is not None:
+                stopping.set()
+                await asyncio.Event().wait()     # keep the lock: this process steers nothing any more
+
+    upgrading: set[asyncio.Task] = set()
+
+    def on_upgrade() -> None:
+        if upgrading or stopping.is_set():
+            log.warning("SIGUSR2: an upgrade or a shutdown is already under way")
+            return
+        log.info("SIGUSR2: upgrading: starting a successor on the same sockets")
+        task = loop.create_task(upgrade())
+        upgrading.add(task)
+        task.add_done_callback(upgrading.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     await stopping.wait()
     result = await running.stop()
+    for task in list(upgrading):
+        task.cancel()
     log.info("stopped: %d connections open at shutdown, %d cut at drain_timeout",
              result["connections"], result["cut"])
     return 0

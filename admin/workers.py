@@ -139,6 +139,32 @@ class WorkerPlane:
 
     # ---------------------------------------------------------------- start
 
+    def adopt(self, listens: list[socket.socket], previews: list[socket.socket]) -> None:
+        """adopt: listen on sockets a predecessor handed over (admin/handoff.py) instead of binding.
+
+        Slots beyond what was handed over bind more sockets on the same ports (SO_REUSEPORT);
+        handed sockets beyond the slots are closed.
+        """
+        s = self.settings
+        self.port = listens[0].getsockname()[1]
+        self.preview_port = previews[0].getsockname()[1] if previews else None
+        for extra in listens[self.count:] + previews[self.count:]:
+            extra.close()
+        workers = []
+        for slot in range(self.count):
+            listen = listens[slot] if slot < len(listens) else bind(s.listen, self.port)
+            preview = None
+            if s.preview_listen is not None:
+                preview = previews[slot] if slot < len(previews) else bind(s.preview_listen, self.preview_port or 0)
+                self.preview_port = preview.getsockname()[1]
+            workers.append(Worker(slot, listen, preview))
+        self.workers = workers
+
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the listen and preview_listen sockets of every slot (what a successor is handed)."""
+        return ([w.listen.fileno() for w in self.workers],
+                [w.preview.fileno() for w in self.workers if w.preview is not None])
+
     def bind(self) -> None:
         """bind: every slot's listen and preview_listen sockets; BindFailed names the key."""
         s = self.settings
@@ -265,6 +291,10 @@ class WorkerPlane:
             for other in self.workers:
                 if other is not worker and other.alive and other.channel is not None:
                     other.channel.send(("health", env, index, ok, reason))
+        elif kind == "closed":
+            future = worker.waiting.pop(0, None)
+            if future is not None and not future.done():
+                future.set_result(None)
         elif kind == "stopped":
             if worker.stopped is not None and not worker.stopped.done():
                 worker.stopped.set_result(message[1])
@@ -470,6 +500,20 @@ class WorkerPlane:
         return tuple(self._info(w) for w in self.workers)
 
     # ------------------------------------------------------------- shutdown
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: every worker accepts no new connection (a successor holds the same
+        sockets and accepts from now on); no worker is restarted any more. Bounded wait."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        futures = []
+        for worker in self.workers:
+            if worker.channel is not None:
+                future = worker.waiting[0] = loop.create_future()
+                worker.channel.send(("close",))
+                futures.append(future)
+        if futures:
+            await asyncio.wait(futures, timeout=STOP_GRACE)
 
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: every worker stops accepting and drains (up to ``timeout``), then exits.

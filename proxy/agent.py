@@ -10,6 +10,7 @@ Supervisor -> worker:
   ("apply", seq, route | None, hold | None)   swap the route / set or release the hold, then ack
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, index, ok, reason)          one health-check result from the checking worker
+  ("close",)                                  accept no new connection (a successor takes over)
   ("stop", timeout)                           drain (up to timeout) and exit
 Worker -> supervisor:
   ("ready", pid, snapshot)          listening, serving the route it was started with
@@ -17,6 +18,7 @@ Worker -> supervisor:
   ("snapshot", seq | None, snapshot)   an answer, or the periodic push (seq None)
   ("drain", DrainSnapshot)          a drain of this worker ended
   ("health", env, index, ok, reason)   a probe result, from the one worker that checks
+  ("closed",)                       it accepts no new connection any more
   ("stopped", result)               Proxy.shutdown's counts, just before exit
 
 A hold is (held, until) and health a tuple of (env, index, healthy). The channel closing
@@ -70,6 +72,12 @@ class Agent:
         proxy = self.proxy
         if kind == "stop":
             self.stop(message[1])
+        elif kind == "close":
+            if proxy is not None:
+                proxy.stop_accepting()
+            else:
+                self.stop(None)       # still starting: it never listens
+            self.send(("closed",))
         elif proxy is None:
             log.error("supervisor channel: %r before the worker started", kind)
         elif kind == "apply":

@@ -248,16 +248,31 @@ class Proxy:
         if self._idle is not None and not self.connections:
             self._idle.set()
 
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the file descriptors of the listen and preview_listen sockets (a successor
+        is handed them: admin/handoff.py)."""
+        listen = [s.fileno() for s in self._server.sockets] if self._server is not None else []
+        preview = [s.fileno() for s in self._preview.sockets] if self._preview is not None else []
+        return listen, preview
+
+    def stop_accepting(self) -> None:
+        """stop_accepting: accept no new connection from now on; the open ones go on.
+
+        A successor that was handed the same listening sockets (SIGUSR2, admin/handoff.py)
+        accepts what comes next; shutdown calls it first.
+        """
+        self.closing = True
+        for server in (self._server, self._preview):
+            if server is not None:
+                server.close()
+
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: stop accepting, let in-flight requests finish, then cut the rest.
 
         Returns counts: connections open at the start, and how many had to be cut.
         """
         timeout = self.settings.drain_timeout if timeout is None else timeout
-        self.closing = True
-        for server in (self._server, self._preview):
-            if server is not None:
-                server.close()
+        self.stop_accepting()
         if self.router.hold_gate is not None:
             self.router.resume()
         open_at_start = len(self.connections)
