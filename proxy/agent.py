@@ -60,6 +60,7 @@ class Agent:
         self.started: asyncio.Future[tuple] = asyncio.get_running_loop().create_future()
         self.stopping: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self._pusher: asyncio.TimerHandle | None = None
+        self.early: list[tuple] = []      # messages that came before the start completed
 
     # ------------------------------------------------------------- messages
 
@@ -79,7 +80,8 @@ class Agent:
                 self.stop(None)       # still starting: it never listens
             self.send(("closed",))
         elif proxy is None:
-            log.error("supervisor channel: %r before the worker started", kind)
+            # Sent while this worker starts: applied once its router exists, before it listens.
+            self.early.append(message)
         elif kind == "apply":
             _, seq, route, hold = message
             router = proxy.router
@@ -135,6 +137,9 @@ class Agent:
         if held:
             router.hold(until)
         proxy = self.proxy = Proxy(settings, router)
+        for message in self.early:
+            self.on_message(message)
+        self.early = []
         await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=check_health)
         router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
         if check_health and proxy.health is not None:
