@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -145,7 +145,7 @@ class Controller:
         if self.state.held:
             remaining = (self.state.hold_until or 0) - time.time()
             if remaining > 0:
-                await self.plane.apply(Change(hold=Hold(True, self.state.hold_until)))
+                await self.plane.apply(Change(hold=Hold(True, self.state.hold_until), revision=self.revision))
                 self._arm_hold_timer(self.state.hold_until)
             else:
                 await self._end_hold("hold timeout (expired while cutover was stopped)")
@@ -548,7 +548,7 @@ class Controller:
 
     async def _apply(self, change: Change) -> None:
         """_apply: put a mutation's change on the data plane; its answer (_answer) carries the Ack."""
-        self._ack = await self.plane.apply(change)
+        self._ack = await self.plane.apply(replace(change, revision=self.revision, confirm=True))
 
     def _answer(self, **extra: Any) -> dict:
         """_answer: a mutation's answer: the status, what the call adds, and the Ack of its change.
@@ -668,7 +668,7 @@ class Controller:
         held = (saved.held, saved.hold_until) != (before.held, before.hold_until)
         if moved or held:
             hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
-            await self.plane.apply(Change(route=route if moved else None, hold=hold))
+            await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision))
         if held:
             self._arm_hold_timer(saved.hold_until if saved.held else None)
         if saved.generation != before.generation and self.analysis is not None \

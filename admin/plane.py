@@ -39,10 +39,17 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """Change: what one mutation changes on the data plane; None leaves that part as it is."""
+    """Change: what one mutation changes on the data plane; None leaves that part as it is.
+
+    ``revision`` is the store revision of the state it comes from (a fleet replica acks it);
+    ``confirm`` asks the plane to wait until every member of the fleet applied it too (the
+    replica that took the call; a change taken from the store is only applied and acked).
+    """
 
     route: Route | None = None
     hold: Hold | None = None
+    revision: object = None
+    confirm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +62,8 @@ class Ack:
 
     generation: int
     complete: bool
-    acked: tuple[int, ...]
-    pending: tuple[int, ...]
+    acked: tuple[int | str, ...]      # worker pids, or fleet replica ids
+    pending: tuple[int | str, ...]
 
     def to_dict(self) -> dict:
         """to_dict: the ``ack`` of a mutation's answer (SPEC §9.1)."""
