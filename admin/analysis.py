@@ -148,9 +148,11 @@ class Analysis:
             async with self._opener(max(self.config.interval, 1.0)) as fetch:
                 while time.monotonic() < deadline:
                     if self._snapshot().router.held:
-                        # Traffic is held on purpose: a probe would only wait; the window waits too.
+                        # Traffic is held on purpose: a probe would only wait; the window waits too,
+                        # by the time the hold really took (a busy loop may sleep longer than asked).
+                        paused = time.monotonic()
                         await asyncio.sleep(self.config.interval)
-                        deadline += self.config.interval
+                        deadline += time.monotonic() - paused
                         continue
                     failure = await self._probe(fetch)
                     if failure is None:

@@ -220,7 +220,9 @@ def mutation(action: str, call: Callable[[Controller, dict, Caller], Awaitable[d
             outcome = await controller.wait_for_analysis(change["generation"]) if change else None
             result = {**result, **controller.status(), "analysis": outcome}
         _log_applied(action, caller_of(request), data, result)
-        return web.json_response(result)
+        ack = result.get("ack")
+        # 202: committed, but not every worker confirmed it within fleet.ack_timeout (SPEC §9.1).
+        return web.json_response(result, status=202 if ack is not None and not ack["complete"] else 200)
     return answered(action, handler)
 
 
@@ -291,7 +293,9 @@ def _log_refused(action: str, caller: Caller, exc: ControlError) -> None:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].status())
+    controller = request.app[CONTROLLER]
+    await controller.plane.refresh()
+    return web.json_response(controller.status())
 
 
 async def history(request: web.Request) -> web.Response:
@@ -305,6 +309,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    await request.app[CONTROLLER].plane.refresh()
     return web.Response(body=request.app[RENDER](),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

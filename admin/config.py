@@ -176,6 +176,13 @@ class GatesConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """FleetConfig: the `fleet` section; without a store it bounds the wait for the workers' acks."""
+
+    ack_timeout: float = 10.0  # seconds a change waits for every worker (and replica) to apply it
+
+
+@dataclass(frozen=True)
 class Config:
     """Config: the whole validated config, built by parse_config / load_config."""
 
@@ -195,6 +202,8 @@ class Config:
     canary_header: str | None = None  # None = cookie stickiness
     analysis: AnalysisConfig = AnalysisConfig()
     history_limit: int = 1000  # history events kept, the newest; 1..HISTORY_LIMIT_MAX
+    workers: int = 1  # data-plane processes; "auto" in the file is resolved to the CPU count
+    fleet: FleetConfig = FleetConfig()
     source: Path | None = None  # the file it was loaded from
 
     def settings(self) -> Settings:
@@ -515,7 +524,11 @@ _TOP = (
     "canary",
     "gates",
     "analysis",
+    "workers",
+    "fleet",
 )
+
+WORKERS_MAX = 256
 
 
 def _admin(value: object) -> AdminConfig:
@@ -663,6 +676,24 @@ def _hold(value: object) -> HoldConfig:
         max_wait=_positive_duration(data.get("max_wait", d.max_wait), "hold.max_wait"),
         max_queued=_int(data.get("max_queued", d.max_queued), "hold.max_queued", 0),
     )
+
+
+def _workers(value: object) -> int:
+    """_workers: `workers`, a count of processes or "auto" (one per CPU this process may use)."""
+    if value == "auto":
+        try:
+            return max(1, min(WORKERS_MAX, len(os.sched_getaffinity(0))))
+        except (AttributeError, OSError):
+            return max(1, min(WORKERS_MAX, os.cpu_count() or 1))
+    if isinstance(value, str):
+        raise ConfigError(f'must be a number of processes or "auto", got {_show(value)}', key="workers")
+    return _int(value, "workers", 1, WORKERS_MAX)
+
+
+def _fleet(value: object) -> FleetConfig:
+    data = _section(value, "fleet", ("ack_timeout",))
+    return FleetConfig(ack_timeout=_positive_duration(data.get("ack_timeout", FleetConfig.ack_timeout),
+                                                      "fleet.ack_timeout"))
 
 
 def _analysis(value: object) -> AnalysisConfig:
@@ -821,6 +852,8 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         preview_listen=preview,
         canary_header=_canary(top.get("canary")),
         analysis=_analysis(top.get("analysis")),
+        workers=_workers(top.get("workers", 1)),
+        fleet=_fleet(top.get("fleet")),
     )
 
 
@@ -941,4 +974,6 @@ def effective_config(cfg: Config) -> dict[str, Any]:
             else None,
         },
         "analysis": dataclasses.asdict(cfg.analysis),
+        "workers": cfg.workers,
+        "fleet": dataclasses.asdict(cfg.fleet),
     }

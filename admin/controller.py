@@ -17,9 +17,10 @@ import asyncio
 import collections
 import copy
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -28,7 +29,7 @@ from proxy import DrainSnapshot, EnvironmentSnapshot, Route
 from .analysis import Analysis
 from .config import Config
 from .gates import GateInputs, GateResult, listen_url, run_gates
-from .plane import Change, DataPlane, Hold
+from .plane import Ack, Change, DataPlane, Hold
 from .state import Revision, State, StateConflict, StateError, StateNotDurable, StateStore, drain_fields
 
 log = logging.getLogger("cutover.controller")
@@ -102,6 +103,7 @@ class Controller:
         self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
         self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
         self._released_unsaved = 0     # requests a timed-out hold released while its resume could not be saved
+        self._ack: Ack | None = None   # the Ack of the change the mutation being answered made
         plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
@@ -143,7 +145,7 @@ class Controller:
         if self.state.held:
             remaining = (self.state.hold_until or 0) - time.time()
             if remaining > 0:
-                await self.plane.apply(Change(hold=Hold(True, self.state.hold_until)))
+                await self.plane.apply(Change(hold=Hold(True, self.state.hold_until), revision=self.revision))
                 self._arm_hold_timer(self.state.hold_until)
             else:
                 await self._end_hold("hold timeout (expired while cutover was stopped)")
@@ -191,6 +193,11 @@ class Controller:
             "analysis": self.analysis.to_dict() if self.analysis is not None else None,
             "listen": snapshot.listen,
             "preview_listen": snapshot.preview_listen,
+            "pid": os.getpid(),
+            "workers": [{"pid": w.pid, "generation": w.generation, "inflight": w.inflight,
+                         "connections": w.connections, "started": _iso(w.started) if w.started else None,
+                         "restarts": w.restarts, "alive": w.alive, "requests": w.requests}
+                        for w in self.plane.workers_info()],
         }
 
     def history(self, limit: int | None = None, since: datetime | None = None) -> dict:
@@ -314,7 +321,7 @@ class Controller:
             state.hold_until = time.time() + timeout
             self._record(state, "hold", reason, caller=caller, timeout=timeout)
             await self._save(state)
-            await self.plane.apply(Change(hold=Hold(True, state.hold_until)))
+            await self._apply(Change(hold=Hold(True, state.hold_until)))
             self._arm_hold_timer(state.hold_until)
             return self._answer(changed=True)
 
@@ -391,7 +398,7 @@ class Controller:
         if gates:
             entry["gates"] = [g.to_dict() for g in gates]
         await self._save(state)
-        await self.plane.apply(Change(route=self.route_of(state, self.environments)))
+        await self._apply(Change(route=self.route_of(state, self.environments)))
         self._watch(action, state)
         if started is not None:
             self.last_recovery_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -424,7 +431,7 @@ class Controller:
         state.generation += 1
         entry = self._record(state, action, reason, target=canary, caller=caller, weight=weight)
         await self._save(state)
-        await self.plane.apply(Change(route=self.route_of(state, self.environments)))
+        await self._apply(Change(route=self.route_of(state, self.environments)))
         self.counts[action] += 1
         return self._answer(changed=True, change=_change(entry))
 
@@ -539,9 +546,21 @@ class Controller:
         state.history.append(entry)
         return entry
 
+    async def _apply(self, change: Change) -> None:
+        """_apply: put a mutation's change on the data plane; its answer (_answer) carries the Ack."""
+        self._ack = await self.plane.apply(replace(change, revision=self.revision, confirm=True))
+
     def _answer(self, **extra: Any) -> dict:
+        """_answer: a mutation's answer: the status, what the call adds, and the Ack of its change.
+
+        ``ack`` (SPEC §9.1) names the processes that applied the change and those that did
+        not within fleet.ack_timeout; the API answers 202 when any is pending.
+        """
         status = self.status()
         status.update(extra)
+        ack, self._ack = self._ack, None
+        if ack is not None:
+            status["ack"] = ack.to_dict()
         return status
 
     def _environment(self, name: Any) -> str:
@@ -649,7 +668,7 @@ class Controller:
         held = (saved.held, saved.hold_until) != (before.held, before.hold_until)
         if moved or held:
             hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
-            await self.plane.apply(Change(route=route if moved else None, hold=hold))
+            await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision))
         if held:
             self._arm_hold_timer(saved.hold_until if saved.held else None)
         if saved.generation != before.generation and self.analysis is not None \
@@ -691,6 +710,7 @@ class Controller:
             if self._hold_timer is not None or not self.state.held:
                 return
             released = self._released_unsaved + await self._release()
+            self._ack = None            # a timer's change has no answer to carry its Ack
             state = self._next()
             state.held = False
             state.hold_until = None
@@ -707,8 +727,9 @@ class Controller:
 
     async def _release(self) -> int:
         """_release: end the hold on the data plane; returns how many requests it was holding."""
+        await self.plane.refresh()
         held = self.plane.snapshot().router.held_requests
-        await self.plane.apply(Change(hold=Hold(False, None)))
+        await self._apply(Change(hold=Hold(False, None)))
         return held
 
 

@@ -94,6 +94,11 @@ class CutoverCollector:
         yield GaugeMetricFamily("cutover_client_connections", "Open client connections",
                                 value=snapshot.client_connections)
         yield GaugeMetricFamily("cutover_route_generation", "Generation of the live route", value=route.generation)
+        workers = self.controller.plane.workers_info()
+        yield GaugeMetricFamily("cutover_workers", "Data-plane worker processes serving traffic",
+                                value=sum(1 for w in workers if w.alive))
+        yield CounterMetricFamily("cutover_worker_restarts", "Worker processes restarted after they exited",
+                                  value=sum(w.restarts for w in workers))
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
         yield GaugeMetricFamily("cutover_locked", "1 while switching is locked",

@@ -119,6 +119,23 @@ _SCHEMAS: dict[str, dict] = {
         "to": {**_NAME, "description": "live after, or the canary environment"},
         "generation": {"type": "integer", "minimum": 1, "description": "the generation it made"},
     }, required=["action", "from", "to", "generation"], description="what one route change did"),
+    "Worker": _object({
+        "pid": {"type": ["integer", "null"], "description": "its process id (null before it started)"},
+        "generation": {"type": "integer", "minimum": 0, "description": "the route generation it applied"},
+        "inflight": _COUNT,
+        "connections": {**_COUNT, "description": "open client connections"},
+        "started": {"type": ["string", "null"], "format": "date-time"},
+        "restarts": {**_COUNT, "description": "times this slot's process exited and was started again"},
+        "alive": {"type": "boolean", "description": "serving traffic now"},
+        "requests": {**_COUNT, "description": "requests it finished since it started"},
+    }, required=["pid", "generation", "inflight", "connections", "started", "restarts", "alive", "requests"],
+        description="one data-plane process (workers: 1 lists the one process)"),
+    "Ack": _object({
+        "complete": {"type": "boolean", "description": "every live worker applied the change"},
+        "acked": {"type": "array", "items": {"type": "integer"}, "description": "the workers (pids) that applied it"},
+        "pending": {"type": "array", "items": {"type": "integer"},
+                    "description": "the workers that had not within fleet.ack_timeout"},
+    }, required=["complete", "acked", "pending"], description="who applied the change this call made (SPEC §9.1)"),
     "Status": _object({
         "live": _NAME,
         "previous": {"type": ["string", "null"], "description": "where rollback goes; null before the first switch"},
@@ -137,6 +154,10 @@ _SCHEMAS: dict[str, dict] = {
         "analysis": {"oneOf": [_ref("Analysis"), {"type": "null"}]},
         "listen": {"type": "string", "description": "host:port of the user traffic listener"},
         "preview_listen": {"type": ["string", "null"], "description": "host:port of the preview listener"},
+        "pid": {"type": "integer", "description": "the process id of cutover serve (its supervisor with workers "
+                                                 "> 1): SIGTERM drains it, SIGUSR2 upgrades it"},
+        "workers": {"type": "array", "items": _ref("Worker"), "description": "the processes serving traffic"},
+        "ack": {**_ref("Ack"), "description": "a mutation that changed the data plane: who applied it"},
         "changed": {"type": "boolean", "description": "mutations only: whether the call changed anything"},
         "change": {**_ref("Change"), "description": "a mutation that changed the route: that change, "
                                                      "even when the status has moved on since (wait: true)"},
@@ -145,7 +166,7 @@ _SCHEMAS: dict[str, dict] = {
                          "description": "schema/attest only: every attestation kept"},
     }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
                  "lock_reason", "weights", "environments", "draining", "analysis", "listen",
-                 "preview_listen"]),
+                 "preview_listen", "pid", "workers"]),
     "HistoryEvent": _object({
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
@@ -252,6 +273,10 @@ _REFUSALS: dict[str, dict[int, dict]] = {
 }
 
 
+# The mutations that change the data plane, whose answer carries an Ack (and may be a 202).
+ACKED = ("flip", "rollback", "hold", "resume", "canary", "promote", "abort")
+
+
 def _responses(endpoint: Endpoint) -> dict:
     """_responses: every answer of one endpoint, by status."""
     description, media, schema = _OK.get(endpoint.name, (_STATUS_ANSWER, JSON, _ref("Status")))
@@ -260,6 +285,10 @@ def _responses(endpoint: Endpoint) -> dict:
     if mutation:
         out["200"]["headers"] = {REPLAYED: {"description": f"true on the replayed answer to a repeated "
                                                            f"{IDEMPOTENCY_KEY}", "schema": {"const": "true"}}}
+    if endpoint.name in ACKED:
+        out["202"] = {"description": "the change is committed, but not every worker applied it within "
+                                     "fleet.ack_timeout: ack.pending names them",
+                      "content": {JSON: {"schema": _ref("Status")}}}
     refusals = _REFUSALS.get(endpoint.name, {})
     if endpoint.body or endpoint.query or 400 in refusals:
         what = (f"a bad body (not JSON, not an object, nested over {MAX_DEPTH} deep, or a field the "

@@ -14,6 +14,7 @@ calls; nothing else in admin/ holds a Router, Proxy, Environment or Server.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -38,10 +39,17 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """Change: what one mutation changes on the data plane; None leaves that part as it is."""
+    """Change: what one mutation changes on the data plane; None leaves that part as it is.
+
+    ``revision`` is the store revision of the state it comes from (a fleet replica acks it);
+    ``confirm`` asks the plane to wait until every member of the fleet applied it too (the
+    replica that took the call; a change taken from the store is only applied and acked).
+    """
 
     route: Route | None = None
     hold: Hold | None = None
+    revision: object = None
+    confirm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +62,26 @@ class Ack:
 
     generation: int
     complete: bool
-    acked: tuple[int, ...]
-    pending: tuple[int, ...]
+    acked: tuple[int | str, ...]      # worker pids, or fleet replica ids
+    pending: tuple[int | str, ...]
+
+    def to_dict(self) -> dict:
+        """to_dict: the ``ack`` of a mutation's answer (SPEC §9.1)."""
+        return {"complete": self.complete, "acked": list(self.acked), "pending": list(self.pending)}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """WorkerInfo: one worker as GET /v1/status lists it."""
+
+    pid: int | None
+    generation: int
+    inflight: int
+    connections: int
+    started: float | None     # wall clock
+    restarts: int
+    alive: bool
+    requests: int = 0         # requests it finished (this process, since it started)
 
 
 DrainCallback = Callable[["DrainSnapshot"], None]
@@ -76,6 +102,14 @@ class DataPlane(Protocol):
         """on_drain: call ``callback`` with each drain's outcome when the drain ends."""
         ...
 
+    async def refresh(self) -> None:
+        """refresh: make the next ``snapshot`` current (a plane of other processes asks them now)."""
+        ...
+
+    def workers_info(self) -> tuple[WorkerInfo, ...]:
+        """workers_info: the processes serving traffic, as status lists them."""
+        ...
+
 
 class LocalPlane:
     """LocalPlane: the data plane of this process, one Router behind one Proxy.
@@ -88,6 +122,7 @@ class LocalPlane:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self._router = proxy.router
+        self._started = time.time()
 
     @classmethod
     def build(cls, settings: "Settings", route: Route) -> "LocalPlane":
@@ -113,3 +148,31 @@ class LocalPlane:
     def on_drain(self, callback: DrainCallback) -> None:
         """on_drain: hand ``callback`` the snapshot of each drain the Router reports ended."""
         self._router.on_drain.append(lambda drain: callback(drain.snapshot()))
+
+    @property
+    def port(self) -> int:
+        """port: the port listen is bound to (0 before the Proxy starts)."""
+        return self.proxy.port
+
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the listen and preview_listen sockets' descriptors, for a successor."""
+        return self.proxy.listener_fds()
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: accept no new connection; the open ones go on (a successor took over)."""
+        self.proxy.stop_accepting()
+
+    async def refresh(self) -> None:
+        """refresh: nothing to do; every snapshot of this process is current."""
+
+    async def shutdown(self, timeout: float | None = None) -> dict:
+        """shutdown: Proxy.shutdown: stop accepting, drain up to ``timeout``, cut the rest."""
+        return await self.proxy.shutdown(timeout)
+
+    def workers_info(self) -> tuple[WorkerInfo, ...]:
+        """workers_info: this one process (workers: 1)."""
+        snap = self.proxy.snapshot()
+        return (WorkerInfo(pid=os.getpid(), generation=snap.router.route.generation,
+                           inflight=sum(e.inflight for e in snap.router.environments),
+                           connections=snap.client_connections, started=self._started, restarts=0, alive=True,
+                           requests=sum(sum(e.responses) for e in snap.router.environments)),)

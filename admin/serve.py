@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,11 +27,37 @@ from proxy import build as data_plane_build
 from .api import READINESS, make_app
 from .config import Config, ConfigError
 from .controller import Controller
+from .handoff import Inherited, hand_over
 from .listener import AdminRunner
 from .plane import LocalPlane
+from .workers import BindFailed, WorkerPlane, WorkerStartError
 from .state import FileStateStore, Revision, State
 
 log = logging.getLogger("cutover")
+
+
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def reuseport_migration(path: str = MIGRATE_REQ) -> str | None:
+    """reuseport_migration: a warning when the kernel resets connections queued on a closing
+    SO_REUSEPORT listener (net.ipv4.tcp_migrate_req is 0), else None (also where there is no such knob).
+
+    Workers share listen through SO_REUSEPORT: with the knob at 0, connections still in the
+    accept queue of a listener that closes (a stopping cutover beside its successor) are reset
+    instead of moving to a listener that stays.
+    """
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return ("net.ipv4.tcp_migrate_req is 0: connections queued on a closing listener are reset "
+            "rather than moved to the listeners that stay; set it to 1 (sysctl -w net.ipv4.tcp_migrate_req=1) "
+            "before running a second cutover beside this one and stopping this one (the SIGUSR2 upgrade hands "
+            "the same sockets over and is not affected)")
 
 
 def build_warning() -> str | None:
@@ -57,12 +84,35 @@ def build_warning() -> str | None:
 
 @dataclass
 class Running:
-    """Running: a started router with its admin API (for serve, the demo and tests)."""
+    """Running: a started router with its admin API (for serve, the demo and tests).
 
-    proxy: Proxy
+    ``plane`` is a LocalPlane (workers: 1; ``proxy`` is its Proxy) or a WorkerPlane (``proxy`` None).
+    """
+
+    proxy: Proxy | None
     controller: Controller
     admin: web.AppRunner
     admin_port: int
+    plane: LocalPlane | WorkerPlane
+    site: web.BaseSite | None = None
+    admin_socket: socket.socket | None = None
+
+    def listener_fds(self) -> dict:
+        """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
+        listen, preview = self.plane.listener_fds()
+        return {"listen": listen, "preview": preview,
+                "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1}
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff)."""
+        await self.plane.stop_accepting()
+        if self.site is not None:
+            await self.site.stop()
+
+    @property
+    def port(self) -> int:
+        """port: the port listen is bound to."""
+        return self.plane.port
 
     async def stop(self, timeout: float | None = None) -> dict:
         """stop: /readyz turns 503, the hold timer stops, the data plane shuts down gracefully, then the admin API.
@@ -72,7 +122,7 @@ class Running:
         """
         self.admin.app[READINESS].begin_shutdown()
         self.controller.stop()
-        result = await self.proxy.shutdown(timeout)
+        result = await self.plane.shutdown(timeout)
         await self.controller.close()      # the last drains' outcomes are in the store
         await self.admin.cleanup()
         return result
@@ -127,9 +177,11 @@ def listen_failure(key: str, address: Address, exc: OSError) -> StartError:
     return StartError(f"{key}: cannot listen on {address}: {exc.strerror or exc}")
 
 
-async def start(config: Config) -> Running:
+async def start(config: Config, inherited: Inherited | None = None) -> Running:
     """start: check, load the state, start the proxy and the admin API.
 
+    With ``inherited`` (a predecessor's sockets, admin/handoff.py) it listens on those instead
+    of binding, and starts its admin API only once the predecessor stopped accepting.
     Raises ConfigError or StateError (check_start), or StartError naming the config key of a
     listener that cannot bind; what had started is closed again first.
     """
@@ -138,43 +190,110 @@ async def start(config: Config) -> Running:
     for temp in store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
     state = plan.state
-    plane = LocalPlane.build(config.settings(), Controller.route_of(state, tuple(config.environments)))
-    proxy = plane.proxy
+    route = Controller.route_of(state, tuple(config.environments))
+    plane: LocalPlane | WorkerPlane
+    if config.workers > 1:
+        plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
+                            logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+        try:
+            if inherited is not None:
+                plane.adopt(inherited.listens, inherited.previews if config.preview_listen else [])
+            else:
+                plane.bind()
+        except BindFailed as exc:
+            raise listen_failure(exc.key, exc.address, exc.error) from None
+        except OSError as exc:
+            raise listen_failure("listen", config.listen, exc) from None
+        proxy = None
+    else:
+        plane = LocalPlane.build(config.settings(), route)
+        proxy = plane.proxy
     controller = Controller(config, plane, store, state, plan.revision)
     # A saved hold is back on the data plane before the first connection is accepted.
     await controller.start()
-    try:
-        await proxy.start()
-    except OSError as exc:
-        # Proxy.start binds listen first: a port still 0 means that was the one that failed.
-        key, address = ("listen", config.listen) if proxy.port == 0 else ("preview_listen", config.preview_listen)
-        controller.stop()
-        await proxy.shutdown(0)
-        await controller.close()
-        raise listen_failure(key, address, exc) from None
+    if isinstance(plane, WorkerPlane):
+        try:
+            await plane.start()
+        except WorkerStartError as exc:
+            controller.stop()
+            await plane.shutdown(0)
+            await controller.close()
+            raise StartError(str(exc)) from None
+    else:
+        socks = _single(inherited, config)
+        try:
+            await plane.proxy.start(*socks)
+        except OSError as exc:
+            # Proxy.start binds listen first: a port still 0 means that was the one that failed.
+            key, address = (("listen", config.listen) if plane.proxy.port == 0
+                            else ("preview_listen", config.preview_listen))
+            controller.stop()
+            await plane.proxy.shutdown(0)
+            await controller.close()
+            raise listen_failure(key, address, exc) from None
+    if inherited is not None:
+        await inherited.ready_then_wait()
     token = config.admin.token if config.admin.auth != "none" else None
     runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()
-    site = web.TCPSite(runner, config.admin.listen.host, config.admin.listen.port)
     try:
+        admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
+        site = web.SockSite(runner, admin_sock)
         await site.start()
     except OSError as exc:
         controller.stop()
-        await proxy.shutdown(0)
+        await plane.shutdown(0)
         await controller.close()
         await runner.cleanup()
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
-    admin_port = runner.addresses[0][1]
-    return Running(proxy, controller, runner, admin_port)
+    admin_port = admin_sock.getsockname()[1]
+    return Running(proxy, controller, runner, admin_port, plane, site, admin_sock)
+
+
+def bind_admin(address: Address) -> socket.socket:
+    """bind_admin: the admin API's listening socket (serve keeps it, to hand it to a successor)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket | None, socket.socket | None]:
+    """_single: the listen and preview_listen sockets of a one-process data plane from ``inherited``.
+
+    Sockets handed over beyond the first (a predecessor with more workers) are closed: what was
+    queued on them is reset, unless net.ipv4.tcp_migrate_req moves it.
+    """
+    if inherited is None:
+        return None, None
+    extra = inherited.listens[1:] + inherited.previews[(1 if config.preview_listen else 0):]
+    if extra:
+        log.warning("upgrade: %d handed-over listening sockets are not needed with workers: 1; closing them",
+                    len(extra))
+        for sock in extra:
+            sock.close()
+    preview = inherited.previews[0] if inherited.previews and config.preview_listen else None
+    return inherited.listens[0], preview
 
 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
-    running = await start(config)
-    route = running.proxy.router.route
-    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s)",
-             config.listen.host, running.proxy.port, config.admin.listen.host, running.admin_port,
-             route.live, route.generation, running.controller.store.describe(), data_plane_build())
+    running = await start(config, Inherited.take())
+    route = running.plane.snapshot().router.route
+    log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
+             "workers %d)", config.listen.host, running.port, config.admin.listen.host, running.admin_port,
+             route.live, route.generation, running.controller.store.describe(), data_plane_build(),
+             config.workers)
+    if config.workers > 1:
+        migrate = reuseport_migration()
+        if migrate is not None:
+            log.warning("%s", migrate)
     warning = build_warning()
     if warning:
         log.warning("%s", warning)
@@ -188,10 +307,33 @@ async def serve(config: Config) -> int:
         log.info("signal %s: draining (up to %ss)", signal.Signals(signum).name, config.drain_timeout)
         stopping.set()
 
+    async def upgrade() -> None:
+        async with running.controller.lock:     # no mutation from here on, unless it fails
+            if stopping.is_set():
+                return
+            successor = await hand_over(running.listener_fds(), running.stop_accepting)
+            if successor is not None:
+                stopping.set()
+                await asyncio.Event().wait()     # keep the lock: this process steers nothing any more
+
+    upgrading: set[asyncio.Task] = set()
+
+    def on_upgrade() -> None:
+        if upgrading or stopping.is_set():
+            log.warning("SIGUSR2: an upgrade or a shutdown is already under way")
+            return
+        log.info("SIGUSR2: upgrading: starting a successor on the same sockets")
+        task = loop.create_task(upgrade())
+        upgrading.add(task)
+        task.add_done_callback(upgrading.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     await stopping.wait()
     result = await running.stop()
+    for task in list(upgrading):
+        task.cancel()
     log.info("stopped: %d connections open at shutdown, %d cut at drain_timeout",
              result["connections"], result["cut"])
     return 0

@@ -3,22 +3,27 @@
 What admin/ may import from it is exported here: the Route it sends, the snapshot
 types it reads (snapshot.py), the Router and Proxy that admin/plane.py and serve's
 start-up build, the frozen Settings those are built from (settings.py; admin/config.py
-makes them from the YAML config), the event loop serve runs on, and build(). admin/
-reaches no other module of proxy/ and holds no live data-plane object outside
-admin/plane.py.
+makes them from the YAML config), the event loop serve runs on, the supervisor channel's
+framing and the snapshot merge admin/workers.py uses for worker processes (whose own
+entry point is ``python -m proxy.agent``), and build(). admin/ reaches no other module
+of proxy/ and holds no live data-plane object outside admin/plane.py and admin/workers.py.
 """
 
 from .backends import LATENCY_BUCKETS
+from .channel import Channel
+from .flow import LISTEN_BACKLOG
 from .route import Route
-from .router import Router
+from .router import Router, serving
 from .server import Proxy, new_event_loop
 from .settings import Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
 from .snapshot import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, RouterSnapshot, ServerSnapshot,
-                       Snapshot)
+                       Snapshot, merge_drains)
+from .snapshot import merge as merge_snapshots
 
-__all__ = ["LATENCY_BUCKETS", "UPSTREAM_ERROR_KINDS", "Address", "DrainSnapshot", "EnvironmentConfig",
-           "EnvironmentSnapshot", "HealthCheckConfig", "LimitsConfig", "Proxy", "Route", "Router", "RouterSnapshot",
-           "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "new_event_loop"]
+__all__ = ["LATENCY_BUCKETS", "LISTEN_BACKLOG", "UPSTREAM_ERROR_KINDS", "Address", "Channel", "DrainSnapshot",
+           "EnvironmentConfig", "EnvironmentSnapshot", "HealthCheckConfig", "LimitsConfig", "Proxy", "Route", "Router",
+           "RouterSnapshot", "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "merge_drains",
+           "merge_snapshots", "new_event_loop", "serving"]
 
 
 def build() -> str:

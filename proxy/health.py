@@ -59,6 +59,9 @@ class HealthChecker:
         self.healthy_after = healthy_after
         self.unhealthy_after = unhealthy_after
         self.set_status = set_status
+        # Called with every probe's result after it is counted: a worker that checks for its
+        # supervisor's other workers sends them on (proxy/agent.py).
+        self.on_result: list[Callable[[Server, bool, str], None]] = []
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -91,6 +94,8 @@ class HealthChecker:
             try:
                 ok, reason = await probe(server, self.path, self.timeout)
                 self.report(server, ok, reason)
+                for callback in self.on_result:
+                    callback(server, ok, reason)
             except asyncio.CancelledError:
                 raise
             except Exception:

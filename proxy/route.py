@@ -8,6 +8,7 @@ the assignment goes to the new environment.
 
 from __future__ import annotations
 
+import copyreg
 from dataclasses import dataclass, field
 
 
@@ -42,3 +43,14 @@ class Route:
             if env != name:
                 return env
         raise ValueError(f"no environment other than {name!r}")
+
+
+def _reduce_route(route: Route) -> tuple:
+    return Route, (route.generation, route.live, route.previous, route.canary, route.canary_weight,
+                   route.environments)
+
+
+# A Route crosses to worker processes inside Changes and snapshots (proxy/agent.py). Compiled,
+# a frozen class cannot be rebuilt by pickle's default (it sets attributes one by one), so
+# pickle builds it with the constructor; this works the same on the pure Python build.
+copyreg.pickle(Route, _reduce_route)

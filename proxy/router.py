@@ -96,8 +96,8 @@ class Router:
         Returns the drains started (their ``done`` futures carry the result).
         """
         old = self.route
-        before = _serving(old)
-        after = _serving(route)
+        before = serving(old)
+        after = serving(route)
         self.route = route
         for name in after:
             drain = self.drains.pop(name, None)
@@ -200,8 +200,8 @@ def canary_bucket(block: bytes, header: "re.Pattern | None") -> int | None:
     return None
 
 
-def _serving(route: Route) -> set[str]:
-    """_serving: the environments that receive new requests under ``route``."""
+def serving(route: Route) -> set[str]:
+    """serving: the environments that receive new requests under ``route`` (also admin/workers.py)."""
     envs = {route.live}
     if route.canary is not None and route.canary_weight > 0:
         envs.add(route.canary)

@@ -88,8 +88,14 @@ class Proxy:
 
     # --------------------------------------------------------------- start
 
-    async def start(self, sock: socket.socket | None = None) -> None:
-        """start: listen (on ``sock`` when given, else settings.listen) and start health checks."""
+    async def start(self, sock: socket.socket | None = None, preview_sock: socket.socket | None = None,
+                    check_health: bool = True) -> None:
+        """start: listen (on ``sock`` / ``preview_sock`` when given, else the settings' addresses)
+        and start health checks.
+
+        A worker (proxy/agent.py) is handed sockets its supervisor bound; with ``check_health``
+        False its checker probes nothing and only counts results reported to it (HealthChecker.report).
+        """
         loop = self._loop = asyncio.get_running_loop()
         if sock is not None:
             self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
@@ -99,7 +105,10 @@ class Proxy:
                 backlog=LISTEN_BACKLOG, reuse_address=True)
         self._port = self._server.sockets[0].getsockname()[1]
         preview = self.settings.preview_listen
-        if preview is not None:
+        if preview_sock is not None:
+            self._preview = await loop.create_server(self._preview_client, sock=preview_sock, backlog=PREVIEW_BACKLOG)
+            self.preview_port = self._preview.sockets[0].getsockname()[1]
+        elif preview is not None:
             self._preview = await loop.create_server(
                 self._preview_client, preview.host, preview.port,
                 backlog=PREVIEW_BACKLOG, reuse_address=True)
@@ -110,7 +119,8 @@ class Proxy:
         servers = [s for env in self.router.environments.values() for s in env.servers]
         self.health = HealthChecker(servers, hc.path, hc.interval, hc.timeout, hc.healthy_after,
                                     hc.unhealthy_after, self.router.set_health)
-        self.health.start()
+        if check_health:
+            self.health.start()
 
     def _client(self) -> Any:
         return ClientConnection(self)
@@ -238,16 +248,31 @@ class Proxy:
         if self._idle is not None and not self.connections:
             self._idle.set()
 
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the file descriptors of the listen and preview_listen sockets (a successor
+        is handed them: admin/handoff.py)."""
+        listen = [s.fileno() for s in self._server.sockets] if self._server is not None else []
+        preview = [s.fileno() for s in self._preview.sockets] if self._preview is not None else []
+        return listen, preview
+
+    def stop_accepting(self) -> None:
+        """stop_accepting: accept no new connection from now on; the open ones go on.
+
+        A successor that was handed the same listening sockets (SIGUSR2, admin/handoff.py)
+        accepts what comes next; shutdown calls it first.
+        """
+        self.closing = True
+        for server in (self._server, self._preview):
+            if server is not None:
+                server.close()
+
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: stop accepting, let in-flight requests finish, then cut the rest.
 
         Returns counts: connections open at the start, and how many had to be cut.
         """
         timeout = self.settings.drain_timeout if timeout is None else timeout
-        self.closing = True
-        for server in (self._server, self._preview):
-            if server is not None:
-                server.close()
+        self.stop_accepting()
         if self.router.hold_gate is not None:
             self.router.resume()
         open_at_start = len(self.connections)

@@ -141,3 +141,75 @@ class Snapshot:
     unrouted: tuple[int, ...]
     client_body_timeouts: int
     preview_token_set: bool
+
+
+# --------------------------------------------------------------------------- merging
+# A router of N worker processes is read as one: its supervisor merges the workers' snapshots
+# (admin/workers.py). Counters add up; a server is healthy when every worker finds it so.
+
+
+def _sum(rows: "list[tuple[int, ...]]") -> tuple[int, ...]:
+    return tuple(sum(column) for column in zip(*rows))
+
+
+def merge_servers(servers: "list[ServerSnapshot]") -> ServerSnapshot:
+    """merge_servers: one server as seen by several workers."""
+    first = servers[0]
+    kinds = [kind for kind, _ in first.upstream_errors]
+    errors = _sum([tuple(count for _, count in s.upstream_errors) for s in servers])
+    return ServerSnapshot(address=first.address, healthy=all(s.healthy for s in servers),
+                          inflight=sum(s.inflight for s in servers),
+                          connections=sum(s.connections for s in servers), weight=first.weight,
+                          requests=sum(s.requests for s in servers), upstream_errors=tuple(zip(kinds, errors)))
+
+
+def merge_environments(envs: "list[EnvironmentSnapshot]") -> EnvironmentSnapshot:
+    """merge_environments: one environment as seen by several workers (same servers, same order)."""
+    servers = tuple(merge_servers([env.servers[i] for env in envs]) for i in range(len(envs[0].servers)))
+    return EnvironmentSnapshot(name=envs[0].name, healthy=any(s.healthy for s in servers),
+                               inflight=sum(e.inflight for e in envs), connections=sum(e.connections for e in envs),
+                               servers=servers, responses=_sum([e.responses for e in envs]),
+                               latency_counts=_sum([e.latency_counts for e in envs]),
+                               latency_sum=sum(e.latency_sum for e in envs),
+                               bytes_in=sum(e.bytes_in for e in envs), bytes_out=sum(e.bytes_out for e in envs))
+
+
+def merge_drains(drains: "list[DrainSnapshot]") -> DrainSnapshot:
+    """merge_drains: the drains of one environment and generation in several workers, summed.
+
+    The merged drain has ended when every part has (its duration is the longest part's).
+    """
+    first = drains[0]
+    durations = [d.duration for d in drains]
+    return DrainSnapshot(
+        environment=first.environment, generation=first.generation,
+        inflight_at_start=sum(d.inflight_at_start for d in drains), drained=sum(d.drained for d in drains),
+        forced_closed=sum(d.forced_closed for d in drains), dropped=sum(d.dropped for d in drains),
+        client_gone=sum(d.client_gone for d in drains), remaining=sum(d.remaining for d in drains),
+        interrupted=any(d.interrupted for d in drains),
+        duration=None if None in durations else max(d for d in durations if d is not None),
+        idle_connections_closed=sum(d.idle_connections_closed for d in drains))
+
+
+def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
+    """merge: the snapshots of a router's workers as one, serving ``route`` (the supervisor's).
+
+    Every snapshot is of the same environments and servers, in the same order.
+    """
+    routers = [s.router for s in snapshots]
+    first = routers[0]
+    drains: dict[tuple[str, int], list[DrainSnapshot]] = {}
+    for r in routers:
+        for d in r.drains:
+            drains.setdefault((d.environment, d.generation), []).append(d)
+    router = RouterSnapshot(
+        route=route, held=any(r.held for r in routers), held_requests=sum(r.held_requests for r in routers),
+        hold_until=next((r.hold_until for r in routers if r.held), None),
+        environments=tuple(merge_environments([r.environments[i] for r in routers])
+                           for i in range(len(first.environments))),
+        drains=tuple(merge_drains(parts) for parts in drains.values()))
+    return Snapshot(router=router, listen=snapshots[0].listen, preview_listen=snapshots[0].preview_listen,
+                    client_connections=sum(s.client_connections for s in snapshots),
+                    unrouted=_sum([s.unrouted for s in snapshots]),
+                    client_body_timeouts=sum(s.client_body_timeouts for s in snapshots),
+                    preview_token_set=snapshots[0].preview_token_set)

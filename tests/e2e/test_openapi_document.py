@@ -20,6 +20,7 @@ import pytest
 
 from admin.jsonbody import MAX_BODY_BYTES
 from admin.openapi import openapi_document
+from admin.plane import Ack
 from admin.state import FileStateStore, StateError
 from tests.support.adminapi import UNSET, Admin
 from tests.support.backend import set_failing
@@ -225,6 +226,29 @@ async def test_every_answer_of_every_route_matches_the_document(stack, session, 
     await call("POST", "/v1/unlock", 200)
     await call("GET", "/v1/history", 200)
     await call("GET", "/v1/status", 200)
+
+    # 202: committed, but a worker did not apply it within fleet.ack_timeout (a plane that says so)
+    real = stack.controller.plane
+
+    class OnePending:
+        """OnePending: the real plane, whose Acks name one worker that did not apply the change."""
+
+        async def apply(self, change):
+            ack = await real.apply(change)
+            return Ack(ack.generation, complete=False, acked=ack.acked, pending=(4242,))
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    stack.controller.plane = OnePending()
+    try:
+        for path, body in [("/v1/hold", {"timeout": 30}), ("/v1/resume", {}), ("/v1/canary", {"weight": 15}),
+                           ("/v1/abort", {}), ("/v1/canary", {"weight": 25}), ("/v1/promote", {"force": True}),
+                           ("/v1/flip", {"force": True}), ("/v1/rollback", {"force": True})]:
+            answer = await call("POST", path, 202, body=body)
+            assert answer["ack"] == {"complete": False, "acked": list(answer["ack"]["acked"]), "pending": [4242]}
+    finally:
+        stack.controller.plane = real
 
     # not ready: the live environment has no healthy server (health checks stopped above)
     for server in stack.proxy.router.environments[stack.proxy.router.route.live].servers:

@@ -63,13 +63,10 @@ async def test_shutdown_makes_readyz_503_before_the_listeners_stop_accepting(mak
     running = await make_stack()
     api = Admin(session, running.admin_port)
     seen = []
-    real = running.proxy
+    real = running.plane
 
     class LooksFirst:
-        """LooksFirst: the real Proxy, except that shutdown reads /readyz before it starts.
-
-        Wraps rather than patches: the compiled Proxy's methods are read-only.
-        """
+        """LooksFirst: the real data plane, except that shutdown reads /readyz before it starts."""
 
         async def shutdown(self, timeout=None):
             seen.append(await api.get("/readyz"))     # the admin API still answers here
@@ -77,11 +74,11 @@ async def test_shutdown_makes_readyz_503_before_the_listeners_stop_accepting(mak
 
         def __getattr__(self, name):
             return getattr(real, name)
-    running.proxy = LooksFirst()
+    running.plane = LooksFirst()
     try:
         await running.stop(0.5)
     finally:
-        running.proxy = real
+        running.plane = real
     [(status, payload, _)] = seen
     assert status == 503, payload
     assert payload["shutting_down"] is True and payload["ready"] is False

@@ -1,0 +1,82 @@
+"""plane: a fleet replica's data plane: its local plane (one process or its workers), then the fleet.
+
+FleetPlane is the DataPlane the Controller drives when the state lives in etcd (SPEC §9.2).
+Every change goes to the local plane first; once every local worker applied it, the replica
+acks the change's store revision (admin/fleet/replica.py). A change this replica took
+(``confirm``) then waits at the barrier: its Ack names the replicas that applied it and those
+that did not within fleet.ack_timeout (the answer is then 202). A change taken from the store
+(another replica's) is applied and acked, never waited on. Reads are the local plane's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..plane import Ack, Change, DataPlane, DrainCallback, WorkerInfo
+from .etcd import EtcdError
+from .replica import Membership
+
+log = logging.getLogger("cutover.fleet")
+
+
+class FleetPlane:
+    """FleetPlane: ``local`` (LocalPlane or WorkerPlane) behind this replica's Membership."""
+
+    def __init__(self, local: Any, membership: Membership, ack_timeout: float) -> None:
+        self.local: DataPlane = local
+        self.membership = membership
+        self.ack_timeout = ack_timeout
+
+    async def apply(self, change: Change) -> Ack:
+        """apply: locally first; then this replica's ack; then, for its own changes, the barrier."""
+        local = await self.local.apply(change)
+        revision = change.revision
+        if not isinstance(revision, int):
+            return local
+        if local.complete:
+            try:
+                await self.membership.ack(local.generation, revision)
+            except EtcdError as exc:
+                log.warning("fleet: cannot write this replica's ack of revision %d: %s", revision, exc)
+        else:
+            log.warning("fleet: not acking revision %d: worker(s) %s did not apply it", revision,
+                        ", ".join(map(str, local.pending)))
+        if not change.confirm:
+            return local
+        try:
+            barrier = await self.membership.wait_for_acks(revision, self.ack_timeout)
+        except EtcdError as exc:
+            log.warning("fleet: cannot read the replicas' acks of revision %d: %s", revision, exc)
+            return Ack(local.generation, complete=False, acked=(), pending=(self.membership.id,))
+        return Ack(local.generation, complete=barrier.complete, acked=barrier.acked, pending=barrier.pending)
+
+    # The rest is the local plane's.
+
+    def snapshot(self) -> Any:
+        return self.local.snapshot()
+
+    def on_drain(self, callback: DrainCallback) -> None:
+        self.local.on_drain(callback)
+
+    async def refresh(self) -> None:
+        await self.local.refresh()
+
+    def workers_info(self) -> tuple[WorkerInfo, ...]:
+        return self.local.workers_info()
+
+    @property
+    def port(self) -> int:
+        return self.local.port
+
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        return self.local.listener_fds()
+
+    async def stop_accepting(self) -> None:
+        await self.local.stop_accepting()
+
+    async def shutdown(self, timeout: float | None = None) -> dict:
+        """shutdown: the local plane drains; then the replica leaves the fleet (its lease revoked)."""
+        result = await self.local.shutdown(timeout)
+        await self.membership.close()
+        return result

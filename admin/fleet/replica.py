@@ -1,0 +1,208 @@
+"""replica: a fleet member's registration, its acks, and the barrier a change waits at (SPEC §9.2).
+
+Keys, under the fleet's prefix, each attached to the replica's lease (so they vanish when the
+replica stops renewing it):
+  replicas/<id>   {"id", "address", "pid", "started"}: this replica is live
+  acks/<id>       {"generation", "revision"}: the newest state it applied to every local worker
+A replica acks a state only after its local data plane (all its workers) applied it, and acks
+are in revision order, so an ack of revision R' also confirms every earlier revision.
+
+The barrier (``wait_for_acks``) is run by the replica that took a change: the replicas waited
+for are those registered at the revision the change committed at (one gone before the commit
+is not waited for); each must ack that revision or a later one within ack_timeout. One whose
+lease expires during the wait stays pending: it may still be serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .etcd import EtcdClient, EtcdError, WatchError
+
+log = logging.getLogger("cutover.fleet")
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Replica: one registered fleet member, as replicas/<id> holds it."""
+
+    id: str
+    address: str
+    pid: int
+    started: float
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Barrier: how a change's wait ended: who acked it, who did not (by replica id)."""
+
+    acked: tuple[str, ...]
+    pending: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+
+def _json(value: bytes) -> dict:
+    try:
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+class Membership:
+    """Membership: this replica's lease, its replicas/<id> key and its acks.
+
+    ``start`` registers; a renewal task keeps the lease alive every ttl/3 while ``healthy()``
+    (the apply loop's own check) says so. When the lease is found gone (this process was
+    paused, partitioned or stalled past its ttl) ``on_expired`` is called once before it
+    registers again: the replica must re-read the state before it serves on (fencing).
+    """
+
+    def __init__(self, client: EtcdClient, prefix: str, replica_id: str, address: str, ttl: int,
+                 healthy: Callable[[], bool] = lambda: True,
+                 on_expired: Callable[[], None] = lambda: None) -> None:
+        self.client = client
+        self.prefix = prefix.rstrip("/")
+        self.id = replica_id
+        self.address = address
+        self.ttl = ttl
+        self.healthy = healthy
+        self.on_expired = on_expired
+        self.lease = 0
+        self.started = time.time()
+        self.renewed = 0.0                  # monotonic time of the last renewal that etcd confirmed
+        self._ack: tuple[int, int] | None = None    # (generation, revision) last acked
+        self._task: asyncio.Task | None = None
+
+    def key(self, kind: str, replica: str | None = None) -> str:
+        return f"{self.prefix}/{kind}/{replica or self.id}"
+
+    async def start(self) -> None:
+        """start: take a lease and register under it; then keep it alive."""
+        await self._register()
+        self._task = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _register(self) -> None:
+        self.lease = await self.client.grant(self.ttl)
+        doc = {"id": self.id, "address": self.address, "pid": os.getpid(), "started": self.started}
+        await self.client.put(self.key("replicas"), json.dumps(doc).encode(), lease=self.lease)
+        if self._ack is not None:
+            await self._write_ack(*self._ack)
+        self.renewed = time.monotonic()
+
+    async def _renew(self) -> None:
+        interval = max(0.2, self.ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.healthy():
+                log.warning("fleet: the apply loop is not healthy; the lease is not renewed")
+                continue
+            try:
+                left = await self.client.keepalive_once(self.lease)
+            except EtcdError as exc:
+                log.warning("fleet: cannot renew the lease: %s", exc)
+                continue
+            if left > 0:
+                self.renewed = time.monotonic()
+                continue
+            log.warning("fleet: the lease of replica %s expired; re-reading the state and registering again",
+                        self.id)
+            try:
+                self.on_expired()
+            except Exception:
+                log.exception("fleet: lease expiry handler failed")
+            try:
+                await self._register()
+            except EtcdError as exc:
+                log.warning("fleet: cannot register again: %s", exc)
+
+    async def ack(self, generation: int, revision: int) -> None:
+        """ack: every local worker applied the state at ``revision`` (of ``generation``)."""
+        if self._ack is not None and revision <= self._ack[1]:
+            return
+        self._ack = (generation, revision)
+        await self._write_ack(generation, revision)
+
+    async def _write_ack(self, generation: int, revision: int) -> None:
+        doc = {"generation": generation, "revision": revision}
+        await self.client.put(self.key("acks"), json.dumps(doc).encode(), lease=self.lease)
+
+    async def replicas(self, revision: int | None = None) -> list[Replica]:
+        """replicas: the members registered now (or at ``revision``)."""
+        kvs, _ = await self.client.get_prefix(f"{self.prefix}/replicas/", revision=revision)
+        out = []
+        for kv in kvs:
+            doc = _json(kv.value)
+            out.append(Replica(id=str(doc.get("id") or kv.key.rsplit("/", 1)[-1]),
+                               address=str(doc.get("address") or ""), pid=int(doc.get("pid") or 0),
+                               started=float(doc.get("started") or 0.0)))
+        return out
+
+    async def acks(self) -> tuple[dict[str, dict], int]:
+        """acks: each live replica's last ack ({"generation", "revision"}), and the revision read at."""
+        kvs, revision = await self.client.get_prefix(f"{self.prefix}/acks/")
+        return {kv.key.rsplit("/", 1)[-1]: _json(kv.value) for kv in kvs}, revision
+
+    async def wait_for_acks(self, revision: int, timeout: float) -> Barrier:
+        """wait_for_acks: wait until every replica registered at ``revision`` acked it (or later).
+
+        Bounded by ``timeout``; whoever has not acked by then is pending.
+        """
+        members = [r.id for r in await self.replicas(revision)]
+        deadline = time.monotonic() + timeout
+        done: set[str] = set()
+
+        def take(replica: str, doc: dict) -> None:
+            if replica in members and int(doc.get("revision") or 0) >= revision:
+                done.add(replica)
+
+        acks, read_at = await self.acks()
+        for replica, doc in acks.items():
+            take(replica, doc)
+        while not set(members) <= done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                async with asyncio.timeout(left):
+                    async with self.client.watch(f"{self.prefix}/acks/", read_at + 1,
+                                                 idle_timeout=max(1.0, left + 1)) as events:
+                        async for event in events:
+                            read_at = max(read_at, event.kv.mod_revision)
+                            if event.type == "PUT":
+                                take(event.kv.key.rsplit("/", 1)[-1], _json(event.kv.value))
+                            if set(members) <= done:
+                                break
+            except TimeoutError:
+                break
+            except (WatchError, EtcdError) as exc:
+                log.warning("fleet: watching acks failed (%s); reading them again", exc)
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                try:
+                    acks, read_at = await self.acks()
+                except EtcdError:
+                    continue
+                for replica, doc in acks.items():
+                    take(replica, doc)
+        return Barrier(acked=tuple(m for m in members if m in done), pending=tuple(m for m in members
+                                                                                   if m not in done))
+
+    async def close(self) -> None:
+        """close: stop renewing and give the lease back (its keys go with it)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.lease:
+            try:
+                await self.client.revoke(self.lease)
+            except EtcdError as exc:
+                log.warning("fleet: cannot revoke the lease: %s", exc)

@@ -1,0 +1,117 @@
+"""handoff: upgrade or restart cutover under load without refusing a connection (SIGUSR2).
+
+``kill -USR2 <pid of cutover serve>`` starts a successor: the same command line (so a new
+install's code and the config file as it is now) with the very listening sockets of listen,
+preview_listen and the admin API handed over as inherited file descriptors. The sockets never
+close, so no connection queued on them is reset (whatever net.ipv4.tcp_migrate_req says).
+
+The two processes take turns over a socket pair, so that exactly one control plane steers
+and no request is routed by a route the answer of a change has superseded:
+
+1. The predecessor takes the controller's lock (no mutation runs from here on) and starts
+   the successor.
+2. The successor reads the state file (every acknowledged change is in it), starts its data
+   plane on the inherited sockets, and says "ready". Both now accept, by the same route.
+3. The predecessor stops accepting on its data plane and stops its admin listener (its
+   backlog stays with the successor), then says "go".
+4. The successor starts its admin API on the inherited socket; the predecessor drains what
+   it had in flight and exits 0.
+
+If the successor fails to start (it exits, or is not ready within READY_TIMEOUT) the
+predecessor goes on serving as before and logs why; nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("cutover.handoff")
+
+INHERIT = "CUTOVER_INHERIT"   # environment variable: the handed-over file descriptors, as JSON
+READY_TIMEOUT = 60.0          # seconds a successor may take to serve
+GO_TIMEOUT = 30.0             # seconds a successor waits for its predecessor to stop accepting
+
+
+@dataclass
+class Inherited:
+    """Inherited: the sockets a predecessor handed this process, and the channel to it."""
+
+    listens: list[socket.socket]
+    previews: list[socket.socket]
+    admin: socket.socket
+    channel: socket.socket
+
+    @classmethod
+    def take(cls, environ: dict | None = None) -> "Inherited | None":
+        """take: the sockets named by CUTOVER_INHERIT (removed from the environment), or None."""
+        environ = os.environ if environ is None else environ
+        text = environ.pop(INHERIT, None)
+        if not text:
+            return None
+        fds = json.loads(text)
+        return cls(listens=[socket.socket(fileno=fd) for fd in fds["listen"]],
+                   previews=[socket.socket(fileno=fd) for fd in fds["preview"]],
+                   admin=socket.socket(fileno=fds["admin"]), channel=socket.socket(fileno=fds["channel"]))
+
+    async def ready_then_wait(self) -> None:
+        """ready_then_wait: tell the predecessor this data plane serves; return once it stopped
+        accepting (its "go"), or it is gone, or GO_TIMEOUT passed."""
+        loop = asyncio.get_running_loop()
+        self.channel.setblocking(False)
+        await loop.sock_sendall(self.channel, b"ready\n")
+        try:
+            async with asyncio.timeout(GO_TIMEOUT):
+                await loop.sock_recv(self.channel, 16)
+        except TimeoutError:
+            log.warning("the predecessor did not stop accepting within %ss; going on", GO_TIMEOUT)
+        self.channel.close()
+
+
+async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[], Awaitable[None]],
+                    argv: list[str] | None = None) -> asyncio.subprocess.Process | None:
+    """hand_over: start the successor with ``fds`` (listen, preview, admin); once it serves, run
+    ``stop_accepting`` and let it go on. Returns its process, or None when it did not start (this
+    process then serves on as before)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    passed = [*fds["listen"], *fds["preview"], fds["admin"], theirs.fileno()]   # type: ignore[misc]
+    env = dict(os.environ)
+    env[INHERIT] = json.dumps({**fds, "channel": theirs.fileno()})
+    argv = argv or [sys.executable, *sys.orig_argv[1:]]
+    try:
+        process = await asyncio.create_subprocess_exec(*argv, pass_fds=passed, env=env)
+    except OSError as exc:
+        log.error("upgrade: cannot start the successor (%s); serving on", exc)
+        ours.close()
+        return None
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    log.info("upgrade: started successor %d; waiting until it serves", process.pid)
+    exited = asyncio.ensure_future(process.wait())
+    said = asyncio.ensure_future(loop.sock_recv(ours, 16))
+    try:
+        done, _ = await asyncio.wait({exited, said}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+    if said not in done or not said.result().startswith(b"ready"):
+        said.cancel()
+        ours.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.error("upgrade: the successor %d did not start (exit status %s); serving on as before",
+                  process.pid, process.returncode)
+        return None
+    await stop_accepting()
+    await loop.sock_sendall(ours, b"go\n")
+    ours.close()
+    log.info("upgrade: successor %d serves; draining and exiting", process.pid)
+    return process

@@ -1,0 +1,552 @@
+"""workers: the supervisor's data plane, N worker processes behind one DataPlane (SPEC §9.1).
+
+With ``workers: N > 1`` serve's start-up builds a WorkerPlane instead of a LocalPlane. It
+binds listen (and preview_listen) once per worker slot with SO_REUSEPORT and keeps those
+sockets: the kernel spreads new connections evenly over the slots by their addresses, and a
+worker that dies leaves its socket open here, so connections queued on it wait for the
+restarted worker instead of being reset. Each worker is ``python -m proxy.agent`` with its
+slot's sockets and a channel (proxy/agent.py: the messages).
+
+Every Change goes to every live worker; ``apply`` returns once each acked the generation
+(sent after its swap) or ``fleet.ack_timeout`` passed, naming the workers still pending. A
+worker that starts or restarts gets the current route and hold first, and applies every
+change sent before it listens. Reads merge the workers' snapshots (proxy.merge): counters
+add up, including those of workers that exited, so they never go back. A drain is reported
+once, summed over the workers that applied its change. Health checks run in one worker (the
+first slot); every result reaches the others, which count it with their own streaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import proxy as data_plane
+from proxy import Address, Channel, DrainSnapshot, Route, Settings, Snapshot, merge_snapshots, serving
+
+from .plane import Ack, Change, DrainCallback, Hold, WorkerInfo
+
+log = logging.getLogger("cutover.workers")
+
+START_TIMEOUT = 30.0        # seconds a worker may take to listen
+STOP_GRACE = 5.0            # seconds past the drain a worker may take to exit before it is killed
+REFRESH_TIMEOUT = 1.0       # seconds a read waits for the workers' fresh snapshots
+DRAIN_REPORT_GRACE = 5.0    # seconds past drain_timeout a drain waits for every worker's part
+
+
+class WorkerStartError(Exception):
+    """WorkerStartError: a worker did not start; the message says which and why."""
+
+
+class BindFailed(OSError):
+    """BindFailed: a listener could not bind; ``key`` is its config key, ``address`` its address."""
+
+    def __init__(self, key: str, address: Address, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.key, self.address, self.error = key, address, error
+
+
+def bind(address: Address, port: int) -> socket.socket:
+    """bind: a listening SO_REUSEPORT socket on ``address`` (``port`` instead of its port when set)."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address.host, port or address.port))
+        sock.listen(data_plane.LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def hold_shares(max_queued: int, count: int) -> list[int]:
+    """hold_shares: hold.max_queued split over ``count`` workers, summing to it exactly."""
+    base, extra = divmod(max_queued, count)
+    return [base + (1 if slot < extra else 0) for slot in range(count)]
+
+
+def counters_only(snapshot: Snapshot) -> Snapshot:
+    """counters_only: ``snapshot`` with its gauges zeroed: what an exited worker still adds to the sums."""
+    def env(e):
+        servers = tuple(dataclasses.replace(s, inflight=0, connections=0) for s in e.servers)
+        return dataclasses.replace(e, inflight=0, connections=0, servers=servers)
+    router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
+                                 environments=tuple(env(e) for e in snapshot.router.environments))
+    return dataclasses.replace(snapshot, router=router, client_connections=0)
+
+
+class Worker:
+    """Worker: one slot, its sockets and its current process."""
+
+    def __init__(self, slot: int, listen: socket.socket, preview: socket.socket | None) -> None:
+        self.slot = slot
+        self.listen = listen
+        self.preview = preview
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.pid: int | None = None
+        self.ready: asyncio.Future[None] | None = None
+        self.alive = False
+        self.started: float | None = None
+        self.started_mono = 0.0
+        self.restarts = 0
+        self.crashes = 0               # exits in a row that came soon after a start
+        self.generation = 0
+        self.snapshot: Snapshot | None = None
+        self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self.stopped: asyncio.Future[dict] | None = None
+        self.gone: asyncio.Event = asyncio.Event()
+
+
+class WorkerPlane:
+    """WorkerPlane: the DataPlane of a supervisor and its worker processes."""
+
+    def __init__(self, settings: Settings, route: Route, count: int, ack_timeout: float,
+                 log_level: str = "INFO") -> None:
+        self.settings = settings
+        self.route = route
+        self.hold = Hold(False)
+        self.count = count
+        self.ack_timeout = ack_timeout
+        self.log_level = log_level
+        self.workers: list[Worker] = []
+        self.shares = hold_shares(settings.max_queued, count)
+        self.retired: Snapshot | None = None     # the counters of exited workers, summed
+        self.port = 0
+        self.preview_port: int | None = None
+        self.closing = False
+        self._seq = itertools.count(1)
+        self._drain_callbacks: list[DrainCallback] = []
+        self._drains: dict[tuple[str, int], dict[int, DrainSnapshot]] = {}
+        self._expected: dict[tuple[str, int], set[int]] = {}
+        self._drain_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
+        self._health: dict[tuple[str, int], bool] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.on_restart: list[Callable[[WorkerInfo], None]] = []
+
+    # ---------------------------------------------------------------- start
+
+    def adopt(self, listens: list[socket.socket], previews: list[socket.socket]) -> None:
+        """adopt: listen on sockets a predecessor handed over (admin/handoff.py) instead of binding.
+
+        Slots beyond what was handed over bind more sockets on the same ports (SO_REUSEPORT);
+        handed sockets beyond the slots are closed.
+        """
+        s = self.settings
+        self.port = listens[0].getsockname()[1]
+        self.preview_port = previews[0].getsockname()[1] if previews else None
+        for extra in listens[self.count:] + previews[self.count:]:
+            extra.close()
+        workers = []
+        for slot in range(self.count):
+            listen = listens[slot] if slot < len(listens) else bind(s.listen, self.port)
+            preview = None
+            if s.preview_listen is not None:
+                preview = previews[slot] if slot < len(previews) else bind(s.preview_listen, self.preview_port or 0)
+                self.preview_port = preview.getsockname()[1]
+            workers.append(Worker(slot, listen, preview))
+        self.workers = workers
+
+    def listener_fds(self) -> tuple[list[int], list[int]]:
+        """listener_fds: the listen and preview_listen sockets of every slot (what a successor is handed)."""
+        return ([w.listen.fileno() for w in self.workers],
+                [w.preview.fileno() for w in self.workers if w.preview is not None])
+
+    def bind(self) -> None:
+        """bind: every slot's listen and preview_listen sockets; BindFailed names the key."""
+        s = self.settings
+        sockets: list[tuple[socket.socket, socket.socket | None]] = []
+        try:
+            port, preview_port = 0, 0
+            for _ in range(self.count):
+                try:
+                    listen = bind(s.listen, port)
+                except OSError as exc:
+                    raise BindFailed("listen", s.listen, exc) from None
+                port = listen.getsockname()[1]
+                preview = None
+                if s.preview_listen is not None:
+                    try:
+                        preview = bind(s.preview_listen, preview_port)
+                    except OSError as exc:
+                        listen.close()
+                        raise BindFailed("preview_listen", s.preview_listen, exc) from None
+                    preview_port = preview.getsockname()[1]
+                sockets.append((listen, preview))
+        except BindFailed:
+            for listen, preview in sockets:
+                listen.close()
+                if preview is not None:
+                    preview.close()
+            raise
+        self.port = port
+        self.preview_port = preview_port or None
+        self.workers = [Worker(slot, listen, preview) for slot, (listen, preview) in enumerate(sockets)]
+
+    async def start(self) -> None:
+        """start: bind (unless done), start every worker and wait until each listens."""
+        if not self.workers:
+            self.bind()
+        for worker in self.workers:
+            await self._spawn(worker)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                for worker in self.workers:
+                    await self._wait_ready(worker)
+        except TimeoutError:
+            raise WorkerStartError(f"a worker did not listen within {START_TIMEOUT:.0f}s") from None
+
+    async def _wait_ready(self, worker: Worker) -> None:
+        ready = worker.ready
+        if ready is None:
+            raise WorkerStartError(f"worker slot {worker.slot} was not started")
+        gone = asyncio.ensure_future(worker.gone.wait())
+        try:
+            await asyncio.wait({ready, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not ready.done():
+            code = worker.process.returncode if worker.process is not None else None
+            raise WorkerStartError(f"worker {worker.pid} exited with status {code} before it listened")
+
+    async def _spawn(self, worker: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        fds = [theirs.fileno(), worker.listen.fileno()]
+        argv = [sys.executable, "-m", "proxy.agent", "--channel", str(theirs.fileno()),
+                "--listen", str(worker.listen.fileno()), "--parent", str(os.getpid()),
+                "--log-level", self.log_level]
+        if worker.preview is not None:
+            fds.append(worker.preview.fileno())
+            argv += ["--preview", str(worker.preview.fileno())]
+        env = dict(os.environ)
+        # The worker imports the very data plane this process runs (pure or compiled).
+        root = str(Path(data_plane.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=fds, stdin=subprocess.DEVNULL, env=env, start_new_session=False)
+        finally:
+            theirs.close()
+        worker.pid = worker.process.pid
+        worker.ready = loop.create_future()
+        worker.stopped = loop.create_future()
+        worker.gone = asyncio.Event()
+        worker.alive = False
+        worker.generation = 0
+        worker.started = time.time()
+        worker.started_mono = time.monotonic()
+        process = worker.process
+        _, worker.channel = await loop.create_unix_connection(
+            lambda: Channel(lambda m: self._on_message(worker, process, m), lambda: self._on_close(worker, process)),
+            sock=ours)
+        health = self._health_now()
+        settings = dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
+        worker.channel.send(("start", settings, self.route, (self.hold.held, self.hold.until), health,
+                             worker.slot == 0))
+
+    # ------------------------------------------------------------- messages
+
+    def _on_message(self, worker: Worker, process: Any, message: tuple) -> None:
+        if worker.process is not process:
+            return
+        kind = message[0]
+        if kind == "ready":
+            _, pid, snapshot = message
+            worker.snapshot = snapshot
+            worker.generation = snapshot.router.route.generation
+            worker.alive = True
+            if worker.ready is not None and not worker.ready.done():
+                worker.ready.set_result(None)
+        elif kind == "ack":
+            _, seq, generation, snapshot = message
+            worker.snapshot = snapshot
+            worker.generation = generation
+            future = worker.waiting.pop(seq, None)
+            if future is not None and not future.done():
+                future.set_result(generation)
+        elif kind == "snapshot":
+            _, seq, snapshot = message
+            worker.snapshot = snapshot
+            future = worker.waiting.pop(seq, None) if seq is not None else None
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == "drain":
+            self._drain_part(worker.slot, message[1])
+        elif kind == "health":
+            _, env, index, ok, reason = message
+            for other in self.workers:
+                if other is not worker and other.alive and other.channel is not None:
+                    other.channel.send(("health", env, index, ok, reason))
+        elif kind == "closed":
+            future = worker.waiting.pop(0, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == "stopped":
+            if worker.stopped is not None and not worker.stopped.done():
+                worker.stopped.set_result(message[1])
+
+    def _on_close(self, worker: Worker, process: Any) -> None:
+        if worker.process is not process:
+            return
+        was_alive = worker.alive
+        worker.alive = False
+        worker.channel = None
+        for future in worker.waiting.values():
+            if not future.done():
+                future.set_result(None)
+        worker.waiting.clear()
+        if worker.snapshot is not None:
+            part = counters_only(worker.snapshot)
+            self.retired = part if self.retired is None else merge_snapshots([self.retired, part], self.route)
+            self._remember_health(worker.snapshot)
+            worker.snapshot = None
+        for key, expected in list(self._expected.items()):
+            if worker.slot in expected and worker.slot not in self._drains.get(key, {}):
+                expected.discard(worker.slot)
+                if not self.closing:
+                        log.warning("worker %s exited during the drain of %s (generation %d); its part is lost",
+                                worker.pid, key[0], key[1])
+                self._drain_check(key)
+        task = asyncio.get_running_loop().create_task(self._reap(worker, process, was_alive))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, worker: Worker, process: Any, was_alive: bool) -> None:
+        try:
+            async with asyncio.timeout(STOP_GRACE):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        worker.gone.set()
+        if self.closing:
+            return
+        code = process.returncode
+        cause = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
+        quick = time.monotonic() - worker.started_mono < 1.0
+        worker.crashes = worker.crashes + 1 if quick or not was_alive else 0
+        if worker.crashes:
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** (worker.crashes - 1)))
+        if self.closing:
+            return
+        old = worker.pid
+        worker.restarts += 1
+        await self._spawn(worker)
+        log.warning("worker %s (slot %d) exited with %s; restarted as worker %s with generation %d",
+                    old, worker.slot, cause, worker.pid, self.route.generation)
+        for callback in self.on_restart:
+            callback(self._info(worker))
+
+    def _health_now(self) -> tuple[tuple[str, int, bool], ...]:
+        """_health_now: each server's health as the checking worker (else any live one) last saw it."""
+        for worker in sorted(self.workers, key=lambda w: w.slot):
+            if worker.alive and worker.snapshot is not None:
+                self._remember_health(worker.snapshot)
+                break
+        return tuple((env, index, healthy) for (env, index), healthy in self._health.items())
+
+    def _remember_health(self, snapshot: Snapshot) -> None:
+        for env in snapshot.router.environments:
+            for index, server in enumerate(env.servers):
+                self._health[(env.name, index)] = server.healthy
+
+    # --------------------------------------------------------------- drains
+
+    def _drain_part(self, slot: int, drain: DrainSnapshot) -> None:
+        key = (drain.environment, drain.generation)
+        self._drains.setdefault(key, {})[slot] = drain
+        self._drain_check(key)
+
+    def _expect_drains(self, before: Route, route: Route, slots: set[int]) -> None:
+        """_expect_drains: the drains ``route`` starts (of the environments ``before`` sent traffic
+        to and it does not) are reported once each of ``slots`` reported its part."""
+        for name in serving(before) - serving(route):
+            key = (name, route.generation)
+            self._expected[key] = set(slots)
+            loop = asyncio.get_running_loop()
+            self._drain_timers[key] = loop.call_later(self.settings.drain_timeout + DRAIN_REPORT_GRACE,
+                                                      self._drain_give_up, key)
+            self._drain_check(key)
+
+    def _drain_give_up(self, key: tuple[str, int]) -> None:
+        expected = self._expected.get(key)
+        if expected is not None:
+            missing = expected - set(self._drains.get(key, {}))
+            if missing and self._drains.get(key):
+                log.warning("drain of %s (generation %d): no report from worker slot(s) %s",
+                            key[0], key[1], sorted(missing))
+            expected.clear()
+            self._drain_check(key, final=True)
+
+    def _drain_check(self, key: tuple[str, int], final: bool = False) -> None:
+        expected = self._expected.get(key)
+        parts = self._drains.get(key, {})
+        if expected is None or (not final and not expected <= set(parts)):
+            return
+        self._expected.pop(key, None)
+        self._drains.pop(key, None)
+        timer = self._drain_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if not parts:
+            return      # this environment did not drain at that generation
+        merged = data_plane.merge_drains(list(parts.values()))
+        for callback in self._drain_callbacks:
+            try:
+                callback(merged)
+            except Exception:
+                log.exception("drain callback failed")
+
+    def on_drain(self, callback: DrainCallback) -> None:
+        """on_drain: ``callback`` gets each drain once, summed over the workers that ran it."""
+        self._drain_callbacks.append(callback)
+
+    # -------------------------------------------------------------- changes
+
+    def _request(self, worker: Worker, message: Callable[[int], tuple]) -> asyncio.Future[Any]:
+        seq = next(self._seq)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        worker.waiting[seq] = future
+        channel = worker.channel
+        if channel is None:
+            future.set_result(None)
+        else:
+            channel.send(message(seq))
+        return future
+
+    async def apply(self, change: Change) -> Ack:
+        """apply: send ``change`` to every worker; return once each live one acked it or ack_timeout passed.
+
+        A worker still starting gets it too (it applies it before it listens) but is not
+        waited for; one that exits during the wait is not waited for either (it restarts
+        with the current route).
+        """
+        before = self.route
+        if change.route is not None:
+            self.route = change.route
+        if change.hold is not None:
+            self.hold = change.hold
+        route = change.route
+        hold = (change.hold.held, change.hold.until) if change.hold is not None else None
+        live = [w for w in self.workers if w.alive]
+        waits = {}
+        for worker in self.workers:
+            if worker.channel is None:
+                continue
+            future = self._request(worker, lambda seq: ("apply", seq, route, hold))
+            if worker in live:
+                waits[worker] = (worker.pid, future)
+        if waits:
+            await asyncio.wait([f for _, f in waits.values()], timeout=self.ack_timeout)
+        generation = self.route.generation
+        acked = tuple(pid for w, (pid, f) in waits.items() if f.done() and f.result() == generation)
+        pending = tuple(pid for w, (pid, f) in waits.items() if not f.done() and w.alive and w.pid == pid)
+        if route is not None:
+            self._expect_drains(before, route, {w.slot for w, (pid, f) in waits.items()
+                                        if f.done() and f.result() == generation})
+        if pending:
+            log.warning("generation %d: worker(s) %s did not acknowledge within fleet.ack_timeout (%ss)",
+                        generation, ", ".join(map(str, pending)), self.ack_timeout)
+        return Ack(generation, complete=not pending, acked=acked, pending=pending)
+
+    # ---------------------------------------------------------------- reads
+
+    async def refresh(self) -> None:
+        """refresh: ask every live worker for a snapshot now; wait (bounded) for the answers."""
+        futures = [self._request(w, lambda seq: ("snapshot", seq)) for w in self.workers if w.alive]
+        if futures:
+            await asyncio.wait(futures, timeout=REFRESH_TIMEOUT)
+
+    def snapshot(self) -> Snapshot:
+        """snapshot: the workers' latest snapshots merged, with the counters of exited workers."""
+        parts = [w.snapshot for w in self.workers if w.snapshot is not None]
+        if self.retired is not None:
+            parts.append(self.retired)
+        if not parts:
+            raise RuntimeError("no worker has started")
+        merged = merge_snapshots(parts, self.route)
+        router = dataclasses.replace(merged.router, held=self.hold.held, hold_until=self.hold.until if self.hold.held
+                                     else None)
+        listen = f"{self.settings.listen.host}:{self.port}"
+        preview = self.settings.preview_listen
+        return dataclasses.replace(merged, router=router, listen=listen,
+                                   preview_listen=f"{preview.host}:{self.preview_port}" if preview is not None
+                                   and self.preview_port else None)
+
+    def _info(self, worker: Worker) -> WorkerInfo:
+        snap = worker.snapshot
+        envs = snap.router.environments if snap is not None else ()
+        return WorkerInfo(pid=worker.pid, generation=worker.generation, inflight=sum(e.inflight for e in envs),
+                          connections=snap.client_connections if snap is not None else 0,
+                          started=worker.started, restarts=worker.restarts, alive=worker.alive,
+                          requests=sum(sum(e.responses) for e in envs))
+
+    def workers_info(self) -> tuple[WorkerInfo, ...]:
+        """workers_info: every slot's current process, for status and /metrics."""
+        return tuple(self._info(w) for w in self.workers)
+
+    # ------------------------------------------------------------- shutdown
+
+    async def stop_accepting(self) -> None:
+        """stop_accepting: every worker accepts no new connection (a successor holds the same
+        sockets and accepts from now on); no worker is restarted any more. Bounded wait."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        futures = []
+        for worker in self.workers:
+            if worker.channel is not None:
+                future = worker.waiting[0] = loop.create_future()
+                worker.channel.send(("close",))
+                futures.append(future)
+        if futures:
+            await asyncio.wait(futures, timeout=STOP_GRACE)
+
+    async def shutdown(self, timeout: float | None = None) -> dict:
+        """shutdown: every worker stops accepting and drains (up to ``timeout``), then exits.
+
+        Returns the counts summed over the workers: connections open at the start, and how
+        many had to be cut.
+        """
+        self.closing = True
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(("stop", timeout))
+        total = {"connections": 0, "cut": 0}
+        for worker in self.workers:
+            if worker.process is None:
+                continue
+            try:
+                async with asyncio.timeout(timeout + STOP_GRACE):
+                    await worker.gone.wait()
+            except TimeoutError:
+                log.warning("worker %s did not exit within %ss of its drain; killed", worker.pid, STOP_GRACE)
+                if worker.process.returncode is None:
+                    worker.process.kill()
+                await worker.process.wait()
+            if worker.stopped is not None and worker.stopped.done():
+                for key in total:
+                    total[key] += worker.stopped.result().get(key, 0)
+        for task in list(self._tasks):
+            task.cancel()
+        for timer in self._drain_timers.values():
+            timer.cancel()
+        for worker in self.workers:
+            worker.listen.close()
+            if worker.preview is not None:
+                worker.preview.close()
+        return total

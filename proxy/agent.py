@@ -1,0 +1,205 @@
+"""agent: a worker process's end of its supervisor channel (SPEC §9.1).
+
+With ``workers: N`` the supervisor (admin/workers.py) binds the listeners and starts N
+processes of ``python -m proxy.agent``, each with its own event loop, a Router, a Proxy
+accepting on the sockets it was handed, and one channel: a Unix socket carrying
+length-prefixed pickled tuples, both ways. A worker holds nothing of the control plane.
+
+Supervisor -> worker:
+  ("start", settings, route, hold, health, check_health)   the first message, once
+  ("apply", seq, route | None, hold | None)   swap the route / set or release the hold, then ack
+  ("snapshot", seq)                           answer with a snapshot now
+  ("health", env, index, ok, reason)          one health-check result from the checking worker
+  ("close",)                                  accept no new connection (a successor takes over)
+  ("stop", timeout)                           drain (up to timeout) and exit
+Worker -> supervisor:
+  ("ready", pid, snapshot)          listening, serving the route it was started with
+  ("ack", seq, generation, snapshot)   sent after the swap, never on receipt
+  ("snapshot", seq | None, snapshot)   an answer, or the periodic push (seq None)
+  ("drain", DrainSnapshot)          a drain of this worker ended
+  ("health", env, index, ok, reason)   a probe result, from the one worker that checks
+  ("closed",)                       it accepts no new connection any more
+  ("stopped", result)               Proxy.shutdown's counts, just before exit
+
+A hold is (held, until) and health a tuple of (env, index, healthy). The channel closing
+means the supervisor is gone: the worker stops accepting at once, drains and exits, so no
+orphan keeps serving a route nobody steers (PR_SET_PDEATHSIG does the same on Linux when
+the supervisor is killed before the channel is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .channel import Channel
+from .router import Router
+from .server import Proxy, new_event_loop
+
+log = logging.getLogger("cutover.worker")
+
+SNAPSHOT_EVERY = 0.25         # seconds between the snapshots a worker pushes unasked
+
+
+class Agent:
+    """Agent: the worker: its Proxy and Router, driven by the messages of its channel."""
+
+    def __init__(self, listen: socket.socket, preview: socket.socket | None) -> None:
+        self.listen = listen
+        self.preview = preview
+        self.proxy: Proxy | None = None
+        self.channel: Channel | None = None
+        self.started: asyncio.Future[tuple] = asyncio.get_running_loop().create_future()
+        self.stopping: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        self._pusher: asyncio.TimerHandle | None = None
+        self.early: list[tuple] = []      # messages that came before the start completed
+
+    # ------------------------------------------------------------- messages
+
+    def on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "start":
+            if not self.started.done():
+                self.started.set_result(message)
+            return
+        proxy = self.proxy
+        if kind == "stop":
+            self.stop(message[1])
+        elif kind == "close":
+            if proxy is not None:
+                proxy.stop_accepting()
+            else:
+                self.stop(None)       # still starting: it never listens
+            self.send(("closed",))
+        elif proxy is None:
+            # Sent while this worker starts: applied once its router exists, before it listens.
+            self.early.append(message)
+        elif kind == "apply":
+            _, seq, route, hold = message
+            router = proxy.router
+            if route is not None:
+                router.swap(route)
+            if hold is not None:
+                held, until = hold
+                if held:
+                    router.hold(until)
+                else:
+                    router.resume()
+            self.send(("ack", seq, router.route.generation, proxy.snapshot()))
+        elif kind == "snapshot":
+            self.send(("snapshot", message[1], proxy.snapshot()))
+        elif kind == "health":
+            _, env, index, ok, reason = message
+            health = proxy.health
+            if health is not None:
+                health.report(proxy.router.environments[env].servers[index], ok, reason)
+        else:
+            log.error("supervisor channel: unknown message %r", kind)
+
+    def on_close(self) -> None:
+        if self.proxy is not None and not self.stopping.done():
+            log.warning("supervisor gone: worker %d stops accepting and drains", os.getpid())
+        self.stop(None)
+
+    def send(self, message: tuple) -> None:
+        if self.channel is not None:
+            self.channel.send(message)
+
+    def stop(self, timeout: float | None) -> None:
+        """stop: begin the worker's exit (drain up to ``timeout``, None: drain_timeout)."""
+        if not self.stopping.done():
+            self.stopping.set_result(timeout)
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self, channel_sock: socket.socket) -> int:
+        loop = asyncio.get_running_loop()
+        _, self.channel = await loop.create_unix_connection(
+            lambda: Channel(self.on_message, self.on_close), sock=channel_sock)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop, None)
+        done, _ = await asyncio.wait({self.started, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if self.started not in done:
+            return 0
+        _, settings, route, hold, health, check_health = self.started.result()
+        router = Router.from_settings(settings, route)
+        for env, index, healthy in health:
+            router.environments[env].servers[index].set_healthy(healthy)
+        held, until = hold
+        if held:
+            router.hold(until)
+        proxy = self.proxy = Proxy(settings, router)
+        for message in self.early:
+            self.on_message(message)
+        self.early = []
+        await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=check_health)
+        router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
+        if check_health and proxy.health is not None:
+            index = {id(s): (env.name, i) for env in router.environments.values() for i, s in enumerate(env.servers)}
+            proxy.health.on_result.append(
+                lambda server, ok, reason: self.send(("health", *index[id(server)], ok, reason)))
+        self.send(("ready", os.getpid(), proxy.snapshot()))
+        self._push()
+        timeout = await self.stopping
+        if self._pusher is not None:
+            self._pusher.cancel()
+        result = await proxy.shutdown(timeout)
+        self.send(("stopped", result))
+        if self.channel is not None:
+            self.channel.close()
+        return 0
+
+    def _push(self) -> None:
+        if self.proxy is not None and not self.stopping.done():
+            self.send(("snapshot", None, self.proxy.snapshot()))
+            self._pusher = asyncio.get_running_loop().call_later(SNAPSHOT_EVERY, self._push)
+
+
+def _die_with(parent: int) -> None:
+    """_die_with: SIGTERM this process when its parent dies (Linux), and exit if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main: ``python -m proxy.agent --channel FD --listen FD [--preview FD] --parent PID``."""
+    parser = argparse.ArgumentParser(prog="python -m proxy.agent", description="a cutover worker process")
+    parser.add_argument("--channel", type=int, required=True)
+    parser.add_argument("--listen", type=int, required=True)
+    parser.add_argument("--preview", type=int)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    _die_with(args.parent)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s worker {os.getpid()} %(name)s: %(message)s")
+    channel = socket.socket(fileno=args.channel)
+    listen = socket.socket(fileno=args.listen)
+    preview = socket.socket(fileno=args.preview) if args.preview is not None else None
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def run() -> int:
+        return await Agent(listen, preview).run(channel)
+
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

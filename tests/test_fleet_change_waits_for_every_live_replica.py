@@ -1,0 +1,153 @@
+"""The fleet's ack barrier (SPEC §9.2) on a real etcd: a change waits for every replica
+registered when it committed; one that never acks is named pending once ack_timeout passes;
+one gone before the commit is not waited for; one whose lease expires during the wait stays
+pending; acks go in revision order; a replica whose lease expired re-registers after its
+expiry handler ran (fencing)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from admin.fleet.etcd import EtcdClient
+from admin.fleet.replica import Membership
+from etcdserver import EtcdServer, require_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    require_etcd()
+    server = EtcdServer("barrier", progress_interval="50ms",
+                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def client(etcd):
+    async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
+        yield made
+
+
+@pytest.fixture
+def prefix(request) -> str:
+    return f"/test/{request.node.name}"
+
+
+async def members(client, prefix, *names, ttl=2):
+    made = [Membership(client, prefix, name, f"127.0.0.1:{8000 + i}", ttl) for i, name in enumerate(names)]
+    for m in made:
+        await m.start()
+    return made
+
+
+async def commit(client, prefix) -> int:
+    return await client.put(f"{prefix}/state", b"{}")
+
+
+async def test_a_change_acked_by_every_replica_is_complete(client, prefix):
+    a, b, c = await members(client, prefix, "a", "b", "c")
+    try:
+        revision = await commit(client, prefix)
+        for m in (a, b, c):
+            await m.ack(2, revision)
+        barrier = await a.wait_for_acks(revision, timeout=2)
+        assert barrier.complete and sorted(barrier.acked) == ["a", "b", "c"]
+        assert sorted(r.id for r in await a.replicas()) == ["a", "b", "c"]
+    finally:
+        for m in (a, b, c):
+            await m.close()
+
+
+async def test_the_wait_ends_on_the_last_ack_not_on_the_timeout(client, prefix):
+    a, b = await members(client, prefix, "a", "b")
+    try:
+        revision = await commit(client, prefix)
+        await a.ack(2, revision)
+
+        async def late():
+            await asyncio.sleep(0.2)
+            await b.ack(2, revision)
+
+        task = asyncio.create_task(late())
+        started = time.monotonic()
+        barrier = await a.wait_for_acks(revision, timeout=10)
+        await task
+        assert barrier.complete and time.monotonic() - started < 5
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_replica_that_does_not_ack_in_time_is_named_pending(client, prefix):
+    a, b = await members(client, prefix, "a", "b")
+    try:
+        revision = await commit(client, prefix)
+        await a.ack(2, revision)
+        await b.ack(1, revision - 1)                  # behind: it acked an older state only
+        barrier = await a.wait_for_acks(revision, timeout=0.3)
+        assert barrier.acked == ("a",) and barrier.pending == ("b",) and not barrier.complete
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_later_ack_confirms_every_earlier_revision_and_acks_never_go_back(client, prefix):
+    [a] = await members(client, prefix, "a")
+    try:
+        first = await commit(client, prefix)
+        second = await commit(client, prefix)
+        await a.ack(3, second)
+        await a.ack(2, first)                         # older: ignored
+        acks, _ = await a.acks()
+        assert acks["a"] == {"generation": 3, "revision": second}
+        assert (await a.wait_for_acks(first, timeout=1)).complete
+    finally:
+        await a.close()
+
+
+async def test_a_replica_gone_before_the_commit_is_not_waited_for(client, prefix):
+    a, b = await members(client, prefix, "a", "b")
+    try:
+        await b.close()                               # its lease revoked: no longer registered
+        revision = await commit(client, prefix)
+        await a.ack(2, revision)
+        barrier = await a.wait_for_acks(revision, timeout=1)
+        assert barrier.complete and barrier.acked == ("a",)
+    finally:
+        await a.close()
+
+
+async def test_a_replica_whose_lease_expires_during_the_wait_stays_pending(client, prefix):
+    a, b = await members(client, prefix, "a", "b", ttl=1)
+    try:
+        revision = await commit(client, prefix)
+        await a.ack(2, revision)
+        b._task.cancel()                              # b stops renewing: its lease runs out mid-wait
+        barrier = await a.wait_for_acks(revision, timeout=2.5)
+        assert barrier.pending == ("b",)
+        assert [r.id for r in await a.replicas()] == ["a"]   # it is gone from the live set by now
+    finally:
+        await a.close()
+
+
+async def test_a_replica_that_finds_its_lease_expired_re_reads_then_registers_again(client, prefix):
+    expired = asyncio.Event()
+    m = Membership(client, prefix, "a", "127.0.0.1:8000", ttl=1, on_expired=expired.set)
+    await m.start()
+    try:
+        first = m.lease
+        await client.revoke(first)                    # as if paused past its ttl
+        await asyncio.wait_for(expired.wait(), 5)
+
+        async def registered():
+            while m.lease == first or not await m.replicas():
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(registered(), 5)
+        assert [r.id for r in await m.replicas()] == ["a"]
+    finally:
+        await m.close()

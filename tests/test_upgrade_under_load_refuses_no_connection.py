@@ -1,0 +1,168 @@
+"""Upgrade or restart under load (SPEC §9.1): SIGUSR2 to `cutover serve` starts a successor on
+the very same listening sockets; the old process stops accepting only once the successor
+serves, then drains and exits 0. Clients see no refused or failed request, the state (live,
+generation) carries over, and the successor takes changes on the same admin address."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from rawhttp import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def serving(config: Path) -> set[int]:
+    """serving: the pids of every `cutover serve` of this test's config (a successor is not our child)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(config).encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+async def status(session, admin: int) -> dict:
+    async with session.get(f"http://127.0.0.1:{admin}/v1/status") as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigusr2_hands_over_to_a_successor_with_no_failed_request(tmp_path, backends, workers):
+    port, admin = free_port(), free_port()
+    config = tmp_path / "cutover.yaml"
+    config.write_text(
+        f'listen: "127.0.0.1:{port}"\n'
+        f'admin: {{listen: "127.0.0.1:{admin}", auth: none}}\n'
+        "environments:\n"
+        f'  blue: {{servers: ["{backends["blue"].address}"]}}\n'
+        f'  green: {{servers: ["{backends["green"].address}"]}}\n'
+        f"workers: {workers}\n"
+        "health_check: {interval: 100ms, healthy_after: 1}\n"
+        "drain_timeout: 5s\n")
+    # The log goes to a file: the successor inherits it (a pipe would outlive the old process).
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        old = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    successor = None
+    results: dict = {"ok": 0, "by_env": {}, "failed": []}
+    stop = asyncio.Event()
+
+    async def client(session):
+        for _ in range(20000):
+            if stop.is_set():
+                return
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    body = (await resp.text()).strip()
+                    if resp.status != 200:
+                        results["failed"].append(resp.status)
+                    else:
+                        results["ok"] += 1
+                        results["by_env"][body] = results["by_env"].get(body, 0) + 1
+            except aiohttp.ClientError as exc:
+                results["failed"].append(repr(exc))
+
+    try:
+        async with aiohttp.ClientSession() as api:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        first = await status(api, admin)
+                        if all(w["alive"] for w in first["workers"]) and len(first["workers"]) == workers:
+                            break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+            assert first["pid"] == old.pid
+            async with api.post(f"http://127.0.0.1:{admin}/v1/flip", json={}) as resp:
+                assert resp.status == 200
+                flipped = await resp.json()
+            keepalive = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16))
+            fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            async with keepalive, fresh:
+                tasks = [asyncio.create_task(client(keepalive)) for _ in range(16)]
+                tasks += [asyncio.create_task(client(fresh)) for _ in range(4)]
+                try:
+                    await hand_over_under_load(old, api, admin, results, stop, tasks)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            now = results["status"]
+            successor = now["pid"]
+            # the state carried over, and the successor steers
+            assert (now["live"], now["generation"]) == ("green", flipped["generation"])
+            assert len(now["workers"]) == workers and all(w["alive"] for w in now["workers"])
+            async with api.post(f"http://127.0.0.1:{admin}/v1/flip", json={}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["live"] == "blue"
+            async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
+                assert (await resp.text()).strip() == "blue"
+    finally:
+        stop.set()
+        for pid in {old.pid, successor, *serving(config)} - {None}:
+            if not gone(pid):
+                os.kill(pid, signal.SIGTERM)
+        if old.returncode is None:
+            old.kill()
+            await old.wait()
+        if successor is not None:
+            deadline = time.monotonic() + 10
+            while not gone(successor) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    log = log_path.read_text()
+    assert results["failed"] == [], (results["failed"][:5], log[-2000:])
+    assert 0 < results["before"] < results["during"] < results["ok"]
+    assert set(results["by_env"]) == {"green"}
+    assert "upgrade: successor" in log and "serves; draining and exiting" in log
+
+
+async def hand_over_under_load(old, api, admin: int, results: dict, stop: asyncio.Event, tasks: list) -> None:
+    """hand_over_under_load: SIGUSR2 while the clients run; returns once the successor answers
+    status and the clients ran on for a while; fills results["before"], ["during"], ["status"]."""
+    await asyncio.sleep(0.5)
+    results["before"] = results["ok"]
+    old.send_signal(signal.SIGUSR2)
+    assert await asyncio.wait_for(old.wait(), 20) == 0
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                now = await status(api, admin)
+                if now["pid"] != old.pid:
+                    break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    results["status"] = now
+    results["during"] = results["ok"]
+    await asyncio.sleep(0.5)
+    stop.set()
+    async with asyncio.timeout(20):
+        await asyncio.gather(*tasks)
+
+
+def fresh_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))

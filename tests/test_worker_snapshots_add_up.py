@@ -1,0 +1,126 @@
+"""A router of N workers reads as one: socket-free tests of the snapshot merge, the hold
+queue's split, what an exited worker still counts for, and the `workers` / `fleet` config."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from admin.config import ConfigError, effective_config, parse_config
+from admin.workers import counters_only, hold_shares
+from proxy import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot,
+                   Snapshot, merge_drains, merge_snapshots)
+
+ROUTE = Route(4, "green", previous="blue", environments=("blue", "green"))
+
+
+def server(address="127.0.0.1:1", healthy=True, inflight=0, connections=0, requests=0, errors=0):
+    return ServerSnapshot(address=address, healthy=healthy, inflight=inflight, connections=connections, weight=2,
+                          requests=requests,
+                          upstream_errors=tuple((kind, errors) for kind in UPSTREAM_ERROR_KINDS))
+
+
+def env(name, servers, responses=(0, 0, 0, 0, 0, 0), inflight=0):
+    return EnvironmentSnapshot(name=name, healthy=any(s.healthy for s in servers), inflight=inflight,
+                               connections=sum(s.connections for s in servers), servers=tuple(servers),
+                               responses=tuple(responses), latency_counts=(1, 2, 3), latency_sum=0.5,
+                               bytes_in=10, bytes_out=100)
+
+
+def drain(environment="blue", generation=4, drained=0, dropped=0, remaining=0, duration=0.1):
+    return DrainSnapshot(environment=environment, generation=generation, inflight_at_start=drained + remaining,
+                         drained=drained, forced_closed=0, dropped=dropped, client_gone=0, remaining=remaining,
+                         interrupted=False, duration=duration, idle_connections_closed=1)
+
+
+def snapshot(blue, green, drains=(), held=False, held_requests=0, clients=0, route=ROUTE):
+    router = RouterSnapshot(route=route, held=held, held_requests=held_requests, hold_until=None,
+                            environments=(blue, green), drains=tuple(drains))
+    return Snapshot(router=router, listen="127.0.0.1:8080", preview_listen=None, client_connections=clients,
+                    unrouted=(0, 0, 0, 0, 1, 0), client_body_timeouts=1, preview_token_set=False)
+
+
+def test_counters_add_up_and_a_server_is_healthy_only_when_every_worker_finds_it_so():
+    a = snapshot(env("blue", [server(requests=3, inflight=1, connections=2, errors=1)], (0, 0, 3, 0, 0, 0), 1),
+                 env("green", [server("127.0.0.1:2", requests=5)], (0, 0, 5, 0, 0, 0)), clients=4)
+    b = snapshot(env("blue", [server(requests=4, connections=1, errors=2, healthy=False)], (0, 0, 3, 0, 1, 0)),
+                 env("green", [server("127.0.0.1:2", requests=1)], (0, 0, 1, 0, 0, 0)), clients=3)
+    merged = merge_snapshots([a, b], ROUTE)
+    blue = merged.router.env("blue")
+    assert blue.responses == (0, 0, 6, 0, 1, 0) and blue.inflight == 1 and blue.connections == 3
+    assert blue.latency_counts == (2, 4, 6) and blue.latency_sum == 1.0 and (blue.bytes_in, blue.bytes_out) == (20, 200)
+    [s] = blue.servers
+    assert (s.requests, s.inflight, s.connections, s.weight, s.healthy) == (7, 1, 3, 2, False)
+    assert dict(s.upstream_errors) == {kind: 3 for kind in UPSTREAM_ERROR_KINDS}
+    assert blue.healthy is False and merged.router.env("green").healthy is True
+    assert merged.client_connections == 7 and merged.unrouted == (0, 0, 0, 0, 2, 0)
+    assert merged.client_body_timeouts == 2 and merged.router.route == ROUTE
+
+
+def test_drains_of_one_environment_and_generation_are_summed_and_end_when_every_part_has():
+    a = snapshot(env("blue", [server()]), env("green", [server()]), drains=[drain(drained=3, duration=0.2)])
+    b = snapshot(env("blue", [server()]), env("green", [server()]), drains=[drain(remaining=2, duration=None)])
+    [running] = merge_snapshots([a, b], ROUTE).router.drains
+    assert (running.drained, running.remaining, running.inflight_at_start, running.duration) == (3, 2, 5, None)
+    done = merge_drains([drain(drained=3, duration=0.2), drain(drained=2, dropped=1, duration=0.4)])
+    assert (done.drained, done.dropped, done.duration, done.idle_connections_closed) == (5, 1, 0.4, 2)
+
+
+def test_the_hold_bound_is_split_over_the_workers_and_sums_to_it():
+    assert hold_shares(10000, 3) == [3334, 3333, 3333]
+    assert hold_shares(1, 4) == [1, 0, 0, 0]
+    assert hold_shares(0, 2) == [0, 0]
+    assert all(sum(hold_shares(n, k)) == n for n in (0, 7, 10000) for k in (1, 2, 5))
+
+
+def test_an_exited_worker_keeps_its_counters_but_none_of_its_gauges():
+    s = snapshot(env("blue", [server(requests=9, inflight=2, connections=3)], (0, 0, 9, 0, 0, 0), 2),
+                 env("green", [server()]), drains=[drain(remaining=2, duration=None)], held=True, held_requests=5,
+                 clients=6)
+    kept = counters_only(s)
+    blue = kept.router.env("blue")
+    assert blue.responses == (0, 0, 9, 0, 0, 0) and blue.servers[0].requests == 9
+    assert (blue.inflight, blue.connections, blue.servers[0].inflight, blue.servers[0].connections) == (0, 0, 0, 0)
+    assert (kept.router.held, kept.router.held_requests, kept.router.drains, kept.client_connections) == (
+        False, 0, (), 0)
+
+
+def test_snapshots_cross_processes_as_pickles():
+    s = snapshot(env("blue", [server()]), env("green", [server()]), drains=[drain()])
+    assert pickle.loads(pickle.dumps(s)) == s
+
+
+BASE = {"environments": {"blue": {"servers": ["127.0.0.1:1"]}, "green": {"servers": ["127.0.0.1:2"]}},
+        "admin": {"listen": "127.0.0.1:0", "auth": "none"}}
+
+
+def parse(**overrides):
+    return parse_config({**BASE, **overrides}, Path("/tmp"), {})
+
+
+def test_workers_defaults_to_one_and_auto_is_the_cpu_count():
+    assert parse().workers == 1
+    assert parse(workers=3).workers == 3
+    assert parse(workers="auto").workers >= 1
+    assert effective_config(parse(workers=2))["workers"] == 2
+    assert parse().fleet.ack_timeout == 10.0 and parse(fleet={"ack_timeout": "250ms"}).fleet.ack_timeout == 0.25
+
+
+@pytest.mark.parametrize("value, message", [
+    (0, "workers"), (257, "workers"), ("many", 'must be a number of processes or "auto"'), (1.5, "workers"),
+    (True, "workers"),
+])
+def test_a_bad_workers_value_is_a_config_error_naming_the_key(value, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(workers=value)
+    assert caught.value.key == "workers" and message in str(caught.value)
+
+
+@pytest.mark.parametrize("fleet, key", [({"ack_timeout": 0}, "fleet.ack_timeout"), ({"acktimeout": 1}, "fleet"),
+                                        ("10s", "fleet")])
+def test_a_bad_fleet_section_is_a_config_error_naming_the_key(fleet, key):
+    with pytest.raises(ConfigError) as caught:
+        parse(fleet=fleet)
+    assert (caught.value.key or "").startswith(key)
