@@ -11,7 +11,7 @@ answer a short JSON error naming the kind of problem, never a header value, and 
 line per refused request without header values, at most a few per minute (LogLimit).
 
 Relies on aiohttp 3.x's ``web.Server`` keeping its handler arguments in ``_kwargs`` and its
-loop in ``_loop`` (true from 3.0 to 3.14); tests/test_admin_hostile_input.py pins the
+loop in ``_loop`` (true from 3.0 to 3.14); tests/e2e/test_admin_hostile_input.py pins the
 behaviour, so an aiohttp that changes them fails there, not silently.
 """
 

@@ -3,7 +3,7 @@
 ``openapi_document`` builds it once from two sources: the request table (requests.py:
 paths, operationIds, summaries, body schemas and query parameters, the same table the
 API validates requests with) and the answer schemas below (what each endpoint answers,
-status by status). tests/test_openapi_document.py drives every route into each answer
+status by status). tests/e2e/test_openapi_document.py drives every route into each answer
 documented here and validates the bodies against these schemas; Status, HistoryEvent
 and Error refuse properties they do not list, so a new field must be documented first.
 """

@@ -6,7 +6,7 @@ a name outside REQUEST_SPECIAL / RESPONSE_SPECIAL is copied through as the
 flat parts ``name, b": ", value, b"\r\n"``; a special one goes to a list of
 ``(lowercase name, value)``. ``rewrite_request`` and ``rewrite_response`` then
 apply every rule to the specials and the parts once per message. All of it is
-free of I/O and tested by tables (tests/test_headers.py).
+free of I/O and tested by tables (tests/proxy/test_headers.py).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import time
 import aiohttp
 import pytest
 
-from adminapi import JsonAdmin as Admin, eventually
-from adminapi import session  # noqa: F401  (a fixture, used by name)
+from tests.support.adminapi import JsonAdmin as Admin
+from tests.support.wait import eventually
 
 
 async def status_of(session, running) -> dict:
@@ -217,7 +217,7 @@ async def test_a_worker_that_does_not_ack_in_time_is_named_pending_and_the_answe
 
 
 async def test_health_results_reach_every_worker(make_stack, backends, session):
-    from backend import Backend
+    from tests.support.backend import Backend
     spare = await Backend("blue-2").start()
     try:
         running = await make_stack({"blue": [backends["blue"], spare], "green": backends["green"]}, workers=2,

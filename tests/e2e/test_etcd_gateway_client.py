@@ -27,7 +27,7 @@ from admin.fleet.gateway import (
     decode_key, encode_key, parse_error, parse_key_value, parse_status, parse_txn,
     parse_watch_message, prefix_range_end, range_request, token_rejected,
 )
-from etcdserver import EtcdCluster, EtcdServer, free_port, require_etcd
+from tests.support.etcdserver import EtcdCluster, EtcdServer, free_port, require_etcd
 
 
 def b64(data: bytes | str) -> str:

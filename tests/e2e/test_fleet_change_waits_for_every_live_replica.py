@@ -13,7 +13,7 @@ import pytest
 
 from admin.fleet.etcd import EtcdClient
 from admin.fleet.replica import Membership
-from etcdserver import EtcdServer, require_etcd
+from tests.support.etcdserver import EtcdServer, require_etcd
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ import asyncio
 import os
 import socket
 import sys
-from pathlib import Path
 
 from admin.config import parse_config
 from proxy import Channel, Route
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_a_change_sent_during_start_is_applied_before_the_worker_listens(tmp_path, backends):

@@ -10,35 +10,14 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from rawhttp import free_port
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.processes import gone, serve_config, serving
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def serving(config: Path) -> set[int]:
-    """serving: the pids of every `cutover serve` of this test's config (a successor is not our child)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(config).encode() in (entry / "cmdline").read_bytes().split(b"\0"):
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 async def status(session, admin: int) -> dict:
@@ -50,16 +29,8 @@ async def status(session, admin: int) -> dict:
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigusr2_hands_over_to_a_successor_with_no_failed_request(tmp_path, backends, workers):
     port, admin = free_port(), free_port()
-    config = tmp_path / "cutover.yaml"
-    config.write_text(
-        f'listen: "127.0.0.1:{port}"\n'
-        f'admin: {{listen: "127.0.0.1:{admin}", auth: none}}\n'
-        "environments:\n"
-        f'  blue: {{servers: ["{backends["blue"].address}"]}}\n'
-        f'  green: {{servers: ["{backends["green"].address}"]}}\n'
-        f"workers: {workers}\n"
-        "health_check: {interval: 100ms, healthy_after: 1}\n"
-        "drain_timeout: 5s\n")
+    config = serve_config(tmp_path, backends, port, admin, workers=workers,
+                          health_check="{interval: 100ms, healthy_after: 1}")
     # The log goes to a file: the successor inherits it (a pipe would outlive the old process).
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:

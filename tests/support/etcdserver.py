@@ -18,7 +18,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ import weakref
 from pathlib import Path
 
 import pytest
+
+from .ports import free_port
 
 ETCD = shutil.which("etcd")
 START_TIMEOUT = 15.0   # seconds for a member (or a cluster) to report healthy
@@ -41,13 +42,6 @@ def require_etcd() -> str:
     if ETCD is None:
         pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server; .ci/run does)")
     return ETCD
-
-
-def free_port() -> int:
-    """free_port: a loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(client_url: str) -> bool:

@@ -7,28 +7,20 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 
 from admin.serve import reuseport_migration
-from rawhttp import free_port
+from tests.support.paths import ROOT
+from tests.support.ports import free_port
+from tests.support.processes import gone, serve_config, wait_gone
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def start_serve(tmp_path: Path, backends: dict, workers: int = 2):
     port, admin = free_port(), free_port()
-    config = tmp_path / "cutover.yaml"
-    config.write_text(
-        f'listen: "127.0.0.1:{port}"\n'
-        f'admin: {{listen: "127.0.0.1:{admin}", auth: none}}\n'
-        "environments:\n"
-        f'  blue: {{servers: ["{backends["blue"].address}"]}}\n'
-        f'  green: {{servers: ["{backends["green"].address}"]}}\n'
-        f"workers: {workers}\n"
-        "drain_timeout: 5s\n")
+    config = serve_config(tmp_path, backends, port, admin, workers=workers)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -42,24 +34,6 @@ async def start_serve(tmp_path: Path, backends: dict, workers: int = 2):
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-
-
-def gone(pid: int) -> bool:
-    """gone: the process has exited (a zombie waiting for its reaper counts as exited)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-async def wait_gone(pids: list[int], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(gone(p) for p in pids):
-            return True
-        await asyncio.sleep(0.05)
-    return all(gone(p) for p in pids)
 
 
 async def test_sigterm_drains_every_worker_and_exits_0(tmp_path, backends):

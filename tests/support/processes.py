@@ -1,0 +1,53 @@
+"""processes: `cutover serve` as a real process in tests: its config, and whether a pid is gone.
+
+Tests kill what they start by PID. A successor started by SIGUSR2 is its predecessor's
+child, not the test's, so ``serving`` finds it by the test's own config path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+
+def serve_config(tmp_path: Path, backends: dict, port: int, admin: int, **extra: str | int) -> Path:
+    """serve_config: a config file for `cutover serve` in front of ``backends`` on fixed ports."""
+    lines = [f'listen: "127.0.0.1:{port}"', f'admin: {{listen: "127.0.0.1:{admin}", auth: none}}', "environments:"]
+    lines += [f'  {name}: {{servers: ["{b.address}"]}}' for name, b in backends.items()]
+    lines += [f"{key}: {value}" for key, value in {"drain_timeout": "5s", **extra}.items()]
+    path = tmp_path / "cutover.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def gone(pid: int) -> bool:
+    """gone: the process has exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def wait_gone(pids, timeout: float) -> bool:
+    """wait_gone: whether every one of ``pids`` exits within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(gone(p) for p in pids):
+            return True
+        await asyncio.sleep(0.05)
+    return all(gone(p) for p in pids)
+
+
+def serving(config: Path) -> set[int]:
+    """serving: the pids of every `cutover serve` started with ``config``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(config).encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
