@@ -80,6 +80,7 @@ STATUS: dict[str, int] = {
     "idempotency_key_reused": 422,
     "internal": 500,
     "state_unavailable": 503,
+    "store_unavailable": 503,     # fleet: etcd did not answer, nothing changed (SPEC §9.2)
     "idempotency_busy": 503,
 }
 

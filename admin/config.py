@@ -15,8 +15,10 @@ import ipaddress
 import math
 import os
 import re
+import socket
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,16 @@ __all__ = [
     "ConfigError",
     "DriftGate",
     "EnvironmentConfig",
+    "EtcdConfig",
+    "EtcdTlsConfig",
+    "FleetConfig",
     "GatesConfig",
     "HealthCheckConfig",
     "HoldConfig",
     "LimitsConfig",
     "SchemaGate",
     "SmokeProbe",
+    "StoreConfig",
     "TimeoutsConfig",
     "WarmupGate",
     "effective_config",
@@ -180,6 +186,42 @@ class FleetConfig:
     """FleetConfig: the `fleet` section; without a store it bounds the wait for the workers' acks."""
 
     ack_timeout: float = 10.0  # seconds a change waits for every worker (and replica) to apply it
+    # This replica's name in the fleet (SPEC §9.2): printable ASCII, no "/" or spaces. parse_config
+    # always sets it (default: host name + ":" + the listen port); None only in a Config built by hand.
+    replica_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EtcdTlsConfig:
+    """EtcdTlsConfig: `store.etcd.tls`, files that exist when the config is read (absolute paths)."""
+
+    ca: Path | None = None    # verifies etcd's certificate; None: the system's CAs
+    cert: Path | None = None  # the client certificate, always with key
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    """EtcdConfig: `store.etcd`, where a fleet's state lives (SPEC §9.2); read by serve's fleet start.
+
+    endpoints are "http(s)://host:port" origins, at least one, none twice; prefix starts with "/"
+    and has no trailing "/"; username and password come both or neither (never "").
+    """
+
+    endpoints: tuple[str, ...]
+    prefix: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: EtcdTlsConfig | None = None
+    lease_ttl: int = 5               # whole seconds >= 1: a replica is live while its lease is
+    request_timeout: float = 2.0     # seconds per etcd request to one endpoint, > 0 and <= 60
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """StoreConfig: the `store` section; absent (Config.store None), the state is state_file."""
+
+    etcd: EtcdConfig
 
 
 @dataclass(frozen=True)
@@ -204,6 +246,7 @@ class Config:
     history_limit: int = 1000  # history events kept, the newest; 1..HISTORY_LIMIT_MAX
     workers: int = 1  # data-plane processes; "auto" in the file is resolved to the CPU count
     fleet: FleetConfig = FleetConfig()
+    store: StoreConfig | None = None  # None: the state is state_file (one router)
     source: Path | None = None  # the file it was loaded from
 
     def settings(self) -> Settings:
@@ -526,6 +569,7 @@ _TOP = (
     "analysis",
     "workers",
     "fleet",
+    "store",
 )
 
 WORKERS_MAX = 256
@@ -690,10 +734,139 @@ def _workers(value: object) -> int:
     return _int(value, "workers", 1, WORKERS_MAX)
 
 
-def _fleet(value: object) -> FleetConfig:
-    data = _section(value, "fleet", ("ack_timeout",))
+_REPLICA_ID = re.compile(r"[\x21-\x2e\x30-\x7e]{1,128}")  # printable ASCII but "/": one etcd key segment
+
+
+def _fleet(value: object, listen: Address) -> FleetConfig:
+    """_fleet: the `fleet` section; replica_id defaults to this host's name and the listen port."""
+    data = _section(value, "fleet", ("ack_timeout", "replica_id"))
+    replica_id = data.get("replica_id")
+    if replica_id is None:
+        replica_id = f"{socket.gethostname()}:{listen.port}"
+    elif not isinstance(replica_id, str) or not _REPLICA_ID.fullmatch(replica_id):
+        raise ConfigError(f"expected 1 to 128 printable ASCII characters without spaces or \"/\", "
+                          f"got {_show(replica_id)}", key="fleet.replica_id")
     return FleetConfig(ack_timeout=_positive_duration(data.get("ack_timeout", FleetConfig.ack_timeout),
-                                                      "fleet.ack_timeout"))
+                                                      "fleet.ack_timeout"),
+                       replica_id=replica_id)
+
+
+_ETCD_PREFIX = re.compile(r"(/[\x21-\x2e\x30-\x7e]+)+")  # "/a/b": no empty segment, no trailing "/"
+REQUEST_TIMEOUT_MAX = 60.0        # seconds: store.etcd.request_timeout at most
+LEASE_TTL_MAX = 9_000_000_000     # seconds: the longest lease etcd grants
+
+
+def _store(value: object, base_dir: Path, environ: Mapping[str, str]) -> StoreConfig | None:
+    """_store: the `store` section (SPEC §9.2); None when absent. etcd is the one kind of store.
+
+    Checks that every store.etcd.tls file exists (relative paths are relative to base_dir).
+    """
+    if value is None:
+        return None
+    data = _section(value, "store", ("etcd",))
+    if data.get("etcd") is None:
+        raise ConfigError("required: the store's kind (etcd is the one there is)", key="store.etcd")
+    path = "store.etcd"
+    body = _section(data["etcd"], path, ("endpoints", "prefix", "username", "password", "tls",
+                                         "lease_ttl", "request_timeout"))
+    endpoints = _etcd_endpoints(body.get("endpoints"))
+    if "prefix" not in body:
+        raise ConfigError('required: the key prefix of this fleet, e.g. "/cutover/shop"', key=f"{path}.prefix")
+    prefix = _str(body["prefix"], f"{path}.prefix")
+    if not _ETCD_PREFIX.fullmatch(prefix):
+        raise ConfigError('expected a key prefix like "/cutover/shop": starting with "/", no trailing "/", '
+                          f"no empty segment, printable ASCII without spaces, got {_show(prefix)}",
+                          key=f"{path}.prefix")
+    username = _optional_str(body.get("username"), f"{path}.username")
+    password = _optional_str(body.get("password"), f"{path}.password")
+    if username is not None and password is None:
+        raise ConfigError("required with store.etcd.username", key=f"{path}.password")
+    if password is not None and username is None:
+        raise ConfigError("required with store.etcd.password", key=f"{path}.username")
+    tls = _etcd_tls(body.get("tls"), base_dir, environ)
+    if tls is not None and not any(e.startswith("https://") for e in endpoints):
+        raise ConfigError("set, but no endpoint in store.etcd.endpoints is https://", key=f"{path}.tls")
+    ttl = parse_duration(body.get("lease_ttl", EtcdConfig.lease_ttl), f"{path}.lease_ttl")
+    if ttl < 1 or ttl != int(ttl) or ttl > LEASE_TTL_MAX:
+        raise ConfigError(f"must be a whole number of seconds from 1s to {LEASE_TTL_MAX}s (etcd leases "
+                          f"count whole seconds), got {_show(body.get('lease_ttl'))}", key=f"{path}.lease_ttl")
+    timeout = _positive_duration(body.get("request_timeout", EtcdConfig.request_timeout),
+                                 f"{path}.request_timeout")
+    if timeout > REQUEST_TIMEOUT_MAX:
+        raise ConfigError(f"must be at most {REQUEST_TIMEOUT_MAX:g}s, got {_show(body.get('request_timeout'))}",
+                          key=f"{path}.request_timeout")
+    return StoreConfig(etcd=EtcdConfig(endpoints=endpoints, prefix=prefix, username=username,
+                                       password=password, tls=tls, lease_ttl=int(ttl),
+                                       request_timeout=timeout))
+
+
+def _optional_str(value: object, path: str) -> str | None:
+    """_optional_str: a string, or None when null or empty (as `${VAR:-}` gives)."""
+    return None if value is None else _str(value, path) or None
+
+
+def _etcd_endpoints(value: object) -> tuple[str, ...]:
+    """_etcd_endpoints: `store.etcd.endpoints`, each as its origin "http(s)://host:port"."""
+    path = "store.etcd.endpoints"
+    if value is None:
+        raise ConfigError('required: etcd client URLs, e.g. ["http://127.0.0.1:2379"]', key=path)
+    items = _list(value, path)
+    if not items:
+        raise ConfigError("must list at least one etcd client URL", key=path)
+    endpoints: list[str] = []
+    for i, item in enumerate(items):
+        where = f"{path}[{i}]"
+        expected = f'expected an etcd client URL "http://host:port" or "https://host:port", got {_show(item)}'
+        if not isinstance(item, str):
+            raise ConfigError(expected, key=where)
+        try:
+            url = urllib.parse.urlsplit(item.strip())
+            port = url.port
+        except ValueError:
+            raise ConfigError(expected, key=where) from None
+        if url.scheme not in ("http", "https") or not url.hostname or port is None or port < 1 \
+                or url.username is not None or url.path not in ("", "/") or url.query or url.fragment:
+            raise ConfigError(expected, key=where)
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        origin = f"{url.scheme}://{host}:{port}"
+        if origin in endpoints:
+            raise ConfigError(f'"{origin}" is already listed as endpoints[{endpoints.index(origin)}]', key=where)
+        endpoints.append(origin)
+    return tuple(endpoints)
+
+
+def _etcd_tls(value: object, base_dir: Path, environ: Mapping[str, str]) -> EtcdTlsConfig | None:
+    """_etcd_tls: `store.etcd.tls`; None when absent or empty. cert and key come both or neither."""
+    data = _section(value, "store.etcd.tls", ("ca", "cert", "key"))
+    files: dict[str, Path | None] = {}
+    for name in ("ca", "cert", "key"):
+        files[name] = None
+        if data.get(name) is not None:
+            files[name] = _existing_file(data[name], f"store.etcd.tls.{name}", base_dir, environ)
+    if files["cert"] is not None and files["key"] is None:
+        raise ConfigError("required with store.etcd.tls.cert", key="store.etcd.tls.key")
+    if files["key"] is not None and files["cert"] is None:
+        raise ConfigError("required with store.etcd.tls.key", key="store.etcd.tls.cert")
+    if not any(files.values()):
+        return None
+    return EtcdTlsConfig(**files)
+
+
+def _existing_file(value: object, path: str, base_dir: Path, environ: Mapping[str, str]) -> Path:
+    """_existing_file: an absolute path (relative to base_dir, "~/" from HOME) of a file that exists."""
+    text = _str(value, path).strip()
+    if not text:
+        raise ConfigError("must not be empty", key=path)
+    if text == "~" or text.startswith("~/"):
+        text = (environ.get("HOME") or str(Path.home())) + text[1:]
+    file = Path(text)
+    if not file.is_absolute():
+        file = Path(base_dir) / file
+    file = Path(os.path.abspath(file))
+    if not file.is_file():
+        why = "is not a file" if file.exists() else "does not exist"
+        raise ConfigError(f"{file} {why}", key=path)
+    return file
 
 
 def _analysis(value: object) -> AnalysisConfig:
@@ -801,7 +974,8 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
     """parse_config: a validated Config from already-parsed YAML (after ${VAR} expansion).
 
     Called by load_config, and by tests and the demo with a dict. base_dir anchors a relative
-    state_file; environ supplies HOME for a "~/" state_file. Touches no files.
+    state_file (and store.etcd.tls files); environ supplies HOME for a "~/" path. Writes no files;
+    reads only whether the store.etcd.tls files exist.
     """
     if environ is None:
         environ = os.environ
@@ -853,7 +1027,8 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         canary_header=_canary(top.get("canary")),
         analysis=_analysis(top.get("analysis")),
         workers=_workers(top.get("workers", 1)),
-        fleet=_fleet(top.get("fleet")),
+        fleet=_fleet(top.get("fleet"), listen),
+        store=_store(top.get("store"), base_dir, environ),
     )
 
 
@@ -976,4 +1151,25 @@ def effective_config(cfg: Config) -> dict[str, Any]:
         "analysis": dataclasses.asdict(cfg.analysis),
         "workers": cfg.workers,
         "fleet": dataclasses.asdict(cfg.fleet),
+        "store": _effective_store(cfg.store),
     }
+
+
+def _effective_store(store: StoreConfig | None) -> dict[str, Any] | None:
+    """_effective_store: effective_config's `store`; a set password is "***"."""
+    if store is None:
+        return None
+    etcd = store.etcd
+    tls = None
+    if etcd.tls is not None:
+        tls = {name: str(getattr(etcd.tls, name)) if getattr(etcd.tls, name) else None
+               for name in ("ca", "cert", "key")}
+    return {"etcd": {
+        "endpoints": list(etcd.endpoints),
+        "prefix": etcd.prefix,
+        "username": etcd.username,
+        "password": "***" if etcd.password else None,
+        "tls": tls,
+        "lease_ttl": etcd.lease_ttl,
+        "request_timeout": etcd.request_timeout,
+    }}

@@ -193,6 +193,8 @@ class Controller:
             "analysis": self.analysis.to_dict() if self.analysis is not None else None,
             "listen": snapshot.listen,
             "preview_listen": snapshot.preview_listen,
+            "store": self.store.info(),
+            "fleet": self.plane.fleet_info() if hasattr(self.plane, "fleet_info") else None,
             "pid": os.getpid(),
             "workers": [{"pid": w.pid, "generation": w.generation, "inflight": w.inflight,
                          "connections": w.connections, "started": _iso(w.started) if w.started else None,
@@ -475,8 +477,9 @@ class Controller:
 
         Every caller holds self.lock. The event is the one the mutation's _record added (the
         copy from _next has one event more than the current state). ControlError
-        state_unavailable when the store fails; conflict when the stored state moved since
-        this controller read it (another writer), after taking what is stored now.
+        store_unavailable when the store did not answer (a StateError whose ``code`` says so:
+        etcd unreachable), state_unavailable when it failed otherwise; conflict when the stored
+        state moved since this controller read it (another writer), after taking what is stored now.
         """
         event = state.history[-1] if len(state.history) > len(self.state.history) else None
         async with self.save_lock:
@@ -488,6 +491,8 @@ class Controller:
             except StateConflict as exc:
                 await self._conflicted(exc)
             except StateError as exc:
+                if getattr(exc, "code", None) == "store_unavailable":
+                    raise ControlError("store_unavailable", f"not applied: {exc}") from exc
                 raise ControlError("state_unavailable", f"not applied: {exc}") from exc
             limit = self.store.history_limit
             if len(state.history) > limit:
@@ -504,6 +509,9 @@ class Controller:
         try:
             saved, revision = await self.store.load()
         except StateError as exc:
+            if getattr(exc, "code", None) == "store_unavailable":
+                raise ControlError("store_unavailable", f"not applied: {conflict}; reading it again "
+                                   f"failed: {exc}") from exc
             raise ControlError("state_unavailable", f"not applied: {conflict}; reading it again "
                                f"failed: {exc}") from exc
         if saved is not None:

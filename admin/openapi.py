@@ -51,7 +51,7 @@ _ERROR_CODES = [
     "bad_request", "unauthorized", "forbidden", "cross_origin", "forbidden_host", "unknown_environment",
     "not_found", "method_not_allowed", "payload_too_large", "unsupported_media_type", "idempotency_key_reused",
     "locked", "gate_failed", "no_previous", "no_canary", "conflict", "generation_mismatch",
-    "state_unavailable", "idempotency_busy", "http_error", "internal",
+    "state_unavailable", "store_unavailable", "idempotency_busy", "http_error", "internal",
 ]
 
 _SCHEMAS: dict[str, dict] = {
@@ -91,6 +91,8 @@ _SCHEMAS: dict[str, dict] = {
         "interrupted": {"type": "boolean", "description": "a newer switch made this environment serve again"},
         "duration": {"type": ["number", "null"], "description": "seconds; null while running"},
         "idle_connections_closed": _COUNT,
+        "replicas": {"type": "object", "additionalProperties": {"type": "object"},
+                     "description": "fleet: each replica's own part, by replica id (the fields above are their sum)"},
     }, required=["environment", "generation", "inflight_at_start", "drained", "forced_closed", "dropped",
                  "client_gone", "remaining", "interrupted", "duration", "idle_connections_closed"],
         description="a drain of the environment that stopped receiving traffic"),
@@ -154,6 +156,20 @@ _SCHEMAS: dict[str, dict] = {
         "analysis": {"oneOf": [_ref("Analysis"), {"type": "null"}]},
         "listen": {"type": "string", "description": "host:port of the user traffic listener"},
         "preview_listen": {"type": ["string", "null"], "description": "host:port of the preview listener"},
+        "store": {"type": "object", "properties": {
+            "kind": {"type": "string", "enum": ["file", "etcd"]},
+            "path": {"type": "string", "description": "file: the state file"},
+            "connected": {"type": "boolean", "description": "etcd: it answers (false: failing static)"},
+            "since": {"type": ["string", "null"], "format": "date-time", "description": "etcd: since when"},
+            "revision": {"type": ["integer", "null"], "description": "etcd: the newest revision seen"},
+            "endpoints": {"type": "array", "items": {"type": "string"}},
+            "prefix": {"type": "string"}}, "required": ["kind"], "description": "where the state lives"},
+        "fleet": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
+            "replica_id": {"type": "string"},
+            "replicas": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "address": {"type": "string"},
+                "generation": {"type": "integer", "minimum": 0}, "alive": {"type": "boolean"}}}}},
+            "required": ["replica_id", "replicas"]}], "description": "fleet mode: this replica and the live ones"},
         "pid": {"type": "integer", "description": "the process id of cutover serve (its supervisor with workers "
                                                  "> 1): SIGTERM drains it, SIGUSR2 upgrades it"},
         "workers": {"type": "array", "items": _ref("Worker"), "description": "the processes serving traffic"},
@@ -166,7 +182,7 @@ _SCHEMAS: dict[str, dict] = {
                          "description": "schema/attest only: every attestation kept"},
     }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
                  "lock_reason", "weights", "environments", "draining", "analysis", "listen",
-                 "preview_listen", "pid", "workers"]),
+                 "preview_listen", "store", "fleet", "pid", "workers"]),
     "HistoryEvent": _object({
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
@@ -229,9 +245,10 @@ _RESPONSES = {
                                    "unsupported_media_type"),
     "IdempotencyKeyReused": _error(f"this {IDEMPOTENCY_KEY} came with another body in the last "
                                    f"{WINDOW:g} seconds", "idempotency_key_reused"),
-    "StateUnavailable": _error(f"the state could not be saved, nothing changed (state_unavailable); or too "
-                               f"many calls with an {IDEMPOTENCY_KEY} are running (idempotency_busy)",
-                               "state_unavailable", "idempotency_busy"),
+    "StateUnavailable": _error(f"the state could not be saved, nothing changed (state_unavailable; "
+                               f"store_unavailable: the fleet's etcd did not answer); or too many calls with "
+                               f"an {IDEMPOTENCY_KEY} are running (idempotency_busy)",
+                               "state_unavailable", "store_unavailable", "idempotency_busy"),
 }
 
 _PARAMETERS = {

@@ -203,6 +203,10 @@ class StateStore(Protocol):
         """describe: where the state lives, for messages ("file /var/lib/cutover/state.json")."""
         ...
 
+    def info(self) -> dict:
+        """info: the status's "store": {"kind": "file", "path"}, or etcd's {"kind", "connected", ...}."""
+        ...
+
     async def load(self) -> tuple[State | None, Revision]:
         """load: the stored State and its revision; (None, None) when nothing was stored yet.
 
@@ -285,6 +289,10 @@ class FileStateStore:
     def describe(self) -> str:
         """describe: "file <path>", the source named in every StateError from this store."""
         return f"file {self.path}"
+
+    def info(self) -> dict:
+        """info: GET /v1/status's "store" (SPEC §9.2): this file."""
+        return {"kind": "file", "path": str(self.path), "connected": True}
 
     async def load(self) -> tuple[State | None, Revision]:
         """load: `read` from a thread; the controller calls it after a commit's conflict."""

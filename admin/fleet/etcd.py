@@ -49,8 +49,8 @@ from admin.fleet.gateway import (
     LeaseInfo, LeaseNotFound, PutResult, RangeResult, RevisionCompacted, Status, TxnOp, TxnResult,
     WatchCanceled, WatchCompacted, WatchError, WatchMessage, WatchStalled, compare_create_revision,
     compare_mod_revision, compare_value, compare_version, decode_bytes_field, decode_key, delete_op,
-    get_op, header_revision, int_field, json_object, parse_error, parse_kvs, parse_status, parse_txn,
-    parse_watch_message, put_op, range_request, token_rejected,
+    delete_range_op, get_op, header_revision, int_field, json_object, parse_error, parse_kvs, parse_status,
+    parse_txn, parse_watch_message, put_op, range_request, token_rejected,
 )
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
     "LeaseNotFound", "PutResult", "RangeResult", "RevisionCompacted", "Status", "TxnOp", "TxnResult",
     "Watch", "WatchCanceled", "WatchCompacted", "WatchError", "WatchStalled",
     "compare_create_revision", "compare_mod_revision", "compare_value", "compare_version",
-    "delete_op", "get_op", "put_op",
+    "delete_op", "delete_range_op", "get_op", "put_op",
 ]
 
 DEFAULT_REQUEST_TIMEOUT = 5.0   # seconds per attempt at one endpoint

@@ -28,7 +28,8 @@ __all__ = [
     "EtcdUnavailable", "Event", "KeyValue", "LeaseInfo", "LeaseNotFound", "PutResult", "RangeResult",
     "RevisionCompacted", "Status", "TxnOp", "TxnResult", "WatchCanceled", "WatchCompacted",
     "WatchError", "WatchMessage", "WatchStalled", "compare_create_revision", "compare_mod_revision",
-    "compare_value", "compare_version", "decode_bytes_field", "decode_key", "delete_op", "encode_key",
+    "compare_value", "compare_version", "decode_bytes_field", "decode_key", "delete_op",
+    "delete_range_op", "encode_key",
     "get_op", "header_revision", "int_field", "json_object", "key_bytes", "parse_error",
     "parse_key_value", "parse_kvs", "parse_status", "parse_txn", "parse_watch_message",
     "prefix_range_end", "put_op", "range_request", "token_rejected",
@@ -566,13 +567,14 @@ def compare_value(key: str, op: str, value: bytes) -> Compare:
 
 @dataclass(frozen=True, slots=True)
 class TxnOp:
-    """TxnOp: one op of a txn branch; built by `put_op`, `get_op` and `delete_op`."""
+    """TxnOp: one op of a txn branch; built by `put_op`, `get_op`, `delete_op` and `delete_range_op`."""
 
     kind: str        # "put", "get", "delete"
     key: str
     value: bytes = b""
     lease: int = 0
     prefix: bool = False
+    range_end: str = ""   # a delete of [key, range_end) in byte order (`delete_range_op`); "" for none
 
     def to_json(self) -> dict:
         """to_json: the ``etcdserverpb.RequestOp`` the gateway takes."""
@@ -581,7 +583,10 @@ class TxnOp:
             if self.lease:
                 put["lease"] = str(self.lease)
             return {"request_put": put}
-        request = range_request(self.key, self.prefix)
+        if self.range_end:
+            request = {"key": encode_key(self.key), "range_end": encode_key(self.range_end)}
+        else:
+            request = range_request(self.key, self.prefix)
         return {"request_range": request} if self.kind == "get" else {"request_delete_range": request}
 
 
@@ -602,3 +607,16 @@ def delete_op(key: str, *, prefix: bool = False) -> TxnOp:
     """delete_op: delete ``key`` (every key under it with ``prefix``)."""
     range_request(key, prefix)
     return TxnOp("delete", key, prefix=prefix)
+
+
+def delete_range_op(key: str, range_end: str) -> TxnOp:
+    """delete_range_op: delete every key from ``key`` (included) to ``range_end`` (excluded), in byte order.
+
+    The state store trims its oldest history keys with it (zero-padded numbers sort as numbers).
+    ``range_end`` must sort after ``key``.
+    """
+    if not key_bytes(key):
+        raise ValueError("an etcd key must not be empty")
+    if key_bytes(range_end) <= key_bytes(key):
+        raise ValueError(f"a range's end must sort after its start ({key!r}), not {range_end!r}")
+    return TxnOp("delete", key, range_end=range_end)

@@ -21,7 +21,8 @@ ANSWERED = {
     "cross_origin": 403, "forbidden_host": 403, "not_found": 404, "method_not_allowed": 405,
     "locked": 409, "gate_failed": 409, "no_previous": 409, "no_canary": 409, "conflict": 409,
     "generation_mismatch": 412, "payload_too_large": 413, "unsupported_media_type": 415,
-    "idempotency_key_reused": 422, "internal": 500, "state_unavailable": 503, "idempotency_busy": 503,
+    "idempotency_key_reused": 422, "internal": 500, "state_unavailable": 503, "store_unavailable": 503,
+    "idempotency_busy": 503,
 }
 
 
