@@ -19,6 +19,7 @@ first slot); every result reaches the others, which count it with their own stre
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -33,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import proxy as data_plane
-from proxy import Address, Channel, DrainSnapshot, Route, Settings, Snapshot, merge_snapshots, serving
+from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot, EnvironmentSnapshot, Route,
+                   RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots, serving)
 
 from .plane import Ack, Change, DrainCallback, Hold, WorkerInfo
 
@@ -72,6 +74,28 @@ def bind(address: Address, port: int) -> socket.socket:
     return sock
 
 
+def blank_snapshot(settings: Settings, route: Route) -> Snapshot:
+    """blank_snapshot: the data plane before any worker started: every counter 0, servers healthy."""
+    errors = tuple((kind, 0) for kind in UPSTREAM_ERROR_KINDS)
+    envs = tuple(EnvironmentSnapshot(
+        name=e.name, healthy=True, inflight=0, connections=0,
+        servers=tuple(ServerSnapshot(address=str(a), healthy=True, inflight=0, connections=0, weight=w, requests=0,
+                                     upstream_errors=errors) for a, w in zip(e.servers, e.weights)),
+        responses=(0,) * 6, latency_counts=(0,) * (len(LATENCY_BUCKETS) + 1), latency_sum=0.0, bytes_in=0,
+        bytes_out=0) for e in settings.environments)
+    router = RouterSnapshot(route=route, held=False, held_requests=0, hold_until=None, environments=envs, drains=())
+    return Snapshot(router=router, listen=f"{settings.listen.host}:{settings.listen.port}", preview_listen=None,
+                    client_connections=0, unrouted=(0,) * 6, client_body_timeouts=0,
+                    preview_token_set=settings.preview_token is not None)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def hold_shares(max_queued: int, count: int) -> list[int]:
     """hold_shares: hold.max_queued split over ``count`` workers, summing to it exactly."""
     base, extra = divmod(max_queued, count)
@@ -79,9 +103,12 @@ def hold_shares(max_queued: int, count: int) -> list[int]:
 
 
 def counters_only(snapshot: Snapshot) -> Snapshot:
-    """counters_only: ``snapshot`` with its gauges zeroed: what an exited worker still adds to the sums."""
+    """counters_only: ``snapshot`` with its gauges zeroed: what an exited worker still adds to the sums.
+
+    Its servers count as healthy (what merging takes as "no opinion"): health is the live workers'.
+    """
     def env(e):
-        servers = tuple(dataclasses.replace(s, inflight=0, connections=0) for s in e.servers)
+        servers = tuple(dataclasses.replace(s, inflight=0, connections=0, healthy=True) for s in e.servers)
         return dataclasses.replace(e, inflight=0, connections=0, servers=servers)
     router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
                                  environments=tuple(env(e) for e in snapshot.router.environments))
@@ -134,6 +161,7 @@ class WorkerPlane:
         self._expected: dict[tuple[str, int], set[int]] = {}
         self._drain_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
         self._health: dict[tuple[str, int], bool] = {}
+        self._reported: collections.deque[tuple[str, int]] = collections.deque(maxlen=64)
         self._tasks: set[asyncio.Task] = set()
         self.on_restart: list[Callable[[WorkerInfo], None]] = []
 
@@ -336,7 +364,7 @@ class WorkerPlane:
         if self.closing:
             return
         code = process.returncode
-        cause = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"status {code}"
+        cause = f"signal {_signal_name(-code)}" if code is not None and code < 0 else f"status {code}"
         quick = time.monotonic() - worker.started_mono < 1.0
         worker.crashes = worker.crashes + 1 if quick or not was_alive else 0
         if worker.crashes:
@@ -345,7 +373,15 @@ class WorkerPlane:
             return
         old = worker.pid
         worker.restarts += 1
-        await self._spawn(worker)
+        for attempt in itertools.count():
+            try:
+                await self._spawn(worker)
+                break
+            except OSError as exc:
+                log.error("worker slot %d: cannot start a worker (%s); trying again", worker.slot, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                if self.closing:
+                    return
         log.warning("worker %s (slot %d) exited with %s; restarted as worker %s with generation %d",
                     old, worker.slot, cause, worker.pid, self.route.generation)
         for callback in self.on_restart:
@@ -368,6 +404,8 @@ class WorkerPlane:
 
     def _drain_part(self, slot: int, drain: DrainSnapshot) -> None:
         key = (drain.environment, drain.generation)
+        if key in self._reported:
+            return          # a part later than the give-up timer: that drain was recorded without it
         self._drains.setdefault(key, {})[slot] = drain
         self._drain_check(key)
 
@@ -399,6 +437,7 @@ class WorkerPlane:
             return
         self._expected.pop(key, None)
         self._drains.pop(key, None)
+        self._reported.append(key)
         timer = self._drain_timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -454,10 +493,11 @@ class WorkerPlane:
             await asyncio.wait([f for _, f in waits.values()], timeout=self.ack_timeout)
         generation = self.route.generation
         acked = tuple(pid for w, (pid, f) in waits.items() if f.done() and f.result() == generation)
-        pending = tuple(pid for w, (pid, f) in waits.items() if not f.done() and w.alive and w.pid == pid)
+        # A worker waited for that is still the same live process and did not ack this generation.
+        pending = tuple(pid for w, (pid, f) in waits.items() if pid not in acked and w.alive and w.pid == pid)
         if route is not None:
-            self._expect_drains(before, route, {w.slot for w, (pid, f) in waits.items()
-                                        if f.done() and f.result() == generation})
+            # Every worker it was sent to drains (a late one too); the give-up timer bounds the wait.
+            self._expect_drains(before, route, {w.slot for w in waits})
         if pending:
             log.warning("generation %d: worker(s) %s did not acknowledge within fleet.ack_timeout (%ss)",
                         generation, ", ".join(map(str, pending)), self.ack_timeout)
@@ -477,7 +517,7 @@ class WorkerPlane:
         if self.retired is not None:
             parts.append(self.retired)
         if not parts:
-            raise RuntimeError("no worker has started")
+            parts = [blank_snapshot(self.settings, self.route)]    # before the first worker listens
         merged = merge_snapshots(parts, self.route)
         router = dataclasses.replace(merged.router, held=self.hold.held, hold_until=self.hold.until if self.hold.held
                                      else None)

@@ -4,12 +4,14 @@ queue's split, what an exited worker still counts for, and the `workers` / `flee
 from __future__ import annotations
 
 import pickle
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 
 from admin.config import ConfigError, effective_config, parse_config
-from admin.workers import counters_only, hold_shares
+from admin.serve import upgrade_refusal
+from admin.workers import WorkerPlane, counters_only, hold_shares
 from proxy import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot,
                    Snapshot, merge_drains, merge_snapshots)
 
@@ -124,3 +126,28 @@ def test_a_bad_fleet_section_is_a_config_error_naming_the_key(fleet, key):
     with pytest.raises(ConfigError) as caught:
         parse(fleet=fleet)
     assert (caught.value.key or "").startswith(key)
+
+
+def test_an_exited_worker_leaves_no_opinion_on_health():
+    sick = snapshot(env("blue", [server(healthy=False, requests=2)]), env("green", [server()]))
+    well = snapshot(env("blue", [server(healthy=True, requests=3)]), env("green", [server()]))
+    merged = merge_snapshots([well, counters_only(sick)], ROUTE)
+    blue = merged.router.env("blue")
+    assert blue.healthy is True and blue.servers[0].healthy is True and blue.servers[0].requests == 5
+
+
+def test_before_any_worker_started_the_plane_reads_as_zeros():
+    config = parse(workers=2)
+    plane = WorkerPlane(config.settings(), ROUTE, 2, 1.0)
+    snap = plane.snapshot()
+    assert snap.router.route == ROUTE and snap.router.held_requests == 0
+    assert [e.name for e in snap.router.environments] == ["blue", "green"]
+    assert all(s.healthy and s.requests == 0 for e in snap.router.environments for s in e.servers)
+
+
+def test_sigusr2_is_refused_as_pid_1_and_while_traffic_is_held():
+    running = SimpleNamespace(controller=SimpleNamespace(state=SimpleNamespace(held=False)))
+    assert upgrade_refusal(running, pid=4242) is None
+    assert "PID 1" in upgrade_refusal(running, pid=1)
+    running.controller.state.held = True
+    assert "held" in upgrade_refusal(running, pid=4242)

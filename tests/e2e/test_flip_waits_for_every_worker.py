@@ -238,3 +238,37 @@ async def test_health_results_reach_every_worker(make_stack, backends, session):
         assert all(w["requests"] > 0 for w in status["workers"]), status["workers"]
     finally:
         await spare.stop()
+
+
+async def test_a_drain_of_a_change_answered_202_is_still_recorded_once_every_worker_reports(make_stack, session):
+    running = await make_stack(workers=2, fleet={"ack_timeout": "300ms"})
+    api = Admin(session, running.admin_port)
+    pids = [w["pid"] for w in (await status_of(session, running))["workers"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        status, answer = await api.call("POST", "/v1/flip", {})
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert status == 202 and sorted(answer["ack"]["pending"]) == sorted(pids)
+
+    async def drained():
+        flip = [e for e in await api.events() if e["action"] == "flip"][-1]
+        return flip.get("drain") and flip
+
+    flip = await eventually(drained, timeout=10)
+    assert flip["drain"]["dropped"] == 0
+
+
+async def test_a_worker_killed_by_a_realtime_signal_is_restarted_too(make_stack, session):
+    running = await make_stack(workers=2)
+    victim = (await status_of(session, running))["workers"][0]["pid"]
+    os.kill(victim, signal.SIGRTMIN + 6)
+
+    async def restarted():
+        workers = (await status_of(session, running))["workers"]
+        return workers[0]["pid"] != victim and workers[0]["alive"] and workers
+
+    workers = await eventually(restarted, timeout=10)
+    assert workers[0]["restarts"] == 1
