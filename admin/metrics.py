@@ -94,6 +94,9 @@ class CutoverCollector:
         yield GaugeMetricFamily("cutover_client_connections", "Open client connections",
                                 value=snapshot.client_connections)
         yield GaugeMetricFamily("cutover_route_generation", "Generation of the live route", value=route.generation)
+        store = self.controller.store.info()
+        yield GaugeMetricFamily("cutover_store_connected", "1 while the state store answers (always 1 for a file)",
+                                value=1 if store.get("connected", True) else 0)
         workers = self.controller.plane.workers_info()
         yield GaugeMetricFamily("cutover_workers", "Data-plane worker processes serving traffic",
                                 value=sum(1 for w in workers if w.alive))

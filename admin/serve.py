@@ -27,16 +27,32 @@ from proxy import build as data_plane_build
 from .api import READINESS, make_app
 from .config import Config, ConfigError
 from .controller import Controller
+from .fleet.plane import FleetPlane
+from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
 from .listener import AdminRunner
 from .plane import LocalPlane
 from .workers import BindFailed, WorkerPlane, WorkerStartError
-from .state import FileStateStore, Revision, State
+from .state import FileStateStore, Revision, State, StateStore
 
 log = logging.getLogger("cutover")
 
 
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def upgrade_refusal(running: Running, pid: int | None = None) -> str | None:
+    """upgrade_refusal: why SIGUSR2 must not hand over now, or None.
+
+    As PID 1 (a container's entry point) this process's exit ends its successor too. During a
+    hold the drain would release the held requests by the old route while the successor holds.
+    """
+    if (os.getpid() if pid is None else pid) == 1:
+        return ("this is PID 1 (a container's entry point): its successor would end with it; "
+                "restart the container, or run cutover under an init that keeps PID 1")
+    if running.controller.state.held:
+        return "traffic is held; resume first (the drain would release the held requests)"
+    return None
 
 
 def reuseport_migration(path: str = MIGRATE_REQ) -> str | None:
@@ -93,9 +109,10 @@ class Running:
     controller: Controller
     admin: web.AppRunner
     admin_port: int
-    plane: LocalPlane | WorkerPlane
+    plane: LocalPlane | WorkerPlane | FleetPlane
     site: web.BaseSite | None = None
     admin_socket: socket.socket | None = None
+    fleet: Fleet | None = None
 
     def listener_fds(self) -> dict:
         """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
@@ -123,6 +140,8 @@ class Running:
         self.admin.app[READINESS].begin_shutdown()
         self.controller.stop()
         result = await self.plane.shutdown(timeout)
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.controller.close()      # the last drains' outcomes are in the store
         await self.admin.cleanup()
         return result
@@ -186,10 +205,16 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     listener that cannot bind; what had started is closed again first.
     """
     plan = check_start(config)
-    store = plan.store
-    for temp in store.remove_leftovers():
+    for temp in plan.store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
-    state = plan.state
+    store: StateStore = plan.store
+    state, revision = plan.state, plan.revision
+    fleet = None
+    if config.store is not None:
+        fleet, saved, revision = await Fleet.open(config, plan.store, f"{config.listen.host}:{config.listen.port}")
+        store = fleet.store
+        if saved is not None or fleet.connected:
+            state = Controller.checked_state(config, saved, store.describe())
     route = Controller.route_of(state, tuple(config.environments))
     plane: LocalPlane | WorkerPlane
     if config.workers > 1:
@@ -208,7 +233,8 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     else:
         plane = LocalPlane.build(config.settings(), route)
         proxy = plane.proxy
-    controller = Controller(config, plane, store, state, plan.revision)
+    steered: LocalPlane | WorkerPlane | FleetPlane = fleet.plane(plane) if fleet is not None else plane
+    controller = Controller(config, steered, store, state, revision)
     # A saved hold is back on the data plane before the first connection is accepted.
     await controller.start()
     if isinstance(plane, WorkerPlane):
@@ -247,7 +273,9 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         await runner.cleanup()
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
     admin_port = admin_sock.getsockname()[1]
-    return Running(proxy, controller, runner, admin_port, plane, site, admin_sock)
+    if fleet is not None:
+        await fleet.join(controller.state, controller.revision)
+    return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
 
 
 def bind_admin(address: Address) -> socket.socket:
@@ -311,7 +339,18 @@ async def serve(config: Config) -> int:
         async with running.controller.lock:     # no mutation from here on, unless it fails
             if stopping.is_set():
                 return
-            successor = await hand_over(running.listener_fds(), running.stop_accepting)
+            refusal = upgrade_refusal(running)
+            if refusal is not None:
+                log.warning("SIGUSR2: not upgrading: %s", refusal)
+                return
+            try:
+                successor = await hand_over(running.listener_fds(), running.stop_accepting)
+            except Exception:
+                # Past the successor's "ready" this process may have stopped accepting: exit
+                # rather than linger serving nothing.
+                log.exception("upgrade failed after the successor said it serves; exiting")
+                stopping.set()
+                raise
             if successor is not None:
                 stopping.set()
                 await asyncio.Event().wait()     # keep the lock: this process steers nothing any more

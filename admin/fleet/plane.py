@@ -10,6 +10,7 @@ that did not within fleet.ack_timeout (the answer is then 202). A change taken f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,8 @@ from .replica import Membership
 
 log = logging.getLogger("cutover.fleet")
 
+REFRESH_TIMEOUT = 1.0       # seconds a status read waits for etcd's view of the fleet
+
 
 class FleetPlane:
     """FleetPlane: ``local`` (LocalPlane or WorkerPlane) behind this replica's Membership."""
@@ -27,6 +30,7 @@ class FleetPlane:
         self.local: DataPlane = local
         self.membership = membership
         self.ack_timeout = ack_timeout
+        self._members: list[dict] = []     # the fleet as last read (refresh)
 
     async def apply(self, change: Change) -> Ack:
         """apply: locally first; then this replica's ack; then, for its own changes, the barrier."""
@@ -60,7 +64,21 @@ class FleetPlane:
         self.local.on_drain(callback)
 
     async def refresh(self) -> None:
+        """refresh: the local plane's, and the fleet's members and acks (bounded; kept when etcd is silent)."""
         await self.local.refresh()
+        try:
+            async with asyncio.timeout(REFRESH_TIMEOUT):
+                replicas = await self.membership.replicas()
+                acks, _ = await self.membership.acks()
+        except (EtcdError, TimeoutError):
+            return
+        self._members = [{"id": r.id, "address": r.address,
+                          "generation": int(acks.get(r.id, {}).get("generation") or 0), "alive": True}
+                         for r in replicas]
+
+    def fleet_info(self) -> dict:
+        """fleet_info: GET /v1/status's "fleet" (SPEC §9.2): this replica and the live members."""
+        return {"replica_id": self.membership.id, "replicas": list(self._members)}
 
     def workers_info(self) -> tuple[WorkerInfo, ...]:
         return self.local.workers_info()

@@ -87,8 +87,15 @@ class Membership:
         return f"{self.prefix}/{kind}/{replica or self.id}"
 
     async def start(self) -> None:
-        """start: take a lease and register under it; then keep it alive."""
-        await self._register()
+        """start: take a lease and register under it; then keep it alive.
+
+        When etcd does not answer, the renewal task registers as soon as it does.
+        """
+        try:
+            await self._register()
+        except EtcdError as exc:
+            self.lease = 0
+            log.warning("fleet: cannot register replica %s yet: %s", self.id, exc)
         self._task = asyncio.get_running_loop().create_task(self._renew())
 
     async def _register(self) -> None:
@@ -105,6 +112,14 @@ class Membership:
             await asyncio.sleep(interval)
             if not self.healthy():
                 log.warning("fleet: the apply loop is not healthy; the lease is not renewed")
+                continue
+            if not self.lease:
+                try:
+                    await self._register()
+                    log.info("fleet: replica %s registered", self.id)
+                except EtcdError as exc:
+                    self.lease = 0
+                    log.debug("fleet: still cannot register: %s", exc)
                 continue
             try:
                 left = await self.client.keepalive_once(self.lease)
@@ -126,11 +141,15 @@ class Membership:
                 log.warning("fleet: cannot register again: %s", exc)
 
     async def ack(self, generation: int, revision: int) -> None:
-        """ack: every local worker applied the state at ``revision`` (of ``generation``)."""
+        """ack: every local worker applied the state at ``revision`` (of ``generation``).
+
+        Unregistered (etcd did not answer), the ack is kept and written when it registers.
+        """
         if self._ack is not None and revision <= self._ack[1]:
             return
         self._ack = (generation, revision)
-        await self._write_ack(generation, revision)
+        if self.lease:
+            await self._write_ack(generation, revision)
 
     async def _write_ack(self, generation: int, revision: int) -> None:
         doc = {"generation": generation, "revision": revision}

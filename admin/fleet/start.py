@@ -1,0 +1,170 @@
+"""start: what serve builds for `store.etcd` (SPEC §9.2): the client, the store, the membership.
+
+``Fleet.open`` reads the fleet's state from etcd; when etcd does not answer, the replica fails
+static: it serves the last state it applied, from its local copy (state_file), and takes the
+fleet's state once etcd is back (the controller's follower watches). Every state this
+replica commits or takes is written to that local copy (``LocalCopy``), so a replica
+restarted during an outage still serves the last route. ``Fleet.plane`` wraps the local data
+plane in a FleetPlane once it serves; ``Fleet.close`` leaves the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime, timezone
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from ..state import FileStateStore, Revision, State, StateError
+from .etcd import EtcdClient, EtcdError
+from .plane import FleetPlane
+from .replica import Membership
+from .store import EtcdStateStore
+
+log = logging.getLogger("cutover.fleet")
+
+
+class LocalCopy:
+    """LocalCopy: the fleet's StateStore, which also keeps this replica's copy of each state it
+    commits or takes in state_file (written off the event loop; a failed write is logged)."""
+
+    def __init__(self, store: EtcdStateStore, copy: FileStateStore) -> None:
+        self.store = store
+        self.copy = copy
+        self.history_limit = store.history_limit
+        self.connected = True
+        self.since = time.time()          # when ``connected`` last changed
+        self.revision: Revision = None    # the newest revision read, committed or taken
+
+    def describe(self) -> str:
+        return self.store.describe()
+
+    def info(self) -> dict:
+        """info: GET /v1/status's "store" (SPEC §9.2): etcd, whether it answers and since when."""
+        return {"kind": "etcd", "connected": self.connected, "since": _iso(self.since), "revision": self.revision,
+                "endpoints": list(self.store.client.endpoints), "prefix": self.store.prefix}
+
+    def _seen(self, ok: bool, revision: Revision = None) -> None:
+        if ok != self.connected:
+            self.connected, self.since = ok, time.time()
+            log.warning("fleet: etcd %s", "answers again" if ok else "does not answer: failing static")
+        if isinstance(revision, int) and (not isinstance(self.revision, int) or revision > self.revision):
+            self.revision = revision
+
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        try:
+            result = await call
+        except StateError as exc:
+            if getattr(exc, "code", None) == "store_unavailable":
+                self._seen(False)
+            raise
+        self._seen(True)
+        return result
+
+    async def _keep(self, state: State) -> None:
+        try:
+            await asyncio.to_thread(self.copy.save, state)
+        except (StateError, OSError) as exc:
+            log.warning("fleet: cannot write the local copy %s: %s", self.copy.describe(), exc)
+
+    async def load(self) -> tuple[State | None, Revision]:
+        saved, revision = await self._call(self.store.load())
+        self._seen(True, revision)
+        return saved, revision
+
+    async def commit(self, state: State, expect: Revision, event: dict | None = None) -> Revision:
+        revision = await self._call(self.store.commit(state, expect, event))
+        self._seen(True, revision)
+        await self._keep(state)
+        return revision
+
+    async def append(self, event: dict) -> None:
+        await self._call(self.store.append(event))
+
+    async def amend(self, event: dict, fields: dict) -> None:
+        await self._call(self.store.amend(event, fields))
+
+    async def add_drain(self, generation: int, source: str, outcome: dict) -> None:
+        await self._call(self.store.add_drain(generation, source, outcome))
+
+    async def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
+        try:
+            async for state, revision in self.store.watch(since):
+                self._seen(True, revision)
+                await self._keep(state)
+                yield state, revision
+        except StateError as exc:
+            if getattr(exc, "code", None) == "store_unavailable":
+                self._seen(False)
+            raise
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def tls_context(config: Any) -> ssl.SSLContext | None:
+    """tls_context: the SSL context store.etcd.tls asks for, or None."""
+    if config is None:
+        return None
+    context = ssl.create_default_context(cafile=str(config.ca) if config.ca else None)
+    if config.cert:
+        context.load_cert_chain(str(config.cert), str(config.key))
+    return context
+
+
+@dataclass
+class Fleet:
+    """Fleet: this replica's client, store and membership, as serve's start-up built them."""
+
+    client: EtcdClient
+    store: LocalCopy
+    membership: Membership
+    ack_timeout: float
+    connected: bool          # etcd answered at start (else the replica fails static)
+
+    @classmethod
+    async def open(cls, config: Config, local_copy: FileStateStore, address: str) -> tuple["Fleet", State | None,
+                                                                                          Revision]:
+        """open: connect and read the fleet's state; (fleet, saved state or None, its revision).
+
+        When etcd does not answer, the state is the local copy's and the revision None (the
+        follower takes the fleet's state when etcd answers again).
+        """
+        etcd = config.store.etcd
+        client = EtcdClient(etcd.endpoints, username=etcd.username, password=etcd.password,
+                            ssl=tls_context(etcd.tls), request_timeout=etcd.request_timeout)
+        replica_id = config.fleet.replica_id or address
+        store = LocalCopy(EtcdStateStore(client, etcd.prefix, config.history_limit, writer=replica_id), local_copy)
+        membership = Membership(client, etcd.prefix, replica_id, address, etcd.lease_ttl)
+        try:
+            saved, revision = await store.load()
+            connected = True
+        except StateError as exc:
+            log.warning("fleet: etcd does not answer (%s): serving the local copy %s until it does",
+                        exc, local_copy.describe())
+            saved, revision = local_copy.read()[0], None
+            connected = False
+        return cls(client, store, membership, config.fleet.ack_timeout, connected), saved, revision
+
+    def plane(self, local: Any) -> FleetPlane:
+        """plane: the DataPlane the controller drives: ``local`` behind this replica's membership."""
+        return FleetPlane(local, self.membership, self.ack_timeout)
+
+    async def join(self, state: State, revision: Revision) -> None:
+        """join: register this replica and ack the state its data plane serves (once it serves)."""
+        await self.membership.start()
+        if isinstance(revision, int):
+            try:
+                await self.membership.ack(state.generation, revision)
+            except EtcdError as exc:   # written again when it registers
+                log.warning("fleet: cannot ack revision %d yet: %s", revision, exc)
+
+    async def close(self) -> None:
+        await self.membership.close()
+        await self.client.close()

@@ -1,0 +1,113 @@
+"""A fleet of replicas on one etcd (SPEC §9.2): a flip taken by one answers once every replica
+applied it, and the next request to any replica after the answer goes to the new environment;
+a replica that cannot ack in time is named pending (202); status shows the fleet and the store;
+while etcd does not answer every replica serves on and mutations answer 503, nothing changed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support.adminapi import JsonAdmin as Admin
+from tests.support.etcdserver import EtcdServer, require_etcd
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    require_etcd()
+    server = EtcdServer("fleet", progress_interval="50ms",
+                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fleet_of(make_stack, etcd, tmp_path, request):
+    prefix = f"/test/{request.node.name}"
+
+    async def start(count: int, **overrides):
+        stacks = []
+        for i in range(count):
+            stacks.append(await make_stack(
+                state_file=str(tmp_path / f"replica{i}.json"),
+                store={"etcd": {"endpoints": [etcd.endpoint], "prefix": prefix, "lease_ttl": "3s",
+                                "request_timeout": "500ms"}},
+                fleet={"replica_id": f"r{i}", "ack_timeout": overrides.pop("ack_timeout", "5s")}, **overrides))
+        return stacks
+
+    return start
+
+
+async def body(session, port: int) -> str:
+    async with session.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}) as resp:
+        assert resp.status == 200
+        return (await resp.text()).strip()
+
+
+async def test_a_flip_on_one_replica_is_served_by_all_three_for_the_next_request(fleet_of, session):
+    replicas = await fleet_of(3)
+    for r in replicas:
+        assert await body(session, r.port) == "blue"
+    answer = await Admin(session, replicas[0].admin_port).ok("/v1/flip", {})
+    assert answer["ack"] == {"complete": True, "acked": ["r0", "r1", "r2"], "pending": []}
+    for r in replicas:
+        assert await body(session, r.port) == "green"
+    # and back, taken by another replica
+    answer = await Admin(session, replicas[2].admin_port).ok("/v1/flip", {})
+    assert answer["live"] == "blue" and answer["ack"]["complete"]
+    for r in replicas:
+        assert await body(session, r.port) == "blue"
+        assert r.controller.state.generation == answer["generation"]
+
+
+async def test_concurrent_flips_with_the_same_if_generation_exactly_one_wins(fleet_of, session):
+    a, b = await fleet_of(2)
+    generation = a.controller.state.generation
+    answers = await asyncio.gather(
+        Admin(session, a.admin_port).call("POST", "/v1/flip", {"if_generation": generation}),
+        Admin(session, b.admin_port).call("POST", "/v1/flip", {"if_generation": generation}))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses[0] == 200 and statuses[1] in (409, 412), answers
+    assert a.controller.state.generation == generation + 1
+
+
+async def test_a_replica_that_cannot_ack_is_named_pending_and_the_answer_is_202(fleet_of, session):
+    a, b = await fleet_of(2, ack_timeout="500ms")
+    b.controller._follow_task.cancel()           # b stops taking the fleet's changes
+    status, answer = await Admin(session, a.admin_port).call("POST", "/v1/flip", {})
+    assert status == 202, answer
+    assert answer["ack"] == {"complete": False, "acked": ["r0"], "pending": ["r1"]}
+    assert answer["live"] == "green"              # committed, not confirmed everywhere
+
+
+async def test_status_on_any_replica_shows_the_fleet_and_the_store(fleet_of, session):
+    replicas = await fleet_of(2)
+    for r in replicas:
+        async with session.get(f"http://127.0.0.1:{r.admin_port}/v1/status") as resp:
+            status = await resp.json()
+        assert status["fleet"]["replica_id"] in ("r0", "r1")
+        assert sorted(m["id"] for m in status["fleet"]["replicas"]) == ["r0", "r1"]
+        assert status["store"]["kind"] == "etcd" and status["store"]["connected"] is True
+
+
+async def test_while_etcd_does_not_answer_replicas_serve_on_and_mutations_are_refused(fleet_of, session, etcd):
+    a, b = await fleet_of(2)
+    await Admin(session, a.admin_port).ok("/v1/flip", {})
+    etcd.pause()
+    try:
+        for r in (a, b):
+            assert await body(session, r.port) == "green"          # fail static: the last route
+        status, answer = await Admin(session, b.admin_port).call("POST", "/v1/rollback", {})
+        assert status == 503 and answer["code"] == "store_unavailable", answer
+        for r in (a, b):
+            assert await body(session, r.port) == "green"          # nothing changed
+        async with session.get(f"http://127.0.0.1:{b.admin_port}/v1/status") as resp:
+            assert (await resp.json())["store"]["connected"] is False
+    finally:
+        etcd.resume()
+    answer = await Admin(session, b.admin_port).ok("/v1/rollback", {})
+    assert answer["live"] == "blue" and answer["ack"]["complete"], answer
+    for r in (a, b):
+        assert await body(session, r.port) == "blue"
