@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from tests.support.adminapi import JsonAdmin as Admin
+from tests.support.wait import eventually
 from tests.support.etcdserver import EtcdServer, require_etcd
 
 
@@ -111,3 +112,18 @@ async def test_while_etcd_does_not_answer_replicas_serve_on_and_mutations_are_re
     assert answer["live"] == "blue" and answer["ack"]["complete"], answer
     for r in (a, b):
         assert await body(session, r.port) == "blue"
+
+
+async def test_a_replica_that_finds_its_lease_expired_re_reads_the_state(fleet_of, session):
+    a, b = await fleet_of(2, ack_timeout="300ms")
+    b.controller._follow_task.cancel()           # b misses the fleet's changes (as if stalled)
+    status, _ = await Admin(session, a.admin_port).call("POST", "/v1/flip", {})
+    assert status == 202
+    assert await body(session, b.port) == "blue"
+    await b.fleet.client.revoke(b.fleet.membership.lease)      # its lease is gone: fencing
+
+    async def caught_up():
+        return await body(session, b.port) == "green"
+
+    assert await eventually(caught_up, timeout=5)
+    assert b.controller.state.generation == a.controller.state.generation
