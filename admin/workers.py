@@ -45,6 +45,8 @@ START_TIMEOUT = 30.0        # seconds a worker may take to listen
 STOP_GRACE = 5.0            # seconds past the drain a worker may take to exit before it is killed
 REFRESH_TIMEOUT = 1.0       # seconds a read waits for the workers' fresh snapshots
 DRAIN_REPORT_GRACE = 5.0    # seconds past drain_timeout a drain waits for every worker's part
+STALL_LIMIT = 5.0           # seconds a live worker may go without a message (it pushes 4 a second) before
+                            # it is taken for stuck, killed and restarted
 
 
 class WorkerStartError(Exception):
@@ -136,6 +138,7 @@ class Worker:
         self.waiting: dict[int, asyncio.Future[Any]] = {}
         self.stopped: asyncio.Future[dict] | None = None
         self.gone: asyncio.Event = asyncio.Event()
+        self.heard = 0.0               # monotonic time of its last message
 
 
 class WorkerPlane:
@@ -164,6 +167,7 @@ class WorkerPlane:
         self._reported: collections.deque[tuple[str, int]] = collections.deque(maxlen=64)
         self._tasks: set[asyncio.Task] = set()
         self.on_restart: list[Callable[[WorkerInfo], None]] = []
+        self._watchdog: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- start
 
@@ -230,12 +234,28 @@ class WorkerPlane:
             self.bind()
         for worker in self.workers:
             await self._spawn(worker)
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch_stalls())
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 for worker in self.workers:
                     await self._wait_ready(worker)
         except TimeoutError:
             raise WorkerStartError(f"a worker did not listen within {START_TIMEOUT:.0f}s") from None
+
+    async def _watch_stalls(self) -> None:
+        """_watch_stalls: kill a live worker that sent nothing for STALL_LIMIT (its loop is stuck:
+        it would hold every change to ack_timeout and strand the connections of its socket);
+        the restart path starts a new one."""
+        while not self.closing:
+            await asyncio.sleep(STALL_LIMIT / 5)
+            now = time.monotonic()
+            for worker in self.workers:
+                process = worker.process
+                if (worker.alive and not self.closing and now - worker.heard > STALL_LIMIT
+                        and process is not None and process.returncode is None):
+                    log.error("worker %s (slot %d) sent nothing for %.1fs: killing it to restart it",
+                              worker.pid, worker.slot, now - worker.heard)
+                    process.kill()
 
     async def _wait_ready(self, worker: Worker) -> None:
         ready = worker.ready
@@ -276,7 +296,7 @@ class WorkerPlane:
         worker.alive = False
         worker.generation = 0
         worker.started = time.time()
-        worker.started_mono = time.monotonic()
+        worker.started_mono = worker.heard = time.monotonic()
         process = worker.process
         _, worker.channel = await loop.create_unix_connection(
             lambda: Channel(lambda m: self._on_message(worker, process, m), lambda: self._on_close(worker, process)),
@@ -291,6 +311,7 @@ class WorkerPlane:
     def _on_message(self, worker: Worker, process: Any, message: tuple) -> None:
         if worker.process is not process:
             return
+        worker.heard = time.monotonic()
         kind = message[0]
         if kind == "ready":
             _, pid, snapshot = message
@@ -583,6 +604,8 @@ class WorkerPlane:
                     total[key] += worker.stopped.result().get(key, 0)
         for task in list(self._tasks):
             task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for timer in self._drain_timers.values():
             timer.cancel()
         for worker in self.workers:

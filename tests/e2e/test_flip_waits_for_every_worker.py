@@ -272,3 +272,20 @@ async def test_a_worker_killed_by_a_realtime_signal_is_restarted_too(make_stack,
 
     workers = await eventually(restarted, timeout=10)
     assert workers[0]["restarts"] == 1
+
+
+async def test_a_stuck_worker_is_killed_and_restarted(make_stack, session, monkeypatch):
+    import admin.workers
+    monkeypatch.setattr(admin.workers, "STALL_LIMIT", 1.0)
+    running = await make_stack(workers=2)
+    stuck = (await status_of(session, running))["workers"][1]["pid"]
+    os.kill(stuck, signal.SIGSTOP)                # alive, but its loop no longer runs
+
+    async def replaced():
+        workers = (await status_of(session, running))["workers"]
+        return workers[1]["pid"] != stuck and workers[1]["alive"] and workers
+
+    workers = await eventually(replaced, timeout=10)
+    assert workers[1]["restarts"] == 1
+    answer = await Admin(session, running.admin_port).ok("/v1/flip", {})
+    assert answer["ack"]["complete"] and len(answer["ack"]["acked"]) == 2
