@@ -104,6 +104,9 @@ class QuietServer(web.Server):
         return QuietRequestHandler(self, loop=self._loop, refusals=self.refusals, **self._kwargs)
 
 
+SHUTDOWN_GRACE = 3.0
+
+
 class AdminRunner(web.AppRunner):
     """AdminRunner: serve.py's AppRunner for the admin application (no access log, no decompression).
 
@@ -113,6 +116,10 @@ class AdminRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         kwargs.setdefault("access_log", None)
+        # At shutdown (SIGTERM, or a SIGUSR2 handover) a call still running or waiting for the
+        # controller's lock gets SHUTDOWN_GRACE seconds, not aiohttp's 60: its client retries
+        # with the same Idempotency-Key (on the successor after a handover).
+        kwargs.setdefault("shutdown_timeout", SHUTDOWN_GRACE)
         kwargs.setdefault("auto_decompress", False)   # a mutation body is never compressed (jsonbody.py)
         super().__init__(app, **kwargs)
 

@@ -137,3 +137,43 @@ async def hand_over_under_load(old, api, admin: int, results: dict, stop: asynci
 
 def fresh_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+
+async def test_a_mutation_waiting_during_the_handover_ends_quickly_and_its_retry_lands_on_the_successor(
+        tmp_path, backends):
+    port, admin = free_port(), free_port()
+    config = serve_config(tmp_path, backends, port, admin)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        old = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    try:
+        async with aiohttp.ClientSession() as api:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        await status(api, admin)
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05)
+            old.send_signal(signal.SIGUSR2)
+            await asyncio.sleep(0.05)               # the handover holds the controller's lock now
+            try:
+                async with asyncio.timeout(15):     # not aiohttp's 60 s (twice) of shutdown grace
+                    async with api.post(f"http://127.0.0.1:{admin}/v1/lock", json={"reason": "r"}) as resp:
+                        first = resp.status
+            except aiohttp.ClientError:
+                first = None                        # cut when the old process stopped: retried below
+            assert await asyncio.wait_for(old.wait(), 20) == 0
+            async with api.post(f"http://127.0.0.1:{admin}/v1/lock", json={"reason": "r"}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["locked"] is True
+            assert first in (None, 200, 503)
+    finally:
+        for pid in {old.pid, *serving(config)}:
+            if not gone(pid):
+                os.kill(pid, signal.SIGTERM)
+        if old.returncode is None:
+            old.kill()
+            await old.wait()
