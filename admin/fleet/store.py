@@ -214,6 +214,11 @@ class EtcdStateStore:
         """describe: "etcd <endpoints> prefix <prefix>", the source named in every StateError from this store."""
         return f"etcd {','.join(self.client.endpoints)} prefix {self.prefix}"
 
+    def info(self) -> dict:
+        """info: GET /v1/status's "store"; serve's LocalCopy adds whether etcd answers and since when."""
+        return {"kind": "etcd", "endpoints": list(self.client.endpoints), "prefix": self.prefix,
+                "connected": True, "since": None, "revision": self._own or None}
+
     def _error(self, message: str) -> StateError:
         return StateError(f"state {self.describe()}: {message}")
 
