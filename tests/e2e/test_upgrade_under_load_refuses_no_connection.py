@@ -17,6 +17,7 @@ import pytest
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.processes import gone, serve_config, serving
+from tests.support.wait import eventually
 
 
 
@@ -177,3 +178,37 @@ async def test_a_mutation_waiting_during_the_handover_ends_quickly_and_its_retry
         if old.returncode is None:
             old.kill()
             await old.wait()
+
+
+async def test_an_upgrade_that_changes_the_number_of_workers_is_refused_and_the_old_process_serves_on(
+        tmp_path, backends):
+    port, admin = free_port(), free_port()
+    config = serve_config(tmp_path, backends, port, admin, workers=1)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        old = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    try:
+        async with aiohttp.ClientSession() as api:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        await status(api, admin)
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.05)
+            serve_config(tmp_path, backends, port, admin, workers=2)      # the file now asks for 2
+            old.send_signal(signal.SIGUSR2)
+            await eventually(lambda: "serving on as before" in log_path.read_text(), timeout=20)
+            assert old.returncode is None and (await status(api, admin))["pid"] == old.pid
+            async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
+                assert resp.status == 200
+        log = log_path.read_text()
+        assert "an upgrade keeps the number of workers" in log
+    finally:
+        for pid in {old.pid, *serving(config)}:
+            if not gone(pid):
+                os.kill(pid, signal.SIGTERM)
+        if old.returncode is None:
+            await asyncio.wait_for(old.wait(), 20)
