@@ -182,7 +182,8 @@ class EtcdStateStore:
     docstring for the keys, the transactions and lost answers.
     """
 
-    __slots__ = ("client", "prefix", "history_limit", "writer", "watch_idle_timeout", "_seq", "_own")
+    __slots__ = ("client", "prefix", "history_limit", "writer", "watch_idle_timeout", "_seq", "_own", "_committing",
+                 "_settled")
 
     def __init__(self, client: EtcdClient, prefix: str, history_limit: int = 1000, *,
                  writer: str | None = None, watch_idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
@@ -201,6 +202,9 @@ class EtcdStateStore:
         self.watch_idle_timeout = float(watch_idle_timeout)
         self._seq: int | None = None   # the newest event's number as last seen (None: not read yet)
         self._own = 0                  # the newest revision this store committed itself
+        self._committing = 0           # own commits sent and not answered yet
+        self._settled = asyncio.Event()    # set while none is: a watch event may be one of them
+        self._settled.set()
 
     @property
     def _state_key(self) -> str:
@@ -355,8 +359,15 @@ class EtcdStateStore:
                                     f"(revision {expect} expected, it is at {now}); nothing written")
             return None                               # the state is as expected: P/seq moved, try again
 
-        revision = await self._write([condition], [put_op(key, value)], added, trims, verdict)
-        self._own = max(self._own, revision)
+        self._committing += 1
+        self._settled.clear()
+        try:
+            revision = await self._write([condition], [put_op(key, value)], added, trims, verdict)
+            self._own = max(self._own, revision)
+        finally:
+            self._committing -= 1
+            if not self._committing:
+                self._settled.set()
         return revision
 
     async def append(self, event: dict) -> None:
@@ -583,6 +594,9 @@ class EtcdStateStore:
                     async for change in events:
                         delivered, failures = True, 0
                         start = change.revision + 1
+                        # The event of an own commit can come before its answer: wait for the
+                        # answer, so that _own tells whether this change is news.
+                        await self._settled.wait()
                         if change.type != "PUT" or not self._newer(change.revision, last):
                             continue
                         state, revision = await self._state_at(change.revision)
