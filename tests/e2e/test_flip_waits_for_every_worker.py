@@ -35,7 +35,9 @@ async def get(session, port: int, path: str = "/", fresh: bool = False) -> tuple
 @pytest.mark.parametrize("workers", [2, 3])
 async def test_no_request_started_after_the_flip_answer_goes_to_the_old_environment_on_any_worker(
         make_stack, workers):
-    running = await make_stack(workers=workers)
+    # Health checks that a loaded 2-core machine cannot fail by being slow: this test is about
+    # the route, not about marking servers down.
+    running = await make_stack(workers=workers, health_check={"interval": "1s", "timeout": "5s"})
     port = running.port
     answered_at: list[float] = []
     results: list[tuple[float, int, str]] = []     # (started, status, body)
@@ -74,7 +76,7 @@ async def test_no_request_started_after_the_flip_answer_goes_to_the_old_environm
     assert answer["ack"] == {"complete": True, "acked": sorted(answer["ack"]["acked"]), "pending": []}
     assert sorted(answer["ack"]["acked"]) == sorted(pids)
     assert failures == []
-    assert all(s == 200 for _, s, _ in results)
+    assert [(s, b) for _, s, b in results if s != 200] == []
     after = [body for started, _, body in results if started > answered_at[0]]
     assert after and set(after) == {"green"}
     # the load really was spread: every worker served requests
@@ -146,7 +148,8 @@ async def test_a_drain_across_workers_is_recorded_once_summed_with_none_dropped(
 
 
 async def test_a_killed_worker_is_restarted_with_the_current_route_and_changes_do_not_hang(make_stack, session):
-    running = await make_stack(workers=2, fleet={"ack_timeout": "5s"})
+    running = await make_stack(workers=2, fleet={"ack_timeout": "5s"},
+                               health_check={"interval": "1s", "timeout": "5s"})
     api = Admin(session, running.admin_port)
     failures: list[str] = []
     stop = asyncio.Event()
