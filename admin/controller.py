@@ -674,7 +674,8 @@ class Controller:
                 await self._take(saved, revision)
 
     async def _take(self, saved: State, revision: Revision, force: bool = False) -> bool:
-        """_take: make a state committed elsewhere current, and put its route and hold on the data plane.
+        """_take: make a state committed elsewhere current, and put its route and hold on the data plane
+        (with its revision, which a fleet replica acks, also when neither moved).
 
         The caller holds self.lock: the follower, and _conflicted (``force``: the store's
         state wins whatever it is). The follower skips what this controller holds already
@@ -693,9 +694,10 @@ class Controller:
         route = self.route_of(saved, self.environments)
         moved = route != self.route_of(before, self.environments)
         held = (saved.held, saved.hold_until) != (before.held, before.hold_until)
-        if moved or held:
-            hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
-            await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision))
+        # Sent even when neither route nor hold moved (a lock, an attestation, or the state a
+        # replica started from its local copy): a fleet replica acks each revision it takes.
+        hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
+        await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision))
         if held:
             self._arm_hold_timer(saved.hold_until if saved.held else None)
         if saved.generation != before.generation and self.analysis is not None \

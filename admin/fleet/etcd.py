@@ -96,6 +96,9 @@ class EtcdClient:
     Built by the fleet's state store and replica loop; used as ``async with EtcdClient(...)``
     or closed with `close`. ``ssl`` is passed to aiohttp (an SSLContext for a private CA or
     client certificates). See the module docstring for endpoint failover, timeouts and auth.
+    ``on_answer``, when set, is called after every call and every watch it opens with whether
+    etcd answered (a refusal counts as an answer; no endpoint answering, or a mutation's lost
+    answer, does not).
     """
 
     def __init__(self, endpoints: Iterable[str], *, username: str | None = None,
@@ -123,6 +126,9 @@ class EtcdClient:
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # Told after each call and each watch it opens whether etcd answered (True) or no endpoint
+        # did (False); a refusal is an answer. The fleet's LocalCopy keeps status's "connected" by it.
+        self.on_answer: Callable[[bool], None] | None = None
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -246,13 +252,24 @@ class EtcdClient:
             except _NoAnswer as exc:
                 if not idempotent:
                     self._current = (index + 1) % count
+                    self._heard(False)
                     raise EtcdOutcomeUnknown(f"{path} reached {endpoint} but no answer came ({exc}); "
                                              "it may or may not have been applied", endpoint) from None
                 reasons.append(f"{endpoint}: {exc}")
                 continue
+            except EtcdRequestError:
+                self._heard(True)
+                raise
             self._current = index
+            self._heard(True)
             return document, endpoint
+        self._heard(False)
         raise EtcdUnavailable(f"no etcd endpoint answered {path}: " + "; ".join(reasons), reasons)
+
+    def _heard(self, answered: bool) -> None:
+        """_heard: tell ``on_answer`` whether etcd answered the call (or the watch) just made."""
+        if self.on_answer is not None:
+            self.on_answer(answered)
 
     # --- keys
 
@@ -482,8 +499,10 @@ class Watch:
                 await self.aclose()
                 raise
             client._current = index
+            client._heard(True)
             return
         await self.aclose()
+        client._heard(False)
         raise EtcdUnavailable("no etcd endpoint accepted the watch: " + "; ".join(reasons), reasons)
 
     async def _open_at(self, endpoint: str) -> None:

@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 # gRPC status codes (grpc/codes) that etcd's errors carry.
+CODE_CANCELED = 1
 CODE_UNKNOWN = 2
 CODE_DEADLINE_EXCEEDED = 4
 CODE_NOT_FOUND = 5
@@ -43,8 +44,9 @@ CODE_PERMISSION_DENIED = 7
 CODE_OUT_OF_RANGE = 11
 CODE_UNAVAILABLE = 14
 CODE_UNAUTHENTICATED = 16
-# The member that answered cannot serve now (no leader, raft timed out): another one may.
-UNAVAILABLE_CODES = frozenset({CODE_DEADLINE_EXCEEDED, CODE_UNAVAILABLE})
+# The member that answered cannot serve now (no leader, raft timed out, or it is stopping: its
+# gateway's connection to itself is closing, CANCELED with HTTP 408): another one may.
+UNAVAILABLE_CODES = frozenset({CODE_CANCELED, CODE_DEADLINE_EXCEEDED, CODE_UNAVAILABLE})
 
 
 # ---------------------------------------------------------------- errors

@@ -3,9 +3,10 @@
 ``Fleet.open`` reads the fleet's state from etcd; when etcd does not answer, the replica fails
 static: it serves the last state it applied, from its local copy (state_file), and takes the
 fleet's state once etcd is back (the controller's follower watches). Every state this
-replica commits or takes is written to that local copy (``LocalCopy``), so a replica
-restarted during an outage still serves the last route. ``Fleet.plane`` wraps the local data
-plane in a FleetPlane once it serves; ``Fleet.close`` leaves the fleet.
+replica reads, commits or takes is written to that local copy (``LocalCopy``), so a replica
+restarted during an outage still serves the last route, and its first change once etcd is
+back is made on top of etcd's state when that is what the copy held. ``Fleet.plane`` wraps
+the local data plane in a FleetPlane once it serves; ``Fleet.close`` leaves the fleet.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger("cutover.fleet")
 
 class LocalCopy:
     """LocalCopy: the fleet's StateStore, which also keeps this replica's copy of each state it
-    commits or takes in state_file (written off the event loop; a failed write is logged)."""
+    reads, commits or takes in state_file (written off the event loop; a failed write is logged)."""
 
     def __init__(self, store: EtcdStateStore, copy: FileStateStore) -> None:
         self.store = store
@@ -40,6 +41,9 @@ class LocalCopy:
         self.connected = True
         self.since = time.time()          # when ``connected`` last changed
         self.revision: Revision = None    # the newest revision read, committed or taken
+        # The state this replica serves from its local copy, while it has read none from etcd
+        # (etcd did not answer at start): what its first commit was made on top of.
+        self.from_copy: State | None = None
 
     def describe(self) -> str:
         return self.store.describe()
@@ -48,6 +52,14 @@ class LocalCopy:
         """info: GET /v1/status's "store" (SPEC §9.2): etcd, whether it answers and since when."""
         return {"kind": "etcd", "connected": self.connected, "since": _iso(self.since), "revision": self.revision,
                 "endpoints": list(self.store.client.endpoints), "prefix": self.store.prefix}
+
+    def heard(self, answered: bool) -> None:
+        """heard: the client's word after each etcd call (EtcdClient.on_answer, wired by Fleet.open).
+
+        Any call counts, the lease's renewals and the watch's re-reads too: "connected" turns
+        true again as soon as etcd answers, not only once a state comes back.
+        """
+        self._seen(answered)
 
     def _seen(self, ok: bool, revision: Revision = None) -> None:
         if ok != self.connected:
@@ -73,15 +85,36 @@ class LocalCopy:
             log.warning("fleet: cannot write the local copy %s: %s", self.copy.describe(), exc)
 
     async def load(self) -> tuple[State | None, Revision]:
+        """load: etcd's state, kept as the local copy too (what is read is what the replica serves
+        next: at start, and when the controller re-reads or takes it after a conflict)."""
         saved, revision = await self._call(self.store.load())
         self._seen(True, revision)
+        if saved is not None:
+            await self._keep(saved)
         return saved, revision
 
     async def commit(self, state: State, expect: Revision, event: dict | None = None) -> Revision:
+        """commit: one etcd transaction (EtcdStateStore.commit), then the local copy.
+
+        A replica that started from its local copy expects no revision (it read none); its
+        change compares etcd's revision instead when etcd holds what that copy held (the
+        change was made on top of it), and is a conflict otherwise.
+        """
+        if expect is None and self.from_copy is not None:
+            expect = await self._rebase(self.from_copy)
         revision = await self._call(self.store.commit(state, expect, event))
+        self.from_copy = None
         self._seen(True, revision)
         await self._keep(state)
         return revision
+
+    async def _rebase(self, served: State) -> Revision:
+        """_rebase: etcd's revision when its state has the facts of ``served``; None otherwise
+        (then the commit conflicts, unless etcd holds no state at all)."""
+        stored, revision = await self._call(self.store.load())
+        if stored is not None and _facts(stored) == _facts(served):
+            return revision
+        return None
 
     async def append(self, event: dict) -> None:
         await self._call(self.store.append(event))
@@ -96,12 +129,18 @@ class LocalCopy:
         try:
             async for state, revision in self.store.watch(since):
                 self._seen(True, revision)
+                self.from_copy = None
                 await self._keep(state)
                 yield state, revision
         except StateError as exc:
             if getattr(exc, "code", None) == "store_unavailable":
                 self._seen(False)
             raise
+
+
+def _facts(state: State) -> dict:
+    """_facts: a state without its history (events and drain outcomes are added without a commit)."""
+    return {key: value for key, value in state.to_dict().items() if key != "history"}
 
 
 def _iso(epoch: float) -> str:
@@ -141,6 +180,7 @@ class Fleet:
                             ssl=tls_context(etcd.tls), request_timeout=etcd.request_timeout)
         replica_id = config.fleet.replica_id or address
         store = LocalCopy(EtcdStateStore(client, etcd.prefix, config.history_limit, writer=replica_id), local_copy)
+        client.on_answer = store.heard
         membership = Membership(client, etcd.prefix, replica_id, address, etcd.lease_ttl)
         try:
             saved, revision = await store.load()
@@ -149,6 +189,7 @@ class Fleet:
             log.warning("fleet: etcd does not answer (%s): serving the local copy %s until it does",
                         exc, local_copy.describe())
             saved, revision = local_copy.read()[0], None
+            store.from_copy = saved
             connected = False
         return cls(client, store, membership, config.fleet.ack_timeout, connected), saved, revision
 
