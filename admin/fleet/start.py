@@ -41,6 +41,7 @@ class LocalCopy:
         self.connected = True
         self.since = time.time()          # when ``connected`` last changed
         self.revision: Revision = None    # the newest revision read, committed or taken
+        self._writing: asyncio.Task | None = None    # the newest local copy write
         # The state this replica serves from its local copy, while it has read none from etcd
         # (etcd did not answer at start): what its first commit was made on top of.
         self.from_copy: State | None = None
@@ -79,10 +80,27 @@ class LocalCopy:
         return result
 
     async def _keep(self, state: State) -> None:
-        try:
-            await asyncio.to_thread(self.copy.save, state)
-        except (StateError, OSError) as exc:
-            log.warning("fleet: cannot write the local copy %s: %s", self.copy.describe(), exc)
+        """_keep: write ``state`` as the local copy, in the background and in order.
+
+        The copy serves only a restart while etcd is silent, so the change is not held up by
+        its fsync: the write starts now, after the ones before it, and a failure is logged.
+        """
+        previous = self._writing
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            try:
+                await asyncio.to_thread(self.copy.save, state)
+            except (StateError, OSError) as exc:
+                log.warning("fleet: cannot write the local copy %s: %s", self.copy.describe(), exc)
+
+        self._writing = asyncio.get_running_loop().create_task(write())
+
+    async def flush(self) -> None:
+        """flush: wait for the local copy writes started so far (serve's stop)."""
+        if self._writing is not None:
+            await asyncio.wait({self._writing})
 
     async def load(self) -> tuple[State | None, Revision]:
         """load: etcd's state, kept as the local copy too (what is read is what the replica serves
@@ -207,5 +225,7 @@ class Fleet:
                 log.warning("fleet: cannot ack revision %d yet: %s", revision, exc)
 
     async def close(self) -> None:
+        """close: leave the fleet; the local copy's last write ends first."""
+        await self.store.flush()
         await self.membership.close()
         await self.client.close()
