@@ -67,13 +67,20 @@ def parse_wrk(text: str) -> WrkResult:
     return result
 
 
-def wrk_argv(wrk: str, url: str, connections: int, duration: float, latency: bool) -> list[str]:
-    """wrk_argv builds one wrk command line: one thread, fixed connections and duration."""
+def wrk_argv(wrk: str, url: str, connections: int, duration: float, latency: bool,
+             fresh: bool = False) -> list[str]:
+    """wrk_argv builds one wrk command line: one thread, fixed connections and duration.
+
+    fresh: every request sends `Connection: close`, so each one is a new connection (the
+    spread of fresh connections over cutover's workers).
+    """
     if not url.startswith(f"http://{LOOPBACK_PREFIX}"):
         raise ValueError(f"refusing to load a non-loopback address: {url}")
     argv = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s"]
     if latency:
         argv.append("--latency")
+    if fresh:
+        argv += ["-H", "Connection: close"]
     return [*argv, url]
 
 

@@ -48,15 +48,51 @@ def process_tree(root: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """cpu_seconds sums utime + stime (fields 14 and 15, all threads) over pids, in seconds."""
+    """cpu_seconds: the CPU time of a process tree, in seconds: over pids, utime + stime (fields
+    14 and 15, all threads) plus cutime + cstime (16 and 17: their children that exited and
+    were reaped). Called by run.py with a whole tree, before and after a run.
+
+    A child that exits between two readings (a cutover worker killed and restarted, an nginx
+    worker replaced) moves from its own fields to its parent's cutime/cstime once reaped, so
+    the CPU it used is still counted, once.
+    """
     ticks = 0
     for pid in pids:
         try:
             fields = _stat_after_comm(pid)
         except OSError:
             continue
-        ticks += int(fields[14 - 3]) + int(fields[15 - 3])
+        ticks += sum(int(fields[n - 3]) for n in (14, 15, 16, 17))
     return ticks / CLK_TCK
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """own_cpu_seconds: utime + stime of pid alone (not its children), in seconds; 0 when it
+    is gone. Called by run.py for the root of a tree (cutover's supervisor, nginx's master)."""
+    try:
+        fields = _stat_after_comm(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[14 - 3]) + int(fields[15 - 3])) / CLK_TCK
+
+
+def context_switches(pids: list[int]) -> tuple[int, int]:
+    """context_switches sums (voluntary, nonvoluntary) context switches of /proc/PID/status
+    over pids: how often they blocked (an event loop going to sleep with nothing to do) and
+    how often the scheduler took the CPU from them (more runnable processes than cores).
+    Called by run.py around each run, as figures per request."""
+    voluntary = nonvoluntary = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        nonvoluntary += int(line.split()[1])
+        except OSError:
+            continue
+    return voluntary, nonvoluntary
 
 
 def rss_bytes(pids: list[int]) -> int:
@@ -74,15 +110,23 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def cpu_busy_seconds(cpu: int) -> float:
-    """cpu_busy_seconds: time CPU cpu spent not idle since boot (/proc/stat), in seconds.
+def cpu_busy_seconds(cpus: list[int] | tuple[int, ...]) -> float:
+    """cpu_busy_seconds: time the CPUs cpus spent not idle since boot (/proc/stat), summed, in
+    seconds. Called by run.py around each run, for the proxy's and the load side's CPUs.
 
     Busy = user + nice + system + irq + softirq + steal; guest time is already in user.
     """
+    wanted = {f"cpu{cpu}" for cpu in cpus}
+    found: set[str] = set()
+    ticks = 0
     with open("/proc/stat") as f:
         for line in f:
-            if line.startswith(f"cpu{cpu} "):
+            name = line.split(" ", 1)[0]
+            if name in wanted:
                 v = [int(x) for x in line.split()[1:9]]
                 user, nice, system, _idle, _iowait, irq, softirq, steal = v
-                return (user + nice + system + irq + softirq + steal) / CLK_TCK
-    raise ValueError(f"cpu{cpu} not in /proc/stat")
+                ticks += user + nice + system + irq + softirq + steal
+                found.add(name)
+    if found != wanted:
+        raise ValueError(f"{', '.join(sorted(wanted - found))} not in /proc/stat")
+    return ticks / CLK_TCK

@@ -1,8 +1,9 @@
 """services — start, wait for and stop the processes under test: the nginx backend and the
 three proxies (nginx, HAProxy, cutover), each from a generated config in a temp folder.
 
-Called by run.py. Every process is started in its own session (process group) pinned to one
-CPU with taskset, so that stop() can end it and all its children by that group id.
+Called by run.py and flip_ack.py. Every process is started in its own session (process
+group) pinned to its CPUs with taskset, so that stop() can end it and all its children (nginx
+and cutover workers) by that group id.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ class StartError(Exception):
 
 @dataclass
 class Service:
-    """Service is one started process (and its children), pinned to one CPU."""
+    """Service is one started process (and its children), pinned to its CPUs."""
 
     name: str
     proc: subprocess.Popen
     log_path: Path
     admin_port: int | None = None  # cutover's admin API (127.0.0.1), for the switch phase
+    workers: int = 1  # worker processes (nginx, cutover) or threads (HAProxy) it runs
 
     def pids(self) -> list[int]:
         """pids returns the process and its descendants, as they are now."""
@@ -65,10 +67,10 @@ class ServiceGroup:
         for service in reversed(self.services):
             stop(service)
 
-    def start(self, name: str, argv: list[str], cpu: int, workdir: Path) -> Service:
-        """start runs argv pinned to cpu, output to workdir/NAME.log, in a new session."""
+    def start(self, name: str, argv: list[str], cpus: tuple[int, ...], workdir: Path) -> Service:
+        """start runs argv pinned to cpus, output to workdir/NAME.log, in a new session."""
         if self.cpu_pinning:
-            argv = ["taskset", "-c", str(cpu), *argv]
+            argv = ["taskset", "-c", cpu_list(cpus), *argv]
         log_path = workdir / f"{name}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -78,6 +80,11 @@ class ServiceGroup:
         service = Service(name, proc, log_path)
         self.services.append(service)
         return service
+
+
+def cpu_list(cpus: tuple[int, ...]) -> str:
+    """cpu_list: cpus as taskset -c takes them, e.g. "0,1"."""
+    return ",".join(str(cpu) for cpu in cpus)
 
 
 def stop(service: Service, grace: float = 5.0) -> None:
@@ -179,7 +186,7 @@ def http_get_status(host: str, port: int, timeout: float) -> int:
 # ---------------------------------------------------------------- configs
 
 _NGINX_COMMON = """\
-worker_processes 1;
+worker_processes $workers;
 daemon off;
 master_process on;
 pid $dir/nginx.pid;
@@ -218,7 +225,7 @@ _NGINX_PROXY_HTTP = """\
         keepalive_timeout 120s;
     }
     server {
-        listen 127.0.0.1:$port;
+        listen 127.0.0.1:$port$reuseport;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -229,7 +236,7 @@ _NGINX_PROXY_HTTP = """\
 
 _HAPROXY_CFG = """\
 global
-    nbthread 1
+    nbthread $threads
     maxconn 8192
 
 defaults
@@ -259,7 +266,8 @@ environments:
 live: blue
 state_file: $dir/state.json
 health_check: { path: /healthz, interval: 1s }
-"""
+workers: $workers
+$extra"""
 
 
 def _write(path: Path, template: str, **values) -> Path:
@@ -281,53 +289,67 @@ def _workdir(tmp: Path, name: str) -> Path:
 
 # ---------------------------------------------------------------- starters
 
-def start_backend(group: ServiceGroup, tmp: Path, nginx: str, cpu: int,
+def start_backend(group: ServiceGroup, tmp: Path, nginx: str, cpus: tuple[int, ...],
                   timeout: float) -> tuple[Service, int]:
-    """start_backend starts the nginx backend on 127.0.0.1:P and 127.0.0.2:P; returns (svc, P)."""
+    """start_backend starts the nginx backend (one worker) on 127.0.0.1:P and 127.0.0.2:P;
+    returns (svc, P)."""
     workdir = _workdir(tmp, "backend")
     port = free_port(("127.0.0.1", "127.0.0.2"))
     http = Template(_BACKEND_HTTP).substitute(port=port)
-    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http)
-    service = group.start("backend", _nginx_argv(nginx, workdir), cpu, workdir)
+    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http, workers=1)
+    service = group.start("backend", _nginx_argv(nginx, workdir), cpus, workdir)
     wait_ready(service, "127.0.0.1", port, timeout)
     wait_ready(service, "127.0.0.2", port, timeout)
     return service, port
 
 
-def start_nginx_proxy(group: ServiceGroup, tmp: Path, nginx: str, cpu: int,
-                      backend_port: int, timeout: float) -> tuple[Service, int]:
-    """start_nginx_proxy starts nginx as a keep-alive reverse proxy in front of the backend."""
-    workdir = _workdir(tmp, "nginx")
+def start_nginx_proxy(group: ServiceGroup, tmp: Path, nginx: str, cpus: tuple[int, ...],
+                      backend_port: int, timeout: float, workers: int = 1,
+                      name: str = "nginx") -> tuple[Service, int]:
+    """start_nginx_proxy starts nginx as a keep-alive reverse proxy in front of the backend,
+    with `worker_processes workers`. With more than one worker its listen has `reuseport`:
+    each worker accepts on its own SO_REUSEPORT socket, as cutover's workers do. name names
+    the service and its folder."""
+    workdir = _workdir(tmp, name)
     port = free_port()
-    http = Template(_NGINX_PROXY_HTTP).substitute(port=port, backend=backend_port)
-    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http)
-    service = group.start("nginx", _nginx_argv(nginx, workdir), cpu, workdir)
+    http = Template(_NGINX_PROXY_HTTP).substitute(port=port, backend=backend_port,
+                                                   reuseport=" reuseport" if workers > 1 else "")
+    _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http, workers=workers)
+    service = group.start(name, _nginx_argv(nginx, workdir), cpus, workdir)
+    service.workers = workers
     wait_ready(service, "127.0.0.1", port, timeout)
     return service, port
 
 
-def start_haproxy(group: ServiceGroup, tmp: Path, haproxy: str, cpu: int,
-                  backend_port: int, timeout: float) -> tuple[Service, int]:
-    """start_haproxy starts HAProxy (one thread, foreground) in front of the backend."""
+def start_haproxy(group: ServiceGroup, tmp: Path, haproxy: str, cpus: tuple[int, ...],
+                  backend_port: int, timeout: float, threads: int = 1) -> tuple[Service, int]:
+    """start_haproxy starts HAProxy (`nbthread threads`, foreground) in front of the backend."""
     workdir = _workdir(tmp, "haproxy")
     port = free_port()
-    cfg = _write(workdir / "haproxy.cfg", _HAPROXY_CFG, port=port, backend=backend_port)
-    service = group.start("haproxy", [haproxy, "-db", "-f", str(cfg)], cpu, workdir)
+    cfg = _write(workdir / "haproxy.cfg", _HAPROXY_CFG, port=port, backend=backend_port,
+                 threads=threads)
+    service = group.start("haproxy", [haproxy, "-db", "-f", str(cfg)], cpus, workdir)
+    service.workers = threads
     wait_ready(service, "127.0.0.1", port, timeout)
     return service, port
 
 
-def start_cutover(group: ServiceGroup, tmp: Path, cutover: str, cpu: int,
-                  backend_port: int, timeout: float) -> tuple[Service, int]:
-    """start_cutover runs `cutover serve --config FILE` with blue/green on the backend."""
-    workdir = _workdir(tmp, "cutover")
+def start_cutover(group: ServiceGroup, tmp: Path, cutover: str, cpus: tuple[int, ...],
+                  backend_port: int, timeout: float, workers: int = 1,
+                  name: str = "cutover", extra: str = "") -> tuple[Service, int]:
+    """start_cutover runs `cutover serve --config FILE` with blue/green on the backend and
+    `workers: workers` (with more than one, a supervisor and its worker processes, all in
+    the service's process group). name names the service and its folder; extra is more
+    top-level YAML (e.g. "history_limit: 50\n")."""
+    workdir = _workdir(tmp, name)
     port = free_port()
     admin = free_port()
     while admin == port:
         admin = free_port()
     cfg = _write(workdir / "cutover.yaml", _CUTOVER_CFG, port=port, admin=admin,
-                 backend=backend_port, dir=workdir)
-    service = group.start("cutover", [cutover, "serve", "--config", str(cfg)], cpu, workdir)
+                 backend=backend_port, dir=workdir, workers=workers, extra=extra)
+    service = group.start(name, [cutover, "serve", "--config", str(cfg)], cpus, workdir)
     service.admin_port = admin
+    service.workers = workers
     wait_ready(service, "127.0.0.1", port, timeout)
     return service, port

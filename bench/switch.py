@@ -7,7 +7,10 @@ blue = 127.0.0.1, green = 127.0.0.2 (the generated cutover config, services._CUT
 
 - flips_under_load: wrk for N s; meanwhile a flip every interval, alternating blue/green
   (`POST /v1/flip {"to": ...}`), each followed by one probe request that must be served by
-  the new environment; then wrk's errors and, from /v1/history, each flip's drain figures.
+  the new environment (with N workers also `fresh` requests on new connections, which the
+  kernel spreads over the workers: every one must be served by the new environment, and the
+  flip's `ack` must name all N workers); then wrk's errors and, from /v1/history, each
+  flip's drain figures.
 - rollback_recovery: a probe task sends GET / back to back on one keep-alive connection; K
   times: flip, wait for the drain, wait until the probe is on the new environment, then
   `POST /v1/rollback` and the time from just before sending it until the first probe answer
@@ -42,7 +45,8 @@ class SwitchError(Exception):
     rollback, a drain that was never recorded...); the message says why."""
 
 
-def _other(env: str) -> str:
+def other_env(env: str) -> str:
+    """other_env: the environment a flip from env goes to (also for workers.py)."""
     return "green" if env == "blue" else "blue"
 
 
@@ -125,11 +129,12 @@ class Admin:
 
     async def switch(self, path: str, body: dict) -> tuple[dict, float]:
         """switch: POST a flip or rollback; returns (answer, ms until the answer), or raises
-        SwitchError when it was refused."""
+        SwitchError when it was refused. A 202 is applied but not acknowledged by every worker
+        within fleet.ack_timeout (SPEC §9.1): returned, its `ack` names the pending ones."""
         t0 = time.perf_counter()
         status, answer = await self.call("POST", path, body)
         ms = (time.perf_counter() - t0) * 1000
-        if status != 200:
+        if status not in (200, 202):
             raise SwitchError(f"POST {path} {json.dumps(body)} answered {status}: "
                               f"{answer.get('code')}: {answer.get('error')}")
         return answer, ms
@@ -191,8 +196,24 @@ class Probe:
 
 # ---------------------------------------------------------------- flips under load
 
+async def fresh_requests(host: str, port: int, count: int) -> list[str]:
+    """fresh_requests: `count` GET / at once, each on a new connection (which the kernel
+    spreads over cutover's workers); the environment that served each (or "error: ...").
+    Also called by workers.py."""
+    async def one() -> str:
+        probe = Probe(host, port)
+        try:
+            return ADDRESS_ENV[await probe.get()]
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+            return f"error: {type(e).__name__}: {e}"
+        finally:
+            probe.close()
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
 async def _flip_loop(admin: Admin, probe: Probe, wrk: subprocess.Popen, started: float,
-                     duration: float, interval: float, log) -> list[dict]:
+                     duration: float, interval: float, fresh: int, log) -> list[dict]:
     """_flip_loop: a flip every interval while wrk runs (none in its last 0.5 s)."""
     live = (await admin.wait_ready(CALL_TIMEOUT))["live"]
     flips = []
@@ -201,7 +222,7 @@ async def _flip_loop(admin: Admin, probe: Probe, wrk: subprocess.Popen, started:
         await asyncio.sleep(max(0.0, started + k * interval - time.monotonic()))
         if wrk.poll() is not None:
             break
-        target = _other(live)
+        target = other_env(live)
         try:
             answer, ms = await admin.switch("/v1/flip", {"to": target, "reason": "bench"})
         except SwitchError as e:
@@ -218,22 +239,30 @@ async def _flip_loop(admin: Admin, probe: Probe, wrk: subprocess.Popen, started:
             next_env = ADDRESS_ENV[await probe.get()]
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
             next_env = f"error: {type(e).__name__}: {e}"
-        flips.append({"from": _other(target), "to": target, "generation": answer["generation"],
+        fresh_envs = await fresh_requests(probe.host, probe.port, fresh) if fresh else []
+        ack = answer.get("ack") or {}
+        flips.append({"from": other_env(target), "to": target, "generation": answer["generation"],
                       "changed": answer.get("changed"), "admin_ms": ms,
-                      "next_request_env": next_env})
+                      "next_request_env": next_env,
+                      "fresh_on_new_env": sum(env == target for env in fresh_envs),
+                      "fresh_errors": [env for env in fresh_envs if env.startswith("error")][:3],
+                      "ack_complete": ack.get("complete"), "acked": len(ack.get("acked", [])),
+                      "pending": ack.get("pending", [])})
     probe.close()
     return flips
 
 
 def flips_under_load(admin_port: int, port: int, wrk_argv: list[str], duration: float,
-                     interval: float, log, host: str = "127.0.0.1") -> dict:
+                     interval: float, log, host: str = "127.0.0.1", workers: int = 1) -> dict:
     """flips_under_load runs wrk (argv pinned and bounded by the caller's duration) and flips
-    meanwhile; returns the figures. Raises load.WrkError or SwitchError."""
+    meanwhile; returns the figures. With workers > 1, each flip is followed by 4 x workers
+    requests on fresh connections too. Raises load.WrkError or SwitchError."""
     admin, probe = Admin(host, admin_port), Probe(host, port)
+    fresh = 4 * workers if workers > 1 else 0
     wrk = subprocess.Popen(wrk_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         flips = asyncio.run(_flip_loop(admin, probe, wrk, time.monotonic(), duration, interval,
-                                       log))
+                                       fresh, log))
         try:
             out, err = wrk.communicate(timeout=duration + 30)
         except subprocess.TimeoutExpired as e:
@@ -263,9 +292,13 @@ def flips_under_load(admin_port: int, port: int, wrk_argv: list[str], duration: 
             durations.append(drain["duration"] * 1000)
     admin_ms = [f["admin_ms"] for f in done]
     return {
-        "duration": duration, "interval": interval,
+        "duration": duration, "interval": interval, "workers": workers,
         "flips": len(done), "flips_refused": len(flips) - len(done),
         "next_request_on_new_env": sum(f["next_request_env"] == f["to"] for f in done),
+        # every worker acked: the answer came after each one's swap (SPEC §9.1)
+        "acks_complete": sum(bool(f["ack_complete"]) and f["acked"] == workers for f in done),
+        "fresh_requests": fresh * len(done),
+        "fresh_on_new_env": sum(f["fresh_on_new_env"] for f in done),
         "admin_ms": _stats(admin_ms),
         "requests": result.requests, "rps": result.rps,
         "p50_ms": result.p50_ms, "p99_ms": result.p99_ms,
@@ -347,7 +380,7 @@ async def _rollbacks(admin: Admin, probe: Probe, repeats: int, log) -> dict:
             raise SwitchError(f"the probe was not served by {live} (live) within "
                               f"{RECOVERY_WAIT:g}s ({loop_.first_error or 'no error'})")
         for i in range(1, repeats + 1):
-            away = _other(live)
+            away = other_env(live)
             flip, _ = await admin.switch("/v1/flip", {"to": away, "reason": "bench rollback drill"})
             drained = await admin.wait_drains([flip["generation"]], DRAIN_WAIT)
             if "drain" not in drained.get(flip["generation"], {}):
