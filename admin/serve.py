@@ -205,6 +205,13 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     listener that cannot bind; what had started is closed again first.
     """
     plan = check_start(config)
+    if inherited is not None:
+        handed = len(inherited.listens)
+        if handed != config.workers:
+            # Closing a handed-over SO_REUSEPORT socket would reset what is queued on it, and a
+            # new one could not join a socket bound without SO_REUSEPORT: refuse, the old serves on.
+            raise StartError(f"workers: the running cutover has {handed} and the config says {config.workers}; "
+                             "an upgrade keeps the number of workers (stop and start cutover to change it)")
     for temp in plan.store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
     store: StateStore = plan.store
@@ -216,13 +223,6 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         if saved is not None or fleet.connected:
             state = Controller.checked_state(config, saved, store.describe())
     route = Controller.route_of(state, tuple(config.environments))
-    if inherited is not None:
-        handed = len(inherited.listens)
-        if handed != config.workers:
-            # Closing a handed-over SO_REUSEPORT socket would reset what is queued on it, and a
-            # new one could not join a socket bound without SO_REUSEPORT: refuse, the old serves on.
-            raise StartError(f"workers: the running cutover has {handed} and the config says {config.workers}; "
-                             "an upgrade keeps the number of workers (stop and start cutover to change it)")
     plane: LocalPlane | WorkerPlane
     if config.workers > 1:
         plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
