@@ -239,30 +239,10 @@ async def test_every_endpoint_form_is_kept_as_its_origin():
 # ---------------------------------------------------------------- a real etcd
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    """etcd: one single-member etcd for the module; progress every 50 ms, and leases of 1 s allowed.
-
-    etcd's shortest lease is 1.5 election timeouts, rounded up to a second: 500 ms makes it 1 s.
-    """
-    require_etcd()
-    server = EtcdServer("gateway", progress_interval="50ms",
-                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
-    server.start()
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def prefix(request) -> str:
     """prefix: a key prefix of this test's own, so tests sharing the etcd never see each other."""
     return f"/test/{request.node.name}/"
-
-
-@pytest.fixture
-async def client(etcd):
-    async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
-        yield made
 
 
 async def test_put_then_get_gives_the_bytes_back_with_their_revisions(client, prefix):

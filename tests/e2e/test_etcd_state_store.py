@@ -27,7 +27,6 @@ from admin.fleet.store import (
 from admin.plane import LocalPlane
 from admin.state import State, StateConflict, StateError
 from tests.support.stack import proxy_config
-from tests.support.etcdserver import EtcdServer, require_etcd
 
 
 def b64(text: str) -> str:
@@ -119,25 +118,9 @@ async def test_a_store_with_bad_settings_is_refused_by_name(arguments, match):
 # ---------------------------------------------------------------- a real etcd
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    require_etcd()
-    server = EtcdServer("store", progress_interval="50ms",
-                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
-    server.start()
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def prefix(request) -> str:
     return "/test/" + request.node.name.replace("[", "-").replace("]", "")
-
-
-@pytest.fixture
-async def client(etcd):
-    async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
-        yield made
 
 
 def store_on(client, prefix, writer, history_limit=1000, **options) -> EtcdStateStore:

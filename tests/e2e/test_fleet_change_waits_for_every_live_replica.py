@@ -11,25 +11,7 @@ import time
 
 import pytest
 
-from admin.fleet.etcd import EtcdClient
 from admin.fleet.replica import Membership
-from tests.support.etcdserver import EtcdServer, require_etcd
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    require_etcd()
-    server = EtcdServer("barrier", progress_interval="50ms",
-                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-async def client(etcd):
-    async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
-        yield made
 
 
 @pytest.fixture

@@ -11,17 +11,6 @@ import pytest
 
 from tests.support.adminapi import JsonAdmin as Admin
 from tests.support.wait import eventually
-from tests.support.etcdserver import EtcdServer, require_etcd
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    require_etcd()
-    server = EtcdServer("fleet", progress_interval="50ms",
-                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from admin.controller import ControlError
 from admin.fleet.etcd import EtcdClient, EtcdOutcomeUnknown, compare_create_revision, put_op
 from admin.serve import start as start_stack
 from tests.support.cli import assert_failed, cutover
-from tests.support.etcdserver import EtcdCluster, EtcdServer, require_etcd
+from tests.support.etcdserver import EtcdCluster
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.processes import serve_config
@@ -46,15 +46,6 @@ LEASE_TTL = 2            # seconds: the shortest etcd grants with the election t
 ACK_TIMEOUT = "1s"       # shorter than the lease: a replica paused or killed just now is still live
 START_TIMEOUT = 20.0     # seconds for a `cutover serve` to answer on its admin API
 FAST_ELECTIONS = ("--heartbeat-interval", "50", "--election-timeout", "500")
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    require_etcd()
-    server = EtcdServer("faults", progress_interval="50ms", extra_args=FAST_ELECTIONS)
-    server.start()
-    yield server
-    server.close()
 
 
 class Replica:

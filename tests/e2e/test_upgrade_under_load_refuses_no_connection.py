@@ -21,6 +21,31 @@ from tests.support.wait import eventually
 
 
 
+async def start_serve(tmp_path, config):
+    """start_serve: `cutover serve --config` as the test's child; (process, its log file).
+
+    The log goes to a file: a successor inherits it (a pipe would outlive the old process).
+    """
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    return proc, log_path
+
+
+async def serving_status(session, admin: int, workers: int = 1) -> dict:
+    """serving_status: the status once the admin API answers and ``workers`` workers are alive."""
+    async def ready():
+        try:
+            now = await status(session, admin)
+        except aiohttp.ClientError:
+            return None
+        return now if len(now["workers"]) == workers and all(w["alive"] for w in now["workers"]) else None
+
+    return await eventually(ready, timeout=20)
+
+
 async def status(session, admin: int) -> dict:
     async with session.get(f"http://127.0.0.1:{admin}/v1/status") as resp:
         assert resp.status == 200
@@ -32,12 +57,7 @@ async def test_sigusr2_hands_over_to_a_successor_with_no_failed_request(tmp_path
     port, admin = free_port(), free_port()
     config = serve_config(tmp_path, backends, port, admin, workers=workers,
                           health_check="{interval: 100ms, healthy_after: 1}")
-    # The log goes to a file: the successor inherits it (a pipe would outlive the old process).
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        old = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    old, log_path = await start_serve(tmp_path, config)
     successor = None
     results: dict = {"ok": 0, "by_env": {}, "failed": []}
     stop = asyncio.Event()
@@ -59,15 +79,7 @@ async def test_sigusr2_hands_over_to_a_successor_with_no_failed_request(tmp_path
 
     try:
         async with aiohttp.ClientSession() as api:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        first = await status(api, admin)
-                        if all(w["alive"] for w in first["workers"]) and len(first["workers"]) == workers:
-                            break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.05)
+            first = await serving_status(api, admin, workers)
             assert first["pid"] == old.pid
             async with api.post(f"http://127.0.0.1:{admin}/v1/flip", json={}) as resp:
                 assert resp.status == 200
@@ -144,20 +156,10 @@ async def test_a_mutation_waiting_during_the_handover_ends_quickly_and_its_retry
         tmp_path, backends):
     port, admin = free_port(), free_port()
     config = serve_config(tmp_path, backends, port, admin)
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        old = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    old, log_path = await start_serve(tmp_path, config)
     try:
         async with aiohttp.ClientSession() as api:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        await status(api, admin)
-                        break
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.05)
+            await serving_status(api, admin)
             old.send_signal(signal.SIGUSR2)
             await asyncio.sleep(0.05)               # the handover holds the controller's lock now
             try:
@@ -184,20 +186,10 @@ async def test_an_upgrade_that_changes_the_number_of_workers_is_refused_and_the_
         tmp_path, backends):
     port, admin = free_port(), free_port()
     config = serve_config(tmp_path, backends, port, admin, workers=1)
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        old = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    old, log_path = await start_serve(tmp_path, config)
     try:
         async with aiohttp.ClientSession() as api:
-            async with asyncio.timeout(20):
-                while True:
-                    try:
-                        await status(api, admin)
-                        break
-                    except aiohttp.ClientError:
-                        await asyncio.sleep(0.05)
+            await serving_status(api, admin)
             serve_config(tmp_path, backends, port, admin, workers=2)      # the file now asks for 2
             old.send_signal(signal.SIGUSR2)
             await eventually(lambda: "serving on as before" in log_path.read_text(), timeout=20)

@@ -1,8 +1,9 @@
 """plugin: the suite's fixtures, registered as a pytest plugin by tests/conftest.py.
 
 Real test backends and a real proxy or stack (proxy + controller + admin API) on ephemeral
-loopback ports, a RawBackend in front of which a proxy is started, and aiohttp client
-sessions; everything a fixture started is stopped after the test.
+loopback ports, a RawBackend in front of which a proxy is started, aiohttp client sessions,
+and a real etcd per test module with a client of it; everything a fixture started is stopped
+after the test (the etcd after the module).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from admin.fleet.etcd import EtcdClient
 from admin.serve import start as start_stack
 from proxy.server import Proxy
 from tests.support.backend import Backend
+from tests.support.etcdserver import EtcdServer, require_etcd
 from tests.support.rawhttp import RawBackend, answer_ok
 from tests.support.stack import proxy_config
 
@@ -95,3 +98,23 @@ async def session():
 def admin_session(session):
     """admin_session: ``session`` under the name the switch-rule tests give the one their Admin speaks on."""
     return session
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    """etcd: one single-member etcd for the module (Debian's etcd-server, skipped without it);
+    progress notifications every 50 ms, and leases of 1 s allowed (etcd's shortest lease is 1.5
+    election timeouts, rounded up to a second: 500 ms makes it 1 s)."""
+    require_etcd()
+    server = EtcdServer("etcd", progress_interval="50ms",
+                        extra_args=("--heartbeat-interval", "50", "--election-timeout", "500"))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def client(etcd):
+    """client: an EtcdClient of ``etcd`` (3 s per request), closed after the test."""
+    async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
+        yield made
