@@ -201,6 +201,9 @@ class ClientConnection:
             conn = self.queue[0].conn
             if conn is not None and conn.reading_paused:
                 conn.reading_paused = False
+                # The pause was the client's: timeouts.upstream_response counts from now, not
+                # from the last byte before it (a tick before the next byte would cut it).
+                conn.active_at = self.proxy.clock
                 conn.transport.resume_reading()
 
     # ----------------------------------------------- httptools callbacks
