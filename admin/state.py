@@ -163,13 +163,11 @@ def add_drain_outcome(history: list[dict], generation: int, source: str, outcome
     made and its "from" the environment that drained. An entry that has a drain outcome already
     keeps it. Returns whether an entry took it (False when it is no longer in the history).
     """
-    for entry in reversed(history):
-        if entry.get("generation") == generation and entry.get("from") == source:
-            if "drain" in entry:
-                return False
-            entry.update(drain_fields(outcome))
-            return True
-    return False
+    index = _drain_entry(history, generation, source)
+    if index is None:
+        return False
+    history[index].update(drain_fields(outcome))
+    return True
 
 
 def amend_event(history: list[dict], event: dict, fields: dict) -> bool:
@@ -178,12 +176,30 @@ def amend_event(history: list[dict], event: dict, fields: dict) -> bool:
     Those three name an entry: one controller records one event at a time, each with the time
     it was recorded. Returns whether an entry took them (False when it is no longer there).
     """
+    index = _event_entry(history, event)
+    if index is None:
+        return False
+    history[index].update(fields)
+    return True
+
+
+def _drain_entry(history: list[dict], generation: int, source: str) -> int | None:
+    """_drain_entry: the index of the entry `add_drain_outcome` would give a drain outcome, or None."""
+    for index in range(len(history) - 1, -1, -1):
+        entry = history[index]
+        if entry.get("generation") == generation and entry.get("from") == source:
+            return None if "drain" in entry else index
+    return None
+
+
+def _event_entry(history: list[dict], event: dict) -> int | None:
+    """_event_entry: the index of the newest entry that is `event` (see `amend_event`), or None."""
     key = (event.get("at"), event.get("action"), event.get("generation"))
-    for entry in reversed(history):
+    for index in range(len(history) - 1, -1, -1):
+        entry = history[index]
         if (entry.get("at"), entry.get("action"), entry.get("generation")) == key:
-            entry.update(fields)
-            return True
-    return False
+            return index
+    return None
 
 
 class StateStore(Protocol):
@@ -264,27 +280,33 @@ class StateStore(Protocol):
 class FileStateStore:
     """FileStateStore: the State as one JSON file, replaced atomically on every change.
 
-    serve builds one from the config's state path. Every change is a read of the file, the
-    change, and a `save`: a temp file in the same folder, fsynced, renamed over the target, then
+    serve builds one from the config's state path. Every change is a check of the file, the
+    change, and a write: a temp file in the same folder, fsynced, renamed over the target, then
     the folder fsynced, so after a crash (kill -9 included) the file holds either the old or the
-    new state, whole. The read, the check and the save run under a lock on the folder, from a
+    new state, whole. The check, the change and the write run under a lock on the folder, from a
     thread (the event loop is never blocked by the disk).
 
     The revision is a digest of the runtime facts the file holds, so `commit` refuses when the
     file no longer holds what this store last read or wrote, and appending history does not
     move it. A file holds its history inline, so `append`, `amend` and `add_drain` rewrite the
-    one file (an etcd store keeps one key per event instead). One router per state file is the
+    one file (an etcd store keeps one key per event instead). What the store last read or wrote
+    is kept with the file's identity then (inode, size, mtime): while the file is that one, a
+    change neither re-reads nor re-parses it, and only the events it adds or amends are encoded
+    again (the file is written one history event per line), so a change costs about one fsync
+    with a full history, not a parse and an encode of it. One router per state file is the
     setup it is for (a fleet shares etcd, SPEC §9.2): a second writer on the same file is caught
-    by `commit`'s check, never reported by `watch`, which reports nothing.
+    by `commit`'s check (its rename gives the file a new identity), never reported by `watch`,
+    which reports nothing.
     """
 
-    __slots__ = ("path", "history_limit")
+    __slots__ = ("path", "history_limit", "_known")
 
     def __init__(self, path: Path | str, history_limit: int = 1000) -> None:
         if history_limit < 0:
             raise ValueError(f"history_limit must be >= 0, not {history_limit}")
         self.path = Path(path)
         self.history_limit = history_limit  # events kept on save, newest ones
+        self._known: _Known | None = None   # the file as this store last read or wrote it
 
     def describe(self) -> str:
         """describe: "file <path>", the source named in every StateError from this store."""
@@ -301,9 +323,9 @@ class FileStateStore:
     def read(self) -> tuple[State | None, Revision]:
         """read: the State in the file and its revision, blocking; (None, None) when there is no file.
 
-        check_start (serve and check-config) calls it once; every change calls it under the lock.
-        An unreadable file, invalid JSON or a wrong shape is a StateError: a corrupt state
-        must stop the start, not be silently replaced.
+        check_start (serve and check-config) calls it once; `load` after a conflict. An
+        unreadable file, invalid JSON or a wrong shape is a StateError: a corrupt state must
+        stop the start, not be silently replaced. The State returned is the caller's own.
         """
         try:
             raw = self.path.read_bytes()
@@ -325,7 +347,7 @@ class FileStateStore:
         """commit: write `state`'s facts and the file's history plus `event`, if the file still has `expect`.
 
         See `StateStore.commit`. The conflict check compares the facts the file holds now with
-        the ones this store read or wrote last (`expect`); `save` does the write.
+        the ones this store read or wrote last (`expect`).
         """
         facts = replace(state, history=[], attestations=[dict(a) for a in state.attestations])
         added = copy.deepcopy(event) if event is not None else None
@@ -333,45 +355,70 @@ class FileStateStore:
 
     def _commit(self, facts: State, expect: Revision, event: dict | None) -> Revision:
         with self._locked():
-            current, revision = self.read()
+            known = self._current()
+            revision = known.revision if known is not None else None
             if revision != expect:
-                now = f"generation {current.generation}" if current is not None else "no file"
+                now = f"generation {known.state.generation}" if known is not None else "no file"
                 raise StateConflict(f"state {self.describe()} changed since this router read it "
                                     f"(it now holds {now}); nothing written")
-            facts.history = current.history if current is not None else []
+            history = list(known.state.history) if known is not None else []
+            lines = list(known.lines) if known is not None else []
             if event is not None:
-                facts.history.append(event)
-            return self.save(facts)
+                history.append(event)
+                lines.append(_event_line(event, self.path))
+            facts.history = history
+            return self._write(facts, lines, check=[event] if event is not None else [])
 
     async def append(self, event: dict) -> None:
-        """append: see `StateStore.append`; a read-modify-write of the file under its lock."""
+        """append: see `StateStore.append`; the file rewritten under its lock, one event encoded."""
         added = copy.deepcopy(event)
 
-        def add(history: list[dict]) -> bool:
+        def add(history: list[dict], lines: list[bytes]) -> list[dict]:
             history.append(added)
-            return True
+            lines.append(_event_line(added, self.path))
+            return [added]
 
         await asyncio.to_thread(self._change_history, add)
 
     async def amend(self, event: dict, fields: dict) -> None:
         """amend: see `StateStore.amend`; no write when the entry is no longer in the file."""
         key, added = dict(event), copy.deepcopy(fields)
-        await asyncio.to_thread(self._change_history, lambda history: amend_event(history, key, added))
+        await asyncio.to_thread(self._change_history,
+                                lambda history, lines: self._update(history, lines,
+                                                                    _event_entry(history, key), added))
 
     async def add_drain(self, generation: int, source: str, outcome: dict) -> None:
         """add_drain: see `StateStore.add_drain`; no write when the entry is gone or has one already."""
-        added = copy.deepcopy(outcome)
-        await asyncio.to_thread(self._change_history,
-                                lambda history: add_drain_outcome(history, generation, source, added))
+        added = drain_fields(copy.deepcopy(outcome))
+        await asyncio.to_thread(
+            self._change_history,
+            lambda history, lines: self._update(history, lines,
+                                                _drain_entry(history, generation, source), added))
 
-    def _change_history(self, change: Callable[[list[dict]], bool]) -> None:
-        """_change_history: read the file, let `change` edit its history, save it if `change` says so."""
+    def _update(self, history: list[dict], lines: list[bytes], index: int | None,
+                fields: dict) -> list[dict]:
+        """_update: entry `index` of `history` replaced by a copy with `fields`, its line encoded again."""
+        if index is None:
+            return []
+        entry = {**history[index], **fields}
+        history[index] = entry
+        lines[index] = _event_line(entry, self.path)
+        return [entry]
+
+    def _change_history(self, change: Callable[[list[dict], list[bytes]], list[dict]]) -> None:
+        """_change_history: let `change` edit copies of the file's history and its lines; write if it did.
+
+        `change` returns the events it added or changed (checked before the write), none for
+        no change.
+        """
         with self._locked():
-            current, _ = self.read()
-            if current is None:
+            known = self._current()
+            if known is None:
                 raise StateError(f"state {self.describe()}: no state saved yet to add history to")
-            if change(current.history):
-                self.save(current)
+            history, lines = list(known.state.history), list(known.lines)
+            changed = change(history, lines)
+            if changed:
+                self._write(replace(known.state, history=history), lines, check=changed)
 
     async def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
         """watch: reports nothing, ever: a file tells no one it changed (see the class docstring).
@@ -441,25 +488,66 @@ class FileStateStore:
     def save(self, state: State) -> Revision:
         """save: replace the file with `state`, history included, durably; returns its revision.
 
-        Blocking, no check and no lock of its own: `commit`, `append`, `amend` and `add_drain`
-        call it under the lock after their read, and tools and tests call it to seed a state
-        file no router is using. History is trimmed to the newest `history_limit` events, in the
-        file and in `state.history`. On failure a StateError names the path and the OS error,
-        the old file is left intact and no temp file is left behind; StateNotDurable when only
-        the folder's fsync failed.
+        Blocking, no check and no lock of its own: tools and tests call it to seed a state file
+        no router is using (the changes above write through `_write` under the lock). History is
+        trimmed to the newest `history_limit` events, in the file and in `state.history`. On
+        failure a StateError names the path and the OS error, the old file is left intact and no
+        temp file is left behind; StateNotDurable when only the folder's fsync failed.
         """
-        data = state.to_dict()
-        kept = data["history"][-self.history_limit:] if self.history_limit else []
-        data["history"] = kept
+        lines = [_event_line(event, self.path) for event in state.history]
+        revision = self._write(state, lines, check=state.history)
+        state.history[:] = state.history[-self.history_limit:] if self.history_limit else []
+        return revision
+
+    def _current(self) -> _Known | None:
+        """_current: the file as it is now, from what this store knows while the file is unchanged.
+
+        Called under the lock. None when there is no file; a file some other writer replaced
+        (or a tool edited) is read and parsed again.
+        """
         try:
-            _parse(data)
-            payload = (json.dumps(data, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
+            identity = _identity(os.stat(self.path))
+        except FileNotFoundError:
+            self._known = None
+            return None
+        except OSError as err:
+            raise StateError(f"state {self.describe()}: cannot read it: {_os_reason(err)}") from None
+        known = self._known
+        if known is not None and known.identity == identity:
+            return known
+        self._known = None
+        state, revision = self.read()
+        if state is None:
+            return None
+        lines = [_event_line(event, self.path) for event in state.history]
+        known = _Known(identity, state, lines, str(revision))
+        self._known = known if _identity(os.stat(self.path)) == identity else None
+        return known
+
+    def _write(self, state: State, lines: list[bytes], check: list[dict]) -> Revision:
+        """_write: replace the file with `state`'s facts and `lines` (its history, one event each).
+
+        `check`: the events not yet validated (the others came from a file already checked).
+        History is trimmed to the newest `history_limit` events. What is written becomes what
+        this store knows; on any failure it forgets, and the next change reads the file again.
+        """
+        self._known = None
+        keep = self.history_limit
+        history = state.history[-keep:] if keep else []
+        lines = lines[-keep:] if keep else []
+        facts = state.to_dict()
+        del facts["history"]
+        try:
+            _parse({**facts, "history": check})
+            head = json.dumps(facts, sort_keys=True, indent=1, allow_nan=False)
         except _Invalid as err:
             raise StateError(f"refusing to save an invalid state to {self.path}: {err}") from None
         except (TypeError, ValueError) as err:
-            raise StateError(
-                f"refusing to save a state to {self.path}: history is not JSON: {err}"
-            ) from None
+            raise StateError(f"refusing to save a state to {self.path}: not JSON: {err}") from None
+        # "history" goes last, one event per line, so a change encodes only the events it touched
+        body = b",\n".join(lines)
+        payload = b"".join((head[:-2].encode(), b',\n "history": [\n', body,
+                            b"\n ]\n}\n" if lines else b"]\n}\n"))
 
         folder = self.path.parent
         try:
@@ -472,6 +560,7 @@ class FileStateStore:
                 file.write(payload)
                 file.flush()
                 os.fsync(file.fileno())
+                identity = _identity(os.fstat(file.fileno()))
             os.replace(temp, self.path)
         except BaseException as err:
             try:
@@ -481,8 +570,8 @@ class FileStateStore:
             if isinstance(err, OSError):
                 raise StateError(f"cannot save state to {self.path}: {_os_reason(err)}") from None
             raise
-        state.history[:] = kept
-        revision = _revision(state)
+        written = replace(state, history=history)
+        revision = _revision(written)
         try:
             _fsync_folder(folder)
         except OSError as err:
@@ -490,7 +579,31 @@ class FileStateStore:
                 f"state written to {self.path}, but syncing its folder failed, so the rename "
                 f"may not survive a crash: {_os_reason(err)}", revision
             ) from None
+        self._known = _Known(identity, written, lines, revision)
         return revision
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """_Known: a state file as a FileStateStore last read or wrote it; never changed in place."""
+
+    identity: tuple[int, int, int, int]  # the file's (device, inode, size, mtime_ns) then
+    state: State                          # its facts and history (the lists are not changed)
+    lines: list[bytes]                    # its history events, each encoded, same order
+    revision: str
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """_identity: what tells one state file from the next: every write renames a new inode in."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _event_line(event: dict, path: Path) -> bytes:
+    """_event_line: one history event as the file holds it: compact JSON, keys sorted, one line."""
+    try:
+        return json.dumps(event, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise StateError(f"refusing to save a state to {path}: history is not JSON: {err}") from None
 
 
 _LOCK_WAIT = 10.0                  # seconds a change waits for another process's lock on the folder

@@ -87,13 +87,19 @@ def test_save_creates_missing_folders(tmp_path):
     assert path.is_file()
 
 
-def test_file_is_json_with_sorted_keys_indent_1_and_version(tmp_path):
+def test_file_is_json_with_sorted_facts_and_one_history_event_per_line(tmp_path):
     path = tmp_path / "state.json"
-    FileStateStore(path).save(full_state())
+    state = full_state()
+    FileStateStore(path).save(state)
     text = path.read_text()
     data = json.loads(text)
     assert data["version"] == FORMAT_VERSION == 1
-    assert text == json.dumps(data, sort_keys=True, indent=1) + "\n"
+    facts = {key: value for key, value in data.items() if key != "history"}
+    head, _, tail = text.partition(',\n "history": [\n')
+    assert head + "\n}" == json.dumps(facts, sort_keys=True, indent=1)
+    events = tail.removesuffix("\n ]\n}\n").split(",\n")
+    assert [json.loads(line) for line in events] == data["history"] == state.history
+    assert all(line == json.dumps(json.loads(line), sort_keys=True) for line in events)
 
 
 def test_describe_names_the_file(tmp_path):
