@@ -104,7 +104,6 @@ class Controller:
         self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
         self._released_unsaved = 0     # requests a timed-out hold released while its resume could not be saved
         self._ack: Ack | None = None   # the Ack of the change the mutation being answered made
-        self._rereads: set[asyncio.Task] = set()
         plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
@@ -185,6 +184,7 @@ class Controller:
             "generation": route.generation,
             "held": router.held,
             "held_requests": router.held_requests,
+            "fenced_requests": router.fenced_requests,
             "weights": route.weights,
             "environments": {env.name: _environment_status(env) for env in router.environments},
             "draining": {drain.environment: _drain_result(drain) for drain in router.drains},
@@ -655,23 +655,19 @@ class Controller:
                           exc, _WATCH_RETRY)
             await asyncio.sleep(_WATCH_RETRY)
 
-    def reread_soon(self) -> None:
-        """reread_soon: run ``reread`` in the background (a callback's way to ask for it)."""
-        task = asyncio.get_running_loop().create_task(self.reread())
-        self._rereads.add(task)
-        task.add_done_callback(self._rereads.discard)
-
-    async def reread(self) -> None:
+    async def reread(self) -> bool:
         """reread: read the store now and take what it holds if it moved (a fleet replica whose
-        lease expired, SPEC §9.2 fencing); a store that does not answer leaves everything as is."""
+        lease expired, SPEC §9.2 fencing); a store that does not answer leaves everything as is.
+        Returns whether the store answered (what it holds is on the data plane now)."""
         async with self.lock:
             try:
                 saved, revision = await self.store.load()
             except StateError as exc:
                 log.warning("re-reading %s failed: %s; serving on the last state taken", self.store.describe(), exc)
-                return
+                return False
             if saved is not None and revision != self.revision:
                 await self._take(saved, revision)
+            return True
 
     async def _take(self, saved: State, revision: Revision, force: bool = False) -> bool:
         """_take: make a state committed elsewhere current, and put its route and hold on the data plane

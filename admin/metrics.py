@@ -104,6 +104,8 @@ class CutoverCollector:
                                   value=sum(w.restarts for w in workers))
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
+        yield GaugeMetricFamily("cutover_fenced_requests", "Requests waiting until this fleet replica's lease is "
+                                "confirmed", value=router.fenced_requests)
         yield GaugeMetricFamily("cutover_locked", "1 while switching is locked",
                                 value=1 if self.controller.state.locked else 0)
         switches = CounterMetricFamily("cutover_switches", "Route switches by kind", labels=["action"])

@@ -144,6 +144,8 @@ _SCHEMAS: dict[str, dict] = {
         "generation": {"type": "integer", "minimum": 1, "description": "+1 on every change of the route"},
         "held": {"type": "boolean"},
         "held_requests": _COUNT,
+        "fenced_requests": {**_COUNT, "description": "requests waiting until a fleet replica's lease is "
+                                                     "confirmed (fencing, SPEC §9.2); 0 outside a fleet"},
         "hold_until": {"type": ["string", "null"], "format": "date-time",
                        "description": "when the hold resumes by itself; null when not held"},
         "locked": {"type": "boolean"},

@@ -44,12 +44,15 @@ class Change:
     ``revision`` is the store revision of the state it comes from (a fleet replica acks it);
     ``confirm`` asks the plane to wait until every member of the fleet applied it too (the
     replica that took the call; a change taken from the store is only applied and acked).
+    ``fence`` is the monotonic time until which a fleet replica's lease is known to live
+    (Router.fence; inf lifts it): its membership sends it to the local plane only.
     """
 
     route: Route | None = None
     hold: Hold | None = None
     revision: object = None
     confirm: bool = False
+    fence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,8 @@ class LocalPlane:
                 router.hold(change.hold.until)
             else:
                 router.resume()
+        if change.fence is not None:
+            router.fence(change.fence)
         return Ack(router.route.generation, complete=True, acked=(os.getpid(),), pending=())
 
     def snapshot(self) -> "Snapshot":

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from .fleet.plane import FleetPlane
 from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
 from .listener import AdminRunner
-from .plane import LocalPlane
+from .plane import Change, LocalPlane
 from .workers import BindFailed, WorkerPlane, WorkerStartError
 from .state import FileStateStore, Revision, State, StateStore
 
@@ -281,9 +282,26 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
     admin_port = admin_sock.getsockname()[1]
     if fleet is not None:
-        fleet.membership.on_expired = controller.reread_soon
+        fleet.membership.reread = controller.reread
+        fleet.membership.fence = fencer(plane)
         await fleet.join(controller.state, controller.revision)
     return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
+
+
+def fencer(plane: LocalPlane | WorkerPlane) -> Callable[[float], None]:
+    """fencer: how a fleet replica's membership moves the fence of its data plane (Router.fence).
+
+    Called from the lease renewal, which must never wait for a worker's ack: the fence goes to
+    every worker at once, in order with the changes before it, and is not waited for.
+    """
+    tasks: set[asyncio.Task] = set()
+
+    def fence(until: float) -> None:
+        task = asyncio.get_running_loop().create_task(plane.apply(Change(fence=until)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return fence
 
 
 def bind_admin(address: Address) -> socket.socket:

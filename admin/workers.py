@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -149,6 +150,7 @@ class WorkerPlane:
         self.settings = settings
         self.route = route
         self.hold = Hold(False)
+        self.fence = math.inf           # Router.fence of every worker (a fleet replica's lease)
         self.count = count
         self.ack_timeout = ack_timeout
         self.log_level = log_level
@@ -303,8 +305,8 @@ class WorkerPlane:
             sock=ours)
         health = self._health_now()
         settings = dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
-        worker.channel.send(("start", settings, self.route, (self.hold.held, self.hold.until), health,
-                             worker.slot == 0))
+        worker.channel.send(("start", settings, self.route, (self.hold.held, self.hold.until), self.fence,
+                             health, worker.slot == 0))
 
     # ------------------------------------------------------------- messages
 
@@ -500,14 +502,16 @@ class WorkerPlane:
             self.route = change.route
         if change.hold is not None:
             self.hold = change.hold
-        route = change.route
+        if change.fence is not None:
+            self.fence = change.fence
+        route, fence = change.route, change.fence
         hold = (change.hold.held, change.hold.until) if change.hold is not None else None
         live = [w for w in self.workers if w.alive]
         waits = {}
         for worker in self.workers:
             if worker.channel is None:
                 continue
-            future = self._request(worker, lambda seq: ("apply", seq, route, hold))
+            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence))
             if worker in live:
                 waits[worker] = (worker.pid, future)
         if waits:

@@ -6,8 +6,9 @@ accepting on the sockets it was handed, and one channel: a Unix socket carrying
 length-prefixed pickled tuples, both ways. A worker holds nothing of the control plane.
 
 Supervisor -> worker:
-  ("start", settings, route, hold, health, check_health)   the first message, once
-  ("apply", seq, route | None, hold | None)   swap the route / set or release the hold, then ack
+  ("start", settings, route, hold, fence, health, check_health)   the first message, once
+  ("apply", seq, route | None, hold | None, fence | None)   swap the route / set or release the
+                                              hold / move the fence (Router.fence), then ack
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, index, ok, reason)          one health-check result from the checking worker
   ("close",)                                  accept no new connection (a successor takes over)
@@ -83,7 +84,7 @@ class Agent:
             # Sent while this worker starts: applied once its router exists, before it listens.
             self.early.append(message)
         elif kind == "apply":
-            _, seq, route, hold = message
+            _, seq, route, hold, fence = message
             router = proxy.router
             if route is not None:
                 router.swap(route)
@@ -93,6 +94,8 @@ class Agent:
                     router.hold(until)
                 else:
                     router.resume()
+            if fence is not None:
+                router.fence(fence)
             self.send(("ack", seq, router.route.generation, proxy.snapshot()))
         elif kind == "snapshot":
             self.send(("snapshot", message[1], proxy.snapshot()))
@@ -129,8 +132,9 @@ class Agent:
         done, _ = await asyncio.wait({self.started, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
         if self.started not in done:
             return 0
-        _, settings, route, hold, health, check_health = self.started.result()
+        _, settings, route, hold, fence, health, check_health = self.started.result()
         router = Router.from_settings(settings, route)
+        router.fence(fence)
         for env, index, healthy in health:
             router.environments[env].servers[index].set_healthy(healthy)
         held, until = hold

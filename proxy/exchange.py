@@ -98,6 +98,10 @@ class Exchange:
             self.reply_error(*self.error)
             return
         router = self.client.proxy.router
+        if self.started > router.fence_until:    # a fleet replica not sure its lease lives (fencing)
+            self.state = HELD
+            router.fenced(self)
+            return
         if router.hold_gate is not None and self.preview is None:   # preview traffic is never held
             self.state = HELD
             router.hold_gate.enter(self)
@@ -469,9 +473,7 @@ class Exchange:
         if self.state == DONE:
             return
         if self.state == HELD:
-            gate = self.client.proxy.router.hold_gate
-            if gate is not None:
-                gate.leave(self)
+            self.client.proxy.router.unqueue(self)
         self.state = DONE
         self.outcome = outcome
         server = self.server

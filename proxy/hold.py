@@ -39,6 +39,11 @@ class HoldGate:
         """leave: an exchange ended while waiting (its client went away)."""
         self.waiting.pop(ex, None)
 
+    def take(self) -> list["Exchange"]:
+        """take: empty the queue; the waiting exchanges, in arrival order, for the caller to start."""
+        waiting, self.waiting = self.waiting, {}
+        return list(waiting)
+
     def release(self) -> int:
         """release: let every waiting exchange proceed; returns how many were waiting."""
         waiting, self.waiting = self.waiting, {}

@@ -5,15 +5,20 @@ hold gate and the drains. The admin side (through admin/plane.py) calls
 ``swap`` and ``hold``/``resume``, reads it through ``snapshot`` and watches
 drains through ``on_drain``; nothing else in the data plane is changed from
 outside. A hold lasts until ``resume``: its deadline and the timer that ends
-it are the caller's.
+it are the caller's. A fence (``fence``) is the one deadline the router keeps itself: a fleet
+replica may serve by its route only while its lease is known to be alive, so a request that
+starts past ``fence_until`` waits until whoever steers the router extends the fence (after
+re-reading the fleet's state when the lease was lost).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import zlib
+from time import monotonic
 from typing import TYPE_CHECKING, Callable
 
 from .backends import Environment, Server
@@ -46,6 +51,10 @@ class Router:
         self.drain_timeout = drain_timeout
         self.hold_max_queued = hold_max_queued
         self.hold_gate: HoldGate | None = None
+        # Monotonic time (CLOCK_MONOTONIC, the same in every process) past which a new request
+        # waits in fence_gate: inf unless a fleet replica set it (see fence).
+        self.fence_until: float = math.inf
+        self.fence_gate: HoldGate | None = None
         self.drains: dict[str, Drain] = {}       # environment -> its running drain
         self.on_drain: list[Callable[[Drain], None]] = []
         self.on_health: list[Callable[[Server, bool, str], None]] = []
@@ -148,6 +157,42 @@ class Router:
     def held_requests(self) -> int:
         return len(self.hold_gate) if self.hold_gate is not None else 0
 
+    # ----------------------------------------------------------------- fence
+
+    def fence(self, until: float) -> int:
+        """fence: serve by this route only while ``time.monotonic() <= until`` (inf: no fence).
+
+        A fleet replica's membership calls it (through the plane) with the time its lease is
+        known to last, each time etcd confirms a renewal, and with inf while etcd does not
+        answer (fail static). A request that starts past ``until`` waits in the fence gate
+        (bounded by hold.max_queued, like a hold); a later fence that is still ahead starts
+        each of them again, in arrival order, by the route as it is then. Returns how many
+        were started.
+        """
+        self.fence_until = until
+        gate = self.fence_gate
+        if gate is None or until < monotonic():
+            return 0
+        self.fence_gate = None
+        waiting = gate.take()
+        for ex in waiting:
+            ex.start()
+        return len(waiting)
+
+    def fenced(self, ex: "Exchange") -> None:
+        """fenced: ``ex`` started past fence_until: it waits for the next fence."""
+        gate = self.fence_gate
+        if gate is None:
+            gate = self.fence_gate = HoldGate(self.hold_max_queued, None)
+        gate.enter(ex)
+
+    def unqueue(self, ex: "Exchange") -> None:
+        """unqueue: ``ex`` ended while it waited (its client went away): out of either gate."""
+        if self.hold_gate is not None:
+            self.hold_gate.leave(ex)
+        if self.fence_gate is not None:
+            self.fence_gate.leave(ex)
+
     # ---------------------------------------------------------------- health
 
     def set_health(self, server: Server, healthy: bool, reason: str) -> None:
@@ -184,6 +229,7 @@ class Router:
             hold_until=gate.deadline if gate is not None else None,
             environments=tuple(env.snapshot() for env in self.environments.values()),
             drains=tuple(drain.snapshot() for drain in self.drains.values()),
+            fenced_requests=len(self.fence_gate) if self.fence_gate is not None else 0,
         )
 
 

@@ -101,7 +101,8 @@ class RouterSnapshot:
     """RouterSnapshot: the live route, the hold and the environments with their drains.
 
     hold_until is the wall-clock deadline whoever holds traffic gave (None: no hold,
-    or one until resume); held_requests wait in the hold gate.
+    or one until resume); held_requests wait in the hold gate; fenced_requests wait for a
+    fleet replica's lease check (Router.fence).
     """
 
     route: Route
@@ -110,6 +111,7 @@ class RouterSnapshot:
     hold_until: float | None
     environments: tuple[EnvironmentSnapshot, ...]
     drains: tuple[DrainSnapshot, ...]
+    fenced_requests: int = 0
 
     def env(self, name: str) -> EnvironmentSnapshot:
         """env: the environment called ``name``; KeyError names it when there is none."""
@@ -207,7 +209,8 @@ def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
         hold_until=next((r.hold_until for r in routers if r.held), None),
         environments=tuple(merge_environments([r.environments[i] for r in routers])
                            for i in range(len(first.environments))),
-        drains=tuple(merge_drains(parts) for parts in drains.values()))
+        drains=tuple(merge_drains(parts) for parts in drains.values()),
+        fenced_requests=sum(r.fenced_requests for r in routers))
     return Snapshot(router=router, listen=snapshots[0].listen, preview_listen=snapshots[0].preview_listen,
                     client_connections=sum(s.client_connections for s in snapshots),
                     unrouted=_sum([s.unrouted for s in snapshots]),

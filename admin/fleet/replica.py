@@ -18,14 +18,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .etcd import EtcdClient, EtcdError, WatchError
 
 log = logging.getLogger("cutover.fleet")
+
+
+async def _nothing_to_read() -> bool:
+    """_nothing_to_read: Membership's default ``reread``: nothing to take, go on registering."""
+    return True
 
 
 @dataclass(frozen=True)
@@ -62,21 +68,28 @@ class Membership:
     """Membership: this replica's lease, its replicas/<id> key and its acks.
 
     ``start`` registers; a renewal task keeps the lease alive every ttl/3 while ``healthy()``
-    (the apply loop's own check) says so. When the lease is found gone (this process was
-    paused, partitioned or stalled past its ttl) ``on_expired`` is called once before it
-    registers again: the replica must re-read the state before it serves on (fencing).
+    (the apply loop's own check) says so. Fencing: each renewal etcd confirms moves the data
+    plane's fence (``fence``, Router.fence) to the time the lease is known to last — the
+    monotonic time the renewal was sent plus the ttl etcd granted — so a request that starts
+    later than that (this process was paused, partitioned or stalled past its lease, and the
+    other replicas may have stopped waiting for it) waits instead of going by a route that may
+    be stale. When the lease is found gone, ``reread`` (the controller takes the newest state
+    and applies it) runs before it registers again, and only then is the fence moved ahead.
+    While etcd does not answer the fence is lifted (inf): fail static, no change can commit.
     """
 
     def __init__(self, client: EtcdClient, prefix: str, replica_id: str, address: str, ttl: int,
                  healthy: Callable[[], bool] = lambda: True,
-                 on_expired: Callable[[], None] = lambda: None) -> None:
+                 reread: Callable[[], Awaitable[bool]] | None = None,
+                 fence: Callable[[float], None] = lambda until: None) -> None:
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.id = replica_id
         self.address = address
         self.ttl = ttl
         self.healthy = healthy
-        self.on_expired = on_expired
+        self.reread = reread or _nothing_to_read
+        self.fence = fence
         self.lease = 0
         self.started = time.time()
         self.renewed = 0.0                  # monotonic time of the last renewal that etcd confirmed
@@ -87,24 +100,58 @@ class Membership:
         return f"{self.prefix}/{kind}/{replica or self.id}"
 
     async def start(self) -> None:
-        """start: take a lease and register under it; then keep it alive.
+        """start: take a lease and register under it (the caller read the state just before); then keep it alive.
 
-        When etcd does not answer, the renewal task registers as soon as it does.
+        When etcd does not answer, the renewal task registers as soon as it does (re-reading
+        the state first).
         """
         try:
             await self._register()
         except EtcdError as exc:
-            self.lease = 0
-            log.warning("fleet: cannot register replica %s yet: %s", self.id, exc)
+            self._unreachable(f"cannot register replica {self.id} yet: {exc}")
         self._task = asyncio.get_running_loop().create_task(self._renew())
 
     async def _register(self) -> None:
+        sent = time.monotonic()
         self.lease = await self.client.grant(self.ttl)
         doc = {"id": self.id, "address": self.address, "pid": os.getpid(), "started": self.started}
         await self.client.put(self.key("replicas"), json.dumps(doc).encode(), lease=self.lease)
         if self._ack is not None:
             await self._write_ack(*self._ack)
+        self._confirmed(sent, self.ttl)
+
+    def _confirmed(self, sent: float, ttl: float) -> None:
+        """_confirmed: etcd granted ``ttl`` seconds to a lease renewal (or grant) sent at ``sent``."""
         self.renewed = time.monotonic()
+        self.fence(sent + min(ttl, self.ttl))
+
+    def _unreachable(self, why: str) -> None:
+        """_unreachable: etcd did not answer: serve on by the last route applied (fail static)."""
+        log.warning("fleet: %s", why)
+        self.fence(math.inf)
+
+    async def _rejoin(self) -> None:
+        """_rejoin: no lease (lost, or never taken): take the newest state, then register again.
+
+        The fence stays where it is (past, when the lease was lost) until both are done, so no
+        request goes by a route the fleet moved on from meanwhile.
+        """
+        self.lease = 0
+        try:
+            read = await self.reread()
+        except Exception:
+            log.exception("fleet: re-reading the state failed")
+            read = False
+        if not read:
+            self._unreachable("cannot read the fleet's state to register again; serving the last route applied")
+            return
+        try:
+            await self._register()
+        except EtcdError as exc:
+            self.lease = 0
+            self._unreachable(f"cannot register replica {self.id} again: {exc}")
+            return
+        log.info("fleet: replica %s registered", self.id)
 
     async def _renew(self) -> None:
         interval = max(0.2, self.ttl / 3)
@@ -114,31 +161,20 @@ class Membership:
                 log.warning("fleet: the apply loop is not healthy; the lease is not renewed")
                 continue
             if not self.lease:
-                try:
-                    await self._register()
-                    log.info("fleet: replica %s registered", self.id)
-                except EtcdError as exc:
-                    self.lease = 0
-                    log.debug("fleet: still cannot register: %s", exc)
+                await self._rejoin()
                 continue
+            sent = time.monotonic()
             try:
                 left = await self.client.keepalive_once(self.lease)
             except EtcdError as exc:
-                log.warning("fleet: cannot renew the lease: %s", exc)
+                self._unreachable(f"cannot renew the lease: {exc}")
                 continue
             if left > 0:
-                self.renewed = time.monotonic()
+                self._confirmed(sent, left)
                 continue
             log.warning("fleet: the lease of replica %s expired; re-reading the state and registering again",
                         self.id)
-            try:
-                self.on_expired()
-            except Exception:
-                log.exception("fleet: lease expiry handler failed")
-            try:
-                await self._register()
-            except EtcdError as exc:
-                log.warning("fleet: cannot register again: %s", exc)
+            await self._rejoin()
 
     async def ack(self, generation: int, revision: int) -> None:
         """ack: every local worker applied the state at ``revision`` (of ``generation``).

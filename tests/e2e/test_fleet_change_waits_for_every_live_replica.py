@@ -1,8 +1,7 @@
 """The fleet's ack barrier (SPEC §9.2) on a real etcd: a change waits for every replica
 registered when it committed; one that never acks is named pending once ack_timeout passes;
 one gone before the commit is not waited for; one whose lease expires during the wait stays
-pending; acks go in revision order; a replica whose lease expired re-registers after its
-expiry handler ran (fencing)."""
+pending; acks go in revision order. Fencing by the lease: test_fleet_replica_fences_its_route_by_its_lease.py."""
 
 from __future__ import annotations
 
@@ -114,22 +113,3 @@ async def test_a_replica_whose_lease_expires_during_the_wait_stays_pending(clien
         assert [r.id for r in await a.replicas()] == ["a"]   # it is gone from the live set by now
     finally:
         await a.close()
-
-
-async def test_a_replica_that_finds_its_lease_expired_re_reads_then_registers_again(client, prefix):
-    expired = asyncio.Event()
-    m = Membership(client, prefix, "a", "127.0.0.1:8000", ttl=1, on_expired=expired.set)
-    await m.start()
-    try:
-        first = m.lease
-        await client.revoke(first)                    # as if paused past its ttl
-        await asyncio.wait_for(expired.wait(), 5)
-
-        async def registered():
-            while m.lease == first or not await m.replicas():
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(registered(), 5)
-        assert [r.id for r in await m.replicas()] == ["a"]
-    finally:
-        await m.close()

@@ -39,6 +39,7 @@ from tests.support.etcdserver import EtcdCluster
 from tests.support.paths import ROOT
 from tests.support.ports import free_port
 from tests.support.processes import serve_config
+from tests.support.rawhttp import connect, read_response
 from tests.support.stack import proxy_config
 from tests.support.wait import eventually
 
@@ -253,6 +254,37 @@ async def test_a_replica_paused_is_named_pending_and_catches_up_when_it_continue
     assert answer["ack"] == {"complete": True, "acked": ["r0", "r1", "r2"], "pending": []}, answer
     for r in (r0, r1, r2):
         assert await serves(http, r) == "blue"
+
+
+async def test_a_replica_paused_past_its_lease_serves_nothing_by_its_old_route_when_it_continues(
+        fleet, etcd, http):
+    """Fencing: r2 is paused until its lease ran out, so a flip answers 200 without it; requests
+    already waiting in r2's sockets when it continues must go by the new route, never the old."""
+    r0, r1, r2 = await fleet(3, [etcd.endpoint], workers=2)
+    request = b"GET / HTTP/1.1\r\nHost: fleet\r\n\r\n"
+    conns = [await connect(r2.port) for _ in range(12)]
+    try:
+        for reader, writer in conns:                 # keep-alive connections serving blue
+            writer.write(request)
+            assert (await asyncio.wait_for(read_response(reader), 5)).body.strip() == b"blue"
+        r2.signal(signal.SIGSTOP)
+        try:
+            await eventually(lambda: members(http, r0, ["r0", "r1"]), timeout=LEASE_TTL + 5, interval=0.1,
+                             what="r2's lease running out while it is paused")
+            code, answer = await mutate(http, r0, "/v1/flip")
+            assert code == 200 and answer["ack"]["acked"] == ["r0", "r1"], answer
+            for reader, writer in conns:             # waiting in r2's sockets when it continues
+                writer.write(request)
+                await writer.drain()
+        finally:
+            r2.signal(signal.SIGCONT)
+        served = [(await asyncio.wait_for(read_response(reader), 10)).body.strip() for reader, _ in conns]
+        assert served == [b"green"] * len(conns), (served, r2.log_tail())
+    finally:
+        for _, writer in conns:
+            writer.close()
+    await eventually(lambda: members(http, r0, ["r0", "r1", "r2"]), timeout=10, interval=0.05,
+                     what="r2 registered again")
 
 
 async def test_with_etcd_stopped_replicas_serve_on_refuse_mutations_and_converge_once_it_is_back(

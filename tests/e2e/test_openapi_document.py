@@ -208,11 +208,11 @@ async def test_every_answer_of_every_route_matches_the_document(stack, session, 
     await call("POST", "/v1/canary", 200, body={"weight": 10})
     await call("POST", "/v1/hold", 200, body={"timeout": 60})
 
-    def refuse(self, state):
+    def refuse(self, state, lines, check):
         raise StateError(f"cannot save state to {self.path}: disk full (test)")
 
     with monkeypatch.context() as m:
-        m.setattr(FileStateStore, "save", refuse)
+        m.setattr(FileStateStore, "_write", refuse)
         for path, body in [("/v1/flip", {"force": True}), ("/v1/rollback", {"force": True}),
                            ("/v1/hold", {"timeout": 5}), ("/v1/resume", {}), ("/v1/lock", {}),
                            ("/v1/canary", {"weight": 30, "force": True}), ("/v1/promote", {"force": True}),
@@ -221,7 +221,7 @@ async def test_every_answer_of_every_route_matches_the_document(stack, session, 
     await call("POST", "/v1/resume", 200)
     await call("POST", "/v1/lock", 200)
     with monkeypatch.context() as m:
-        m.setattr(FileStateStore, "save", refuse)
+        m.setattr(FileStateStore, "_write", refuse)
         await call("POST", "/v1/unlock", 503)
     await call("POST", "/v1/unlock", 200)
     await call("GET", "/v1/history", 200)
