@@ -6,9 +6,9 @@ wrk load. Every answer must be a 200 with `ack.complete` true and all N workers 
 save) gives the admin round trip the flip's figure includes anyway.
 
 The round trip also includes the state file's save (SPEC §8: written and fsynced before the
-answer), which rewrites the whole history: cutover here runs with `history_limit: 50`
-(--history-limit), so every flip writes the same small file and the figures do not depend
-on how many flips came before.
+answer), which holds the history too: cutover runs with its own default `history_limit:
+1000` (--history-limit); each flip writes the file, but encodes only its own event (admin/
+state.py), so the figures hardly depend on how many flips came before.
 
     .venv/bin/python bench/flip_ack.py                 # workers 1,2,4; 200 flips idle + 200 loaded
     .venv/bin/python bench/flip_ack.py --workers 4 --flips 50 --json
@@ -61,9 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flips", type=int, default=200, help="flips per phase (default 200)")
     p.add_argument("--interval", type=float, default=0.1,
                    help="seconds between one answer and the next flip (default 0.1)")
-    p.add_argument("--history-limit", type=int, default=50,
-                   help="cutover's history_limit, i.e. the size of the state file each flip "
-                        "rewrites (default 50; cutover's own default is 1000)")
+    p.add_argument("--history-limit", type=int, default=1000,
+                   help="cutover's history_limit, i.e. how many events the state file each flip "
+                        "writes holds at most (default 1000, cutover's own)")
     p.add_argument("--connections", type=int, default=50,
                    help="wrk connections of the loaded phase (default 50)")
     p.add_argument("--no-load", action="store_true", help="leave the loaded phase out")

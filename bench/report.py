@@ -162,6 +162,13 @@ def workers_goals(summaries: dict[str, dict], phases: dict | None, workers: int,
                     "result": "PASS" if current else "FAIL",
                     "detail": f"gen {kill['new_generation']} of {kill['generation_then']}; "
                               f"{stale}/{kill['fresh_after_restart']} fresh not on live"})
+    theirs = (phases or {}).get("nginx_kill")
+    if kill is not None and theirs is not None:
+        out.append({"goal": "worker kill: failed <= nginx's", "value": kill["errors"],
+                    "limit": theirs["errors"],
+                    "result": "PASS" if kill["errors"] <= theirs["errors"] else "FAIL",
+                    "detail": f"cutover {kill['errors']} of {kill['requests']}, nginx "
+                              f"{theirs['errors']} of {theirs['requests']} (SIGKILL of 1 of {workers})"})
     return out
 
 

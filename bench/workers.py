@@ -15,6 +15,9 @@ alive, requests}; the list is in slot order, a restarted worker keeps its place)
   requests on fresh connections (spread over every worker, the restarted one too: each must
   be served by the live environment), a flip back (acked by all N); then wrk's failed
   requests against the connections the killed worker held.
+- nginx_worker_kill: the same kill against nginx (`worker_processes N`, reuseport) in the same
+  run, so the failed requests of a SIGKILLed worker are set beside nginx's: a worker's open
+  connections die with it in both (each wrk connection has a request in flight or on its way).
 
 Only loopback addresses; every loop is bounded in count and time.
 """
@@ -28,6 +31,7 @@ import subprocess
 import time
 
 import load
+import procfs
 import switch
 
 STATUS_EVERY = 0.02  # s between status polls while waiting for the restart
@@ -234,3 +238,41 @@ def worker_kill(admin_port: int, port: int, argv: list[str], duration: float, ki
         return await _kill(admin, port, argv, duration, kill_after, log)
 
     return asyncio.run(run())
+
+
+# ---------------------------------------------------------------- nginx worker kill
+
+async def _kill_nginx(master: int, argv: list[str], duration: float, kill_after: float, log) -> dict:
+    wrk = _start_wrk(argv)
+    try:
+        await asyncio.sleep(kill_after)
+        if wrk.poll() is not None:
+            raise WorkersError("wrk ended before the kill")
+        before = sorted(pid for pid in procfs.process_tree(master) if pid != master)
+        if not before:
+            raise WorkersError(f"nginx master {master} has no worker to kill")
+        pid = before[-1]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.perf_counter()
+        log(f"[workers] SIGKILL nginx worker {pid} (of {len(before)})")
+        respawned = None
+        deadline = time.monotonic() + RESTART_WAIT
+        while time.monotonic() < deadline:
+            now = [p for p in procfs.process_tree(master) if p != master]
+            if pid not in now and len(now) >= len(before):
+                respawned = time.perf_counter() - killed
+                break
+            await asyncio.sleep(STATUS_EVERY)
+        if respawned is None:
+            raise WorkersError(f"nginx did not replace worker {pid} within {RESTART_WAIT:g}s")
+        result = await _finish_wrk(wrk, duration)
+    finally:
+        _stop_wrk(wrk)
+    return {**_wrk_figures(result), "workers": len(before), "killed_pid": pid,
+            "restart_ms": respawned * 1000}
+
+
+def nginx_worker_kill(master: int, argv: list[str], duration: float, kill_after: float, log) -> dict:
+    """nginx_worker_kill: wrk for duration s against nginx; SIGKILL of one of its workers after
+    kill_after s; the wait until the master replaced it. Raises WorkersError or load.WrkError."""
+    return asyncio.run(_kill_nginx(master, argv, duration, kill_after, log))

@@ -118,3 +118,24 @@ async def client(etcd):
     """client: an EtcdClient of ``etcd`` (3 s per request), closed after the test."""
     async with EtcdClient([etcd.endpoint], request_timeout=3.0) as made:
         yield made
+
+
+@pytest.fixture
+def fleet_of(make_stack, etcd, tmp_path, request):
+    """fleet_of(count, ack_timeout="5s", **config) -> [stack]: ``count`` in-process replicas
+    (``make_stack`` stacks with ids r0, r1, ...) sharing one etcd prefix, each with its own
+    state_file; stopped after the test with the other stacks."""
+    prefix = f"/test/{request.node.name}"
+
+    async def start(count: int, **overrides):
+        ack_timeout = overrides.pop("ack_timeout", "5s")
+        stacks = []
+        for i in range(count):
+            stacks.append(await make_stack(
+                state_file=str(tmp_path / f"replica{i}.json"),
+                store={"etcd": {"endpoints": [etcd.endpoint], "prefix": prefix, "lease_ttl": "3s",
+                                "request_timeout": "500ms"}},
+                fleet={"replica_id": f"r{i}", "ack_timeout": ack_timeout}, **overrides))
+        return stacks
+
+    return start
