@@ -550,6 +550,25 @@ def measure_kill(target: Target, args, paths, pin: Pinning, failures: dict[str, 
     return k
 
 
+def measure_nginx_kill(target: Target, args, paths, pin: Pinning, failures: dict[str, str]) -> dict | None:
+    """measure_nginx_kill: the same wrk run and SIGKILL of one worker against nginx with N
+    workers, for the figure beside cutover's. What could not be measured is in failures["nginx_kill"]."""
+    url = f"http://{HOST}:{target.port}/"
+    argv = pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections, args.duration,
+                                       latency=True))
+    log(f"[workers] nginx: wrk {args.duration:g}s; SIGKILL of one of its {args.workers} workers ...")
+    try:
+        k = worker_phases.nginx_worker_kill(target.service.proc.pid, argv, args.duration,
+                                            args.duration / 3, log)
+    except (worker_phases.WorkersError, load.WrkError) as e:
+        failures["nginx_kill"] = f"nginx worker kill phase failed: {e}"
+        log(f"[workers] {failures['nginx_kill']}")
+        return None
+    log(f"[workers] nginx kill: {k['errors']} failed of {k['requests']}; replaced in "
+        f"{k['restart_ms']:.0f} ms")
+    return k
+
+
 # ---------------------------------------------------------------- main
 
 def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict, dict | None, dict | None]:
@@ -578,31 +597,15 @@ def benchmark(args, paths, pin, notes, failures) -> tuple[dict, dict, dict | Non
             phases = {"spread": measure_spread(cutover, args, paths, pin, failures), "kill": None}
         if switch_wanted(args) and usable:
             switched = measure_switch(cutover, backend, args, paths, pin, failures)
-def measure_nginx_kill(target: Target, args, paths, pin: Pinning, failures: dict[str, str]) -> dict | None:
-    """measure_nginx_kill: the same wrk run and SIGKILL of one worker against nginx with N
-    workers, for the figure beside cutover's. What could not be measured is in failures["nginx_kill"]."""
-    url = f"http://{HOST}:{target.port}/"
-    argv = pin.load_argv(load.wrk_argv(paths["wrk"], url, args.connections, args.duration,
-                                       latency=True))
-    log(f"[workers] nginx: wrk {args.duration:g}s; SIGKILL of one of its {args.workers} workers ...")
-    try:
-        k = worker_phases.nginx_worker_kill(target.service.proc.pid, argv, args.duration,
-                                            args.duration / 3, log)
-    except (worker_phases.WorkersError, load.WrkError) as e:
-        failures["nginx_kill"] = f"nginx worker kill phase failed: {e}"
-        log(f"[workers] {failures['nginx_kill']}")
-        return None
-    log(f"[workers] nginx kill: {k['errors']} failed of {k['requests']}; replaced in "
-        f"{k['restart_ms']:.0f} ms")
-    return k
-
-
         if phases is not None:
             if cutover.service.alive():
                 phases["kill"] = measure_kill(cutover, args, paths, pin, failures)
             else:
                 failures["kill"] = (f"not run: cutover exited with code "
                                     f"{cutover.service.proc.returncode}")
+            nginx = next((t for t in targets if t.name == "nginx"), None)
+            if nginx is not None and "nginx" not in failures:
+                phases["nginx_kill"] = measure_nginx_kill(nginx, args, paths, pin, failures)
         return rounds, memory, switched, phases
 
 
@@ -631,9 +634,6 @@ def build_report(args, pin, versions, rounds, memory, notes, failures, switched=
         goals += report.workers_goals(summaries, phases, args.workers,
                                       {k: failures.get(k) or why for k in ("spread", "kill")})
         notes += report.workers_notes(phases)
-            nginx = next((t for t in targets if t.name == "nginx"), None)
-            if nginx is not None and "nginx" not in failures:
-                phases["nginx_kill"] = measure_nginx_kill(nginx, args, paths, pin, failures)
     if switch_wanted(args):
         why = failures.get("switch") or failures.get("cutover")
         goals += report.switch_goals(switched, why.splitlines()[0] if why else None)
