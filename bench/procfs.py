@@ -130,3 +130,34 @@ def cpu_busy_seconds(cpus: list[int] | tuple[int, ...]) -> float:
     if found != wanted:
         raise ValueError(f"{', '.join(sorted(wanted - found))} not in /proc/stat")
     return ticks / CLK_TCK
+
+
+def established_to(pid: int, port: int) -> int:
+    """established_to: how many ESTABLISHED TCP connections to local ``port`` process ``pid``
+    holds (its socket descriptors matched with /proc/net/tcp and tcp6): how many connections a
+    worker of nginx holds when it is killed. 0 when the process is gone."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return 0
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEX_IP:HEX_PORT; st 01 is ESTABLISHED; field 9 is the inode
+            if len(fields) > 9 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port \
+                    and fields[9] in inodes:
+                count += 1
+    return count

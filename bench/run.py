@@ -558,14 +558,14 @@ def measure_nginx_kill(target: Target, args, paths, pin: Pinning, failures: dict
                                        latency=True))
     log(f"[workers] nginx: wrk {args.duration:g}s; SIGKILL of one of its {args.workers} workers ...")
     try:
-        k = worker_phases.nginx_worker_kill(target.service.proc.pid, argv, args.duration,
+        k = worker_phases.nginx_worker_kill(target.service.proc.pid, target.port, argv, args.duration,
                                             args.duration / 3, log)
     except (worker_phases.WorkersError, load.WrkError) as e:
         failures["nginx_kill"] = f"nginx worker kill phase failed: {e}"
         log(f"[workers] {failures['nginx_kill']}")
         return None
-    log(f"[workers] nginx kill: {k['errors']} failed of {k['requests']}; replaced in "
-        f"{k['restart_ms']:.0f} ms")
+    log(f"[workers] nginx kill: {k['errors']} failed of {k['requests']} (killed worker held "
+        f"{k['killed_connections']} connections); replaced in {k['restart_ms']:.0f} ms")
     return k
 
 

@@ -101,3 +101,40 @@ def test_kill_failures_count_only_what_the_killed_worker_did_not_hold():
     assert report.kill_failures_beyond(_kill(read=23)) == 3
     assert report.kill_failures_beyond(_kill(read=5, connect=1, timeout=2)) == 3
     assert report.kill_failures_beyond(_kill(read=0, non_2xx=4)) == 4
+
+
+def test_established_to_counts_the_connections_a_process_holds_on_a_port():
+    import socket
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        accepted = [server.accept()[0] for _ in clients]
+        try:
+            assert procfs.established_to(os.getpid(), port) == 3   # the accepted ends, not the clients'
+        finally:
+            for s in clients + accepted:
+                s.close()
+
+
+def test_the_kill_goal_against_nginx_compares_failures_per_connection_held():
+    kill = {"errors": 27, "killed_connections": 27, "requests": 1000}
+    ok = [g for g in report.workers_goals({}, {"kill": None, "nginx_kill": None}, 2, {})
+          if "nginx" in g["goal"]]
+    assert ok == []   # not measured: no row
+    for theirs, result in (({"errors": 22, "killed_connections": 22, "requests": 2000}, "PASS"),
+                           ({"errors": 10, "killed_connections": 30, "requests": 2000}, "PASS"),
+                           ):
+        goals = report.workers_goals({}, {"kill": {**kill, "socket_errors": {"read": 27, "write": 0},
+                                                   "fresh_after_restart": 1, "fresh_on_live": 1,
+                                                   "new_generation": 2, "generation_then": 2},
+                                          "nginx_kill": theirs}, 2, {})
+        [row] = [g for g in goals if "nginx" in g["goal"]]
+        assert row["result"] == result and row["value"] == 1.0, row
+    worse = {**kill, "errors": 40, "socket_errors": {"read": 40, "write": 0}, "fresh_after_restart": 1,
+             "fresh_on_live": 1, "new_generation": 2, "generation_then": 2}
+    [row] = [g for g in report.workers_goals({}, {"kill": worse, "nginx_kill": {"errors": 22, "killed_connections": 22,
+                                                                               "requests": 2000}}, 2, {})
+             if "nginx" in g["goal"]]
+    assert row["result"] == "FAIL"

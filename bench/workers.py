@@ -242,7 +242,8 @@ def worker_kill(admin_port: int, port: int, argv: list[str], duration: float, ki
 
 # ---------------------------------------------------------------- nginx worker kill
 
-async def _kill_nginx(master: int, argv: list[str], duration: float, kill_after: float, log) -> dict:
+async def _kill_nginx(master: int, port: int, argv: list[str], duration: float, kill_after: float,
+                      log) -> dict:
     wrk = _start_wrk(argv)
     try:
         await asyncio.sleep(kill_after)
@@ -252,9 +253,10 @@ async def _kill_nginx(master: int, argv: list[str], duration: float, kill_after:
         if not before:
             raise WorkersError(f"nginx master {master} has no worker to kill")
         pid = before[-1]
+        held = procfs.established_to(pid, port)
         os.kill(pid, signal.SIGKILL)
         killed = time.perf_counter()
-        log(f"[workers] SIGKILL nginx worker {pid} (of {len(before)})")
+        log(f"[workers] SIGKILL nginx worker {pid} (of {len(before)}: {held} connections)")
         respawned = None
         deadline = time.monotonic() + RESTART_WAIT
         while time.monotonic() < deadline:
@@ -269,10 +271,12 @@ async def _kill_nginx(master: int, argv: list[str], duration: float, kill_after:
     finally:
         _stop_wrk(wrk)
     return {**_wrk_figures(result), "workers": len(before), "killed_pid": pid,
-            "restart_ms": respawned * 1000}
+            "killed_connections": held, "restart_ms": respawned * 1000}
 
 
-def nginx_worker_kill(master: int, argv: list[str], duration: float, kill_after: float, log) -> dict:
-    """nginx_worker_kill: wrk for duration s against nginx; SIGKILL of one of its workers after
-    kill_after s; the wait until the master replaced it. Raises WorkersError or load.WrkError."""
-    return asyncio.run(_kill_nginx(master, argv, duration, kill_after, log))
+def nginx_worker_kill(master: int, port: int, argv: list[str], duration: float, kill_after: float,
+                      log) -> dict:
+    """nginx_worker_kill: wrk for duration s against nginx on ``port``; SIGKILL of one of its
+    workers after kill_after s (the connections it held counted first); the wait until the
+    master replaced it. Raises WorkersError or load.WrkError."""
+    return asyncio.run(_kill_nginx(master, port, argv, duration, kill_after, log))
