@@ -49,7 +49,8 @@ from admin.fleet.gateway import (
     LeaseInfo, LeaseNotFound, PutResult, RangeResult, RevisionCompacted, Status, TxnOp, TxnResult,
     WatchCanceled, WatchCompacted, WatchError, WatchMessage, WatchStalled, compare_create_revision,
     compare_mod_revision, compare_value, compare_version, decode_bytes_field, decode_key, delete_op,
-    delete_range_op, get_op, header_revision, int_field, json_object, parse_error, parse_kvs, parse_status,
+    delete_range_op, encode_key, get_op, header_revision, int_field, json_object, key_bytes, parse_error,
+    parse_kvs, parse_status,
     parse_txn, parse_watch_message, put_op, range_request, token_rejected,
 )
 
@@ -372,12 +373,15 @@ class EtcdClient:
 
     # --- watch
 
-    def watch(self, key: str, start_revision: int, *, prefix: bool = True,
+    def watch(self, key: str, start_revision: int, *, prefix: bool = True, range_end: str | None = None,
               idle_timeout: float = DEFAULT_IDLE_TIMEOUT, prev_kv: bool = False,
               on_progress: Callable[[int], None] | None = None) -> Watch:
         """watch: the changes to ``key`` (every key under it with ``prefix``) from ``start_revision``.
 
-        Returns a `Watch`: ``async with client.watch(...) as events: async for event in events``.
+        With ``range_end``, the changes to every key from ``key`` (included) to ``range_end``
+        (excluded) in byte order instead (``prefix`` is then ignored).
+        Returns a `Watch`: ``async with client.watch(...) as events: async for event in events``
+        (or ``await events.batch()`` for the events of one revision or more at a time).
         It raises WatchCompacted, WatchCanceled, WatchStalled or EtcdUnavailable when it ends;
         ``on_progress(revision)`` is called for each progress notification.
         """
@@ -385,7 +389,13 @@ class EtcdClient:
             raise ValueError(f"a watch starts at a revision >= 0, not {start_revision!r}")
         if not idle_timeout > 0:
             raise ValueError("a watch's idle_timeout must be > 0 seconds")
-        request: dict[str, Any] = {**range_request(key, prefix), "progress_notify": True}
+        if range_end is not None:
+            if key_bytes(range_end) <= key_bytes(key):
+                raise ValueError(f"a watched range's end must sort after its start ({key!r}), not {range_end!r}")
+            span = {"key": encode_key(key), "range_end": encode_key(range_end)}
+        else:
+            span = range_request(key, prefix)
+        request: dict[str, Any] = {**span, "progress_notify": True}
         if start_revision:
             request["start_revision"] = str(start_revision)
         if prev_kv:
@@ -448,6 +458,29 @@ class Watch:
         if self._response is not None:
             self._response.close()
             self._response = None
+
+    async def batch(self) -> tuple[Event, ...]:
+        """batch: the events not taken yet of the next message that has any (one revision or more), in order.
+
+        etcd never splits one revision's events (those of one transaction) across messages, so
+        a batch ends at a revision boundary: once it is taken, every change up to its last
+        event's revision has been seen. (Events taken one by one with ``async for`` before
+        leave the rest of their message for this.) Raises as iterating does; EtcdError once the
+        watch is closed.
+        """
+        if self._done:
+            raise EtcdError("the watch is closed")
+        try:
+            if self._response is None:
+                await self._open()
+            while not self._pending:
+                self._take(await self._next_message())
+            events = tuple(self._pending)
+            self._pending.clear()
+            return events
+        except BaseException:
+            await self.aclose()
+            raise
 
     async def __anext__(self) -> Event:
         if self._done:

@@ -24,7 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .etcd import EtcdClient, EtcdError, WatchError
+from .etcd import EtcdClient, EtcdError
+from .view import FleetView, json_object
 
 log = logging.getLogger("cutover.fleet")
 
@@ -54,14 +55,6 @@ class Barrier:
     @property
     def complete(self) -> bool:
         return not self.pending
-
-
-def _json(value: bytes) -> dict:
-    try:
-        doc = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 class Membership:
@@ -196,7 +189,7 @@ class Membership:
         kvs, _ = await self.client.get_prefix(f"{self.prefix}/replicas/", revision=revision)
         out = []
         for kv in kvs:
-            doc = _json(kv.value)
+            doc = json_object(kv.value)
             out.append(Replica(id=str(doc.get("id") or kv.key.rsplit("/", 1)[-1]),
                                address=str(doc.get("address") or ""), pid=int(doc.get("pid") or 0),
                                started=float(doc.get("started") or 0.0)))
@@ -205,51 +198,64 @@ class Membership:
     async def acks(self) -> tuple[dict[str, dict], int]:
         """acks: each live replica's last ack ({"generation", "revision"}), and the revision read at."""
         kvs, revision = await self.client.get_prefix(f"{self.prefix}/acks/")
-        return {kv.key.rsplit("/", 1)[-1]: _json(kv.value) for kv in kvs}, revision
+        return {kv.key.rsplit("/", 1)[-1]: json_object(kv.value) for kv in kvs}, revision
 
-    async def wait_for_acks(self, revision: int, timeout: float) -> Barrier:
+    async def wait_for_acks(self, revision: int, timeout: float, view: FleetView | None = None,
+                            applied_here: bool = False) -> Barrier:
         """wait_for_acks: wait until every replica registered at ``revision`` acked it (or later).
 
-        Bounded by ``timeout``; whoever has not acked by then is pending.
+        ``applied_here``: this replica's data plane applied it already (the replica that took
+        the change): it counts as acked whether or not its own ack reached etcd yet — it may be
+        registering again (a lease lost, a restart while etcd was away) under its id.
+
+        Bounded by ``timeout``; whoever has not acked by then is pending. The acks come from
+        ``view`` (FleetPlane's, watching them all along: admin/fleet/view.py); without one, a
+        view is made for this wait and closed after it. Who was registered at ``revision`` is
+        read at that revision, unless the view tells first (`FleetView.registered_at`). A
+        replica's ack key deleted during the wait (its lease expired) leaves it as it was:
+        pending unless it acked.
         """
-        members = [r.id for r in await self.replicas(revision)]
         deadline = time.monotonic() + timeout
-        done: set[str] = set()
-
-        def take(replica: str, doc: dict) -> None:
-            if replica in members and int(doc.get("revision") or 0) >= revision:
-                done.add(replica)
-
-        acks, read_at = await self.acks()
-        for replica, doc in acks.items():
-            take(replica, doc)
-        while not set(members) <= done:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                async with asyncio.timeout(left):
-                    async with self.client.watch(f"{self.prefix}/acks/", read_at + 1,
-                                                 idle_timeout=max(1.0, left + 1)) as events:
-                        async for event in events:
-                            read_at = max(read_at, event.kv.mod_revision)
-                            if event.type == "PUT":
-                                take(event.kv.key.rsplit("/", 1)[-1], _json(event.kv.value))
-                            if set(members) <= done:
-                                break
-            except TimeoutError:
-                break
-            except (WatchError, EtcdError) as exc:
-                log.warning("fleet: watching acks failed (%s); reading them again", exc)
-                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        own = view is None
+        watching = FleetView(self.client, self.prefix) if view is None else view
+        watching.start()
+        members = watching.registered_at(revision)
+        # Who was registered is read only when the view cannot tell (yet): the read goes out at once.
+        registered = asyncio.ensure_future(self.replicas(revision)) if members is None else None
+        done: set[str] = {self.id} if applied_here else set()
+        try:
+            while True:
+                changed = watching.changed()
+                if members is None:
+                    members = watching.registered_at(revision)
+                if members is None and registered is not None and registered.done():
+                    members = [r.id for r in registered.result()]     # an EtcdError raises here
+                if members is not None:
+                    done |= watching.acked_since(revision) & set(members)
+                    if set(members) <= done:
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                waiting = asyncio.ensure_future(changed.wait())
                 try:
-                    acks, read_at = await self.acks()
-                except EtcdError:
-                    continue
-                for replica, doc in acks.items():
-                    take(replica, doc)
+                    await asyncio.wait({waiting} if members is not None or registered is None
+                                       else {waiting, registered}, timeout=left,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+            if members is None and registered is not None:   # the time is up before the read answered
+                members = [r.id for r in await registered]
+        finally:
+            if registered is not None:
+                if not registered.done():
+                    registered.cancel()
+                await asyncio.gather(registered, return_exceptions=True)
+            if own:
+                await watching.close()
+        members = members or []
         return Barrier(acked=tuple(m for m in members if m in done), pending=tuple(m for m in members
-                                                                                   if m not in done))
+                                                                                  if m not in done))
 
     async def close(self) -> None:
         """close: stop renewing and give the lease back (its keys go with it)."""

@@ -212,8 +212,13 @@ class Fleet:
         return cls(client, store, membership, config.fleet.ack_timeout, connected), saved, revision
 
     def plane(self, local: Any) -> FleetPlane:
-        """plane: the DataPlane the controller drives: ``local`` behind this replica's membership."""
-        return FleetPlane(local, self.membership, self.ack_timeout)
+        """plane: the DataPlane the controller drives: ``local`` behind this replica's membership.
+
+        Its view of the fleet's acks starts watching at once (serve calls this on its event loop).
+        """
+        plane = FleetPlane(local, self.membership, self.ack_timeout)
+        plane.start()
+        return plane
 
     async def join(self, state: State, revision: Revision) -> None:
         """join: register this replica and ack the state its data plane serves (once it serves)."""

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from admin.fleet.etcd import (
-    DEFAULT_IDLE_TIMEOUT, Compare, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdUnavailable, KeyValue,
+    DEFAULT_IDLE_TIMEOUT, Compare, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdUnavailable, Event, KeyValue,
     RangeResult, RevisionCompacted, TxnOp, TxnResult, WatchCompacted, WatchStalled, compare_create_revision,
     compare_mod_revision, compare_value, delete_range_op, get_op, put_op,
 )
@@ -166,6 +166,69 @@ class _Snapshot:
     revision: int | None     # mod_revision of the state key; None when there is none
     seq: int                 # the newest history event's number (0: none yet)
     header: int              # the store revision read at
+    kvs: tuple[KeyValue, ...] = ()    # the keys read (`_View` starts from them)
+
+
+class _View:
+    """_View: the keys the state is made of (P/state, P/seq, P/history/*, P/drains/*) as of ``header``.
+
+    `EtcdStateStore.watch` starts one from a read and keeps it up to date with the events of a
+    watch over [`first`, `end`) — every key of the fleet but the replicas' acks (P/acks/ sorts
+    before P/drains/, P/state last), so one transaction's state, event, P/seq and trims arrive
+    together, and the acks of every change wake no follower. Applied revision by revision, it
+    holds what a read at that revision would hold: the state of each change is assembled from
+    it, with no read of its own.
+    """
+
+    __slots__ = ("prefix", "keys", "header")
+
+    def __init__(self, prefix: str, kvs: Sequence[KeyValue], header: int) -> None:
+        self.prefix = prefix
+        self.keys: dict[str, KeyValue] = {}
+        self.header = header
+        for kv in kvs:
+            self._put(kv)
+
+    @staticmethod
+    def first(prefix: str) -> str:
+        return f"{prefix}/drains/"
+
+    @staticmethod
+    def end(prefix: str) -> str:
+        return f"{prefix}/state\0"
+
+    def _put(self, kv: KeyValue) -> None:
+        if self.first(self.prefix) <= kv.key < self.end(self.prefix) \
+                and not kv.key.startswith(f"{self.prefix}/replicas/"):
+            self.keys[kv.key] = kv
+
+    def apply(self, events: Sequence[Event]) -> bool:
+        """apply: the events of one revision (one transaction); whether it put the state key."""
+        state = f"{self.prefix}/state"
+        put = False
+        for event in events:
+            if event.type == "PUT":
+                self._put(event.kv)
+                put = put or event.kv.key == state
+            else:
+                self.keys.pop(event.kv.key, None)
+            self.header = max(self.header, event.revision)
+        return put
+
+    def kvs(self) -> list[KeyValue]:
+        """kvs: the keys held, in key order (as a range read answers them)."""
+        return [self.keys[key] for key in sorted(self.keys)]
+
+
+def _revisions(events: Sequence[Event]) -> list[tuple[int, list[Event]]]:
+    """_revisions: a watch batch's events grouped by revision, in order."""
+    groups: list[tuple[int, list[Event]]] = []
+    for event in events:
+        if groups and groups[-1][0] == event.revision:
+            groups[-1][1].append(event)
+        else:
+            groups.append((event.revision, [event]))
+    return groups
 
 
 # ---------------------------------------------------------------- the store
@@ -183,7 +246,7 @@ class EtcdStateStore:
     """
 
     __slots__ = ("client", "prefix", "history_limit", "writer", "watch_idle_timeout", "_seq", "_own", "_committing",
-                 "_settled")
+                 "_settled", "_parsed")
 
     def __init__(self, client: EtcdClient, prefix: str, history_limit: int = 1000, *,
                  writer: str | None = None, watch_idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
@@ -205,6 +268,9 @@ class EtcdStateStore:
         self._committing = 0           # own commits sent and not answered yet
         self._settled = asyncio.Event()    # set while none is: a watch event may be one of them
         self._settled.set()
+        # Each history event as last parsed, by key: (its mod_revision, the JSON). Assembling a
+        # state parses only the events added or amended since (`_assemble`).
+        self._parsed: dict[str, tuple[int, Any]] = {}
 
     @property
     def _state_key(self) -> str:
@@ -258,7 +324,13 @@ class EtcdStateStore:
         return snapshot
 
     def _assemble(self, kvs: Sequence[KeyValue], header: int) -> _Snapshot:
-        """_assemble: the State that the keys of one read make up (see the module docstring)."""
+        """_assemble: the State that the keys of one read (or a `_View`) make up (see the module docstring).
+
+        A history event whose key and mod_revision were parsed before is not parsed again
+        (``_parsed``); the state gets a copy of it, which the drain outcomes are folded into.
+        Events are shared no deeper than their top level, as the controller's copies of a state
+        share them (nobody changes a nested value of a recorded event in place).
+        """
         state_kv = None
         seq = 0
         events: list[tuple[int, KeyValue]] = []
@@ -281,7 +353,7 @@ class EtcdStateStore:
                 drains.setdefault((generation, source), {})[writer] = self._drain_value(kv)
             # Anything else under the prefix (the replicas' registrations and acks) is not state.
         if state_kv is None:
-            return _Snapshot(None, None, seq, header)
+            return _Snapshot(None, None, seq, header, tuple(kvs))
         facts = self._json(state_kv, "the state")
         if not isinstance(facts, dict):
             raise self._error(f"{state_kv.key} must hold a JSON object")
@@ -289,15 +361,23 @@ class EtcdStateStore:
             raise self._error(f'{state_kv.key} holds "history": events live in their own keys')
         kept = events[-self.history_limit:] if self.history_limit else []
         history = []
+        parsed: dict[str, tuple[int, Any]] = {}
         for _, kv in kept:
-            event = self._json(kv, "a history event")
-            if not isinstance(event, dict):
-                raise self._error(f"{kv.key} must hold a JSON object")
-            history.append(event)
+            known = self._parsed.get(kv.key)
+            if known is not None and known[0] == kv.mod_revision:
+                event = known[1]
+            else:
+                event = self._json(kv, "a history event")
+                if not isinstance(event, dict):
+                    raise self._error(f"{kv.key} must hold a JSON object")
+            parsed[kv.key] = (kv.mod_revision, event)
+            history.append(dict(event))
+        self._parsed = parsed
         for (generation, source), parts in sorted(drains.items()):
             _fold_drain(history, generation, source, parts)
         state = State.from_dict({**facts, "history": history}, self.describe())
-        return _Snapshot(state, state_kv.mod_revision, max(seq, events[-1][0] if events else 0), header)
+        return _Snapshot(state, state_kv.mod_revision, max(seq, events[-1][0] if events else 0), header,
+                         tuple(kvs))
 
     def _json(self, kv: KeyValue, what: str) -> Any:
         try:
@@ -562,49 +642,66 @@ class EtcdStateStore:
     async def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
         """watch: each state committed elsewhere after revision ``since``, with its revision, in order.
 
-        Watches P/state from since + 1 (after a fresh read when ``since`` is None) and yields the
-        state of each change as of that change's revision (its history read at that revision;
-        the current one when that revision is compacted). Changes this store committed itself
-        are skipped, and so are changes older than the newest of them (a commit here compared the
-        revision it read, so it was made on top of those), and a deletion of P/state (by hand:
-        there is no state to take). When the watch ends — compacted, stalled (silent for watch_idle_timeout),
-        canceled or etcd gone — it reads the state again, yields it if it is newer than the last
-        one yielded, and watches from the revision of that read: the newest state is never
-        skipped. Retries back off from 50 ms to 2 s; after _WATCH_FAILURES failures in a row
-        (reads that etcd did not answer, watches that ended at once) it raises StoreUnavailable,
-        and a state that cannot be used raises StateError: the consumer (the controller's
-        follower) logs it and watches again.
+        Reads the keys of the state as of ``since`` (now, when ``since`` is None or compacted),
+        then watches them (every key of the fleet but the acks, see `_View`) from the revision
+        read + 1, and yields the state of each change as of that change's revision: the state
+        key's value and the history as the events of that revision and the ones before left it
+        (events added, amended and trimmed, drain outcomes added and trimmed), with no read per
+        change. Changes this store committed itself are skipped, and so are changes older than
+        the newest of them (a commit here compared the revision it read, so it was made on top
+        of those), and a deletion of P/state (by hand: there is no state to take). When the
+        watch ends — compacted, stalled (silent for watch_idle_timeout), canceled or etcd
+        gone — it reads the state again, yields it if it is newer than the last one yielded,
+        and watches from the revision of that read: the newest state is never skipped. Retries
+        back off from 50 ms to 2 s; after _WATCH_FAILURES failures in a row (reads that etcd did
+        not answer, watches that ended at once) it raises StoreUnavailable, and a state that
+        cannot be used raises StateError: the consumer (the controller's follower) logs it and
+        watches again.
         """
         given = isinstance(since, int) and not isinstance(since, bool)
         last: int = since if isinstance(since, int) and given else 0
-        start = last + 1
         failures = 0
-        if not given:            # nothing stored when the caller read, or not a revision of etcd's
-            snapshot = await self._reread(0)
-            if snapshot.state is not None and snapshot.revision is not None \
-                    and self._newer(snapshot.revision, last):
-                last = snapshot.revision
-                yield snapshot.state, last
-            start = snapshot.header + 1
+        view: _View | None = None
+        if given and last > 0:
+            try:
+                snapshot = await self._snapshot(last)
+                # The header of a read at a past revision is the store's revision now, not that one.
+                view = _View(self.prefix, snapshot.kvs, last)
+            except RevisionCompacted:
+                pass                     # read now instead
+            except StoreUnavailable as exc:
+                failures += 1
+                log.warning("watch of %s cannot read revision %d (%s); reading the state again",
+                            self.describe(), last, exc)
         while True:
+            if view is None:
+                snapshot = await self._reread(failures)
+                view = _View(self.prefix, snapshot.kvs, snapshot.header)
+                if snapshot.state is not None and snapshot.revision is not None \
+                        and self._newer(snapshot.revision, last):
+                    last = snapshot.revision
+                    yield snapshot.state, last
             delivered = False
             try:
-                async with self.client.watch(self._state_key, start, prefix=False,
+                async with self.client.watch(_View.first(self.prefix), view.header + 1,
+                                             range_end=_View.end(self.prefix),
                                              idle_timeout=self.watch_idle_timeout) as events:
-                    async for change in events:
+                    while True:
+                        batch = await events.batch()
                         delivered, failures = True, 0
-                        start = change.revision + 1
-                        # The event of an own commit can come before its answer: wait for the
-                        # answer, so that _own tells whether this change is news.
-                        await self._settled.wait()
-                        if change.type != "PUT" or not self._newer(change.revision, last):
-                            continue
-                        state, revision = await self._state_at(change.revision)
-                        if state is None or revision is None or not self._newer(revision, last):
-                            continue
-                        last = revision
-                        start = max(start, revision + 1)
-                        yield state, revision
+                        for revision, group in _revisions(batch):
+                            if not view.apply(group):
+                                continue
+                            # The event of an own commit can come before its answer: wait for the
+                            # answer, so that _own tells whether this change is news.
+                            await self._settled.wait()
+                            if not self._newer(revision, last):
+                                continue
+                            snapshot = self._assemble(view.kvs(), revision)
+                            if snapshot.state is None or snapshot.revision is None:
+                                continue
+                            last = snapshot.revision
+                            yield snapshot.state, last
             except (WatchCompacted, WatchStalled) as exc:
                 log.info("watch of %s ended (%s); reading the state again", self.describe(), exc)
             except (EtcdError, StoreUnavailable) as exc:
@@ -614,12 +711,7 @@ class EtcdStateStore:
                     raise self._unavailable(f"the watch failed {failures} times in a row: {exc}") from None
                 if failures:
                     await asyncio.sleep(_backoff(failures))
-            snapshot = await self._reread(failures)
-            if snapshot.state is not None and snapshot.revision is not None \
-                    and self._newer(snapshot.revision, last):
-                last = snapshot.revision
-                yield snapshot.state, last
-            start = snapshot.header + 1
+            view = None
 
     def _newer(self, revision: int | None, last: int) -> bool:
         """_newer: ``revision`` is news for a watch that yielded ``last``: after it, and not this store's own."""
@@ -636,14 +728,6 @@ class EtcdStateStore:
                     raise self._unavailable(f"cannot read the state to watch it, {failures} times in a "
                                             f"row: {exc}") from None
                 await asyncio.sleep(_backoff(failures))
-
-    async def _state_at(self, revision: int) -> tuple[State | None, int | None]:
-        """_state_at: the state as of ``revision`` (the current one when that is compacted)."""
-        try:
-            snapshot = await self._snapshot(revision)
-        except RevisionCompacted:
-            snapshot = await self._snapshot()
-        return snapshot.state, snapshot.revision
 
 
 def _fold_drain(history: list[dict], generation: int, source: str, parts: dict[str, dict]) -> None:

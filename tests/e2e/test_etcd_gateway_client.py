@@ -365,6 +365,27 @@ async def test_a_watch_of_one_key_sees_only_that_key(client, prefix):
     assert (event.kv.key, event.kv.value) == (prefix + "a", b"the key")
 
 
+async def test_a_watch_of_a_key_range_sees_the_keys_in_it_one_transaction_per_batch(client, prefix):
+    start = await client.put(prefix + "a/1", b"before the range")
+    await client.txn([], [put_op(prefix + "b/1", b"one"), put_op(prefix + "c", b"two"), put_op(prefix + "a/2", b"out"),
+                          put_op(prefix + "d", b"end, excluded")])
+    last = (await client.txn([], [put_op(prefix + "b/2", b"three")])).revision
+    batches = []
+    async with asyncio.timeout(10):
+        async with client.watch(prefix + "b/", start, range_end=prefix + "d", idle_timeout=5) as events:
+            while sum(map(len, batches)) < 3:
+                batches.append(await events.batch())
+    seen = [e for batch in batches for e in batch]
+    assert [(e.kv.key, e.kv.value) for e in seen] == [(prefix + "b/1", b"one"), (prefix + "c", b"two"),
+                                                      (prefix + "b/2", b"three")]
+    assert seen[0].revision == seen[1].revision < seen[2].revision == last
+    # A batch may hold several revisions (a watch catching up), never part of one.
+    for before, after in zip(batches, batches[1:]):
+        assert before[-1].revision < after[0].revision
+    with pytest.raises(ValueError, match="must sort after"):
+        client.watch(prefix + "b/", start, range_end=prefix + "a")
+
+
 async def test_a_watch_from_a_compacted_revision_raises_watch_compacted_with_the_compact_revision(client, prefix):
     first = await client.put(prefix + "k", b"1")
     second = await client.put(prefix + "k", b"2")

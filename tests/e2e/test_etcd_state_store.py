@@ -321,6 +321,74 @@ async def test_a_watch_that_stalls_on_a_sigstopped_etcd_reads_again_and_goes_on(
     assert (seen[0][0].generation, seen[0][1]) == (2, revision)
 
 
+async def test_each_state_the_watch_yields_has_the_history_a_full_read_has_amends_drains_and_trims_included(
+        client, prefix):
+    watcher, writer = store_on(client, prefix, "watcher", history_limit=3), store_on(client, prefix, "writer",
+                                                                                     history_limit=3)
+    reader = store_on(client, prefix, "reader", history_limit=3)
+    revision = await writer.commit(State(live="blue", previous=None, generation=1), None, event("lock", 1))
+    seen: list = []
+    following = asyncio.ensure_future(collect(watcher, revision, 6, seen))
+
+    async def taken(count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(seen) < count:
+                await asyncio.sleep(0.01)
+
+    live, other = "blue", "green"
+    for generation in range(2, 7):
+        live, other = other, live
+        flip = event("flip", generation, source=other, target=live)
+        revision = await writer.commit(State(live=live, previous=other, generation=generation), revision, flip)
+        await taken(generation - 1)
+        loaded, read = await reader.load()
+        assert seen[-1][1] == read == revision
+        assert seen[-1][0].to_dict() == loaded.to_dict()
+        # What lands between two commits shows in the next one: notes, amends, drain outcomes
+        # of both writers (the watcher's own too), and the trim of what falls out.
+        await writer.append(event("note", generation, source=live, target=live))
+        await watcher.amend(flip, {"recovery_ms": float(generation)})
+        await writer.add_drain(generation, other, outcome(generation))
+        await watcher.add_drain(generation, other, outcome(1, forced=1))
+    own = await watcher.commit(State(live=other, previous=live, generation=7), revision, event("flip", 7))
+    last = await writer.commit(State(live=live, previous=other, generation=8), own, event("flip", 8))
+    async with asyncio.timeout(10):
+        await following
+    loaded, read = await reader.load()
+    assert seen[-1][1] == read == last
+    assert seen[-1][0].to_dict() == loaded.to_dict()
+    assert [e["action"] for e in loaded.history] == ["note", "flip", "flip"]        # trimmed to 3
+    sixth = seen[-2][0].history                   # as of generation 6: generation 5's amend and drains in
+    assert [(e["action"], e["generation"], e.get("recovery_ms"), e.get("drained")) for e in sixth] == [
+        ("flip", 5, 5.0, 6), ("note", 5, None, None), ("flip", 6, None, None)]
+
+
+async def test_the_watch_takes_each_change_from_its_events_without_reading_the_store(client, prefix):
+    watcher, writer = store_on(client, prefix, "watcher"), store_on(client, prefix, "writer")
+    revision = await writer.commit(State(live="blue", previous=None, generation=1), None)
+    _, since = await watcher.load()
+    reads: list = []
+    async with EtcdClient(client.endpoints) as counted:
+        plain = counted.get_prefix
+
+        async def get_prefix(prefix: str, **options):
+            reads.append((prefix, options))
+            return await plain(prefix, **options)
+
+        counted.get_prefix = get_prefix
+        following = EtcdStateStore(counted, prefix, writer="watcher", watch_idle_timeout=5.0)
+        seen: list = []
+        task = asyncio.ensure_future(collect(following, since, 5, seen))
+        for generation in range(2, 7):
+            revision = await writer.commit(State(live="green" if generation % 2 else "blue", previous=None,
+                                                 generation=generation), revision, event("flip", generation))
+        async with asyncio.timeout(10):
+            await task
+    assert [s.generation for s, _ in seen] == [2, 3, 4, 5, 6]
+    assert [len(s.history) for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert len(reads) == 1                      # the keys as of `since`, once; then only the watch's events
+
+
 async def test_a_watch_from_nothing_starts_with_what_is_stored(client, prefix):
     watcher, writer = store_on(client, prefix, "watcher"), store_on(client, prefix, "writer")
     revision = await writer.commit(State(live="green", previous="blue", generation=7), None, event("flip", 7))

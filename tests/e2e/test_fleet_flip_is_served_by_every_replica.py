@@ -7,27 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from tests.support.adminapi import JsonAdmin as Admin
 from tests.support.wait import eventually
-
-
-@pytest.fixture
-def fleet_of(make_stack, etcd, tmp_path, request):
-    prefix = f"/test/{request.node.name}"
-
-    async def start(count: int, **overrides):
-        stacks = []
-        for i in range(count):
-            stacks.append(await make_stack(
-                state_file=str(tmp_path / f"replica{i}.json"),
-                store={"etcd": {"endpoints": [etcd.endpoint], "prefix": prefix, "lease_ttl": "3s",
-                                "request_timeout": "500ms"}},
-                fleet={"replica_id": f"r{i}", "ack_timeout": overrides.pop("ack_timeout", "5s")}, **overrides))
-        return stacks
-
-    return start
 
 
 async def body(session, port: int) -> str:
@@ -80,6 +61,39 @@ async def test_status_on_any_replica_shows_the_fleet_and_the_store(fleet_of, ses
         assert status["fleet"]["replica_id"] in ("r0", "r1")
         assert sorted(m["id"] for m in status["fleet"]["replicas"]) == ["r0", "r1"]
         assert status["store"]["kind"] == "etcd" and status["store"]["connected"] is True
+
+
+async def test_status_on_every_replica_shows_each_replica_at_the_generation_it_acked_without_reading_etcd(
+        fleet_of, session):
+    replicas = await fleet_of(3)
+    answer = await Admin(session, replicas[1].admin_port).ok("/v1/flip", {})
+
+    async def fleet(r) -> dict:
+        async with session.get(f"http://127.0.0.1:{r.admin_port}/v1/status") as resp:
+            return {m["id"]: (m["generation"], m["alive"]) for m in (await resp.json())["fleet"]["replicas"]}
+
+    expected = {f"r{i}": (answer["generation"], True) for i in range(3)}
+    assert await fleet(replicas[1]) == expected          # the taker's view holds the acks its barrier saw
+    for r in replicas:
+        async def listed(r=r) -> bool:
+            return await fleet(r) == expected
+
+        await eventually(listed, what=f"{r} listing every replica at generation {answer['generation']}")
+    # Status is read from the view the fleet's watch keeps: no etcd read per call.
+    client = replicas[0].controller.plane.membership.client
+    plain, reads = client.get_prefix, []
+
+    async def counted(*args, **options):
+        reads.append(args)
+        return await plain(*args, **options)
+
+    client.get_prefix = counted
+    try:
+        for _ in range(3):
+            assert await fleet(replicas[0]) == expected
+    finally:
+        client.get_prefix = plain
+    assert reads == []
 
 
 async def test_while_etcd_does_not_answer_replicas_serve_on_and_mutations_are_refused(fleet_of, session, etcd):
