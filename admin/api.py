@@ -212,7 +212,8 @@ def mutation(action: str, call: Callable[[Controller, dict, Caller], Awaitable[d
     async def handler(request: web.Request) -> web.Response:
         data = await body_of(request, action)
         controller = request.app[CONTROLLER]
-        result = await call(controller, data, caller_of(request))
+        # a path's parameters ({env}) go with the body's fields; the table refuses them in a body
+        result = await call(controller, {**data, **request.match_info}, caller_of(request))
         if data.get("wait"):
             # CI blocks on the analysis of the generation this call created. The answer keeps
             # what this call did ("change") and gives that analysis' outcome ("analysis": null for
@@ -282,7 +283,10 @@ def _log_applied(action: str, caller: Caller, data: dict, result: dict) -> None:
     log.info("admin %s by %s from %s: %s; live %s, generation %s%s%s", action, caller.actor, caller.client,
              outcome, result.get("live"), result.get("generation"),
              f", analysis {analysis.get('state')}" if isinstance(analysis, dict) else "",
-             f" (reason {reason!r})" if reason else "")
+             f" (reason {reason!r})" if reason else "",
+             extra={"action": action, "generation": result.get("generation"), "actor": caller.actor,
+                    "client": caller.client, "changed": result.get("changed"),
+                    "from_env": change.get("from") if change else None, "to_env": change.get("to") if change else None})
 
 
 def _log_refused(action: str, caller: Caller, exc: ControlError) -> None:
@@ -290,7 +294,8 @@ def _log_refused(action: str, caller: Caller, exc: ControlError) -> None:
     status = status_of(exc.code)
     level = logging.ERROR if status >= 500 else logging.WARNING
     log.log(level, "admin %s by %s from %s refused: %s (%d): %s", action, caller.actor, caller.client,
-            exc.code, status, " ".join(str(exc).split())[:300])
+            exc.code, status, " ".join(str(exc).split())[:300],
+            extra={"action": action, "actor": caller.actor, "client": caller.client, "code": exc.code})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -371,6 +376,10 @@ def make_app(controller: Controller, token: str | None, read_token: str | None =
             ctl, d.get("reason"), caller=who)), name="abort"),
         web.post("/v1/schema/attest", mutation("attest", lambda ctl, d, who: c.attest(
             ctl, d.get("from_version"), d.get("to_version"), d.get("by"), caller=who)), name="attest"),
+        web.put("/v1/environments/{env}/servers", mutation("servers", lambda ctl, d, who: c.register_servers(
+            ctl, d["env"], d["servers"], d.get("reason"), caller=who)), name="servers"),
+        web.delete("/v1/environments/{env}/servers", mutation("servers_reset", lambda ctl, d, who: c.reset_servers(
+            ctl, d["env"], d.get("reason"), caller=who)), name="servers_reset"),
         web.get("/metrics", metrics),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

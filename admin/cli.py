@@ -26,10 +26,11 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from typing import Callable, NoReturn
 
-from proxy import new_event_loop
+from proxy import configure_logging, new_event_loop
 
 from .config import ConfigError, effective_config, load_config, parse_duration
 
@@ -45,7 +46,7 @@ def _run(coro) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import StartError, serve
     config = load_config(args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log.format, config.log.level)
     try:
         return _run(serve(config))
     except StartError as exc:    # a listener that cannot bind, named by its config key
@@ -229,6 +230,14 @@ async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
             return await client.promote(args.reason, args.force, args.wait, idempotency_key=key)
         case "abort":
             return await client.abort(idempotency_key=key)
+        case "servers":
+            if args.reset:
+                doc = await client.reset_servers(args.env, args.reason, idempotency_key=key)
+            else:
+                doc = await client.servers(args.env, args.addresses, args.reason, idempotency_key=key)
+            if args.wait_healthy is not None:
+                doc = await wait_healthy(client, args.env, doc, args.wait_healthy)
+            return doc
         case "history":
             doc = await client.history()
             if args.limit is not None:
@@ -264,6 +273,22 @@ async def run_admin(args: argparse.Namespace) -> int:
               "(not_confirmed)", file=sys.stderr)
         return 1
     return wait_outcome(doc) if getattr(args, "wait", False) else 0
+
+
+async def wait_healthy(client: AdminClient, env: str, doc: dict, within: float) -> dict:
+    """wait_healthy: ``servers --wait-healthy``: poll status until every server of ``env``'s list is
+    healthy (the removed ones may still drain); the status then. AdminError not_healthy after ``within``."""
+    deadline = time.monotonic() + within
+    while True:
+        servers = ((doc.get("environments") or {}).get(env) or {}).get("servers") or []
+        if servers and all(s.get("healthy") for s in servers):
+            return doc
+        if time.monotonic() >= deadline:
+            down = ", ".join(s.get("address", "?") for s in servers if not s.get("healthy")) or "none listed"
+            raise AdminError(0, "not_healthy", f"servers of {env} not all healthy within {within:g}s: "
+                             f"unhealthy {down}", doc)
+        await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        doc = await client.status()
 
 
 def wait_outcome(doc: dict) -> int:
@@ -329,8 +354,12 @@ def render_status(doc: dict, args: argparse.Namespace) -> str:
     for name, env in envs.items():
         role = "live" if name == live else "canary" if weights.get(name) else "idle"
         lines.append(f"  {name:<{name_width}}  {role:<6}  {figures(env)}")
+        if env.get("servers_source") == "registered":
+            lines[-1] += "  servers registered"
         for server in env.get("servers", []):
             lines.append(f"    {server.get('address', ''):<{addr_width}}  {figures(server)}")
+        for server in env.get("retired_servers", []):
+            lines.append(f"    {server.get('address', ''):<{addr_width}}  {figures(server)}  removed, draining")
     return "\n".join(lines)
 
 
@@ -425,7 +454,20 @@ RENDER: dict[str, Callable[[dict, argparse.Namespace], str]] = {
     "unlock": lambda doc, args: ("switching unlocked" if doc.get("changed") is not False
                                  else "switching was not locked: nothing changed"),
     "history": render_history,
+    "servers": lambda doc, args: render_servers(doc, args),
 }
+
+
+def render_servers(doc: dict, args: argparse.Namespace) -> str:
+    """render_servers: what `cutover servers` left: the environment's list and where it comes from."""
+    env = (doc.get("environments") or {}).get(args.env) or {}
+    listed = ", ".join(f"{s.get('address')} ({'healthy' if s.get('healthy') else 'unhealthy'})"
+                       for s in env.get("servers", [])) or "-"
+    source = env.get("servers_source", "?")
+    if doc.get("changed") is False:
+        return f"servers of {args.env} unchanged ({source}): {listed}"
+    what = "back to the config's list" if args.reset else "registered"
+    return f"servers of {args.env} {what}: {listed} (generation {doc.get('generation')} unchanged)"
 
 
 def add_admin_commands(sub) -> None:
@@ -476,6 +518,13 @@ def add_admin_commands(sub) -> None:
     p = command("promote", "make the canary environment live")
     reason(p), force(p), wait(p)
     command("abort", "stop the canary: every request goes to live again")
+    p = command("servers", "replace ENV's servers at runtime (a registration from CI), or --reset to the config's")
+    p.add_argument("env", metavar="ENV", help="the environment")
+    p.add_argument("addresses", metavar="ADDR", nargs="*", help='its new servers, "host:port", in order')
+    p.add_argument("--reset", action="store_true", help="drop the registration: serve the config's list again")
+    p.add_argument("--wait-healthy", metavar="DURATION", type=duration,
+                   help="then wait up to DURATION until every server of the list is healthy (else exit 1)")
+    reason(p)
     p = command("history", "list the switch history, oldest first")
     p.add_argument("--limit", metavar="N", type=positive_int, help="only the last N events")
     from .story import drill
@@ -596,6 +645,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             raise UsageError("cutover hold", "give the hold's length once: --for "
                              "(or its old spelling --timeout after hold)")
         args.hold_for = args.hold_for if args.hold_for is not None else args.hold_timeout
+    if args.command == "servers":
+        if args.reset and args.addresses:
+            raise UsageError("cutover servers", "give either ADDR... or --reset, not both")
+        if not args.reset and not args.addresses:
+            raise UsageError("cutover servers", "give the new servers (ADDR...), or --reset for the config's list")
     return args
 
 

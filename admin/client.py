@@ -25,6 +25,7 @@ import json
 import os
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -139,6 +140,17 @@ class AdminClient:
                                 {"from_version": from_version, "to_version": to_version, **_body(by=by)},
                                 idempotency_key=idempotency_key)
 
+    async def servers(self, env: str, servers: list, reason: str | None = None,
+                      idempotency_key: str | None = None) -> dict:
+        """servers: PUT /v1/environments/{env}/servers, a registration of ``servers`` (SPEC §12)."""
+        return await self._call("PUT", f"/v1/environments/{quote(env, safe='')}/servers",
+                                {"servers": servers, **_body(reason=reason)}, idempotency_key=idempotency_key)
+
+    async def reset_servers(self, env: str, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        """reset_servers: DELETE /v1/environments/{env}/servers: the config's list again."""
+        return await self._call("DELETE", f"/v1/environments/{quote(env, safe='')}/servers", _body(reason=reason),
+                                idempotency_key=idempotency_key)
+
     async def healthz(self) -> dict:
         return await self._call("GET", "/healthz")
 
@@ -159,7 +171,7 @@ class AdminClient:
     async def _call(self, method: str, path: str, body: dict | None = None, text: bool = False,
                     idempotency_key: str | None = None) -> Any:
         """_call: one call, tried once more when no answer came (see the module docstring)."""
-        retry = method == "POST" and idempotency_key is not None     # aiohttp retries a GET itself
+        retry = method != "GET" and idempotency_key is not None     # aiohttp retries a GET itself
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         deadline = time.monotonic() + self.timeout
         try:

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from proxy import Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
+from proxy import LOG_FORMATS as FORMATS
+from proxy import AccessLogConfig, Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
 
 __all__ = [
     "Address",
@@ -225,6 +226,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """LogConfig: the `log` section (SPEC §12); serve and every worker log this way (proxy/logs.py)."""
+
+    format: str = "text"   # text | json
+    level: str = "info"    # debug | info | warning | error: the least level written
+
+
+@dataclass(frozen=True)
 class Config:
     """Config: the whole validated config, built by parse_config / load_config."""
 
@@ -247,6 +256,9 @@ class Config:
     workers: int = 1  # data-plane processes; "auto" in the file is resolved to the CPU count
     fleet: FleetConfig = FleetConfig()
     store: StoreConfig | None = None  # None: the state is state_file (one router)
+    access_log: AccessLogConfig | None = None  # None: no access log (access_log.path null)
+    generate_request_id: bool = True  # request_id.generate
+    log: LogConfig = LogConfig()
     source: Path | None = None  # the file it was loaded from
 
     def settings(self) -> Settings:
@@ -261,6 +273,7 @@ class Config:
             forwarded_headers=self.forwarded_headers, preview_listen=self.preview_listen,
             canary_header=self.canary_header,
             preview_token=self.admin.token if self.admin.auth != "none" else None,
+            access_log=self.access_log, generate_request_id=self.generate_request_id,
         )
 
 
@@ -570,6 +583,9 @@ _TOP = (
     "workers",
     "fleet",
     "store",
+    "access_log",
+    "request_id",
+    "log",
 )
 
 WORKERS_MAX = 256
@@ -667,6 +683,24 @@ def _environments(value: object, listens: list[Address]) -> dict[str, Environmen
             owner[address] = env.name
         environments[env.name] = env
     return environments
+
+
+def parse_servers(cfg: Config, name: str, value: object) -> EnvironmentConfig:
+    """parse_servers: a server list for environment ``name`` of ``cfg``, checked as the config's
+    `environments.NAME.servers` is ("host:port" or {address, weight}; non-empty, no duplicate,
+    not one of cutover's own listen addresses).
+
+    The Controller calls it for a server registration (SPEC §12); errors name the list's own
+    key path (`servers[1]: expected "host:port"`). That no server is in both environments is
+    the caller's check: the other environment's list may be a registration too.
+    """
+    listens = [a for a in (cfg.listen, cfg.admin.listen, cfg.preview_listen) if a is not None and a.port]
+    try:
+        return _environment(name, {"servers": value}, listens)
+    except ConfigError as err:
+        prefix = f"environments.{name}."
+        key = err.key[len(prefix):] if err.key and err.key.startswith(prefix) else err.key
+        raise ConfigError(err.message, key=key) from None
 
 
 def _health_check(value: object) -> HealthCheckConfig:
@@ -852,21 +886,72 @@ def _etcd_tls(value: object, base_dir: Path, environ: Mapping[str, str]) -> Etcd
     return EtcdTlsConfig(**files)
 
 
-def _existing_file(value: object, path: str, base_dir: Path, environ: Mapping[str, str]) -> Path:
-    """_existing_file: an absolute path (relative to base_dir, "~/" from HOME) of a file that exists."""
-    text = _str(value, path).strip()
-    if not text:
-        raise ConfigError("must not be empty", key=path)
+def _absolute(text: str, base_dir: Path, environ: Mapping[str, str]) -> Path:
+    """_absolute: a path of the config made absolute: relative to base_dir, "~/" from HOME."""
     if text == "~" or text.startswith("~/"):
         text = (environ.get("HOME") or str(Path.home())) + text[1:]
     file = Path(text)
     if not file.is_absolute():
         file = Path(base_dir) / file
-    file = Path(os.path.abspath(file))
+    return Path(os.path.abspath(file))
+
+
+def _existing_file(value: object, path: str, base_dir: Path, environ: Mapping[str, str]) -> Path:
+    """_existing_file: an absolute path (relative to base_dir, "~/" from HOME) of a file that exists."""
+    text = _str(value, path).strip()
+    if not text:
+        raise ConfigError("must not be empty", key=path)
+    file = _absolute(text, base_dir, environ)
     if not file.is_file():
         why = "is not a file" if file.exists() else "does not exist"
         raise ConfigError(f"{file} {why}", key=path)
     return file
+
+
+def _access_log(value: object, base_dir: Path, environ: Mapping[str, str]) -> AccessLogConfig | None:
+    """_access_log: the `access_log` section (SPEC §12); None when its path is null (the default).
+
+    A file path is made absolute (relative to base_dir, "~/" from HOME); its folder must exist.
+    The file itself is opened by the data plane (each worker, proxy/accesslog.py).
+    """
+    data = _section(value, "access_log", ("path", "format"))
+    fmt = _choice(data.get("format", AccessLogConfig.format), "access_log.format", ("json", "combined"))
+    path = data.get("path")
+    if path is None:
+        return None
+    text = _str(path, "access_log.path").strip()
+    if not text:
+        raise ConfigError('must not be empty (null: no access log, "-": standard output)', key="access_log.path")
+    if text == "-":
+        return AccessLogConfig(path="-", format=fmt)
+    file = _absolute(text, base_dir, environ)
+    if file.is_dir():
+        raise ConfigError(f"{file} is a folder, expected a file path", key="access_log.path")
+    if not file.parent.is_dir():
+        raise ConfigError(f"the folder {file.parent} does not exist", key="access_log.path")
+    return AccessLogConfig(path=str(file), format=fmt)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log(value: object) -> LogConfig:
+    """_log: the `log` section (SPEC §12): the format of every cutover process's log lines and the least level written."""
+    data = _section(value, "log", ("format", "level"))
+    fmt = _choice(data.get("format", LogConfig.format), "log.format", FORMATS)
+    level = data.get("level", LogConfig.level)
+    if isinstance(level, str):
+        level = level.lower()
+    return LogConfig(format=fmt, level=_choice(level, "log.level", LOG_LEVELS))
+
+
+def _request_id(value: object) -> bool:
+    """_request_id: the `request_id` section; whether ids are made up for requests without a sane one."""
+    data = _section(value, "request_id", ("generate",))
+    generate = data.get("generate", True)
+    if not isinstance(generate, bool):
+        raise ConfigError(f"expected true or false, got {_show(generate)}", key="request_id.generate")
+    return generate
 
 
 def _analysis(value: object) -> AnalysisConfig:
@@ -1029,6 +1114,9 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         workers=_workers(top.get("workers", 1)),
         fleet=_fleet(top.get("fleet"), listen),
         store=_store(top.get("store"), base_dir, environ),
+        access_log=_access_log(top.get("access_log"), base_dir, environ),
+        generate_request_id=_request_id(top.get("request_id")),
+        log=_log(top.get("log")),
     )
 
 
@@ -1152,6 +1240,10 @@ def effective_config(cfg: Config) -> dict[str, Any]:
         "workers": cfg.workers,
         "fleet": dataclasses.asdict(cfg.fleet),
         "store": _effective_store(cfg.store),
+        "access_log": {"path": cfg.access_log.path if cfg.access_log else None,
+                       "format": cfg.access_log.format if cfg.access_log else AccessLogConfig.format},
+        "request_id": {"generate": cfg.generate_request_id},
+        "log": {"format": cfg.log.format, "level": cfg.log.level},
     }
 
 

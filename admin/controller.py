@@ -9,6 +9,12 @@ only through snapshots. The hold is the Controller's: the State keeps its
 deadline and the Controller runs the one timer that ends it; the data plane
 only holds and releases. Domain errors are ControlError with a stable code;
 api.py maps codes to HTTP statuses in one table.
+
+Server lists come from the config, or from a registration (SPEC §12: ``register_servers``,
+``reset_servers``), a runtime fact kept in the State with the fingerprint of the config's list
+it replaced. At start, and when a state committed elsewhere is taken, a registration whose
+fingerprint no longer matches the config's list is dropped (the config wins), with a
+``servers_reset`` history event that says why. A registration changes no route generation.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import hashlib
+import json
 import logging
 import os
 import time
@@ -24,13 +32,14 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
-from proxy import DrainSnapshot, EnvironmentSnapshot, Route
+from proxy import Address, DrainSnapshot, EnvironmentConfig, EnvironmentSnapshot, Route, merge_drains
 
 from .analysis import Analysis
-from .config import Config
+from .config import Config, ConfigError, parse_address, parse_servers
 from .gates import GateInputs, GateResult, listen_url, run_gates
 from .plane import Ack, Change, DataPlane, Hold
-from .state import Revision, State, StateConflict, StateError, StateNotDurable, StateStore, drain_fields
+from .state import (Revision, State, StateConflict, StateError, StateNotDurable, StateStore, amend_event,
+                    drain_fields)
 
 log = logging.getLogger("cutover.controller")
 
@@ -104,6 +113,9 @@ class Controller:
         self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
         self._released_unsaved = 0     # requests a timed-out hold released while its resume could not be saved
         self._ack: Ack | None = None   # the Ack of the change the mutation being answered made
+        # Server list changes this controller recorded, by tag: the history event, and the
+        # outcome of the drain of the servers each removed, summed over the parts reported.
+        self._server_changes: dict[str, dict] = {}
         plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
@@ -141,7 +153,13 @@ class Controller:
 
         The plane was built serving route_of(state); a hold saved with a deadline still ahead
         holds again until that same deadline, one that passed meanwhile is recorded as resumed.
+        The config's server lists it was built with give way to the registrations still valid
+        (those whose config list changed are dropped first, see _drop_stale).
         """
+        await self._drop_stale("at start")
+        lists = {name: self.servers_of(self.state, name) for name in self.state.registrations}
+        if lists:
+            await self.plane.apply(Change(servers=lists, servers_at_start=True, revision=self.revision))
         if self.state.held:
             remaining = (self.state.hold_until or 0) - time.time()
             if remaining > 0:
@@ -186,8 +204,10 @@ class Controller:
             "held_requests": router.held_requests,
             "fenced_requests": router.fenced_requests,
             "weights": route.weights,
-            "environments": {env.name: _environment_status(env) for env in router.environments},
-            "draining": {drain.environment: _drain_result(drain) for drain in router.drains},
+            "environments": {env.name: _environment_status(
+                env, "registered" if env.name in self.state.registrations else "config")
+                for env in router.environments},
+            "draining": {drain.environment: _drain_result(drain) for drain in router.drains if not drain.tag},
             "locked": self.state.locked,
             "lock_reason": self.state.lock_reason,
             "hold_until": _iso(self.state.hold_until) if router.held else None,
@@ -384,6 +404,150 @@ class Controller:
             self._record(state, "unlock", reason, caller=caller)
             await self._save(state)
             return self._answer(changed=True)
+
+    # -------------------------------------------------------------- servers
+
+    def servers_of(self, state: State, name: str) -> tuple[tuple[Address, int], ...]:
+        """servers_of: environment ``name``'s server list under ``state``: its registration, else the config's."""
+        registration = state.registrations.get(name)
+        if registration is None:
+            env = self.config.environments[name]
+            return tuple(zip(env.servers, env.weights))
+        return tuple((parse_address(s["address"], "address"), s["weight"]) for s in registration["servers"])
+
+    async def register_servers(self, name: Any, servers: Any, reason: str | None = None,
+                               caller: Caller = INTERNAL) -> dict:
+        """register_servers: ``servers`` replace environment ``name``'s list at runtime (PUT
+        /v1/environments/{env}/servers, SPEC §12), until reset or until the config's list changes.
+
+        Checked as the config's list is (parse_servers), and no server may be in the other
+        environment's list. Refused (409 locked) while locked for an environment that receives
+        traffic (live, or the canary): a lock freezes what serves users; the idle environment
+        may still be prepared. The route generation does not move.
+        """
+        name = self._registered_environment(name)
+        try:
+            parsed = parse_servers(self.config, name, servers)
+        except ConfigError as exc:
+            raise ControlError("bad_request", str(exc)) from None
+        async with self.lock:
+            self._check_unlocked_servers(name)
+            new = tuple(zip(parsed.servers, parsed.weights))
+            for other in self.environments:
+                if other == name:
+                    continue
+                theirs = {str(a) for a, _ in self.servers_of(self.state, other)}
+                for index, (address, _) in enumerate(new):
+                    if str(address) in theirs:
+                        raise ControlError("bad_request", f'servers[{index}]: "{address}" is also a server of '
+                                           f"environment {other} (a blue-green pair needs two separate copies)")
+            old = self.servers_of(self.state, name)
+            if new == old and name in self.state.registrations:
+                return self._answer(changed=False)
+            state = self._next()
+            state.registrations[name] = {
+                "servers": [{"address": str(a), "weight": w} for a, w in new],
+                "fingerprint": fingerprint(self.config.environments[name])}
+            return await self._change_servers(state, "servers", name, old, new, reason, caller)
+
+    async def reset_servers(self, name: Any, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
+        """reset_servers: environment ``name`` serves the config's list again (DELETE
+        /v1/environments/{env}/servers); without a registration it is a no-op."""
+        name = self._registered_environment(name)
+        async with self.lock:
+            if name not in self.state.registrations:
+                return self._answer(changed=False)
+            self._check_unlocked_servers(name)
+            old = self.servers_of(self.state, name)
+            state = self._next()
+            del state.registrations[name]
+            return await self._change_servers(state, "servers_reset", name, old, self.servers_of(state, name),
+                                              reason, caller)
+
+    async def _change_servers(self, state: State, action: str, name: str, old: tuple, new: tuple,
+                              reason: str | None, caller: Caller = INTERNAL) -> dict:
+        """_change_servers: record, commit and apply a new server list for ``name`` (the caller holds the lock)."""
+        before = {str(a) for a, _ in old}
+        after = [str(a) for a, _ in new]
+        entry = self._record(state, action, reason, caller=caller, environment=name, servers=after,
+                             added=[a for a in after if a not in before],
+                             removed=[a for a in sorted(before) if a not in after])
+        await self._save(state)
+        tag = f"{entry['at']} {action} {name}"
+        self._server_changes[tag] = {"event": {key: entry[key] for key in ("at", "action", "generation")},
+                                     "parts": []}
+        while len(self._server_changes) > 100:
+            del self._server_changes[next(iter(self._server_changes))]
+        await self._apply(Change(servers={name: new}, servers_tag=tag))
+        log.info("%s of %s: %s (added %s, removed %s)%s", action, name, ", ".join(after) or "-",
+                 ", ".join(entry["added"]) or "-", ", ".join(entry["removed"]) or "-",
+                 f" ({reason})" if reason else "")
+        return self._answer(changed=True)
+
+    async def _drop_stale(self, when: str) -> None:
+        """_drop_stale: drop each registration whose config list changed since (the config wins),
+        or that the config's rules refuse now; one ``servers_reset`` event each. The caller holds
+        the lock, or runs before anything else (start). A commit that fails is logged: the data
+        plane serves the config's list anyway, and the next start tries again."""
+        for name in list(self.state.registrations):
+            why = self._stale(self.state, name)
+            if why is None:
+                continue
+            state = self._next()
+            del state.registrations[name]
+            servers = [str(a) for a, _ in self.servers_of(state, name)]
+            self._record(state, "servers_reset", f"config changed: {why}", environment=name, servers=servers)
+            log.warning("registration of %s dropped %s: %s; serving the config's list %s", name, when, why,
+                        ", ".join(servers))
+            try:
+                await self._save(state)
+            except ControlError as exc:
+                log.error("could not save that the registration of %s was dropped: %s", name, exc)
+                self.state.registrations.pop(name, None)
+            await self.plane.apply(Change(servers={name: self.servers_of(self.state, name)},
+                                          servers_tag=f"{when} {name}", revision=self.revision))
+
+    def _stale(self, state: State, name: str) -> str | None:
+        """_stale: why ``state``'s registration of ``name`` no longer stands, or None when it does."""
+        registration = state.registrations[name]
+        if registration["fingerprint"] != fingerprint(self.config.environments[name]):
+            return f"environments.{name}.servers is not the list the registration replaced"
+        try:
+            parse_servers(self.config, name, registration["servers"])
+        except ConfigError as exc:
+            return f"the registered list is refused by this config ({exc})"
+        return None
+
+    def _registered_environment(self, name: Any) -> str:
+        if not isinstance(name, str) or name not in self.environments:
+            # the path names a resource that does not exist: 404 (a flip's body naming one is 400)
+            raise ControlError("not_found", f"unknown environment {name!r}: no /v1/environments/{name}/servers; "
+                               f"configured: {', '.join(self.environments)}")
+        return name
+
+    def _check_unlocked_servers(self, name: str) -> None:
+        if self.state.locked and (name == self.state.live or (name == self.state.canary and self.state.canary_weight)):
+            why = f" ({self.state.lock_reason})" if self.state.lock_reason else ""
+            raise ControlError("locked", f"switching is locked{why}; {name} receives traffic, so its servers "
+                               "are not replaced until unlock")
+
+    def _server_drain_finished(self, drain: DrainSnapshot) -> None:
+        """_server_drain_finished: a drain of the servers a list change removed ended (one part per
+        worker): its summed outcome goes to that change's history entry."""
+        result = _drain_result(drain)
+        log.log(logging.WARNING if result["forced_closed"] or result["dropped"] else logging.INFO,
+                "drain of removed servers %s of %s ended in %.3fs: drained %d, forced_closed %d, dropped %d",
+                ", ".join(drain.servers), drain.environment, result["duration"] or 0.0, result["drained"],
+                result["forced_closed"], result["dropped"])
+        change = self._server_changes.get(drain.tag)
+        if change is None:
+            return          # a change of the start, or one another replica recorded
+        change["parts"].append(drain)
+        total = _drain_result(merge_drains(change["parts"]))
+        fields = drain_fields(total)
+        event = change["event"]
+        amend_event(self.state.history, event, fields)
+        self._write_later(lambda: self.store.amend(event, fields))
 
     # -------------------------------------------------------------- helpers
 
@@ -608,6 +772,9 @@ class Controller:
 
     def _drain_finished(self, drain: DrainSnapshot) -> None:
         """_drain_finished: add a drain's outcome to the history entry of the switch that started it."""
+        if drain.tag:
+            self._server_drain_finished(drain)
+            return
         result = _drain_result(drain)
         for key in self.drain_counts:
             self.drain_counts[key] += result[key]
@@ -615,7 +782,10 @@ class Controller:
         level = logging.WARNING if result["forced_closed"] or result["dropped"] else logging.INFO
         log.log(level, "drain of %s after generation %d ended in %.3fs: drained %d, forced_closed %d, "
                 "dropped %d, client_gone %d", drain.environment, drain.generation, result["duration"] or 0.0,
-                result["drained"], result["forced_closed"], result["dropped"], result["client_gone"])
+                result["drained"], result["forced_closed"], result["dropped"], result["client_gone"],
+                extra={"action": "drain", "generation": drain.generation, "env": drain.environment,
+                       "drained": result["drained"], "forced_closed": result["forced_closed"],
+                       "dropped": result["dropped"]})
         generation, source = drain.generation, drain.environment
         self._details[(generation, source)] = fields
         while len(self._details) > 100:
@@ -693,7 +863,15 @@ class Controller:
         # Sent even when neither route nor hold moved (a lock, an attestation, or the state a
         # replica started from its local copy): a fleet replica acks each revision it takes.
         hold = Hold(saved.held, saved.hold_until if saved.held else None) if held else None
-        await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision))
+        lists = {}
+        for name in self.environments:
+            if name in saved.registrations and self._stale(saved, name) is not None:
+                continue        # dropped below; until then the data plane keeps what it serves
+            servers = self.servers_of(saved, name)
+            if servers != self.servers_of(before, name):
+                lists[name] = servers
+        await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision,
+                                      servers=lists or None, servers_tag=f"{revision} taken"))
         if held:
             self._arm_hold_timer(saved.hold_until if saved.held else None)
         if saved.generation != before.generation and self.analysis is not None \
@@ -701,6 +879,8 @@ class Controller:
             self.analysis.cancel(f"superseded by a change committed elsewhere (generation {saved.generation})")
         log.info("took the state committed elsewhere: live %s, generation %d, held %s, locked %s",
                  saved.live, saved.generation, saved.held, saved.locked)
+        if not force:
+            await self._drop_stale("in a state committed elsewhere")
         return True
 
     # ----------------------------------------------------------------- hold
@@ -769,16 +949,40 @@ def _parse_iso(text: Any) -> datetime | None:
     return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
-def _environment_status(env: EnvironmentSnapshot) -> dict:
-    """_environment_status: one environment of GET /v1/status (SPEC §7)."""
+def _environment_status(env: EnvironmentSnapshot, source: str) -> dict:
+    """_environment_status: one environment of GET /v1/status (SPEC §7, §12).
+
+    ``servers`` is its current list, ``servers_source`` where that list comes from (config |
+    registered); ``retired_servers`` those a new list removed that have not finished yet.
+    """
     return {"healthy": env.healthy, "inflight": env.inflight, "connections": env.connections,
+            "servers_source": source,
             "servers": [{"address": s.address, "healthy": s.healthy, "inflight": s.inflight,
-                         "connections": s.connections} for s in env.servers]}
+                         "connections": s.connections} for s in env.servers],
+            "retired_servers": [{"address": s.address, "healthy": s.healthy, "inflight": s.inflight,
+                                 "connections": s.connections} for s in env.retired]}
+
+
+def fingerprint(env: EnvironmentConfig) -> str:
+    """fingerprint: what identifies the config's server list of ``env`` (addresses and weights, in order).
+
+    A registration keeps the fingerprint of the list it replaced; when the config's list no
+    longer has it, the config wins (Controller._drop_stale).
+    """
+    text = json.dumps([[str(a), w] for a, w in zip(env.servers, env.weights)], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _drain_result(drain: DrainSnapshot) -> dict:
-    """_drain_result: a drain's figures as status "draining" and the history entry's "drain" show them."""
-    return asdict(drain)
+    """_drain_result: a drain's figures as status "draining" and the history entry's "drain" show them
+    (``servers`` and ``tag`` only for a drain of removed servers)."""
+    out = asdict(drain)
+    if not drain.tag:
+        del out["servers"], out["tag"]
+    else:
+        del out["tag"]
+        out["servers"] = list(drain.servers)
+    return out
 
 
 def _change(entry: dict) -> dict:

@@ -102,6 +102,9 @@ class CutoverCollector:
                                 value=sum(1 for w in workers if w.alive))
         yield CounterMetricFamily("cutover_worker_restarts", "Worker processes restarted after they exited",
                                   value=sum(w.restarts for w in workers))
+        yield CounterMetricFamily("cutover_access_log_dropped_lines", "Access log lines lost: the writer was "
+                                  "16 MiB behind, or the file would not open or take a write",
+                                  value=snapshot.access_log_dropped)
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
         yield GaugeMetricFamily("cutover_fenced_requests", "Requests waiting until this fleet replica's lease is "

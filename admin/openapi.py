@@ -77,8 +77,14 @@ _SCHEMAS: dict[str, dict] = {
         "healthy": {"type": "boolean", "description": "at least one server healthy"},
         "inflight": _COUNT,
         "connections": _COUNT,
-        "servers": {"type": "array", "items": _ref("Server")},
-    }, required=["healthy", "inflight", "connections", "servers"]),
+        "servers_source": {"type": "string", "enum": ["config", "registered"],
+                           "description": "where the server list comes from: the config, or a registration "
+                                          "(PUT /v1/environments/{env}/servers)"},
+        "servers": {"type": "array", "items": _ref("Server"), "description": "the current list"},
+        "retired_servers": {"type": "array", "items": _ref("Server"),
+                            "description": "servers a new list removed that have not finished: serving while "
+                                           "no server of the new list is healthy, then draining"},
+    }, required=["healthy", "inflight", "connections", "servers_source", "servers", "retired_servers"]),
     "Drain": _object({
         "environment": _NAME,
         "generation": {"type": "integer", "minimum": 1, "description": "the switch that started it"},
@@ -91,11 +97,14 @@ _SCHEMAS: dict[str, dict] = {
         "interrupted": {"type": "boolean", "description": "a newer switch made this environment serve again"},
         "duration": {"type": ["number", "null"], "description": "seconds; null while running"},
         "idle_connections_closed": _COUNT,
+        "servers": {"type": "array", "items": {"type": "string"},
+                    "description": "a drain of the servers a new list removed: their addresses"},
         "replicas": {"type": "object", "additionalProperties": {"type": "object"},
                      "description": "fleet: each replica's own part, by replica id (the fields above are their sum)"},
     }, required=["environment", "generation", "inflight_at_start", "drained", "forced_closed", "dropped",
                  "client_gone", "remaining", "interrupted", "duration", "idle_connections_closed"],
-        description="a drain of the environment that stopped receiving traffic"),
+        description="a drain of the environment that stopped receiving traffic, or of the servers a "
+                    "new server list removed"),
     "Analysis": _object({
         "generation": {"type": "integer", "minimum": 1, "description": "the switch watched"},
         "environment": _NAME,
@@ -188,7 +197,8 @@ _SCHEMAS: dict[str, dict] = {
     "HistoryEvent": _object({
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
-                                              "hold", "resume", "lock", "unlock", "attest"]},
+                                              "hold", "resume", "lock", "unlock", "attest", "servers",
+                                              "servers_reset"]},
         "from": {**_NAME, "description": "live before"},
         "to": {**_NAME, "description": "live after, or the canary environment"},
         "generation": {"type": "integer", "minimum": 1, "description": "the generation after it"},
@@ -204,6 +214,12 @@ _SCHEMAS: dict[str, dict] = {
         "released": {**_COUNT, "description": "resume: the held requests released"},
         "weight": {"type": "integer", "minimum": 0, "maximum": 100, "description": "canary, abort: the new weight"},
         "by": {"type": ["string", "null"], "description": "attest: who attested"},
+        "environment": {**_NAME, "description": "servers, servers_reset: the environment whose list changed"},
+        "servers": {"type": "array", "items": {"type": "string"},
+                    "description": "servers, servers_reset: its list after the change"},
+        "added": {"type": "array", "items": {"type": "string"}, "description": "servers: addresses added"},
+        "removed": {"type": "array", "items": {"type": "string"},
+                    "description": "servers: addresses removed (drained; the drain's outcome is added)"},
         "actor": {"type": "string", "enum": ["admin", "read", "none", "cutover"],
                   "description": "which token asked: admin, read, none (auth off), or cutover itself "
                                  "(a hold's timeout, an analysis' rollback)"},
@@ -289,18 +305,26 @@ _REFUSALS: dict[str, dict[int, dict]] = {
                            "locked", "gate_failed")},
     "promote": {409: _error("refused: locked, no canary running, a gate failed, or the route changed "
                             "while the gates ran", "locked", "no_canary", "gate_failed", "conflict")},
+    "servers": {400: _error("a bad body, a server the config's rules refuse (the message names it: "
+                            "servers[1]: expected \"host:port\"), or a server of the other environment",
+                            "bad_request"),
+                404: _error("no environment of that name", "not_found"),
+                409: _error("refused: switching is locked and the environment receives traffic", "locked")},
+    "servers_reset": {404: _error("no environment of that name", "not_found"),
+                      409: _error("refused: switching is locked and the environment receives traffic",
+                                  "locked")},
 }
 
 
 # The mutations that change the data plane, whose answer carries an Ack (and may be a 202).
-ACKED = ("flip", "rollback", "hold", "resume", "canary", "promote", "abort")
+ACKED = ("flip", "rollback", "hold", "resume", "canary", "promote", "abort", "servers", "servers_reset")
 
 
 def _responses(endpoint: Endpoint) -> dict:
     """_responses: every answer of one endpoint, by status."""
     description, media, schema = _OK.get(endpoint.name, (_STATUS_ANSWER, JSON, _ref("Status")))
     out: dict[str, dict] = {"200": {"description": description, "content": {media: {"schema": schema}}}}
-    mutation = endpoint.method == "POST"
+    mutation = endpoint.method != "GET"
     if mutation:
         out["200"]["headers"] = {REPLAYED: {"description": f"true on the replayed answer to a repeated "
                                                            f"{IDEMPOTENCY_KEY}", "schema": {"const": "true"}}}
@@ -331,8 +355,11 @@ def _operation(endpoint: Endpoint) -> dict:
     if endpoint.query:
         op["parameters"] = [{"name": f.name, "in": "query", "required": f.required,
                              "description": f.description, "schema": f.schema()} for f in endpoint.query]
-    if endpoint.method == "POST":
+    if endpoint.method != "GET":
         op["parameters"] = [{"$ref": "#/components/parameters/IdempotencyKey"}]
+        if "{env}" in endpoint.path:
+            op["parameters"].append({"name": "env", "in": "path", "required": True, "schema": {"type": "string"},
+                                     "description": "the environment (a name of the config's environments)"})
         schema = _object({f.name: f.schema() for f in endpoint.body},
                          required=[f.name for f in endpoint.body if f.required] or None)
         op["requestBody"] = {"required": False, "description": "an empty body is {}",

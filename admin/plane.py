@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from proxy import Proxy, Route, Router
 
 if TYPE_CHECKING:
-    from proxy import DrainSnapshot, Settings, Snapshot
+    from proxy import Address, DrainSnapshot, Settings, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,10 @@ class Change:
     replica that took the call; a change taken from the store is only applied and acked).
     ``fence`` is the monotonic time until which a fleet replica's lease is known to live
     (Router.fence; inf lifts it): its membership sends it to the local plane only.
+    ``servers`` gives environments a new server list ((address, weight) in order; Router.set_servers),
+    ``servers_tag`` names that change in the drain of the servers it removes, and
+    ``servers_at_start`` says the lists are the ones the data plane starts with (the
+    Controller's start: added servers count as healthy until checked, as the config's do).
     """
 
     route: Route | None = None
@@ -53,6 +57,9 @@ class Change:
     revision: object = None
     confirm: bool = False
     fence: float | None = None
+    servers: "dict[str, tuple[tuple[Address, int], ...]] | None" = None
+    servers_tag: str = ""
+    servers_at_start: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +140,12 @@ class LocalPlane:
         return cls(Proxy(settings, Router.from_settings(settings, route)))
 
     async def apply(self, change: Change) -> Ack:
-        """apply: swap the route (Router.swap starts the drains), then set or release the hold."""
+        """apply: new server lists, then swap the route (Router.swap starts the drains), then
+        set or release the hold."""
         router = self._router
+        if change.servers is not None:
+            for name, servers in change.servers.items():
+                router.set_servers(name, servers, change.servers_tag, change.servers_at_start)
         if change.route is not None:
             router.swap(change.route)
         if change.hold is not None:

@@ -24,7 +24,14 @@ from .config import HISTORY_LIMIT_MAX
 from .controller import ControlError
 
 _JSON_TYPES = {"string": "string", "boolean": "boolean", "integer": "integer", "number": "number",
-               "date-time": "string"}
+               "date-time": "string", "servers": "array"}
+# A server list (SPEC §12): what `environments.X.servers` takes in the config; the Controller
+# checks each entry as the config does (admin/config.py parse_servers), naming "servers[i]".
+_SERVER_ITEM = {"oneOf": [
+    {"type": "string", "description": '"host:port" (weight 1)'},
+    {"type": "object", "properties": {"address": {"type": "string", "description": "host:port"},
+                                      "weight": {"type": "integer", "minimum": 1}},
+     "required": ["address"], "additionalProperties": False}]}
 _INTEGER = re.compile(r"-?[0-9]{1,12}")        # a query integer: decimal digits only, bounded length
 _OFFSET_SPACE = re.compile(r" ([0-9]{2}:?[0-9]{2})$")   # "+02:00" after a query's + became a space
 
@@ -33,7 +40,8 @@ _OFFSET_SPACE = re.compile(r" ([0-9]{2}:?[0-9]{2})$")   # "+02:00" after a query
 class Field:
     """Field: one accepted body key or query parameter, as ``check_body``/``check_query`` read it.
 
-    ``kind`` is string, boolean, integer, number or date-time (ISO-8601, query only);
+    ``kind`` is string, boolean, integer, number, date-time (ISO-8601, query only) or servers
+    (a non-empty list of server entries, each checked later by the Controller);
     ``nullable`` lets a body carry JSON null for "not given". The bounds are inclusive
     unless ``exclusive_minimum``.
     """
@@ -56,6 +64,9 @@ class Field:
                                "description": self.description}
         if self.kind == "date-time":
             out["format"] = "date-time"
+        if self.kind == "servers":
+            out["items"] = _SERVER_ITEM
+            out["minItems"] = 1
         if self.minimum is not None:
             out["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = _plain(self.minimum)
         if self.maximum is not None:
@@ -66,7 +77,9 @@ class Field:
 
     def expectation(self) -> str:
         """expectation: what a good value is, for the error message ("an integer from 0 to 100")."""
-        if self.kind == "boolean":
+        if self.kind == "servers":
+            text = 'a non-empty list of "host:port" or {"address", "weight"}'
+        elif self.kind == "boolean":
             text = "true or false"
         elif self.kind == "string":
             text = "a non-empty string" if self.non_empty else "a string"
@@ -93,6 +106,9 @@ class Field:
         if value is None:
             if self.nullable:
                 return None
+        elif self.kind == "servers":
+            if isinstance(value, list) and value:
+                return value
         elif self.kind == "boolean":
             if isinstance(value, bool):
                 return value
@@ -137,11 +153,11 @@ class Endpoint:
     """Endpoint: one route of the admin API and what its requests may carry."""
 
     name: str                      # the key in ENDPOINTS; for mutations the action api.py passes
-    method: str                    # "GET" | "POST"
+    method: str                    # "GET" | "POST" | "PUT" | "DELETE"
     path: str
     operation_id: str              # the document's operationId: method + endpoint, camelCase
     summary: str
-    body: tuple[Field, ...] = ()   # the JSON object a POST may carry (an empty body is {})
+    body: tuple[Field, ...] = ()   # the JSON object a mutation may carry (an empty body is {})
     query: tuple[Field, ...] = ()
     auth: bool = True              # needs the bearer token (every /v1 endpoint)
 
@@ -195,6 +211,15 @@ _TABLE = (
                  Field("from_version", "string", "the version serving now", required=True, non_empty=True),
                  Field("to_version", "string", "the version to switch to", required=True, non_empty=True),
                  Field("by", "string", "who attests (a person, a CI job)", nullable=True))),
+    Endpoint("servers", "PUT", "/v1/environments/{env}/servers", "putEnvironmentServers",
+             "replace the environment's servers at runtime (a registration, kept until DELETE or until "
+             "the config's list for it changes); the route generation does not move", body=(
+                 Field("servers", "servers", 'the new list, in order: "host:port" or {"address", "weight"}; '
+                                             "the same rules as the config's environments.X.servers",
+                       required=True),
+                 _REASON)),
+    Endpoint("servers_reset", "DELETE", "/v1/environments/{env}/servers", "deleteEnvironmentServers",
+             "drop the registration: the environment serves the config's list again", body=(_REASON,)),
     Endpoint("metrics", "GET", "/metrics", "getMetrics", "Prometheus metrics", auth=False),
     Endpoint("healthz", "GET", "/healthz", "getHealthz",
              "liveness: the process is up (and whether the live environment is healthy)", auth=False),

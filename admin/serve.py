@@ -227,7 +227,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     plane: LocalPlane | WorkerPlane
     if config.workers > 1:
         plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
-                            logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+                            logging.getLevelName(logging.getLogger().getEffectiveLevel()), config.log.format)
         try:
             if inherited is not None:
                 plane.adopt(inherited.listens, inherited.previews if config.preview_listen else [])
@@ -343,7 +343,7 @@ async def serve(config: Config) -> int:
     log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
              "workers %d)", config.listen.host, running.port, config.admin.listen.host, running.admin_port,
              route.live, route.generation, running.controller.store.describe(), data_plane_build(),
-             config.workers)
+             config.workers, extra={"action": "start", "generation": route.generation, "env": route.live})
     if config.workers > 1:
         migrate = reuseport_migration()
         if migrate is not None:
@@ -392,13 +392,28 @@ async def serve(config: Config) -> int:
         upgrading.add(task)
         task.add_done_callback(upgrading.discard)
 
+    def on_reopen() -> None:
+        # SIGUSR1 (log rotation): the access log opens its file again, in whichever process writes it.
+        if config.access_log is None:
+            log.info("SIGUSR1: no access log to reopen")
+            return
+        log.info("SIGUSR1: reopening the access log %s", config.access_log.path)
+        if running.proxy is not None:
+            running.proxy.reopen_access_log()
+            return
+        local = running.plane.local if isinstance(running.plane, FleetPlane) else running.plane
+        if isinstance(local, WorkerPlane):
+            local.reopen_access_log()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
+    loop.add_signal_handler(signal.SIGUSR1, on_reopen)
     await stopping.wait()
     result = await running.stop()
     for task in list(upgrading):
         task.cancel()
-    log.info("stopped: %d connections open at shutdown, %d cut at drain_timeout",
-             result["connections"], result["cut"])
+    generation = running.controller.state.generation
+    log.info("stopped: %d connections open at shutdown, %d cut at drain_timeout; generation %d",
+             result["connections"], result["cut"], generation, extra={"action": "stop", "generation": generation})
     return 0

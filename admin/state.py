@@ -3,8 +3,9 @@
 The controller loads a `State` and its revision once at start, checks it against the config
 with `State.check_environments`, and commits every mutation through a `StateStore` (a
 compare-and-swap on the revision it read) before it acknowledges it. The state holds runtime
-facts only (live, previous, generation, hold, lock, canary, attestations) and the history;
-server lists always come from the config. `FileStateStore` keeps it in one JSON file; an etcd
+facts only (live, previous, generation, hold, lock, canary, attestations, server
+registrations) and the history; server lists come from the config, or from a registration
+only while the config's list it replaced is unchanged (its fingerprint, SPEC §8, §12). `FileStateStore` keeps it in one JSON file; an etcd
 store (SPEC §9.2) implements the same `StateStore` protocol.
 """
 
@@ -100,10 +101,17 @@ class State:
     history: list[dict] = field(default_factory=list)  # SPEC §7 history events, oldest first
     # Schema-compatibility attestations (SPEC §6): {"from_version", "to_version", "by", "at"}.
     attestations: list[dict] = field(default_factory=list)
+    # Server registrations (SPEC §12): environment -> {"servers": [{"address": "host:port",
+    # "weight": int >= 1}, ...] (non-empty), "fingerprint": the config's list it replaced}.
+    registrations: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """to_dict: the JSON-ready form, with the format version; stores call it to save."""
-        return {
+        """to_dict: the JSON-ready form, with the format version; stores call it to save.
+
+        "registrations" is there only when there is one, so a state without any keeps the form
+        it always had.
+        """
+        out = {
             "version": FORMAT_VERSION,
             "live": self.live,
             "previous": self.previous,
@@ -117,6 +125,10 @@ class State:
             "history": [dict(event) for event in self.history],
             "attestations": [dict(a) for a in self.attestations],
         }
+        if self.registrations:
+            out["registrations"] = {env: {"servers": [dict(s) for s in r["servers"]], "fingerprint": r["fingerprint"]}
+                                    for env, r in self.registrations.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> State:
@@ -134,12 +146,12 @@ class State:
     def check_environments(self, names: Iterable[str], source: str) -> None:
         """check_environments: the controller calls it at start with the config's environments.
 
-        A state naming an environment the config has not got (as live, previous or canary) is
-        an error, not silently dropped (SPEC §8). History entries are not checked: they record
-        what was true then.
+        A state naming an environment the config has not got (as live, previous or canary, or
+        with a server registration) is an error, not silently dropped (SPEC §8). History
+        entries are not checked: they record what was true then.
         """
         known = list(names)
-        for name in (self.live, self.previous, self.canary):
+        for name in (self.live, self.previous, self.canary, *self.registrations):
             if name is not None and name not in known:
                 raise StateError(
                     f'state {source} names environment "{name}", '
@@ -638,7 +650,7 @@ def _os_reason(err: OSError) -> str:
 
 _FIELDS = (
     "version", "live", "previous", "generation", "held", "hold_until",
-    "locked", "lock_reason", "canary", "canary_weight", "history", "attestations",
+    "locked", "lock_reason", "canary", "canary_weight", "history", "attestations", "registrations",
 )
 _REQUIRED = ("version", "live", "generation")
 
@@ -691,6 +703,7 @@ def _parse(data: Any) -> State:
         raise _Invalid(f'"canary_weight" must be 0..100, not {canary_weight}')
     history = _history(data.get("history", []))
     attestations = _attestations(data.get("attestations", []))
+    registrations = _registrations(data.get("registrations", {}))
 
     if previous == live:
         raise _Invalid(f'"previous" must differ from "live", both are "{live}"')
@@ -701,7 +714,7 @@ def _parse(data: Any) -> State:
     return State(
         live=live, previous=previous, generation=generation, held=held, hold_until=hold_until,
         locked=locked, lock_reason=lock_reason, canary=canary, canary_weight=canary_weight,
-        history=history, attestations=attestations,
+        history=history, attestations=attestations, registrations=registrations,
     )
 
 
@@ -717,6 +730,43 @@ def _attestations(value: Any) -> list[dict]:
             if not isinstance(item.get(key), str):
                 raise _Invalid(f'"attestations[{index}].{key}" must be a string')
         out.append(dict(item))
+    return out
+
+
+def _registrations(value: Any) -> dict[str, dict]:
+    """_registrations: a copy of the server registrations, each {"servers": [...], "fingerprint"}.
+
+    Only the shape is checked here; the Controller checks the addresses as the config's at start.
+    """
+    if not isinstance(value, dict):
+        raise _Invalid(f'"registrations" must be an object, not {_kind(value)}')
+    out = {}
+    for env, item in value.items():
+        where = f"registrations.{env}"
+        if not env:
+            raise _Invalid('"registrations" has an empty environment name')
+        if not isinstance(item, dict):
+            raise _Invalid(f'"{where}" must be an object, not {_kind(item)}')
+        for key in item:
+            if key not in ("servers", "fingerprint"):
+                raise _Invalid(f'unknown key "{where}.{key}"')
+        if not isinstance(item.get("fingerprint"), str) or not item["fingerprint"]:
+            raise _Invalid(f'"{where}.fingerprint" must be a non-empty string, not {_kind(item.get("fingerprint"))}')
+        servers = item.get("servers")
+        if not isinstance(servers, list) or not servers:
+            raise _Invalid(f'"{where}.servers" must be a non-empty list, not {_kind(servers)}')
+        copied = []
+        for index, server in enumerate(servers):
+            at = f"{where}.servers[{index}]"
+            if not isinstance(server, dict) or set(server) - {"address", "weight"}:
+                raise _Invalid(f'"{at}" must be an object with "address" and "weight", not {_kind(server)}')
+            if not isinstance(server.get("address"), str):
+                raise _Invalid(f'"{at}.address" must be a string, not {_kind(server.get("address"))}')
+            weight = server.get("weight", 1)
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+                raise _Invalid(f'"{at}.weight" must be an integer >= 1, not {_kind(weight)}')
+            copied.append({"address": server["address"], "weight": weight})
+        out[env] = {"servers": copied, "fingerprint": item["fingerprint"]}
     return out
 
 

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import proxy as data_plane
-from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot, EnvironmentSnapshot, Route,
-                   RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots, serving)
+from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot, EnvironmentConfig,
+                   EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots,
+                   serving)
 
 from .plane import Ack, Change, DrainCallback, Hold, WorkerInfo
 
@@ -112,7 +113,7 @@ def counters_only(snapshot: Snapshot) -> Snapshot:
     """
     def env(e):
         servers = tuple(dataclasses.replace(s, inflight=0, connections=0, healthy=True) for s in e.servers)
-        return dataclasses.replace(e, inflight=0, connections=0, servers=servers)
+        return dataclasses.replace(e, inflight=0, connections=0, servers=servers, retired=())
     router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
                                  environments=tuple(env(e) for e in snapshot.router.environments))
     return dataclasses.replace(snapshot, router=router, client_connections=0)
@@ -146,7 +147,7 @@ class WorkerPlane:
     """WorkerPlane: the DataPlane of a supervisor and its worker processes."""
 
     def __init__(self, settings: Settings, route: Route, count: int, ack_timeout: float,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", log_format: str = "text") -> None:
         self.settings = settings
         self.route = route
         self.hold = Hold(False)
@@ -154,6 +155,7 @@ class WorkerPlane:
         self.count = count
         self.ack_timeout = ack_timeout
         self.log_level = log_level
+        self.log_format = log_format     # the workers log as the supervisor does (config `log`)
         self.workers: list[Worker] = []
         self.shares = hold_shares(settings.max_queued, count)
         self.retired: Snapshot | None = None     # the counters of exited workers, summed
@@ -278,7 +280,7 @@ class WorkerPlane:
         fds = [theirs.fileno(), worker.listen.fileno()]
         argv = [sys.executable, "-m", "proxy.agent", "--channel", str(theirs.fileno()),
                 "--listen", str(worker.listen.fileno()), "--parent", str(os.getpid()),
-                "--log-level", self.log_level]
+                "--log-level", self.log_level, "--log-format", self.log_format]
         if worker.preview is not None:
             fds.append(worker.preview.fileno())
             argv += ["--preview", str(worker.preview.fileno())]
@@ -336,12 +338,15 @@ class WorkerPlane:
             if future is not None and not future.done():
                 future.set_result(None)
         elif kind == "drain":
-            self._drain_part(worker.slot, message[1])
+            if message[1].tag:
+                self._server_drain_part(message[1])
+            else:
+                self._drain_part(worker.slot, message[1])
         elif kind == "health":
-            _, env, index, ok, reason = message
+            _, env, address, ok, reason = message
             for other in self.workers:
                 if other is not worker and other.alive and other.channel is not None:
-                    other.channel.send(("health", env, index, ok, reason))
+                    other.channel.send(("health", env, address, ok, reason))
         elif kind == "closed":
             future = worker.waiting.pop(0, None)
             if future is not None and not future.done():
@@ -410,20 +415,32 @@ class WorkerPlane:
         for callback in self.on_restart:
             callback(self._info(worker))
 
-    def _health_now(self) -> tuple[tuple[str, int, bool], ...]:
+    def _health_now(self) -> tuple[tuple[str, str, bool], ...]:
         """_health_now: each server's health as the checking worker (else any live one) last saw it."""
         for worker in sorted(self.workers, key=lambda w: w.slot):
             if worker.alive and worker.snapshot is not None:
                 self._remember_health(worker.snapshot)
                 break
-        return tuple((env, index, healthy) for (env, index), healthy in self._health.items())
+        return tuple((env, address, healthy) for (env, address), healthy in self._health.items())
 
     def _remember_health(self, snapshot: Snapshot) -> None:
         for env in snapshot.router.environments:
-            for index, server in enumerate(env.servers):
-                self._health[(env.name, index)] = server.healthy
+            for server in (*env.servers, *env.retired):
+                self._health[(env.name, server.address)] = server.healthy
 
     # --------------------------------------------------------------- drains
+
+    def _server_drain_part(self, drain: DrainSnapshot) -> None:
+        """_server_drain_part: one worker's drain of the servers a new list removed, passed on as it is.
+
+        Each worker starts it when its own fallback ends, so the parts are not waited for
+        together: the Controller adds them up by their tag.
+        """
+        for callback in self._drain_callbacks:
+            try:
+                callback(drain)
+            except Exception:
+                log.exception("drain callback failed")
 
     def _drain_part(self, slot: int, drain: DrainSnapshot) -> None:
         key = (drain.environment, drain.generation)
@@ -504,6 +521,14 @@ class WorkerPlane:
             self.hold = change.hold
         if change.fence is not None:
             self.fence = change.fence
+        servers = None
+        if change.servers is not None:
+            # What a worker that starts from now on is built with ("start" carries the settings).
+            lists = change.servers
+            self.settings = dataclasses.replace(self.settings, environments=tuple(
+                EnvironmentConfig(e.name, tuple(a for a, _ in lists[e.name]), tuple(w for _, w in lists[e.name]))
+                if e.name in lists else e for e in self.settings.environments))
+            servers = (dict(lists), change.servers_tag, change.servers_at_start)
         route, fence = change.route, change.fence
         hold = (change.hold.held, change.hold.until) if change.hold is not None else None
         live = [w for w in self.workers if w.alive]
@@ -511,7 +536,7 @@ class WorkerPlane:
         for worker in self.workers:
             if worker.channel is None:
                 continue
-            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence))
+            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence, servers))
             if worker in live:
                 waits[worker] = (worker.pid, future)
         if waits:
@@ -544,6 +569,8 @@ class WorkerPlane:
         if not parts:
             parts = [blank_snapshot(self.settings, self.route)]    # before the first worker listens
         merged = merge_snapshots(parts, self.route)
+        merged = dataclasses.replace(merged, router=dataclasses.replace(merged.router, environments=tuple(
+            self._current_servers(env) for env in merged.router.environments)))
         router = dataclasses.replace(merged.router, held=self.hold.held, hold_until=self.hold.until if self.hold.held
                                      else None)
         listen = f"{self.settings.listen.host}:{self.port}"
@@ -551,6 +578,18 @@ class WorkerPlane:
         return dataclasses.replace(merged, router=router, listen=listen,
                                    preview_listen=f"{preview.host}:{self.preview_port}" if preview is not None
                                    and self.preview_port else None)
+
+    def _current_servers(self, env: EnvironmentSnapshot) -> EnvironmentSnapshot:
+        """_current_servers: ``env`` with the servers of its current list, in its order (the counters
+        of exited workers still name servers an older list had)."""
+        config = next((e for e in self.settings.environments if e.name == env.name), None)
+        if config is None:
+            return env
+        by_address = {s.address: s for s in env.servers}
+        servers = tuple(by_address[str(a)] for a in config.servers if str(a) in by_address)
+        current = {s.address for s in servers}
+        retired = tuple(s for s in env.retired if s.address not in current)
+        return dataclasses.replace(env, servers=servers, retired=retired)
 
     def _info(self, worker: Worker) -> WorkerInfo:
         snap = worker.snapshot
@@ -563,6 +602,14 @@ class WorkerPlane:
     def workers_info(self) -> tuple[WorkerInfo, ...]:
         """workers_info: every slot's current process, for status and /metrics."""
         return tuple(self._info(w) for w in self.workers)
+
+    def reopen_access_log(self) -> None:
+        """reopen_access_log: SIGUSR1 to the supervisor: every worker opens its access log again
+        (each writes the file itself; proxy/agent.py). A worker still starting opens the path
+        as it is when it starts."""
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(("reopen",))
 
     # ------------------------------------------------------------- shutdown
 

@@ -35,12 +35,14 @@ import switch
 import tools
 import workers as worker_phases
 
-# nginx1 and cutover1 (one worker, beside the N-worker nginx and cutover) only with --workers N > 1
-TARGETS = ("direct", "nginx1", "nginx", "haproxy", "cutover1", "cutover")
+# nginx1 and cutover1 (one worker, beside the N-worker nginx and cutover) only with --workers N > 1;
+# cutoverlog is cutover with its access log on (json, to a file), for the access log's cost
+TARGETS = ("direct", "nginx1", "nginx", "haproxy", "cutover1", "cutover", "cutoverlog")
 SINGLE = ("nginx1", "cutover1")
 HOST = "127.0.0.1"
 MB = 1024 * 1024
 WORKERS_MAX = 64
+ACCESS_LOG_CPU_LIMIT = 1.15   # cutoverlog's CPU per request at most this x cutover's (issue 13)
 
 
 @dataclass
@@ -250,6 +252,9 @@ def start_targets(args, group, tmp, paths, pin, backend, backend_port, failures)
                                                    name="cutover1"),
         "cutover": lambda: services.start_cutover(group, tmp, paths["cutover"], cpus,
                                                   backend_port, args.start_timeout, n),
+        "cutoverlog": lambda: services.start_cutover(
+            group, tmp, paths["cutover"], cpus, backend_port, args.start_timeout, n, name="cutoverlog",
+            extra=f'access_log: {{path: "{access_log_path(tmp)}", format: json}}\n'),
     }
     for name in args.targets:
         if name == "direct":
@@ -323,6 +328,28 @@ def foreign_cpu_pct(d: CpuSnapshot, target: Target, pin: Pinning) -> tuple[float
     other_proxy = max(0.0, d.busy_proxy_cpu - ours_on_proxy_cpu) / d.wall * 100
     other_load = max(0.0, d.busy_load_cpu - d.backend - d.wrk) / d.wall * 100
     return other_proxy, other_load
+
+
+def access_log_path(tmp: Path) -> Path:
+    """access_log_path: the file cutoverlog writes its access log to (in its own folder)."""
+    return Path(tmp) / "cutoverlog" / "access.log"
+
+
+def take_access_log(target: Target, r: dict) -> None:
+    """take_access_log: after a cutoverlog run, count the lines its access log got (warm-up
+    included, so at least the run's requests) and empty the file for the next run. Appending
+    writers (O_APPEND) go on at the new end."""
+    path = target.service.log_path.parent / "access.log"     # = access_log_path(tmp)
+    deadline = time.monotonic() + 2
+    lines = 0
+    while time.monotonic() < deadline:      # the last batch is written within ~0.1 s
+        with open(path, "rb") as f:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        if lines >= r["requests"]:
+            break
+        time.sleep(0.1)
+    r["access_log_lines"] = lines
+    os.truncate(path, 0)
 
 
 def measure_round(target: Target, backend: services.Service, args, paths, pin: Pinning) -> dict:
@@ -408,6 +435,8 @@ def run_rounds(targets: list[Target], backend: services.Service, args, paths, pi
                     raise load.WrkError(f"{target.service.name} exited with code "
                                         f"{target.service.proc.returncode}")
                 r = measure_least_disturbed(target, backend, args, paths, pin, prefix)
+                if target.name == "cutoverlog":
+                    take_access_log(target, r)
             except load.WrkError as e:
                 failures[target.name] = f"failed in round {n}: {e}"
                 log(f"{prefix} {failures[target.name]}")
@@ -634,6 +663,8 @@ def build_report(args, pin, versions, rounds, memory, notes, failures, switched=
         goals += report.workers_goals(summaries, phases, args.workers,
                                       {k: failures.get(k) or why for k in ("spread", "kill")})
         notes += report.workers_notes(phases)
+    if "cutoverlog" in args.targets and not args.switch_only:
+        goals.append(access_log_goal(summaries, rounds.get("cutoverlog", []), notes))
     if switch_wanted(args):
         why = failures.get("switch") or failures.get("cutover")
         goals += report.switch_goals(switched, why.splitlines()[0] if why else None)
@@ -661,6 +692,25 @@ def build_report(args, pin, versions, rounds, memory, notes, failures, switched=
         "failures": failures,
         "notes": notes,
     }
+
+
+def access_log_goal(summaries: dict, logged: list[dict], notes: list[str]) -> dict:
+    """access_log_goal: cutover's CPU per request with the access log on (json, to a file:
+    cutoverlog) within ACCESS_LOG_CPU_LIMIT x of off (cutover), medians of the same rounds.
+    A run whose log got fewer lines than wrk's requests is noted: that log was not written."""
+    label = f"CPU/req access log <= {ACCESS_LOG_CPU_LIMIT}x off"
+    on, off = summaries.get("cutoverlog", {}), summaries.get("cutover", {})
+    for n, r in enumerate(logged, 1):
+        if r.get("access_log_lines", 0) < r["requests"]:
+            notes.append(f"round {n} cutoverlog: its access log got {r.get('access_log_lines', 0)} lines "
+                         f"for {r['requests']} requests")
+    ratio = report._ratio(on.get("cpu_us_per_req"), off.get("cpu_us_per_req"))
+    if ratio is None:
+        return {"goal": label, "value": None, "limit": ACCESS_LOG_CPU_LIMIT, "result": "n/a",
+                "why": "cutover or cutoverlog was not measured"}
+    return {"goal": label, "value": ratio, "limit": ACCESS_LOG_CPU_LIMIT,
+            "result": "PASS" if ratio <= ACCESS_LOG_CPU_LIMIT else "FAIL",
+            "detail": f"{ratio:.2f}x ({on['cpu_us_per_req']:.1f} vs {off['cpu_us_per_req']:.1f} us)"}
 
 
 def _raise_interrupt(signum, frame):

@@ -5,24 +5,28 @@ types it reads (snapshot.py), the Router and Proxy that admin/plane.py and serve
 start-up build, the frozen Settings those are built from (settings.py; admin/config.py
 makes them from the YAML config), the event loop serve runs on, the supervisor channel's
 framing and the snapshot merge admin/workers.py uses for worker processes (whose own
-entry point is ``python -m proxy.agent``), and build(). admin/ reaches no other module
+entry point is ``python -m proxy.agent``), how every process writes its log (logs.py), and
+build(). admin/ reaches no other module
 of proxy/ and holds no live data-plane object outside admin/plane.py and admin/workers.py.
 """
 
 from .backends import LATENCY_BUCKETS
 from .channel import Channel
 from .flow import LISTEN_BACKLOG
+from .logs import FORMATS as LOG_FORMATS
+from .logs import configure as configure_logging
 from .route import Route
 from .router import Router, serving
 from .server import Proxy, new_event_loop
-from .settings import Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
+from .settings import AccessLogConfig, Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
 from .snapshot import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, RouterSnapshot, ServerSnapshot,
                        Snapshot, merge_drains)
 from .snapshot import merge as merge_snapshots
 
-__all__ = ["LATENCY_BUCKETS", "LISTEN_BACKLOG", "UPSTREAM_ERROR_KINDS", "Address", "Channel", "DrainSnapshot",
+__all__ = ["LATENCY_BUCKETS", "LISTEN_BACKLOG", "LOG_FORMATS", "UPSTREAM_ERROR_KINDS", "AccessLogConfig", "Address", "Channel", "DrainSnapshot",
            "EnvironmentConfig", "EnvironmentSnapshot", "HealthCheckConfig", "LimitsConfig", "Proxy", "Route", "Router",
-           "RouterSnapshot", "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "merge_drains",
+           "RouterSnapshot", "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "configure_logging",
+           "merge_drains",
            "merge_snapshots", "new_event_loop", "serving"]
 
 

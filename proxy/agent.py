@@ -7,22 +7,27 @@ length-prefixed pickled tuples, both ways. A worker holds nothing of the control
 
 Supervisor -> worker:
   ("start", settings, route, hold, fence, health, check_health)   the first message, once
-  ("apply", seq, route | None, hold | None, fence | None)   swap the route / set or release the
-                                              hold / move the fence (Router.fence), then ack
+                                              (settings carry the current server lists)
+  ("apply", seq, route | None, hold | None, fence | None, servers | None)   set server lists
+                                              (Router.set_servers) / swap the route / set or
+                                              release the hold / move the fence (Router.fence), then ack
   ("snapshot", seq)                           answer with a snapshot now
-  ("health", env, index, ok, reason)          one health-check result from the checking worker
+  ("health", env, address, ok, reason)        one health-check result from the checking worker
   ("close",)                                  accept no new connection (a successor takes over)
+  ("reopen",)                                 open the access log's file again (SIGUSR1 to the supervisor)
   ("stop", timeout)                           drain (up to timeout) and exit
 Worker -> supervisor:
   ("ready", pid, snapshot)          listening, serving the route it was started with
   ("ack", seq, generation, snapshot)   sent after the swap, never on receipt
   ("snapshot", seq | None, snapshot)   an answer, or the periodic push (seq None)
   ("drain", DrainSnapshot)          a drain of this worker ended
-  ("health", env, index, ok, reason)   a probe result, from the one worker that checks
+  ("health", env, address, ok, reason)   a probe result, from the one worker that checks
   ("closed",)                       it accepts no new connection any more
   ("stopped", result)               Proxy.shutdown's counts, just before exit
 
-A hold is (held, until) and health a tuple of (env, index, healthy). The channel closing
+A hold is (held, until), health a tuple of (env, address, healthy) and servers
+(lists, tag, at_start): lists {env: ((Address, weight), ...)} (admin/plane.py Change). Servers
+are named by address, not by index: a list that changes moves the indexes. The channel closing
 means the supervisor is gone: the worker stops accepting at once, drains and exits, so no
 orphan keeps serving a route nobody steers (PR_SET_PDEATHSIG does the same on Linux when
 the supervisor is killed before the channel is read).
@@ -42,6 +47,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .channel import Channel
+from .logs import FORMATS
+from .logs import configure as configure_logging
 from .router import Router
 from .server import Proxy, new_event_loop
 
@@ -74,6 +81,8 @@ class Agent:
         proxy = self.proxy
         if kind == "stop":
             self.stop(message[1])
+        elif kind == "reopen":
+            self.reopen()
         elif kind == "close":
             if proxy is not None:
                 proxy.stop_accepting()
@@ -84,8 +93,12 @@ class Agent:
             # Sent while this worker starts: applied once its router exists, before it listens.
             self.early.append(message)
         elif kind == "apply":
-            _, seq, route, hold, fence = message
+            _, seq, route, hold, fence, servers = message
             router = proxy.router
+            if servers is not None:
+                lists, tag, at_start = servers
+                for name, entries in lists.items():
+                    router.set_servers(name, entries, tag, at_start)
             if route is not None:
                 router.swap(route)
             if hold is not None:
@@ -100,12 +113,25 @@ class Agent:
         elif kind == "snapshot":
             self.send(("snapshot", message[1], proxy.snapshot()))
         elif kind == "health":
-            _, env, index, ok, reason = message
+            _, env, address, ok, reason = message
             health = proxy.health
-            if health is not None:
-                health.report(proxy.router.environments[env].servers[index], ok, reason)
+            server = proxy.router.server(env, address)
+            if health is not None and server is not None:
+                router = proxy.router
+                router.relayed_health = True    # the checking worker logged this transition already
+                try:
+                    health.report(server, ok, reason)
+                finally:
+                    router.relayed_health = False
         else:
             log.error("supervisor channel: unknown message %r", kind)
+
+    def reopen(self) -> None:
+        """reopen: the access log opens its file again (log rotation); sent by the supervisor on
+        its SIGUSR1, or SIGUSR1 to this worker itself. Before the Proxy exists there is nothing
+        open: it opens the path as it is then."""
+        if self.proxy is not None:
+            self.proxy.reopen_access_log()
 
     def on_close(self) -> None:
         if self.proxy is not None and not self.stopping.done():
@@ -129,14 +155,17 @@ class Agent:
             lambda: Channel(self.on_message, self.on_close), sock=channel_sock)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop, None)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen)
         done, _ = await asyncio.wait({self.started, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
         if self.started not in done:
             return 0
         _, settings, route, hold, fence, health, check_health = self.started.result()
         router = Router.from_settings(settings, route)
         router.fence(fence)
-        for env, index, healthy in health:
-            router.environments[env].servers[index].set_healthy(healthy)
+        for env, address, healthy in health:
+            server = router.server(env, address)
+            if server is not None:
+                server.set_healthy(healthy)
         held, until = hold
         if held:
             router.hold(until)
@@ -147,9 +176,8 @@ class Agent:
         await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=check_health)
         router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
         if check_health and proxy.health is not None:
-            index = {id(s): (env.name, i) for env in router.environments.values() for i, s in enumerate(env.servers)}
             proxy.health.on_result.append(
-                lambda server, ok, reason: self.send(("health", *index[id(server)], ok, reason)))
+                lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason)))
         self.send(("ready", os.getpid(), proxy.snapshot()))
         self._push()
         timeout = await self.stopping
@@ -186,10 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview", type=int)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=FORMATS)
     args = parser.parse_args(argv)
     _die_with(args.parent)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)s worker {os.getpid()} %(name)s: %(message)s")
+    # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    configure_logging(args.log_format, args.log_level, worker=os.getpid())
     channel = socket.socket(fileno=args.channel)
     listen = socket.socket(fileno=args.listen)
     preview = socket.socket(fileno=args.preview) if args.preview is not None else None

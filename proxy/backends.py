@@ -29,7 +29,7 @@ class Server:
 
     __slots__ = ("host", "port", "address", "env", "weight", "healthy", "inflight",
                  "connections", "idle", "ok_streak", "fail_streak", "requests", "connect_errors",
-                 "timeouts", "resets", "invalid", "heads_over_limit", "strays")
+                 "timeouts", "resets", "invalid", "heads_over_limit", "strays", "retired")
 
     def __init__(self, host: str, port: int, env: "Environment", weight: int = 1) -> None:
         self.host = host
@@ -51,6 +51,7 @@ class Server:
         self.invalid = 0            # Exchange.upstream_invalid
         self.heads_over_limit = 0   # UpstreamConnection.over_limit
         self.strays = 0             # UpstreamConnection and pool.take; non-zero makes pool.take check before reuse
+        self.retired = False        # a new server list removed it (Router.set_servers); in Environment.retired
 
     def set_healthy(self, healthy: bool) -> None:
         """set_healthy: the one place health changes; a server going down loses its idle pool."""
@@ -79,15 +80,20 @@ class Environment:
 
     inflight is the sum over its servers plus exchanges still looking for one;
     active holds the exchanges counted in inflight, so a drain can see them.
+    servers is the current list; retired the servers a new list removed that have not
+    finished yet, and fallback those of them that still take new requests because no server
+    of the current list is healthy yet (Router.set_servers says when that ends).
     """
 
-    __slots__ = ("name", "servers", "only", "inflight", "active", "_rr", "responses", "latency_counts",
-                 "latency_sum", "bytes_in", "bytes_out")
+    __slots__ = ("name", "servers", "only", "retired", "fallback", "inflight", "active", "_rr", "responses",
+                 "latency_counts", "latency_sum", "bytes_in", "bytes_out")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.servers: list[Server] = []
         self.only: Server | None = None   # the server when there is exactly one (see add)
+        self.retired: list[Server] = []
+        self.fallback: list[Server] = []  # a subset of retired
         self.inflight = 0
         self.active: set["Exchange"] = set()
         self._rr = 0
@@ -104,10 +110,16 @@ class Environment:
         self.servers.append(server)
         self.only = server if len(self.servers) == 1 else None
 
+    def set_servers(self, servers: list[Server]) -> None:
+        """set_servers: the current list from now on (Router.set_servers keeps the Server objects that stay)."""
+        self.servers = servers
+        self.only = servers[0] if len(servers) == 1 else None
+        self._rr = 0
+
     @property
     def healthy(self) -> bool:
-        """healthy: an environment is healthy while at least one of its servers is."""
-        return any(s.healthy for s in self.servers)
+        """healthy: an environment is healthy while at least one of its servers is (a fallback one included)."""
+        return any(s.healthy for s in self.servers) or any(s.healthy for s in self.fallback)
 
     @property
     def connections(self) -> int:
@@ -117,9 +129,17 @@ class Environment:
         """pick: the healthy server with the fewest in-flight requests per weight.
 
         Ties rotate, so equal servers share the load round robin. Servers in
-        ``exclude`` (already tried for this request) are skipped.
+        ``exclude`` (already tried for this request) are skipped. With no healthy server in
+        the current list, the fallback servers (removed ones still serving) are picked from.
         """
-        servers = self.servers
+        best = self._pick(self.servers, exclude)
+        if best is None and self.fallback:
+            return self._pick(self.fallback, exclude)
+        return best
+
+    def _pick(self, servers: list[Server], exclude: "set[Server] | None") -> Server | None:
+        if not servers:
+            return None
         if len(servers) == 1:
             s = servers[0]
             return s if s.healthy and not (exclude and s in exclude) else None
@@ -139,8 +159,9 @@ class Environment:
     def snapshot(self) -> EnvironmentSnapshot:
         """snapshot: this environment and its servers as plain values; called by Router.snapshot."""
         servers = tuple(s.snapshot() for s in self.servers)
-        return EnvironmentSnapshot(name=self.name, healthy=any(s.healthy for s in servers),
+        return EnvironmentSnapshot(name=self.name, healthy=self.healthy,
                                    inflight=self.inflight, connections=sum(s.connections for s in servers),
                                    servers=servers, responses=tuple(self.responses),
                                    latency_counts=tuple(self.latency_counts), latency_sum=self.latency_sum,
-                                   bytes_in=self.bytes_in, bytes_out=self.bytes_out)
+                                   bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+                                   retired=tuple(s.snapshot() for s in self.retired))

@@ -37,7 +37,7 @@ class ClientConnection:
                  "parts", "special", "head_size", "in_head", "head_deadline", "idle_deadline",
                  "out", "paused", "write_paused", "closing", "closed", "tunnel", "upgrade_buffer", "refused",
                  "preview", "closed_at", "trailer_bytes", "read_len", "flush_due", "held", "tail",
-                 "received", "out_env")
+                 "received", "out_env", "total_in", "total_out", "logged_in", "logged_out")
 
     def __init__(self, proxy: "Proxy", preview: bool = False) -> None:
         self.proxy = proxy
@@ -51,6 +51,12 @@ class ClientConnection:
         # environment whose answer is being written (set by Exchange when it answers).
         self.received = 0
         self.out_env: "Environment" = proxy.unrouted_env
+        # Bytes read and written on this connection (tunnels aside), and how many of them the
+        # access log already gave to finished requests (Exchange.finish).
+        self.total_in = 0
+        self.total_out = 0
+        self.logged_in = 0
+        self.logged_out = 0
         self.transport: Any = None   # the event loop's transport, from connection_made
         self.parser = HttpRequestParser(self)
         self.client_ip = b"-"
@@ -110,6 +116,7 @@ class ClientConnection:
             tunnel.transport.write(data)
             return
         self.received += len(data)
+        self.total_in += len(data)
         if self.closed or self.refused is not None:
             return
         if self.upgrade_buffer is not None:
@@ -464,6 +471,7 @@ class ClientConnection:
             if not self.closed:
                 data = b"".join(out) if len(out) > 1 else out[0]
                 self.out_env.bytes_out += len(data)
+                self.total_out += len(data)
                 self.transport.write(data)
 
     def flush_soon(self) -> None:
@@ -478,6 +486,7 @@ class ClientConnection:
             self.flush()
         if not self.closed:
             self.out_env.bytes_out += len(data)
+            self.total_out += len(data)
             self.transport.write(data)
 
     # ---------------------------------------------------------------- ends

@@ -6,6 +6,10 @@ last of them finishes, or at drain_timeout, when what remains is closed:
 ordinary requests at once, long-lived ones (tunnels, responses still
 streaming) staggered over a short window so the new environment does not get a
 reconnect stampede. The result counts every adopted exchange exactly once.
+
+Router.set_servers starts one for the servers a new server list removed (``servers``): it
+adopts only their exchanges (those no environment drain has already) and closes only their
+idle connections; ``tag`` names the change, for its history entry.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from .errors import Outcome
 from .snapshot import DrainSnapshot
 
 if TYPE_CHECKING:
-    from .backends import Environment
+    from .backends import Environment, Server
     from .exchange import Exchange
 
 # Forced closes of long-lived connections are spread STAGGER_STEP apart, over at most
@@ -33,21 +37,27 @@ class Drain:
     """Drain: watches one environment's in-flight exchanges after a swap."""
 
     def __init__(self, env: "Environment", generation: int, timeout: float,
-                 on_done: Callable[["Drain"], None]) -> None:
+                 on_done: Callable[["Drain"], None], servers: "list[Server] | None" = None,
+                 tag: str = "") -> None:
         loop = asyncio.get_running_loop()
         self.env = env
         self.generation = generation
         self.timeout = timeout
         self.started = time.monotonic()
         self.duration: float | None = None
-        self.exchanges: set["Exchange"] = set(env.active)
+        self.servers = servers          # None: the whole environment's drain
+        self.tag = tag
+        if servers is None:
+            self.exchanges: set["Exchange"] = set(env.active)
+        else:
+            self.exchanges = {ex for ex in env.active if ex.server in servers and ex.drain is None}
         self.inflight_at_start = len(self.exchanges)
         self.drained = 0
         self.forced_closed = 0
         self.dropped = 0
         self.client_gone = 0
         self.interrupted = False
-        self.closed_idle = pool.close_environment(env)
+        self.closed_idle = self._close_idle()
         self.done: asyncio.Future = loop.create_future()
         self._on_done = on_done
         self._timer = None
@@ -106,6 +116,13 @@ class Drain:
                 ex.force_close()
             else:
                 self._staggered.append(loop.call_later(i * step, ex.force_close))
+        if not self.exchanges:
+            self._complete()    # what it adopted was handed to a newer drain meanwhile
+
+    def _close_idle(self) -> int:
+        if self.servers is None:
+            return pool.close_environment(self.env)
+        return sum(pool.close_idle(server) for server in self.servers)
 
     def _complete(self) -> None:
         if self.done.done():
@@ -114,7 +131,7 @@ class Drain:
             self._timer.cancel()
             self._timer = None
         self.duration = time.monotonic() - self.started
-        self.closed_idle += pool.close_environment(self.env)
+        self.closed_idle += self._close_idle()
         self.done.set_result(self.result())
         self._on_done(self)
 
@@ -132,8 +149,14 @@ class Drain:
             interrupted=self.interrupted,
             duration=round(self.duration, 6) if self.duration is not None else None,
             idle_connections_closed=self.closed_idle,
+            servers=tuple(s.address for s in self.servers) if self.servers is not None else (),
+            tag=self.tag,
         )
 
     def result(self) -> dict:
-        """result: the drain's figures as a dict, field by field as snapshot (the ``done`` future's value)."""
-        return asdict(self.snapshot())
+        """result: the drain's figures as a dict, field by field as snapshot (the ``done`` future's value);
+        ``servers`` and ``tag`` only for a drain of retired servers."""
+        out = asdict(self.snapshot())
+        if self.servers is None:
+            del out["servers"], out["tag"]
+        return out

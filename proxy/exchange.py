@@ -6,7 +6,9 @@ answered in order). When active it passes the hold gate, reads the route once,
 picks a server of the chosen environment, takes a pooled upstream connection
 or opens one, and relays: request body up, response down, re-framing chunked
 bodies and applying the header rules. It records the route generation, the
-environment and server, and how it ended (errors.Outcome) for the drain.
+environment and server, and how it ended (errors.Outcome) for the drain, and carries the
+request id (SPEC §12) upstream and back; with an access log, finish hands it to the
+AccessLog's list (proxy/accesslog.py), its timings and byte counts filled in.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 from . import pool
+from .accesslog import HELD as LOG_HELD, REFUSED as LOG_REFUSED, TIMEOUT as LOG_TIMEOUT
+from .accesslog import UPSTREAM_RESET as LOG_UPSTREAM_RESET
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
 from .flow import BUFFER_HIGH, PAUSE_BUFFER, PAUSE_UPSTREAM
@@ -52,6 +56,7 @@ class Exchange:
         "pending", "pending_bytes", "request_done", "body_bytes", "trailers",
         "response_started", "rechunk", "close_delimited", "head_only", "status",
         "drain", "outcome", "started", "canary_bucket", "preview", "probe", "chunks", "body_at",
+        "request_id", "cause", "ended", "connect_time", "up_sent", "up_head", "bytes_in", "bytes_out",
     )
 
     def __init__(self, client: "ClientConnection", method: bytes, url: bytes,
@@ -89,6 +94,26 @@ class Exchange:
         self.probe = False                  # a drill probe: name the serving environment in the answer
         self.chunks = 0                     # chunks of a chunked request body seen so far
         self.body_at = self.started         # when the request body last made progress (timeouts.client_body)
+        # X-Request-Id: the client's sane one, else one made up (requestid.py), None when
+        # request_id.generate is off and the client sent none.
+        rid = head.request_id
+        if rid is None:
+            proxy = client.proxy
+            prefix = proxy.request_prefix
+            if prefix is not None:
+                proxy.request_seq += 1
+                rid = b"%s%x" % (prefix, proxy.request_seq)
+        self.request_id = rid
+        self.cause: str | None = None       # the access log's outcome when Outcome does not tell it (accesslog.outcome_of)
+        # For the access log (set only when there is one): monotonic times of the end, of the
+        # request head written upstream and of the final response head; seconds spent opening
+        # upstream connections (Proxy._connect); bytes read from and written to the client.
+        self.ended = 0.0
+        self.up_sent = 0.0
+        self.up_head = 0.0
+        self.connect_time = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     # ----------------------------------------------------------- request side
 
@@ -179,13 +204,20 @@ class Exchange:
             conn.reading_paused = True
             conn.transport.pause_reading()
         self.state = SENT
+        if client.proxy.access_records is not None:
+            self.up_sent = monotonic()
         head = self.head
+        rid = self.request_id
         if head.host is not None:
-            data = b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)
+            if rid is not None:
+                data = b"%s %s HTTP/1.1\r\n%sx-request-id: %s\r\n\r\n" % (self.method, self.url, head.block, rid)
+            else:
+                data = b"%s %s HTTP/1.1\r\n%s\r\n" % (self.method, self.url, head.block)
         else:
             # RFC 9112 §3.2: an HTTP/1.1 request needs Host; a 1.0 client may omit it.
-            data = (b"%s %s HTTP/1.1\r\nhost: %s\r\n%s\r\n"
-                    % (self.method, self.url, conn.server.address.encode(), head.block))
+            data = (b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s\r\n"
+                    % (self.method, self.url, conn.server.address.encode(), head.block,
+                       b"x-request-id: %s\r\n" % rid if rid is not None else b""))
         pending = self.pending
         if pending is not None:
             data = b"".join([data, *pending])
@@ -246,6 +278,7 @@ class Exchange:
     def request_broken(self, status: int, message: str) -> None:
         """request_broken: the request body turned out invalid or too large; answer or cut."""
         self.keep_alive = False
+        self.cause = LOG_REFUSED
         if self.state == QUEUED:
             self.error = (status, message)   # answered in turn, when it reaches the front
             return
@@ -281,6 +314,8 @@ class Exchange:
         self.status = status
         self.state = RESPONDING
         self.response_started = True
+        if client.proxy.access_records is not None:
+            self.up_head = monotonic()
         if status == 101:
             self.state = TUNNEL
             self.keep_alive = False
@@ -307,6 +342,8 @@ class Exchange:
         if self.canary_bucket is not None:
             framing += b"set-cookie: cutover_canary=%d; Path=/; Max-Age=86400; HttpOnly; SameSite=Lax\r\n" \
                 % self.canary_bucket
+        if self.request_id is not None:
+            framing += b"x-request-id: %s\r\n" % self.request_id
         if not self.keep_alive:
             framing += b"connection: close\r\n"
         elif self.http_minor == 0:
@@ -358,6 +395,7 @@ class Exchange:
             else:
                 if server is not None:
                     server.resets += 1
+                self.cause = LOG_UPSTREAM_RESET
                 self.abort(Outcome.FAILED)   # never a truncated response that looks complete
             return
         if (server is not None and reused and not got_bytes and self.retries < 2 and self.method in IDEMPOTENT
@@ -373,6 +411,7 @@ class Exchange:
             return
         if server is not None:
             server.resets += 1
+        self.cause = LOG_UPSTREAM_RESET
         self.reply_error(502, "upstream closed the connection before responding")
 
     def response_complete_on_eof(self) -> None:
@@ -398,6 +437,7 @@ class Exchange:
         """timed_out: called by the proxy's ticker when upstream_response passed without progress."""
         if self.server is not None:
             self.server.timeouts += 1
+        self.cause = LOG_TIMEOUT
         self.reply_error(504, "upstream did not respond within timeouts.upstream_response")
 
     def client_timed_out(self) -> None:
@@ -408,6 +448,7 @@ class Exchange:
         count it as dropped), in the 4xx class, never in the environment's 5xx.
         """
         self.client.proxy.client_body_timeouts += 1
+        self.cause = LOG_TIMEOUT
         self.reply_error(408, "request body not received within timeouts.client_body", Outcome.CLIENT_GONE)
 
     # ------------------------------------------------------------------ ends
@@ -423,6 +464,8 @@ class Exchange:
         self.status = status
         self.keep_alive = False
         extra = b"retry-after: 1\r\n" if status == 503 else b""
+        if self.request_id is not None:
+            extra += b"x-request-id: %s\r\n" % self.request_id
         client = self.client
         client.flush()   # what was gathered before this answer is counted where it belongs
         client.out_env = self.env if self.env is not None else client.proxy.unrouted_env
@@ -474,6 +517,10 @@ class Exchange:
             return
         if self.state == HELD:
             self.client.proxy.router.unqueue(self)
+            if self.cause is None:
+                # Refused by a full queue (or a fence at shutdown) before it waited, else it
+                # ended waiting: its client went away, or a drain or shutdown cut it.
+                self.cause = LOG_REFUSED if outcome is Outcome.FAILED else LOG_HELD
         self.state = DONE
         self.outcome = outcome
         server = self.server
@@ -482,13 +529,26 @@ class Exchange:
             server.requests += 1
         client = self.client
         env = self.env
+        records = client.proxy.access_records
+        if records is not None:
+            self.ended = monotonic()
+            # This request's bytes: those read and written since the one before it ended
+            # (ClientConnection.total_in/total_out), what is still to flush included.
+            total_out = client.total_out
+            for part in client.out:
+                total_out += len(part)
+            self.bytes_out = total_out - client.logged_out
+            client.logged_out = total_out
+            self.bytes_in = client.total_in - client.logged_in
+            client.logged_in = client.total_in
+            records.append(self)
         if env is not None:
             env.inflight -= 1
             env.active.discard(self)
             env.bytes_in += client.received   # the rest of its request body, a tunnel's bytes
             client.received = 0
             # The environment's metrics (see Environment.responses); once per request.
-            elapsed = monotonic() - self.started
+            elapsed = (self.ended or monotonic()) - self.started
             env.responses[self.status // 100] += 1
             env.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             env.latency_sum += elapsed

@@ -26,14 +26,19 @@ REQUEST_SPECIAL: Final = HOP_BY_HOP | {
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-cutover-env", b"x-cutover-token",   # the preview route's header and its token: never forwarded
     b"x-cutover-probe",                     # a drill probe: the answer names the environment that served it
+    b"x-request-id",                        # checked (sane_request_id); the exchange sends its own line
 }
-RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length"}
+# An upstream's own X-Request-Id is not relayed: the answer carries the id that went upstream.
+RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 
 _CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Bytes a Host value may hold: reg-name, IP literal and port characters (RFC 3986 §3.2.2).
 _HOST_CHARS: Final = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                b"-._~!$&'()*+,;=:[]%")
 _NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+# Bytes an X-Request-Id passed through may hold (SPEC §12), and how long it may be.
+REQUEST_ID_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-"
+REQUEST_ID_MAX: Final = 128
 # The Connection values nearly every message carries, parsed once.
 _PLAIN_CONNECTION: Final = {
     spelling: frozenset({spelling.lower()})
@@ -177,6 +182,13 @@ def _without(parts: list[bytes], tokens: "set[bytes] | frozenset[bytes]") -> lis
     return kept
 
 
+def sane_request_id(value: bytes) -> bool:
+    """sane_request_id: whether a client's X-Request-Id may be passed through (SPEC §12):
+    1 to REQUEST_ID_MAX bytes of REQUEST_ID_CHARS. Called by rewrite_request; any other
+    value is replaced by a generated id, never forwarded."""
+    return 0 < len(value) <= REQUEST_ID_MAX and not value.translate(None, REQUEST_ID_CHARS)
+
+
 class HeaderError(Exception):
     """HeaderError: a request head that must be refused; carries the status to answer."""
 
@@ -200,15 +212,18 @@ class RequestHead:
     """RequestHead: what rewrite_request learnt about a request head.
 
     ``block`` holds the header lines to send upstream (each ending in CRLF, no
-    final blank line), framing and X-Forwarded-* included.
+    final blank line), framing and X-Forwarded-* included; X-Request-Id is never in it
+    (the exchange adds the id it chose, see Exchange.attach).
     """
 
     __slots__ = ("block", "host", "content_length", "chunked", "upgrade",
-                 "preview_env", "preview_token", "probe", "expect")
+                 "preview_env", "preview_token", "probe", "expect", "request_id")
 
-    def __init__(self, block: bytes = b"", host: bytes | None = None) -> None:
+    def __init__(self, block: bytes = b"", host: bytes | None = None, request_id: bytes | None = None) -> None:
         self.block = block
         self.host = host
+        # The client's X-Request-Id when it sent exactly one and it is sane (sane_request_id), else None.
+        self.request_id = request_id
         self.content_length: int | None = None
         self.chunked = False
         self.upgrade: bytes | None = None   # the Upgrade value when the client asks to switch
@@ -225,20 +240,27 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
     Called by ClientConnection once per request, when the head is complete,
     with the parts and specials its on_header gathered (see ``split``).
     Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
-    Host leads the block; X-Forwarded-* and framing close it.
+    Host leads the block; X-Forwarded-* and framing close it. X-Request-Id is left out
+    of the block: a sane one (only one field, sane_request_id) is head.request_id, any
+    other is dropped (the exchange sends a generated one instead).
     """
     host = None
+    rid = None
     for lname, value in special:
         if lname == b"host" and host is None:
             host = value
+        elif lname == b"x-request-id" and rid is None:
+            rid = value
         elif lname != b"connection" or value not in _KEEP_ALIVE_OR_CLOSE:
             break
     else:
         if host and not host.translate(None, _HOST_CHARS):
-            # Most heads: one valid Host, perhaps Connection: keep-alive or close, no body.
+            # Most heads: one valid Host, perhaps Connection: keep-alive or close and an id, no body.
             return RequestHead(b"Host: %s\r\n%sx-forwarded-for: %s\r\nx-forwarded-proto: http\r\n"
-                               b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, host), host)
+                               b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, host), host,
+                               rid if rid is not None and sane_request_id(rid) else None)
     head = RequestHead()
+    ids = 0
     first: list[bytes] = []
     xff = []
     tokens = None
@@ -283,6 +305,10 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
             head.preview_token = value.strip()
         elif lname == b"x-cutover-probe":
             head.probe = True
+        elif lname == b"x-request-id":
+            ids += 1
+            # Two fields are two ids: neither is trusted, a generated one replaces both.
+            head.request_id = value if ids == 1 and sane_request_id(value) else None
         # x-forwarded-proto and x-forwarded-host are set below from what this proxy saw
     if head.chunked and http_minor == 0:
         # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing.
@@ -336,12 +362,15 @@ def rewrite_response(parts: list[bytes], special: list[tuple[bytes, bytes]]) -> 
     """rewrite_response: the header block of an upstream response, hop-by-hop headers gone.
 
     Called by Exchange once per response head (interim 1xx heads included),
-    with the parts and specials UpstreamConnection.on_header gathered.
+    with the parts and specials UpstreamConnection.on_header gathered. An upstream's
+    X-Request-Id is left out too: the exchange adds the id it sent upstream.
     """
     length = None
     for lname, value in special:
         if lname == b"content-length":
             length = int(value)
+        elif lname == b"x-request-id":
+            continue   # dropped: the exchange adds the request's own id
         elif lname != b"connection" or value not in _PLAIN_CONNECTION:
             break
     else:

@@ -5,6 +5,8 @@ interval; 2xx and 3xx count as success. ``unhealthy_after`` consecutive
 failures mark a server down and ``healthy_after`` successes bring it back.
 The checker knows only its narrow callback, ``set_status(server, healthy,
 reason)`` (Router.set_health); passive failures reset its success streak.
+``update`` follows a server list that changed (Router.on_servers, through the Proxy):
+a loop starts for each added server and stops for each one gone.
 """
 
 from __future__ import annotations
@@ -62,19 +64,40 @@ class HealthChecker:
         # Called with every probe's result after it is counted: a worker that checks for its
         # supervisor's other workers sends them on (proxy/agent.py).
         self.on_result: list[Callable[[Server, bool, str], None]] = []
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[Server, asyncio.Task] = {}
+        self._running = False
 
     def start(self) -> None:
         """start: one checking task per server."""
+        self._running = True
         for server in self.servers:
-            self._tasks.append(asyncio.create_task(self._run(server)))
+            if server not in self._tasks:
+                self._tasks[server] = asyncio.create_task(self._run(server))
+
+    def update(self, servers: Iterable[Server]) -> None:
+        """update: check exactly ``servers`` from now on; called by Proxy when a server list changed.
+
+        A checker that was never started (a worker that only counts forwarded results) only
+        keeps the list.
+        """
+        self.servers = list(servers)
+        if not self._running:
+            return
+        wanted = set(self.servers)
+        for server, task in list(self._tasks.items()):
+            if server not in wanted:
+                task.cancel()
+                del self._tasks[server]
+        self.start()
 
     async def stop(self) -> None:
         """stop: cancel the checking tasks and wait for them."""
-        for task in self._tasks:
+        self._running = False
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = {}
 
     def report(self, server: Server, ok: bool, reason: str) -> None:
         """report: count one result; call set_status when a streak crosses its threshold."""

@@ -9,6 +9,16 @@ it are the caller's. A fence (``fence``) is the one deadline the router keeps it
 replica may serve by its route only while its lease is known to be alive, so a request that
 starts past ``fence_until`` waits until whoever steers the router extends the fence (after
 re-reading the fleet's state when the lease was lost).
+
+``set_servers`` replaces an environment's server list while it serves (a registration from
+CI, a reload): a server whose address stays keeps its Server object (health streak, idle
+pool, counters); an added one starts down and takes traffic once the health checker saw it
+healthy healthy_after times (as HAProxy's ``init-state down`` or Envoy's first health
+check); a removed one is retired. Retired servers keep taking new requests only while no
+server of the new list is healthy, so a list of servers still being checked never turns a
+serving environment into 503s; from the moment one is healthy they take no new request and
+drain (a Drain of just those servers: in-flight requests finish, counted, cut at
+drain_timeout; their idle connections closed), then they are gone.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .backends import Environment, Server
 from .drain import Drain
+from .settings import Address
 from .hold import HoldGate
 from .route import Route
 from .snapshot import RouterSnapshot
@@ -58,6 +69,15 @@ class Router:
         self.drains: dict[str, Drain] = {}       # environment -> its running drain
         self.on_drain: list[Callable[[Drain], None]] = []
         self.on_health: list[Callable[[Server, bool, str], None]] = []
+        # True while a worker applies a health result another worker checked (proxy/agent.py):
+        # that worker logged the transition, so this one logs it at debug only.
+        self.relayed_health = False
+        # Called after a server list changed (set_servers, a retired server gone): the health
+        # checker follows (Proxy).
+        self.on_servers: list[Callable[[], None]] = []
+        self.server_drains: list[Drain] = []     # drains of retired servers, oldest first
+        # environment -> the removed servers still serving as fallback, by the change (tag) that removed them
+        self._retiring: dict[str, list[tuple[str, list[Server]]]] = {}
 
     @classmethod
     def from_settings(cls, settings: "Settings", route: Route | None = None) -> "Router":
@@ -131,6 +151,114 @@ class Router:
             except Exception:
                 log.exception("drain callback failed")
 
+    # --------------------------------------------------------------- servers
+
+    def set_servers(self, name: str, servers: "tuple[tuple[Address, int], ...]", tag: str = "",
+                    at_start: bool = False) -> list[Drain]:
+        """set_servers: ``servers`` ((address, weight), in order) become environment ``name``'s list.
+
+        Called through the plane (admin/plane.py LocalPlane, proxy/agent.py) for a registration
+        or its reset. ``tag`` names the change in the drain it starts. ``at_start``: the list
+        this router starts with (nothing served yet), whose added servers are taken as healthy
+        until a check says otherwise, as the config's are. Returns the drain started, if any
+        (see the module docstring for what happens to removed servers).
+        """
+        env = self.environments[name]
+        current = {s.address: s for s in env.servers}
+        retired = {s.address: s for s in env.retired}
+        kept: list[Server] = []
+        for address, weight in servers:
+            key = str(address)
+            server = current.pop(key, None)
+            if server is None:
+                server = retired.pop(key, None)
+                if server is not None:
+                    self._unretire(env, server)
+            if server is None:
+                server = Server(address.host, address.port, env, weight)
+                if not at_start:
+                    server.healthy = False
+            server.weight = weight
+            kept.append(server)
+        env.set_servers(kept)
+        removed = list(current.values())
+        started = []
+        for server in removed:
+            server.retired = True
+            env.retired.append(server)
+        if removed:
+            if at_start or any(s.healthy for s in kept):
+                started.append(self._retire(env, removed, tag))
+            else:
+                env.fallback.extend(removed)
+                self._retiring.setdefault(name, []).append((tag, removed))
+        log.info("servers of %s are now %s (%d removed)", name, ", ".join(s.address for s in kept), len(removed))
+        self._servers_changed()
+        return started
+
+    def server(self, name: str, address: str) -> Server | None:
+        """server: the server of environment ``name`` at ``address``, current or retired, or None."""
+        env = self.environments[name]
+        for server in env.servers:
+            if server.address == address:
+                return server
+        for server in env.retired:
+            if server.address == address:
+                return server
+        return None
+
+    def checked_servers(self) -> list[Server]:
+        """checked_servers: every server the health checker probes: current and retired, of every environment."""
+        return [s for env in self.environments.values() for s in (*env.servers, *env.retired)]
+
+    def _unretire(self, env: Environment, server: Server) -> None:
+        """_unretire: a retired server is listed again: it serves as before (its drain counts what it had)."""
+        server.retired = False
+        env.retired.remove(server)
+        if server in env.fallback:
+            env.fallback.remove(server)
+        for _, group in self._retiring.get(env.name, []):
+            if server in group:
+                group.remove(server)
+        for drain in self.server_drains:
+            if drain.servers is not None and server in drain.servers:
+                drain.servers.remove(server)
+
+    def _retire(self, env: Environment, servers: list[Server], tag: str) -> Drain:
+        drain = Drain(env, self.route.generation, self.drain_timeout, self._server_drain_done, servers=servers,
+                      tag=tag)
+        self.server_drains.append(drain)
+        return drain
+
+    def _end_fallback(self, env: Environment) -> None:
+        """_end_fallback: a server of the current list is healthy: the fallback servers drain from now on."""
+        groups = self._retiring.pop(env.name, None)
+        env.fallback = []
+        for tag, servers in groups or ():
+            if servers:
+                self._retire(env, servers, tag)
+
+    def _server_drain_done(self, drain: Drain) -> None:
+        if drain in self.server_drains:
+            self.server_drains.remove(drain)
+        env = drain.env
+        for server in drain.servers or ():
+            if server.retired and server in env.retired:
+                env.retired.remove(server)
+        self._servers_changed()
+        for callback in self.on_drain:
+            try:
+                callback(drain)
+            except Exception:
+                log.exception("drain callback failed")
+
+    def _servers_changed(self) -> None:
+        for callback in self.on_servers:
+            try:
+                callback()
+            except Exception:
+                log.exception("server list callback failed")
+
     # ------------------------------------------------------------------ hold
 
     @property
@@ -200,8 +328,14 @@ class Router:
         if healthy == server.healthy:
             return
         server.set_healthy(healthy)
-        log.warning("server %s of %s is now %s (%s)", server.address, server.env.name,
-                    "healthy" if healthy else "unhealthy", reason)
+        log.log(logging.DEBUG if self.relayed_health else logging.WARNING,
+                "server %s of %s is now %s (%s); generation %d", server.address, server.env.name,
+                "healthy" if healthy else "unhealthy", reason, self.route.generation,
+                extra={"action": "health", "generation": self.route.generation, "env": server.env.name,
+                       "server": server.address})
+        env = server.env
+        if healthy and env.fallback and not server.retired:
+            self._end_fallback(env)
         for callback in self.on_health:
             try:
                 callback(server, healthy, reason)
@@ -228,7 +362,7 @@ class Router:
             held_requests=len(gate) if gate is not None else 0,
             hold_until=gate.deadline if gate is not None else None,
             environments=tuple(env.snapshot() for env in self.environments.values()),
-            drains=tuple(drain.snapshot() for drain in self.drains.values()),
+            drains=tuple(drain.snapshot() for drain in (*self.drains.values(), *self.server_drains)),
             fenced_requests=len(self.fence_gate) if self.fence_gate is not None else 0,
         )
 

@@ -18,12 +18,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import pool
+from .accesslog import AccessLog
 from .backends import Environment
 from .downstream import ClientConnection
 from .errors import describe_os_error
 from .exchange import RESPONDING, SENT
 from .flow import LISTEN_BACKLOG, PREVIEW_BACKLOG
 from .health import HealthChecker
+from .requestid import new_prefix
 from .router import Router
 from .snapshot import Snapshot
 from .upstream import UpstreamConnection
@@ -85,6 +87,16 @@ class Proxy:
         self._port = 0
         # Connections with bytes to write at the end of this pass of the event loop (flush_soon).
         self._due: list[ClientConnection | UpstreamConnection] = []
+        # The access log (SPEC §12) and its list of finished exchanges, which Exchange.finish
+        # appends to: None without an access log.
+        self.access_log: AccessLog | None = None
+        self.access_records: list[Any] | None = None
+        if settings.access_log is not None:
+            self.access_log = AccessLog(settings.access_log)
+            self.access_records = self.access_log.records
+        # Request ids made up for requests without a sane X-Request-Id (requestid.py); None: none are.
+        self.request_prefix: bytes | None = new_prefix() if settings.generate_request_id else None
+        self.request_seq = 0
 
     # --------------------------------------------------------------- start
 
@@ -115,12 +127,19 @@ class Proxy:
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
+        if self.access_log is not None:
+            self.access_log.start(loop)
         hc = self.settings.health_check
-        servers = [s for env in self.router.environments.values() for s in env.servers]
-        self.health = HealthChecker(servers, hc.path, hc.interval, hc.timeout, hc.healthy_after,
-                                    hc.unhealthy_after, self.router.set_health)
+        self.health = HealthChecker(self.router.checked_servers(), hc.path, hc.interval, hc.timeout,
+                                    hc.healthy_after, hc.unhealthy_after, self.router.set_health)
+        self.router.on_servers.append(self._servers_changed)
         if check_health:
             self.health.start()
+
+    def _servers_changed(self) -> None:
+        """_servers_changed: a server list changed (Router.set_servers): the health checks follow it."""
+        if self.health is not None:
+            self.health.update(self.router.checked_servers())
 
     def _client(self) -> Any:
         return ClientConnection(self)
@@ -150,7 +169,16 @@ class Proxy:
             unrouted=tuple(self.unrouted),
             client_body_timeouts=self.client_body_timeouts,
             preview_token_set=self.preview_token is not None,
+            access_log_dropped=self.access_log.dropped if self.access_log is not None else 0,
         )
+
+    def reopen_access_log(self) -> None:
+        """reopen_access_log: SIGUSR1 (log rotation): the access log opens its path again.
+
+        Called by serve's signal handler (one process) or by the worker's agent (proxy/agent.py).
+        """
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     # ----------------------------------------------------------- upstream
 
@@ -159,16 +187,20 @@ class Proxy:
         self._loop.create_task(self._connect(server, ex))
 
     async def _connect(self, server: "Server", ex: "Exchange") -> None:
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self._loop.create_connection(
                     partial(UpstreamConnection, self, server), server.host, server.port)
         except TimeoutError:
+            ex.connect_time += time.monotonic() - began
             ex.connect_failed(server, f"no connection within timeouts.connect ({self.connect_timeout}s)")
             return
         except OSError as exc:
+            ex.connect_time += time.monotonic() - began
             ex.connect_failed(server, describe_os_error(exc))
             return
+        ex.connect_time += time.monotonic() - began   # the access log's upstream_connect_ms
         ex.attach(conn, reused=False)
 
     def flush_soon(self, conn: ClientConnection | UpstreamConnection) -> None:
@@ -303,12 +335,15 @@ class Proxy:
         return {"connections": open_at_start, "cut": cut}
 
     async def close(self) -> None:
-        """close: stop the ticker and the health checks (after shutdown, or in tests)."""
+        """close: stop the ticker and the health checks, write the access log's last lines
+        (after shutdown, or in tests)."""
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
         if self.health is not None:
             await self.health.stop()
+        if self.access_log is not None and self._loop is not None:
+            await self.access_log.close()
         for server in (self._server, self._preview):
             if server is not None:
                 server.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["Address", "EnvironmentConfig", "HealthCheckConfig", "LimitsConfig", "Settings", "TimeoutsConfig"]
+__all__ = ["AccessLogConfig", "Address", "EnvironmentConfig", "HealthCheckConfig", "LimitsConfig", "Settings", "TimeoutsConfig"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AccessLogConfig:
+    """AccessLogConfig: the `access_log` section (SPEC §12), read by proxy/accesslog.py.
+
+    path is "-" for standard output or an absolute file path (admin/config.py resolves a
+    relative one against the config's folder); Settings.access_log None means no access log.
+    """
+
+    path: str = "-"
+    format: str = "json"  # "json" | "combined"
+
+
+@dataclass(frozen=True)
 class EnvironmentConfig:
     """EnvironmentConfig: one entry of `environments`, read by the backends and health checks."""
 
@@ -99,7 +111,8 @@ class Settings:
 
     environments are in config order; live is the route's environment when no saved state
     names one. preview_token is what X-Cutover-Token must equal for the preview headers
-    (None: the preview route needs no token, as with admin.auth none).
+    (None: the preview route needs no token, as with admin.auth none). access_log and
+    generate_request_id are the `access_log` and `request_id` sections (SPEC §12).
     """
 
     listen: Address
@@ -114,3 +127,5 @@ class Settings:
     preview_listen: Address | None = None
     canary_header: str | None = None  # None = cookie stickiness
     preview_token: str | None = None
+    access_log: AccessLogConfig | None = None  # None: no access log
+    generate_request_id: bool = True  # request_id.generate: make an id for a request without a sane one

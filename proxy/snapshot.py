@@ -55,7 +55,9 @@ class EnvironmentSnapshot:
     (backends.LATENCY_BUCKETS, the last one +Inf), latency_sum their seconds.
     bytes_in are the bytes received from clients for its requests, bytes_out those
     sent to clients in their answers (heads, bodies, tunnels included), as the client
-    connections read and wrote them. A client's bytes count for its request when the
+    connections read and wrote them. retired are servers a new server list removed that
+    have not finished yet (Router.set_servers): still serving while no server of the new list
+    is healthy, else draining; they are not in ``servers``, which is the current list. A client's bytes count for its request when the
     request is routed or ends, so in a read that also carries the start of the next
     pipelined request, that start counts for the one before it.
     """
@@ -70,6 +72,7 @@ class EnvironmentSnapshot:
     latency_sum: float
     bytes_in: int
     bytes_out: int
+    retired: tuple[ServerSnapshot, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +83,9 @@ class DrainSnapshot:
     Every exchange in flight at the start is counted once: drained (finished normally),
     forced_closed (cut at drain_timeout), dropped (failed), client_gone, or still remaining.
     interrupted: the environment received traffic again first. duration is None while
-    it runs.
+    it runs. A drain of servers a new server list removed (Router.set_servers) names them in
+    ``servers`` and carries the ``tag`` of the change that removed them; an environment's
+    drain after a swap has neither.
     """
 
     environment: str
@@ -94,6 +99,8 @@ class DrainSnapshot:
     interrupted: bool
     duration: float | None
     idle_connections_closed: int
+    servers: tuple[str, ...] = ()
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +141,8 @@ class Snapshot:
     answered before reaching an environment, by status class as responses;
     client_body_timeouts the requests cut with 408 at timeouts.client_body.
     preview_token_set tells whether X-Cutover-Env is honoured at all (the token is never here).
+    access_log_dropped counts access log lines lost (the writer fell PENDING_LIMIT behind, or
+    the file would not open or take a write; proxy/accesslog.py).
     """
 
     router: RouterSnapshot
@@ -143,6 +152,7 @@ class Snapshot:
     unrouted: tuple[int, ...]
     client_body_timeouts: int
     preview_token_set: bool
+    access_log_dropped: int = 0
 
 
 # --------------------------------------------------------------------------- merging
@@ -165,15 +175,32 @@ def merge_servers(servers: "list[ServerSnapshot]") -> ServerSnapshot:
                           requests=sum(s.requests for s in servers), upstream_errors=tuple(zip(kinds, errors)))
 
 
+def _merge_by_address(lists: "list[tuple[ServerSnapshot, ...]]") -> tuple[ServerSnapshot, ...]:
+    """_merge_by_address: each address once, merged over the workers that list it, in first-seen order.
+
+    Workers apply a new server list one after another: until each has, their lists differ.
+    """
+    seen: dict[str, list[ServerSnapshot]] = {}
+    for servers in lists:
+        for server in servers:
+            seen.setdefault(server.address, []).append(server)
+    return tuple(merge_servers(parts) for parts in seen.values())
+
+
 def merge_environments(envs: "list[EnvironmentSnapshot]") -> EnvironmentSnapshot:
-    """merge_environments: one environment as seen by several workers (same servers, same order)."""
-    servers = tuple(merge_servers([env.servers[i] for env in envs]) for i in range(len(envs[0].servers)))
-    return EnvironmentSnapshot(name=envs[0].name, healthy=any(s.healthy for s in servers),
+    """merge_environments: one environment as seen by several workers, server by server (by address)."""
+    servers = _merge_by_address([env.servers for env in envs])
+    current = {s.address for s in servers}
+    retired = tuple(s for s in _merge_by_address([env.retired for env in envs]) if s.address not in current)
+    # healthy: a server every worker finds healthy, or (while removed servers still serve, see
+    # EnvironmentSnapshot.retired) every worker finds the environment able to serve
+    return EnvironmentSnapshot(name=envs[0].name, healthy=any(s.healthy for s in servers) or all(e.healthy for e in envs),
                                inflight=sum(e.inflight for e in envs), connections=sum(e.connections for e in envs),
                                servers=servers, responses=_sum([e.responses for e in envs]),
                                latency_counts=_sum([e.latency_counts for e in envs]),
                                latency_sum=sum(e.latency_sum for e in envs),
-                               bytes_in=sum(e.bytes_in for e in envs), bytes_out=sum(e.bytes_out for e in envs))
+                               bytes_in=sum(e.bytes_in for e in envs), bytes_out=sum(e.bytes_out for e in envs),
+                               retired=retired)
 
 
 def merge_drains(drains: "list[DrainSnapshot]") -> DrainSnapshot:
@@ -190,7 +217,8 @@ def merge_drains(drains: "list[DrainSnapshot]") -> DrainSnapshot:
         client_gone=sum(d.client_gone for d in drains), remaining=sum(d.remaining for d in drains),
         interrupted=any(d.interrupted for d in drains),
         duration=None if None in durations else max(d for d in durations if d is not None),
-        idle_connections_closed=sum(d.idle_connections_closed for d in drains))
+        idle_connections_closed=sum(d.idle_connections_closed for d in drains),
+        servers=first.servers, tag=first.tag)
 
 
 def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
@@ -215,4 +243,5 @@ def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
                     client_connections=sum(s.client_connections for s in snapshots),
                     unrouted=_sum([s.unrouted for s in snapshots]),
                     client_body_timeouts=sum(s.client_body_timeouts for s in snapshots),
-                    preview_token_set=snapshots[0].preview_token_set)
+                    preview_token_set=snapshots[0].preview_token_set,
+                    access_log_dropped=sum(s.access_log_dropped for s in snapshots))

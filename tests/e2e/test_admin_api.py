@@ -56,7 +56,9 @@ def assert_status_shape(st: dict, backends: dict) -> None:
     assert sum(st["weights"].values()) == 100
     assert set(st["environments"]) == ENVS
     for name, env in st["environments"].items():
-        assert set(env) == {"healthy", "inflight", "connections", "servers"}, env
+        assert set(env) == {"healthy", "inflight", "connections", "servers_source", "servers",
+                            "retired_servers"}, env
+        assert env["servers_source"] == "config" and env["retired_servers"] == []
         assert isinstance(env["healthy"], bool)
         assert is_int(env["inflight"]) and env["inflight"] >= 0
         assert is_int(env["connections"]) and env["connections"] >= 0

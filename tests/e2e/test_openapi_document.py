@@ -14,6 +14,7 @@ tests/admin/test_openapi_document_is_well_formed.py.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import pytest
@@ -55,6 +56,7 @@ class Probe:
 
     def check(self, method: str, path: str, status: int, payload, headers) -> None:
         where = f"{method.upper()} {path} -> {status}"
+        path = self.template(path)
         op = self.doc["paths"].get(path, {}).get(method)
         if op is not None and str(status) in op["responses"]:
             pointer = follow(self.doc, f"/paths/{escape(path)}/{method}/responses/{status}")
@@ -74,6 +76,17 @@ class Probe:
         schema = f"{pointer}/content/{escape(media)}/schema"
         errors = schema_errors(self.doc, schema, payload)
         assert not errors, (where, payload, errors)
+
+
+    def template(self, path: str) -> str:
+        """template: the document's path a concrete one is of (/v1/environments/green/servers ->
+        /v1/environments/{env}/servers), else the path itself."""
+        if path in self.doc["paths"]:
+            return path
+        for candidate in self.doc["paths"]:
+            if "{" in candidate and re.fullmatch(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(candidate)), path):
+                return candidate
+        return path
 
 
 async def proxy_get(port: int, path: str) -> int:
@@ -249,6 +262,48 @@ async def test_every_answer_of_every_route_matches_the_document(stack, session, 
             assert answer["ack"] == {"complete": False, "acked": list(answer["ack"]["acked"]), "pending": [4242]}
     finally:
         stack.controller.plane = real
+
+    # the server registration: PUT and DELETE, the environment in the path
+    servers = "/v1/environments/green/servers"
+    for method in ("PUT", "DELETE"):
+        await call(method, servers, 400, body={"no_such_field": 1})
+        await call(method, servers, 400, data=b"{not json", headers=JSON_TYPE)
+        await call(method, servers, 403, body={}, token=READ_TOKEN)
+        await call(method, servers, 403, body={}, headers=foreign_origin)
+        await call(method, servers, 413, data=b"{" + b" " * (MAX_BODY_BYTES + 10) + b"}", headers=JSON_TYPE)
+        await call(method, servers, 415, data=b"{}", headers={"Content-Type": "text/plain"})
+        key = {"Idempotency-Key": f"reused-{method}"}
+        await call(method, servers, 400, body={"no_such_field": 1}, headers=key)
+        await call(method, servers, 422, body={"no_such_field": 2}, headers=key)
+        await call(method, "/v1/environments/purple/servers", 404,
+                   body={"servers": ["127.0.0.1:1"]} if method == "PUT" else {})
+    await call("PUT", servers, 400, body={"servers": ["no-port"]})
+    registered = {"servers": [{"address": backends["green"].address, "weight": 2}], "reason": "ci"}
+    answer = await call("PUT", servers, 200, body=registered)
+    assert answer["environments"]["green"]["servers_source"] == "registered"
+    await call("DELETE", servers, 200, body={"reason": "back"})
+    live = (await call("GET", "/v1/status", 200))["live"]
+    await call("POST", "/v1/lock", 200)
+    for method, body in (("PUT", registered), ("DELETE", {})):
+        if method == "DELETE":
+            await call("POST", "/v1/unlock", 200)
+            await call("PUT", f"/v1/environments/{live}/servers", 200,
+                       body={"servers": [backends[live].address]})
+            await call("POST", "/v1/lock", 200)
+        await call(method, f"/v1/environments/{live}/servers", 409, body=body)
+    await call("POST", "/v1/unlock", 200)
+    with monkeypatch.context() as m:
+        m.setattr(FileStateStore, "_write", refuse)
+        await call("PUT", servers, 503, body=registered)
+        await call("DELETE", f"/v1/environments/{live}/servers", 503)
+    stack.controller.plane = OnePending()
+    try:
+        await call("PUT", servers, 202, body=registered)
+        await call("DELETE", servers, 202)
+    finally:
+        stack.controller.plane = real
+    events = (await call("GET", "/v1/history", 200))["events"]
+    assert {"servers", "servers_reset"} <= {e["action"] for e in events}
 
     # not ready: the live environment has no healthy server (health checks stopped above)
     for server in stack.proxy.router.environments[stack.proxy.router.route.live].servers:

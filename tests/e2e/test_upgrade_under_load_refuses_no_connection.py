@@ -8,42 +8,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 
 import aiohttp
 import pytest
 
-from tests.support.paths import ROOT
 from tests.support.ports import free_port
-from tests.support.processes import gone, serve_config, serving
+from tests.support.processes import gone, serve_config, serving, serving_status, start_serve
 from tests.support.wait import eventually
 
-
-
-async def start_serve(tmp_path, config):
-    """start_serve: `cutover serve --config` as the test's child; (process, its log file).
-
-    The log goes to a file: a successor inherits it (a pipe would outlive the old process).
-    """
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
-    return proc, log_path
-
-
-async def serving_status(session, admin: int, workers: int = 1) -> dict:
-    """serving_status: the status once the admin API answers and ``workers`` workers are alive."""
-    async def ready():
-        try:
-            now = await status(session, admin)
-        except aiohttp.ClientError:
-            return None
-        return now if len(now["workers"]) == workers and all(w["alive"] for w in now["workers"]) else None
-
-    return await eventually(ready, timeout=20)
 
 
 async def status(session, admin: int) -> dict:

@@ -18,6 +18,11 @@ from tests.support.fakes import Rig, SocketTransport
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
+def rid(rig: Rig, n: int = 1) -> bytes:
+    """rid: the X-Request-Id line the proxy of ``rig`` adds to its n-th answer (an id it made up)."""
+    return b"x-request-id: %s%x\r\n" % (rig.proxy.request_prefix, n)
+
+
 async def test_request_is_rewritten_and_response_relayed():
     rig = Rig()
     rig.send(b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
@@ -25,7 +30,7 @@ async def test_request_is_rewritten_and_response_relayed():
     assert sent.startswith(b"GET /a?b=c HTTP/1.1\r\nHost: h\r\n")
     assert b"x-forwarded-for: 192.0.2.7\r\n" in sent and b"onnection" not in sent
     rig.answer(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nContent-Length: 2\r\n\r\nok")
-    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n\r\nok"
+    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n" + rid(rig) + b"\r\nok"
     assert rig.server.idle == [rig.up] and not rig.client_t.closed
 
 
@@ -36,7 +41,7 @@ async def test_head_and_body_of_a_small_response_leave_in_one_write():
     rig.client_t.writelines = lambda parts: writes.append(b"".join(parts))
     rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     rig.answer(OK)
-    assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    assert writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + rid(rig) + b"\r\nok"]
 
 
 async def test_pipelined_requests_wait_their_turn():
@@ -55,7 +60,7 @@ async def test_response_to_head_ends_at_its_head_and_parser_is_fresh():
     rig = Rig()
     rig.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
     rig.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    assert rig.client_t.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + rid(rig) + b"\r\n"
     assert rig.server.idle == [rig.up]
     rig.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     rig.answer(OK)
@@ -89,7 +94,7 @@ async def test_close_delimited_response_is_chunked_for_http11_clients():
     rig.answer(b"HTTP/1.1 200 OK\r\n\r\nhello")
     rig.up.connection_lost(None)
     out = rig.client_t.take()
-    assert out == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    assert out == b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n" + rid(rig) + b"\r\n5\r\nhello\r\n0\r\n\r\n"
     assert not rig.client_t.closed
 
 
@@ -141,7 +146,7 @@ async def test_http10_client_gets_close_delimited_body_and_close():
     rig.send(b"GET / HTTP/1.0\r\n\r\n")
     rig.answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     out = rig.client_t.take()
-    assert out == b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nabc"
+    assert out == b"HTTP/1.1 200 OK\r\n" + rid(rig) + b"connection: close\r\n\r\nabc"
     assert rig.client_t.closed
 
 

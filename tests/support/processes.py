@@ -1,4 +1,5 @@
-"""processes: `cutover serve` as a real process in tests: its config, and whether a pid is gone.
+"""processes: `cutover serve` as a real process in tests: its config, starting it and waiting
+until it serves, and whether a pid is gone.
 
 Tests kill what they start by PID. A successor started by SIGUSR2 is its predecessor's
 child, not the test's, so ``serving`` finds it by the test's own config path.
@@ -7,8 +8,14 @@ child, not the test's, so ``serving`` finds it by the test's own config path.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
+
+import aiohttp
+
+from tests.support.paths import ROOT
+from tests.support.wait import eventually
 
 
 def serve_config(tmp_path: Path, backends: dict, port: int, admin: int, **extra: str | int) -> Path:
@@ -51,3 +58,29 @@ def serving(config: Path) -> set[int]:
             except OSError:
                 continue
     return pids
+
+
+async def start_serve(tmp_path, config):
+    """start_serve: `cutover serve --config` as the test's child; (process, its log file).
+
+    The log goes to a file: a successor inherits it (a pipe would outlive the old process).
+    """
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    return proc, log_path
+
+
+async def serving_status(session, admin: int, workers: int = 1) -> dict:
+    """serving_status: the status once the admin API answers and ``workers`` workers are alive."""
+    async def ready():
+        try:
+            async with session.get(f"http://127.0.0.1:{admin}/v1/status") as resp:
+                now = await resp.json()
+        except aiohttp.ClientError:
+            return None
+        return now if len(now["workers"]) == workers and all(w["alive"] for w in now["workers"]) else None
+
+    return await eventually(ready, timeout=20)

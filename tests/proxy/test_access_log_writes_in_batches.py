@@ -1,0 +1,156 @@
+"""The access log's writer (proxy/accesslog.py) without sockets: lines are written per batch,
+never per request; a writer that falls behind drops whole batches and counts them, without
+holding up the event loop; reopen sends later lines to the path opened again; close writes
+what is left. Requests are driven through a Rig; the log writes real files and pipes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from proxy.accesslog import AccessLog
+from proxy.settings import AccessLogConfig
+from tests.support.fakes import Rig
+from tests.support.wait import eventually
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def requests(rig: Rig, n: int, tag: str = "r") -> None:
+    for i in range(n):
+        rig.send(b"GET /%s%d HTTP/1.1\r\nHost: h\r\n\r\n" % (tag.encode(), i))
+        rig.answer(OK)
+
+
+def targets(path) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        return [json.loads(line)["target"] for line in f.read().splitlines()]
+
+
+async def started(rig: Rig, interval: float = 3600.0, limit: int | None = None) -> AccessLog:
+    """started: rig's access log, started on this loop (a long interval: only explicit flushes write)."""
+    log = rig.proxy.access_log
+    assert log is not None
+    log.interval = interval
+    if limit is not None:
+        log._writer.limit = limit
+    log.start(asyncio.get_running_loop())
+    return log
+
+
+async def test_requests_are_written_when_the_batch_is_flushed_not_one_by_one(tmp_path):
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    try:
+        await eventually(path.exists, what="the writer thread opened the file")
+        requests(rig, 5)
+        assert len(log.records) == 5
+        await asyncio.sleep(0)                 # nothing is written before the flush
+        assert path.read_bytes() == b""
+        log.flush()
+        assert log.records == []
+        await eventually(lambda: targets(path) == [f"/r{i}" for i in range(5)])
+        assert log.lines == 5 and log.dropped == 0
+    finally:
+        await log.close()
+
+
+async def test_the_loop_timer_flushes_by_itself(tmp_path):
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig, interval=0.02)
+    try:
+        requests(rig, 3)
+        await eventually(lambda: len(targets(path)) == 3, timeout=5)
+    finally:
+        await log.close()
+
+
+async def test_close_writes_what_is_left(tmp_path):
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    requests(rig, 2)
+    await log.close()
+    assert targets(path) == ["/r0", "/r1"]
+
+
+async def test_reopen_sends_later_lines_to_the_new_file_and_loses_none(tmp_path):
+    path = tmp_path / "access.log"
+    rotated = tmp_path / "access.log.1"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    try:
+        requests(rig, 3, "old")
+        log.flush()
+        await eventually(lambda: len(targets(path)) == 3)
+        requests(rig, 2, "gathered")          # finished before the rotation, not flushed yet
+        os.rename(path, rotated)
+        log.reopen()
+        await eventually(path.exists, what="the path opened again")
+        requests(rig, 4, "new")
+        log.flush()
+        await eventually(lambda: len(targets(path)) == 4)
+        assert targets(rotated) == ["/old0", "/old1", "/old2", "/gathered0", "/gathered1"]
+        assert targets(path) == ["/new0", "/new1", "/new2", "/new3"]
+    finally:
+        await log.close()
+
+
+async def test_a_blocked_pipe_never_blocks_the_loop_and_overflow_is_counted(tmp_path):
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    rig = Rig(access_log={"path": f"/proc/self/fd/{write_end}"})
+    log = await started(rig, limit=200_000)
+    try:
+        # Nobody reads the pipe: once its buffer is full the writer thread blocks in write(2).
+        for _ in range(40):
+            requests(rig, 100)
+            log.flush()                           # never waits for the thread
+        assert log.dropped > 0 and log.lines + log.dropped == 4000
+        assert rig.proxy.snapshot().access_log_dropped == log.dropped
+        # Draining the pipe lets the writer go on; what was queued arrives as whole lines.
+        got = bytearray()
+
+        def drained() -> bool:
+            try:
+                while chunk := os.read(read_end, 1 << 16):
+                    got.extend(chunk)
+            except BlockingIOError:
+                pass
+            return got.count(b"\n") == log.lines
+
+        await eventually(drained, timeout=10, what="every queued line written")
+        assert all(json.loads(line)["status"] == 200 for line in got.splitlines())
+    finally:
+        os.set_blocking(read_end, True)
+        await log.close()
+        os.close(read_end)
+        os.close(write_end)
+
+
+async def test_a_path_that_cannot_be_opened_drops_and_counts_its_lines(tmp_path):
+    missing = tmp_path / "gone" / "access.log"
+    log = AccessLog(AccessLogConfig(path=str(missing)))
+    rig = Rig()
+    rig.proxy.access_log = log
+    rig.proxy.access_records = log.records
+    log.interval = 3600.0
+    log.start(asyncio.get_running_loop())
+    try:
+        requests(rig, 3)
+        log.flush()
+        await eventually(lambda: log.dropped == 3)
+        os.mkdir(tmp_path / "gone")
+        log.reopen()                              # SIGUSR1 tries again
+        requests(rig, 2)
+        log.flush()
+        await eventually(lambda: len(targets(missing)) == 2)
+        assert log.dropped == 3
+    finally:
+        await log.close()
