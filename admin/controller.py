@@ -110,6 +110,9 @@ class Controller:
         self._analyses: dict[int, Analysis] = {}  # the last few watches, by the generation they watch
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
         self.analysis_counts: dict[str, int] = {}                # finished analyses by outcome
+        # A fleet replica's record of its analyses in etcd (admin/fleet/analyses.py): called with
+        # (generation, "running") when one starts and (generation, outcome) when it ends.
+        self.on_analysis: Callable[[int, str], None] | None = None
         self._hold_timer: asyncio.TimerHandle | None = None      # ends the current hold at its deadline
         self._released_unsaved = 0     # requests a timed-out hold released while its resume could not be saved
         self._ack: Ack | None = None   # the Ack of the change the mutation being answered made
@@ -290,6 +293,9 @@ class Controller:
         """
         analysis = self._analyses.get(generation)
         if analysis is None:
+            entry = self._cancelled_entry(generation)     # a fleet: the replica that ran it is gone
+            if entry is not None:
+                return {"generation": generation, "state": "cancelled", "reason": entry.get("reason")}
             return None
         return await asyncio.shield(analysis.done)
 
@@ -589,6 +595,8 @@ class Controller:
             while len(self._analyses) > 16:
                 del self._analyses[next(iter(self._analyses))]
             self.analysis.done.add_done_callback(self._analysis_finished)
+            if self.on_analysis is not None:
+                self.on_analysis(state.generation, "running")
 
     async def _reweigh(self, action: str, canary: str | None, weight: int, reason: str | None,
                        caller: Caller = INTERNAL) -> dict:
@@ -608,8 +616,41 @@ class Controller:
 
     def _analysis_finished(self, done: asyncio.Future) -> None:
         if not done.cancelled():
-            outcome = done.result()["state"]
+            result = done.result()
+            outcome = result["state"]
             self.analysis_counts[outcome] = self.analysis_counts.get(outcome, 0) + 1
+            if self.on_analysis is not None:
+                self.on_analysis(result["generation"], outcome)
+
+    def cancel_analysis(self, generation: int, why: str) -> None:
+        """cancel_analysis: stop this replica's running analysis of ``generation`` (the fleet stopped counting on it)."""
+        analysis = self._analyses.get(generation)
+        if analysis is not None and analysis.state == "running":
+            analysis.cancel(why)
+
+    async def record_analysis_cancelled(self, generation: int, why: str) -> bool:
+        """record_analysis_cancelled: put `analysis_cancelled` for ``generation`` in the history (SPEC §9.2).
+
+        A fleet replica calls it when the replica that ran that analysis is gone
+        (admin/fleet/analyses.py). Every replica may: the first commit wins, the others find
+        the entry (True) or lose the compare (a ControlError: they try again on the state they
+        took). Returns whether the entry is in the history now.
+        """
+        async with self.lock:
+            if self._cancelled_entry(generation) is not None:
+                return True
+            state = self._next()
+            self._record(state, "analysis_cancelled", why, analysis_generation=generation)
+            await self._save(state)
+            log.warning("analysis of generation %d recorded as cancelled: %s", generation, why,
+                        extra={"action": "analysis_cancelled", "generation": generation})
+            return True
+
+    def _cancelled_entry(self, generation: int) -> dict | None:
+        for entry in reversed(self.state.history):
+            if entry.get("action") == "analysis_cancelled" and entry.get("analysis_generation") == generation:
+                return entry
+        return None
 
     async def _gates(self, target: str, force: bool, health_only: bool = False) -> list[GateResult]:
         if force:

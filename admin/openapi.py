@@ -198,7 +198,7 @@ _SCHEMAS: dict[str, dict] = {
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
                                               "hold", "resume", "lock", "unlock", "attest", "servers",
-                                              "servers_reset"]},
+                                              "servers_reset", "analysis_cancelled"]},
         "from": {**_NAME, "description": "live before"},
         "to": {**_NAME, "description": "live after, or the canary environment"},
         "generation": {"type": "integer", "minimum": 1, "description": "the generation after it"},

@@ -282,7 +282,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         raise listen_failure("admin.listen", config.admin.listen, exc) from None
     admin_port = admin_sock.getsockname()[1]
     if fleet is not None:
-        fleet.membership.reread = controller.reread
+        fleet.steer(controller)
         fleet.membership.fence = fencer(plane)
         await fleet.join(controller.state, controller.revision)
     return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import Config
 from ..state import FileStateStore, Revision, State, StateError
+from .analyses import AnalysisKeys
 from .etcd import EtcdClient, EtcdError
 from .plane import FleetPlane
 from .replica import Membership
@@ -184,6 +185,7 @@ class Fleet:
     membership: Membership
     ack_timeout: float
     connected: bool          # etcd answered at start (else the replica fails static)
+    analyses: AnalysisKeys | None = None   # this replica's analyses in etcd, and the watch of all (steer)
 
     @classmethod
     async def open(cls, config: Config, local_copy: FileStateStore, address: str) -> tuple["Fleet", State | None,
@@ -220,6 +222,18 @@ class Fleet:
         plane.start()
         return plane
 
+    def steer(self, controller: Any) -> None:
+        """steer: what the membership and the analyses ask of ``controller`` (serve, once it exists).
+
+        A lost lease re-reads through it; its analyses are kept in etcd, and an analysis whose
+        replica is gone is recorded through it (admin/fleet/analyses.py).
+        """
+        self.membership.reread = controller.reread
+        self.analyses = AnalysisKeys(self.client, self.membership.prefix, self.membership,
+                                     controller.record_analysis_cancelled, controller.cancel_analysis)
+        controller.on_analysis = self.analyses.note
+        self.analyses.start()
+
     async def join(self, state: State, revision: Revision) -> None:
         """join: register this replica and ack the state its data plane serves (once it serves)."""
         await self.membership.start()
@@ -232,5 +246,7 @@ class Fleet:
     async def close(self) -> None:
         """close: leave the fleet; the local copy's last write ends first."""
         await self.store.flush()
+        if self.analyses is not None:
+            await self.analyses.close()
         await self.membership.close()
         await self.client.close()

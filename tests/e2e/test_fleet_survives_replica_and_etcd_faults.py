@@ -53,7 +53,7 @@ class Replica:
     """Replica: one `cutover serve` process of the fleet; started, paused, killed by its PID."""
 
     def __init__(self, home: Path, replica_id: str, backends: dict, endpoints: list[str], prefix: str,
-                 workers: int = 1) -> None:
+                 workers: int = 1, **extra: str) -> None:
         home.mkdir()
         self.id = replica_id
         self.endpoints, self.prefix = endpoints, prefix
@@ -64,7 +64,7 @@ class Replica:
         self.config = serve_config(home, backends, self.port, self.admin_port,
                                    state_file=json.dumps(str(self.state_file)), store=json.dumps(store),
                                    fleet=json.dumps({"replica_id": replica_id, "ack_timeout": ACK_TIMEOUT}),
-                                   workers=workers)
+                                   workers=workers, **extra)
         self.log = home / "serve.log"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -132,14 +132,14 @@ async def http():
 
 @pytest.fixture
 async def fleet(tmp_path, backends, http, request):
-    """fleet(count, endpoints, workers=1) -> [Replica]: started at once, each seeing every replica
+    """fleet(count, endpoints, workers=1, **config) -> [Replica]: started at once, each seeing every replica
     this test started registered in etcd (a second call adds replicas to the fleet); all ended after."""
     started: list[Replica] = []
     prefix = f"/test/{request.node.name}"
 
-    async def start(count: int, endpoints: list[str], workers: int = 1) -> list[Replica]:
+    async def start(count: int, endpoints: list[str], workers: int = 1, **extra: str) -> list[Replica]:
         first = len(started)
-        replicas = [Replica(tmp_path / f"r{i}", f"r{i}", backends, endpoints, prefix, workers)
+        replicas = [Replica(tmp_path / f"r{i}", f"r{i}", backends, endpoints, prefix, workers, **extra)
                     for i in range(first, first + count)]
         started.extend(replicas)
         await asyncio.gather(*(r.start(http) for r in replicas))
@@ -285,6 +285,50 @@ async def test_a_replica_paused_past_its_lease_serves_nothing_by_its_old_route_w
             writer.close()
     await eventually(lambda: members(http, r0, ["r0", "r1", "r2"]), timeout=10, interval=0.05,
                      what="r2 registered again")
+
+
+async def test_an_analysis_whose_replica_is_killed_is_recorded_cancelled_once_by_another(fleet, etcd, http):
+    """Analysis runs on the replica that took the flip; SIGKILLed while it runs, its lease lapses
+    and one of the others records the analysis as cancelled: one entry in the fleet's history,
+    naming the replica and the generation, seen on every replica left."""
+    r0, r1, r2 = await fleet(3, [etcd.endpoint], analysis="{window: 60s, interval: 500ms}")
+    code, answer = await mutate(http, r0, "/v1/flip")
+    assert code == 200, answer
+    generation = answer["generation"]
+    assert (await status(http, r0))["analysis"]["state"] == "running"
+    assert (await status(http, r1))["analysis"] is None          # it runs on r0 only
+    await r0.kill()
+
+    async def recorded(replica: Replica) -> list[dict]:
+        async with http.get(replica.admin + "/v1/history") as resp:
+            events = (await resp.json())["events"]
+        return [e for e in events if e["action"] == "analysis_cancelled"]
+
+    found = await eventually(lambda: recorded(r1), timeout=LEASE_TTL + 10, interval=0.1,
+                             what="the analysis recorded as cancelled after r0's lease lapsed")
+    assert len(found) == 1, found
+    assert found[0]["analysis_generation"] == generation and "replica r0" in found[0]["reason"], found
+    await eventually(lambda: recorded(r2), timeout=5, interval=0.1, what="r2 taking the record")
+    assert len(await recorded(r2)) == 1 and len(await recorded(r1)) == 1
+    for r in (r1, r2):                                            # the route stays as it was
+        assert await serves(http, r) == "green"
+
+
+async def test_an_analysis_that_ended_is_not_recorded_cancelled_when_its_replica_dies_later(fleet, etcd, http):
+    r0, r1 = await fleet(2, [etcd.endpoint], analysis="{window: 1s, interval: 200ms}")
+    code, answer = await mutate(http, r0, "/v1/flip")
+    assert code == 200, answer
+
+    async def passed() -> bool:
+        return ((await status(http, r0))["analysis"] or {}).get("state") == "passed"
+
+    await eventually(passed, timeout=10, interval=0.1, what="the analysis passing")
+    await r0.kill()
+    await eventually(lambda: members(http, r1, ["r1"]), timeout=LEASE_TTL + 5, interval=0.1,
+                     what="r0's lease expiring")
+    async with http.get(r1.admin + "/v1/history") as resp:
+        events = (await resp.json())["events"]
+    assert not [e for e in events if e["action"] == "analysis_cancelled"], events
 
 
 async def test_with_etcd_stopped_replicas_serve_on_refuse_mutations_and_converge_once_it_is_back(
