@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 from . import pool
 from .accesslog import HELD as LOG_HELD, REFUSED as LOG_REFUSED, TIMEOUT as LOG_TIMEOUT
 from .accesslog import UPSTREAM_RESET as LOG_UPSTREAM_RESET
+from .accesslog import entry_of
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
 from .flow import BUFFER_HIGH, PAUSE_BUFFER, PAUSE_UPSTREAM
@@ -541,7 +542,7 @@ class Exchange:
             client.logged_out = total_out
             self.bytes_in = client.total_in - client.logged_in
             client.logged_in = client.total_in
-            records.append(self)
+            records.append(entry_of(self))
         if env is not None:
             env.inflight -= 1
             env.active.discard(self)

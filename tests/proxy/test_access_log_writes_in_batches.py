@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 
-from proxy.accesslog import AccessLog
+from proxy.accesslog import CHUNK, AccessLog
 from proxy.settings import AccessLogConfig
 from tests.support.fakes import Rig
 from tests.support.wait import eventually
@@ -152,5 +152,23 @@ async def test_a_path_that_cannot_be_opened_drops_and_counts_its_lines(tmp_path)
         log.flush()
         await eventually(lambda: len(targets(missing)) == 2)
         assert log.dropped == 3
+    finally:
+        await log.close()
+
+
+async def test_a_big_batch_is_formatted_a_chunk_per_pass_of_the_loop_in_order(tmp_path):
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    try:
+        n = CHUNK * 2 + 10
+        requests(rig, n)
+        log._tick()                              # the timer's pass: one chunk, the rest later
+        assert len(log.records) == n - CHUNK
+        await asyncio.sleep(0)                   # the next pass of the loop: the next chunk
+        assert len(log.records) == n - 2 * CHUNK
+        await eventually(lambda: not log.records, what="the last chunk")
+        await eventually(lambda: targets(path) == [f"/r{i}" for i in range(n)], what="every line, in order")
+        assert log.lines == n and log.dropped == 0
     finally:
         await log.close()
