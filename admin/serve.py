@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,7 +31,7 @@ from .fleet.plane import FleetPlane
 from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
 from .listener import AdminRunner
-from .plane import Change, LocalPlane
+from .plane import LocalPlane
 from .workers import BindFailed, WorkerPlane, WorkerStartError
 from .state import FileStateStore, Revision, State, StateStore
 
@@ -283,25 +282,8 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     admin_port = admin_sock.getsockname()[1]
     if fleet is not None:
         fleet.steer(controller)
-        fleet.membership.fence = fencer(plane)
         await fleet.join(controller.state, controller.revision)
     return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
-
-
-def fencer(plane: LocalPlane | WorkerPlane) -> Callable[[float], None]:
-    """fencer: how a fleet replica's membership moves the fence of its data plane (Router.fence).
-
-    Called from the lease renewal, which must never wait for a worker's ack: the fence goes to
-    every worker at once, in order with the changes before it, and is not waited for.
-    """
-    tasks: set[asyncio.Task] = set()
-
-    def fence(until: float) -> None:
-        task = asyncio.get_running_loop().create_task(plane.apply(Change(fence=until)))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    return fence
 
 
 def bind_admin(address: Address) -> socket.socket:

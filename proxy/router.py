@@ -314,6 +314,15 @@ class Router:
             gate = self.fence_gate = HoldGate(self.hold_max_queued, None)
         gate.enter(ex)
 
+    def refuse_fenced(self, message: str) -> int:
+        """refuse_fenced: answer 503 to every request waiting for the fence, none sent upstream
+        (a shutdown: the route they would take is not confirmed); returns how many."""
+        gate, self.fence_gate = self.fence_gate, None
+        waiting = gate.take() if gate is not None else []
+        for ex in waiting:
+            ex.reply_error(503, message)
+        return len(waiting)
+
     def unqueue(self, ex: "Exchange") -> None:
         """unqueue: ``ex`` ended while it waited (its client went away): out of either gate."""
         if self.hold_gate is not None:

@@ -307,10 +307,7 @@ class Proxy:
         self.stop_accepting()
         if self.router.hold_gate is not None:
             self.router.resume()
-        fenced, self.router.fence_gate = self.router.fence_gate, None
-        if fenced is not None:    # its route is not confirmed: refused, not sent (retry elsewhere)
-            for ex in fenced.take():
-                ex.reply_error(503, "cutover is stopping and this replica's route is not confirmed (fleet lease)")
+        self.router.refuse_fenced("cutover is stopping and this replica's route is not confirmed (fleet lease)")
         open_at_start = len(self.connections)
         self._idle = asyncio.Event()
         for conn in list(self.connections):

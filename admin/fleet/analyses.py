@@ -20,14 +20,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from .etcd import EtcdClient, EtcdError, WatchCompacted
+from .etcd import EtcdClient, EtcdError, WatchCompacted, retry_delay
 from .replica import Membership
 from .view import json_object
 
 log = logging.getLogger("cutover.fleet")
 
 _WIDTH = 20                 # digits of the generation in a key, so keys sort by generation
-_RETRY = (0.05, 2.0)        # backoff of the watch, first and longest
 
 
 class AnalysisKeys:
@@ -127,7 +126,7 @@ class AnalysisKeys:
             except EtcdError as exc:
                 failures += 1
                 log.info("fleet: the watch of the analyses ended (%s); watching again", exc)
-                await asyncio.sleep(min(_RETRY[1], _RETRY[0] * 2 ** min(failures, 6)))
+                await asyncio.sleep(retry_delay(failures))
 
     async def _deleted(self, doc: dict) -> None:
         """_deleted: a key of P/analysis/ is gone; when it still said running, its runner is gone."""

@@ -60,16 +60,24 @@ __all__ = [
     "LeaseNotFound", "PutResult", "RangeResult", "RevisionCompacted", "Status", "TxnOp", "TxnResult",
     "Watch", "WatchCanceled", "WatchCompacted", "WatchError", "WatchStalled",
     "compare_create_revision", "compare_mod_revision", "compare_value", "compare_version",
-    "delete_op", "delete_range_op", "get_op", "put_op",
+    "delete_op", "delete_range_op", "get_op", "put_op", "retry_delay",
 ]
 
 DEFAULT_REQUEST_TIMEOUT = 5.0   # seconds per attempt at one endpoint
 DEFAULT_CONNECT_TIMEOUT = 1.0   # seconds to connect, within the attempt
 DEFAULT_IDLE_TIMEOUT = 30.0     # seconds a watch may stay silent before it counts as stalled
 MAX_WATCH_MESSAGE = 64 * 1024 * 1024  # one watch response line; a longer one is refused
+RETRY_FIRST = 0.05              # seconds before the first retry of what etcd did not answer
+RETRY_MAX = 2.0                 # the longest wait between two retries
 
 # A watch canceled at creation for one of these reasons is an authentication problem.
 _AUTH_REASONS = ("invalid auth token", "user name is empty", "permission denied", "authentication failed")
+
+
+def retry_delay(failures: int) -> float:
+    """retry_delay: how long to wait after ``failures`` failures in a row: RETRY_FIRST, doubled
+    each time, at most RETRY_MAX (the store's writes and watches, the fleet's views)."""
+    return min(RETRY_FIRST * 2 ** max(failures - 1, 0), RETRY_MAX)
 
 
 # ---------------------------------------------------------------- the client

@@ -85,7 +85,6 @@ class Membership:
         self.fence = fence
         self.lease = 0
         self.started = time.time()
-        self.renewed = 0.0                  # monotonic time of the last renewal that etcd confirmed
         self._ack: tuple[int, int] | None = None    # (generation, revision) last acked
         self._task: asyncio.Task | None = None
 
@@ -115,7 +114,6 @@ class Membership:
 
     def _confirmed(self, sent: float, ttl: float) -> None:
         """_confirmed: etcd granted ``ttl`` seconds to a lease renewal (or grant) sent at ``sent``."""
-        self.renewed = time.monotonic()
         self.fence(sent + min(ttl, self.ttl))
 
     def _unreachable(self, why: str) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..plane import Change
 from ..state import FileStateStore, Revision, State, StateError
 from .analyses import AnalysisKeys
 from .etcd import EtcdClient, EtcdError
@@ -216,10 +217,21 @@ class Fleet:
     def plane(self, local: Any) -> FleetPlane:
         """plane: the DataPlane the controller drives: ``local`` behind this replica's membership.
 
-        Its view of the fleet's acks starts watching at once (serve calls this on its event loop).
+        Its view of the fleet's acks starts watching at once (serve calls this on its event loop),
+        and the membership's lease renewals move ``local``'s fence from now on.
         """
         plane = FleetPlane(local, self.membership, self.ack_timeout)
         plane.start()
+        fencing: set[asyncio.Task] = set()
+
+        def fence(until: float) -> None:
+            # The renewal must never wait for a worker's ack: the fence goes to every worker at
+            # once, in order with the changes before it, and is not waited for.
+            task = asyncio.get_running_loop().create_task(local.apply(Change(fence=until)))
+            fencing.add(task)
+            task.add_done_callback(fencing.discard)
+
+        self.membership.fence = fence
         return plane
 
     def steer(self, controller: Any) -> None:

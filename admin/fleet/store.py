@@ -47,7 +47,7 @@ from typing import Any
 from admin.fleet.etcd import (
     DEFAULT_IDLE_TIMEOUT, Compare, EtcdClient, EtcdError, EtcdOutcomeUnknown, EtcdUnavailable, Event, KeyValue,
     RangeResult, RevisionCompacted, TxnOp, TxnResult, WatchCompacted, WatchStalled, compare_create_revision,
-    compare_mod_revision, compare_value, delete_range_op, get_op, put_op,
+    compare_mod_revision, compare_value, delete_range_op, get_op, put_op, retry_delay,
 )
 from admin.state import Revision, State, StateConflict, StateError, drain_fields
 
@@ -62,8 +62,6 @@ _WIDTH = 20                 # digits of a zero-padded number in a key: any int64
 _ATTEMPTS = 8               # transactions one write may send (P/seq taken by another writer meanwhile)
 _UNKNOWN_ATTEMPTS = 2       # lost answers to a drain's create-only put before its outcome is unknown
 _WATCH_FAILURES = 6         # consecutive failed re-reads or watches before watch raises
-_BACKOFF = 0.05             # seconds before the first retry; doubled each time, up to _BACKOFF_MAX
-_BACKOFF_MAX = 2.0
 
 
 class StoreUnavailable(StateError):
@@ -152,10 +150,6 @@ def _number(value: Any) -> bool:
 def _encode(document: Any) -> bytes:
     """_encode: the bytes stored for a JSON document (compact, keys sorted: equal documents, equal bytes)."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _backoff(failures: int) -> float:
-    return min(_BACKOFF * 2 ** max(failures - 1, 0), _BACKOFF_MAX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,7 +505,7 @@ class EtcdStateStore:
                 unknown = exc
                 if lost:
                     break            # a second lost answer: etcd is not answering
-                await asyncio.sleep(_backoff(1))
+                await asyncio.sleep(retry_delay(1))
                 continue
             except EtcdUnavailable as exc:
                 if unknown is not None:
@@ -592,7 +586,7 @@ class EtcdStateStore:
                                                [put_op(kv.key, value)])
             except EtcdOutcomeUnknown as exc:
                 problem = exc
-                await asyncio.sleep(_backoff(attempt + 1))
+                await asyncio.sleep(retry_delay(attempt + 1))
                 continue
             except EtcdUnavailable as exc:
                 raise (self._outcome_unknown(problem) if problem else
@@ -623,7 +617,7 @@ class EtcdStateStore:
                 return                   # written, or there already: either way the key holds an outcome
             except EtcdOutcomeUnknown as exc:
                 problem = exc            # the next create-only put tells: it answers either way
-                await asyncio.sleep(_backoff(attempt + 1))
+                await asyncio.sleep(retry_delay(attempt + 1))
             except EtcdUnavailable as exc:
                 raise (self._outcome_unknown(problem) if problem else
                        self._unavailable(f"drain outcome not written, etcd did not answer: {exc}")) from None
@@ -710,7 +704,7 @@ class EtcdStateStore:
                 if failures >= _WATCH_FAILURES:
                     raise self._unavailable(f"the watch failed {failures} times in a row: {exc}") from None
                 if failures:
-                    await asyncio.sleep(_backoff(failures))
+                    await asyncio.sleep(retry_delay(failures))
             view = None
 
     def _newer(self, revision: int | None, last: int) -> bool:
@@ -727,7 +721,7 @@ class EtcdStateStore:
                 if failures >= _WATCH_FAILURES:
                     raise self._unavailable(f"cannot read the state to watch it, {failures} times in a "
                                             f"row: {exc}") from None
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(retry_delay(failures))
 
 
 def _fold_drain(history: list[dict], generation: int, source: str, parts: dict[str, dict]) -> None:

@@ -22,13 +22,11 @@ import json
 import logging
 from collections.abc import Sequence
 
-from .etcd import DEFAULT_IDLE_TIMEOUT, EtcdClient, EtcdError, Event, KeyValue, RangeResult, get_op
+from .etcd import DEFAULT_IDLE_TIMEOUT, EtcdClient, EtcdError, Event, KeyValue, RangeResult, get_op, retry_delay
 from .gateway import prefix_range_end
 
 log = logging.getLogger("cutover.fleet")
 
-_BACKOFF = 0.05
-_BACKOFF_MAX = 2.0
 
 
 def json_object(value: bytes) -> dict:
@@ -193,4 +191,4 @@ class FleetView:
                 log.exception("fleet: the watch of the fleet's acks failed; reading them again")
             self._set_live(False)
             failures += 1
-            await asyncio.sleep(min(_BACKOFF * 2 ** (failures - 1), _BACKOFF_MAX))
+            await asyncio.sleep(retry_delay(failures))
