@@ -8,42 +8,29 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.support.paths import ROOT
 from tests.support.ports import free_port
-from tests.support.processes import serve_config
+from tests.support.processes import serve_config, serving_status, start_serve
 from tests.support.wait import eventually
 
 
-async def start_serve(tmp_path: Path, backends: dict, workers: int = 1, stdout=asyncio.subprocess.DEVNULL,
-                      **extra: str):
-    """start_serve: `cutover serve` with ``extra`` config keys; waits until every worker serves."""
+async def start(tmp_path: Path, backends: dict, workers: int = 1, stdout=asyncio.subprocess.DEVNULL,
+                **extra: str):
+    """start: `cutover serve` with ``extra`` config keys; (process, port, admin port) once every worker serves."""
     port, admin = free_port(), free_port()
     config = serve_config(tmp_path, backends, port, admin, workers=workers, **extra)
-    with open(tmp_path / "serve.err", "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
-            stdout=stdout, stderr=err)
+    proc, _ = await start_serve(tmp_path, config, stdout=stdout)
     try:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(20):
-            while True:
-                try:
-                    async with session.get(f"http://127.0.0.1:{admin}/v1/status") as resp:
-                        status = await resp.json()
-                        if workers == 1 or (len(status["workers"]) == workers
-                                            and all(w["alive"] for w in status["workers"])):
-                            return proc, port, admin
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+        async with aiohttp.ClientSession() as session:
+            await serving_status(session, admin, workers)
     except BaseException:
         proc.kill()
         await proc.wait()
         raise
+    return proc, port, admin
 
 
 async def stop(proc) -> None:
@@ -103,7 +90,7 @@ class Load:
 async def test_sigusr1_reopens_the_file_under_load_and_no_line_is_lost(tmp_path, backends):
     path = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
-    proc, port, _ = await start_serve(tmp_path, backends, access_log=f'{{path: "{path}"}}')
+    proc, port, _ = await start(tmp_path, backends, access_log=f'{{path: "{path}"}}')
     try:
         load = Load(port, clients=3)
         await eventually(lambda: len(json_lines(path)) >= 30, timeout=10, what="lines in the first file")
@@ -118,13 +105,13 @@ async def test_sigusr1_reopens_the_file_under_load_and_no_line_is_lost(tmp_path,
     finally:
         await stop(proc)
     assert proc.returncode == 0
-    assert "SIGUSR1: reopening the access log" in (tmp_path / "serve.err").read_text()
+    assert "SIGUSR1: reopening the access log" in (tmp_path / "serve.log").read_text()
 
 
 async def test_two_workers_append_whole_lines_to_one_file_and_both_reopen(tmp_path, backends):
     path = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
-    proc, port, admin = await start_serve(tmp_path, backends, workers=2, access_log=f'{{path: "{path}"}}')
+    proc, port, admin = await start(tmp_path, backends, workers=2, access_log=f'{{path: "{path}"}}')
     try:
         answered = await Load(port, clients=8, fresh=True, limit=150).done()   # fresh connections: both serve
         await eventually(lambda: len(json_lines(path)) == len(answered), timeout=10, what="every request logged")
@@ -146,7 +133,7 @@ async def test_two_workers_append_whole_lines_to_one_file_and_both_reopen(tmp_pa
 
 
 async def test_a_standard_output_nobody_reads_does_not_stall_serving(tmp_path, backends):
-    proc, port, _ = await start_serve(tmp_path, backends, stdout=asyncio.subprocess.PIPE,
+    proc, port, _ = await start(tmp_path, backends, stdout=asyncio.subprocess.PIPE,
                                       access_log='{path: "-"}')
     try:
         # ~1500 lines of ~400 bytes: far more than a pipe holds (64 KiB), and nobody reads it.

@@ -8,28 +8,23 @@ from __future__ import annotations
 import asyncio
 
 from tests.support.adminapi import JsonAdmin as Admin
+from tests.support.backend import served_by
 from tests.support.wait import eventually
-
-
-async def body(session, port: int) -> str:
-    async with session.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}) as resp:
-        assert resp.status == 200
-        return (await resp.text()).strip()
 
 
 async def test_a_flip_on_one_replica_is_served_by_all_three_for_the_next_request(fleet_of, session):
     replicas = await fleet_of(3)
     for r in replicas:
-        assert await body(session, r.port) == "blue"
+        assert await served_by(session, r.port) == "blue"
     answer = await Admin(session, replicas[0].admin_port).ok("/v1/flip", {})
     assert answer["ack"] == {"complete": True, "acked": ["r0", "r1", "r2"], "pending": []}
     for r in replicas:
-        assert await body(session, r.port) == "green"
+        assert await served_by(session, r.port) == "green"
     # and back, taken by another replica
     answer = await Admin(session, replicas[2].admin_port).ok("/v1/flip", {})
     assert answer["live"] == "blue" and answer["ack"]["complete"]
     for r in replicas:
-        assert await body(session, r.port) == "blue"
+        assert await served_by(session, r.port) == "blue"
         assert r.controller.state.generation == answer["generation"]
 
 
@@ -102,11 +97,11 @@ async def test_while_etcd_does_not_answer_replicas_serve_on_and_mutations_are_re
     etcd.pause()
     try:
         for r in (a, b):
-            assert await body(session, r.port) == "green"          # fail static: the last route
+            assert await served_by(session, r.port) == "green"          # fail static: the last route
         status, answer = await Admin(session, b.admin_port).call("POST", "/v1/rollback", {})
         assert status == 503 and answer["code"] == "store_unavailable", answer
         for r in (a, b):
-            assert await body(session, r.port) == "green"          # nothing changed
+            assert await served_by(session, r.port) == "green"          # nothing changed
         async with session.get(f"http://127.0.0.1:{b.admin_port}/v1/status") as resp:
             assert (await resp.json())["store"]["connected"] is False
     finally:
@@ -114,7 +109,7 @@ async def test_while_etcd_does_not_answer_replicas_serve_on_and_mutations_are_re
     answer = await Admin(session, b.admin_port).ok("/v1/rollback", {})
     assert answer["live"] == "blue" and answer["ack"]["complete"], answer
     for r in (a, b):
-        assert await body(session, r.port) == "blue"
+        assert await served_by(session, r.port) == "blue"
 
 
 async def test_a_replica_that_finds_its_lease_expired_re_reads_the_state(fleet_of, session):
@@ -122,11 +117,11 @@ async def test_a_replica_that_finds_its_lease_expired_re_reads_the_state(fleet_o
     b.controller._follow_task.cancel()           # b misses the fleet's changes (as if stalled)
     status, _ = await Admin(session, a.admin_port).call("POST", "/v1/flip", {})
     assert status == 202
-    assert await body(session, b.port) == "blue"
+    assert await served_by(session, b.port) == "blue"
     await b.fleet.client.revoke(b.fleet.membership.lease)      # its lease is gone: fencing
 
     async def caught_up():
-        return await body(session, b.port) == "green"
+        return await served_by(session, b.port) == "green"
 
     assert await eventually(caught_up, timeout=5)
     assert b.controller.state.generation == a.controller.state.generation

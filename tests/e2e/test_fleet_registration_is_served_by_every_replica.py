@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.adminapi import JsonAdmin as Admin
-from tests.support.backend import Backend
+from tests.support.backend import Backend, served_by
 from tests.support.wait import eventually
 
 
@@ -19,12 +19,6 @@ async def registered():
     await backend.stop()
 
 
-async def served(session, port: int) -> str:
-    async with session.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}) as resp:
-        assert resp.status == 200
-        return (await resp.text()).strip()
-
-
 async def test_a_registration_on_one_replica_is_served_by_every_replica(fleet_of, session, registered):
     replicas = await fleet_of(3, health_check={"interval": "50ms", "timeout": "1s"})
     status, answer = await Admin(session, replicas[0].admin_port).call(
@@ -32,7 +26,7 @@ async def test_a_registration_on_one_replica_is_served_by_every_replica(fleet_of
     assert status == 200 and answer["ack"]["complete"], answer
 
     async def everywhere(name: str) -> bool:
-        return all([await served(session, r.port) == name for r in replicas])
+        return all([await served_by(session, r.port) == name for r in replicas])
 
     await eventually(lambda: everywhere("registered"), timeout=10, what="every replica serves the registration")
     for r in replicas:

@@ -34,6 +34,7 @@ from aiohttp import web
 from admin.controller import ControlError
 from admin.fleet.etcd import EtcdClient, EtcdOutcomeUnknown, compare_create_revision, put_op
 from admin.serve import start as start_stack
+from tests.support.backend import served_by
 from tests.support.cli import assert_failed, cutover
 from tests.support.etcdserver import EtcdCluster
 from tests.support.paths import ROOT
@@ -171,13 +172,6 @@ async def mutate(http: aiohttp.ClientSession, replica: Replica, path: str, body:
         return resp.status, await resp.json()
 
 
-async def serves(http: aiohttp.ClientSession, replica: Replica) -> str:
-    """serves: the environment that answers one request on a new connection to ``replica``."""
-    async with http.get(f"http://127.0.0.1:{replica.port}/", headers={"Connection": "close"}) as resp:
-        assert resp.status == 200, (replica.id, resp.status, await resp.text())
-        return (await resp.text()).strip()
-
-
 async def acked(replica: Replica, generation: int) -> bool:
     """acked: whether etcd holds, for every replica registered, an ack of ``generation`` under the
     lease it registered with (not one a predecessor left under a lease still running out)."""
@@ -192,7 +186,7 @@ async def acked(replica: Replica, generation: int) -> bool:
 async def converged(http: aiohttp.ClientSession, replicas: list[Replica], env: str, generation: int) -> bool:
     """converged: every replica serves ``env`` and reports ``generation``."""
     for r in replicas:
-        if await serves(http, r) != env or (await status(http, r))["generation"] != generation:
+        if await served_by(http, r.port) != env or (await status(http, r))["generation"] != generation:
             return False
     return True
 
@@ -203,16 +197,16 @@ async def converged(http: aiohttp.ClientSession, replicas: list[Replica], env: s
 async def test_a_flip_on_one_replica_is_served_by_every_replica_for_the_next_request(fleet, etcd, http):
     replicas = await fleet(3, [etcd.endpoint], workers=2)   # a replica acks once both its workers applied
     for r in replicas:
-        assert await serves(http, r) == "blue"
+        assert await served_by(http, r.port) == "blue"
     code, answer = await mutate(http, replicas[0], "/v1/flip")
     assert code == 200, answer
     assert answer["ack"] == {"complete": True, "acked": ["r0", "r1", "r2"], "pending": []}, answer
     for r in replicas:                              # new connections, whichever worker takes each
-        assert [await serves(http, r) for _ in range(4)] == ["green"] * 4, r.log_tail()
+        assert [await served_by(http, r.port) for _ in range(4)] == ["green"] * 4, r.log_tail()
     code, answer = await mutate(http, replicas[2], "/v1/flip")          # and back, taken by another
     assert code == 200 and answer["live"] == "blue" and answer["ack"]["complete"], answer
     for r in replicas:
-        assert [await serves(http, r) for _ in range(4)] == ["blue"] * 4
+        assert [await served_by(http, r.port) for _ in range(4)] == ["blue"] * 4
         assert (await status(http, r))["generation"] == answer["generation"]
 
 
@@ -230,7 +224,7 @@ async def test_a_replica_killed_is_named_pending_while_its_lease_lives_and_not_w
     assert code == 200, answer
     assert answer["ack"] == {"complete": True, "acked": ["r0", "r1"], "pending": []}, answer
     for r in (r0, r1):
-        assert await serves(http, r) == "blue"
+        assert await served_by(http, r.port) == "blue"
 
 
 async def test_a_replica_paused_is_named_pending_and_catches_up_when_it_continues(fleet, etcd, http):
@@ -241,7 +235,7 @@ async def test_a_replica_paused_is_named_pending_and_catches_up_when_it_continue
         line = assert_failed(result, 1, "not_confirmed")
         assert "pending: r2" in line, line
         for r in (r0, r1):
-            assert await serves(http, r) == "green"
+            assert await served_by(http, r.port) == "green"
     finally:
         r2.signal(signal.SIGCONT)
     generation = (await status(http, r0))["generation"]
@@ -253,7 +247,7 @@ async def test_a_replica_paused_is_named_pending_and_catches_up_when_it_continue
     assert code == 200, answer
     assert answer["ack"] == {"complete": True, "acked": ["r0", "r1", "r2"], "pending": []}, answer
     for r in (r0, r1, r2):
-        assert await serves(http, r) == "blue"
+        assert await served_by(http, r.port) == "blue"
 
 
 async def test_a_replica_paused_past_its_lease_serves_nothing_by_its_old_route_when_it_continues(
@@ -311,7 +305,7 @@ async def test_an_analysis_whose_replica_is_killed_is_recorded_cancelled_once_by
     await eventually(lambda: recorded(r2), timeout=5, interval=0.1, what="r2 taking the record")
     assert len(await recorded(r2)) == 1 and len(await recorded(r1)) == 1
     for r in (r1, r2):                                            # the route stays as it was
-        assert await serves(http, r) == "green"
+        assert await served_by(http, r.port) == "green"
 
 
 async def test_an_analysis_that_ended_is_not_recorded_cancelled_when_its_replica_dies_later(fleet, etcd, http):
@@ -338,11 +332,11 @@ async def test_with_etcd_stopped_replicas_serve_on_refuse_mutations_and_converge
     assert code == 200 and answer["ack"]["complete"], answer
     generation = answer["generation"]
     [r2] = await fleet(1, [etcd.endpoint])          # joins later: it read the flip from etcd at start
-    assert await serves(http, r2) == "green"
+    assert await served_by(http, r2.port) == "green"
     await asyncio.to_thread(etcd.stop)
     try:
         for r in (r0, r1, r2):
-            assert await serves(http, r) == "green"              # fail static: the last route
+            assert await served_by(http, r.port) == "green"              # fail static: the last route
         code, answer = await mutate(http, r1, "/v1/rollback")
         assert code == 503 and answer["code"] == "store_unavailable", answer
         code, answer = await mutate(http, r2, "/v1/lock", {"reason": "freeze"})
@@ -352,7 +346,7 @@ async def test_with_etcd_stopped_replicas_serve_on_refuse_mutations_and_converge
         assert await r2.stop() == 0                                  # restarted during the outage
         await r2.start(http)
         for r in (r0, r1, r2):
-            assert await serves(http, r) == "green", r.log_tail()  # r2 from its local copy
+            assert await served_by(http, r.port) == "green", r.log_tail()  # r2 from its local copy
             state = await status(http, r)
             assert (state["live"], state["generation"], state["locked"]) == ("green", generation, False)
     finally:

@@ -12,14 +12,8 @@ import asyncio
 import aiohttp
 
 from tests.support.adminapi import JsonAdmin as Admin
+from tests.support.backend import served_by
 from tests.support.wait import eventually
-
-
-async def served(session, port: int, headers: dict | None = None) -> str:
-    async with session.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close", **(headers or {})}
-                           ) as resp:
-        assert resp.status == 200
-        return (await resp.text()).strip()
 
 
 async def test_a_hold_holds_every_replica_and_ends_at_its_timeout_everywhere_with_one_resume(fleet_of, session):
@@ -29,7 +23,7 @@ async def test_a_hold_holds_every_replica_and_ends_at_its_timeout_everywhere_wit
     until = replicas[0].controller.state.hold_until
     for r in replicas:
         assert r.controller.state.held and r.controller.state.hold_until == until
-    waiting = [asyncio.create_task(served(session, r.port)) for r in replicas]
+    waiting = [asyncio.create_task(served_by(session, r.port)) for r in replicas]
     await eventually(lambda: all(r.controller.plane.snapshot().router.held_requests == 1 for r in replicas),
                      timeout=5, what="one request held on every replica")
     assert not any(task.done() for task in waiting)
@@ -51,7 +45,7 @@ async def test_a_lock_taken_on_one_replica_refuses_a_flip_on_another(fleet_of, s
     await Admin(session, a.admin_port).ok("/v1/lock", {"reason": "freeze"})
     status, answer = await Admin(session, b.admin_port).call("POST", "/v1/flip", {})
     assert status == 409 and answer["code"] == "locked", answer
-    assert await served(session, b.port) == "blue"
+    assert await served_by(session, b.port) == "blue"
 
 
 async def test_a_canary_client_keeps_its_bucket_on_every_replica(fleet_of, session):
@@ -62,5 +56,5 @@ async def test_a_canary_client_keeps_its_bucket_on_every_replica(fleet_of, sessi
     async with jar_free as plain:
         for bucket in range(0, 100, 7):
             cookie = {"Cookie": f"cutover_canary={bucket}"}
-            seen = {await served(plain, r.port, cookie) for r in replicas}
+            seen = {await served_by(plain, r.port, cookie) for r in replicas}
             assert len(seen) == 1, (bucket, seen)

@@ -137,3 +137,12 @@ async def set_failing(backend: Backend, on: bool) -> None:
         async with asyncio.timeout(5):
             async with session.post(f"http://{backend.address}/__fail?on={'1' if on else '0'}") as resp:
                 assert resp.status == 200
+
+
+async def served_by(session: aiohttp.ClientSession, port: int, headers: dict | None = None) -> str:
+    """served_by: the name of the backend that answers one request on a new connection to ``port``
+    (a proxy in front of the test backends); the answer must be a 200."""
+    async with session.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close", **(headers or {})}) as resp:
+        text = await resp.text()
+        assert resp.status == 200, (port, resp.status, text)
+        return text.strip()
