@@ -413,7 +413,8 @@ async def test_a_replica_whose_watch_fell_behind_a_compaction_still_converges(fl
 
 async def test_a_replica_started_from_its_local_copy_changes_the_fleet_once_etcd_is_back(
         etcd, backends, tmp_path, request):
-    # In one process, with the followers stopped: the change is taken before any re-read.
+    # In one process, with the followers and the lease renewals stopped (a replica that joins
+    # once etcd is back re-reads the state first: fencing): the change is taken before any re-read.
     def config(name: str):
         return proxy_config(tmp_path, backends, state_file=str(tmp_path / f"{name}.json"),
                             store={"etcd": {"endpoints": [etcd.endpoint], "prefix": f"/test/{request.node.name}",
@@ -433,6 +434,7 @@ async def test_a_replica_started_from_its_local_copy_changes_the_fleet_once_etcd
         for name in ("b", "c"):
             started.append(await start_stack(config(name)))
             started[-1].controller._follow_task.cancel()
+            started[-1].fleet.membership._task.cancel()
         b, c = started
         assert [r.controller.state.generation for r in started] == [2, 2]     # from the local copies
         assert [r.controller.store.info()["connected"] for r in started] == [False, False]
