@@ -126,7 +126,7 @@ class AnalysisKeys:
             except EtcdError as exc:
                 failures += 1
                 log.info("fleet: the watch of the analyses ended (%s); watching again", exc)
-                await asyncio.sleep(retry_delay(failures))
+                await self.client.pause(retry_delay(failures))
 
     async def _deleted(self, doc: dict) -> None:
         """_deleted: a key of P/analysis/ is gone; when it still said running, its runner is gone."""

@@ -138,6 +138,8 @@ class EtcdClient:
         # Told after each call and each watch it opens whether etcd answered (True) or no endpoint
         # did (False); a refusal is an answer. The fleet's LocalCopy keeps status's "connected" by it.
         self.on_answer: Callable[[bool], None] | None = None
+        self._answering = True              # whether the last call (or watch opened) was answered
+        self._pausing: set[asyncio.Future[None]] = set()   # the `pause` calls under way
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -276,9 +278,29 @@ class EtcdClient:
         raise EtcdUnavailable(f"no etcd endpoint answered {path}: " + "; ".join(reasons), reasons)
 
     def _heard(self, answered: bool) -> None:
-        """_heard: tell ``on_answer`` whether etcd answered the call (or the watch) just made."""
+        """_heard: tell ``on_answer`` whether etcd answered the call (or the watch) just made;
+        the first answer after one that did not come ends every `pause` under way."""
+        if answered and not self._answering:
+            for waiter in self._pausing:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._answering = answered
         if self.on_answer is not None:
             self.on_answer(answered)
+
+    async def pause(self, seconds: float) -> None:
+        """pause: wait ``seconds`` before trying again what etcd did not answer — or less: until a
+        call of this client (the lease's renewal, another watch's re-read) is answered after one
+        that was not. Whoever waits out an outage this way tries again as soon as etcd is back,
+        not up to a backoff's 2 s later. A pause started while etcd answers lasts ``seconds``.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pausing.add(waiter)
+        try:
+            await asyncio.wait({waiter}, timeout=seconds)
+        finally:
+            self._pausing.discard(waiter)
+            waiter.cancel()
 
     # --- keys
 

@@ -31,6 +31,8 @@ from .store import EtcdStateStore
 
 log = logging.getLogger("cutover.fleet")
 
+_OUTAGE_RETRY = 2.0   # seconds at most before a watch given up in an outage starts again
+
 
 class LocalCopy:
     """LocalCopy: the fleet's StateStore, which also keeps this replica's copy of each state it
@@ -146,16 +148,31 @@ class LocalCopy:
         await self._call(self.store.add_drain(generation, source, outcome))
 
     async def watch(self, since: Revision) -> AsyncIterator[tuple[State, Revision]]:
-        try:
-            async for state, revision in self.store.watch(since):
-                self._seen(True, revision)
-                self.from_copy = None
-                await self._keep(state)
-                yield state, revision
-        except StateError as exc:
-            if getattr(exc, "code", None) == "store_unavailable":
+        """watch: the etcd store's watch (EtcdStateStore.watch), each state kept as the local copy,
+        and kept up through an outage of etcd.
+
+        When the store's watch gives up because etcd does not answer, "connected" turns false
+        and the watch starts again from the newest revision this replica holds as soon as a call
+        of its client is answered again (the lease's renewals go on trying), at the latest after
+        _OUTAGE_RETRY seconds: the first change once etcd is back reaches this replica within
+        its ack_timeout. A state that cannot be used still raises (the follower logs it).
+        """
+        while True:
+            try:
+                async for state, revision in self.store.watch(since):
+                    self._seen(True, revision)
+                    self.from_copy = None
+                    await self._keep(state)
+                    yield state, revision
+                return
+            except StateError as exc:
+                if getattr(exc, "code", None) != "store_unavailable":
+                    raise
                 self._seen(False)
-            raise
+                log.warning("fleet: watching %s: %s; watching again once etcd answers", self.describe(), exc)
+            await self.store.client.pause(_OUTAGE_RETRY)
+            if isinstance(self.revision, int) and (not isinstance(since, int) or self.revision > since):
+                since = self.revision
 
 
 def _facts(state: State) -> dict:

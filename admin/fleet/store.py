@@ -505,7 +505,7 @@ class EtcdStateStore:
                 unknown = exc
                 if lost:
                     break            # a second lost answer: etcd is not answering
-                await asyncio.sleep(retry_delay(1))
+                await self.client.pause(retry_delay(1))
                 continue
             except EtcdUnavailable as exc:
                 if unknown is not None:
@@ -586,7 +586,7 @@ class EtcdStateStore:
                                                [put_op(kv.key, value)])
             except EtcdOutcomeUnknown as exc:
                 problem = exc
-                await asyncio.sleep(retry_delay(attempt + 1))
+                await self.client.pause(retry_delay(attempt + 1))
                 continue
             except EtcdUnavailable as exc:
                 raise (self._outcome_unknown(problem) if problem else
@@ -617,7 +617,7 @@ class EtcdStateStore:
                 return                   # written, or there already: either way the key holds an outcome
             except EtcdOutcomeUnknown as exc:
                 problem = exc            # the next create-only put tells: it answers either way
-                await asyncio.sleep(retry_delay(attempt + 1))
+                await self.client.pause(retry_delay(attempt + 1))
             except EtcdUnavailable as exc:
                 raise (self._outcome_unknown(problem) if problem else
                        self._unavailable(f"drain outcome not written, etcd did not answer: {exc}")) from None
@@ -647,10 +647,11 @@ class EtcdStateStore:
         watch ends — compacted, stalled (silent for watch_idle_timeout), canceled or etcd
         gone — it reads the state again, yields it if it is newer than the last one yielded,
         and watches from the revision of that read: the newest state is never skipped. Retries
-        back off from 50 ms to 2 s; after _WATCH_FAILURES failures in a row (reads that etcd did
-        not answer, watches that ended at once) it raises StoreUnavailable, and a state that
-        cannot be used raises StateError: the consumer (the controller's follower) logs it and
-        watches again.
+        back off from 50 ms to 2 s, and a retry waiting out an outage goes as soon as the client
+        hears etcd again (EtcdClient.pause); after _WATCH_FAILURES failures in a row (reads that
+        etcd did not answer, watches that ended at once) it raises StoreUnavailable (the fleet's
+        LocalCopy watches again once etcd answers), and a state that cannot be used raises
+        StateError (the controller's follower logs it and watches again).
         """
         given = isinstance(since, int) and not isinstance(since, bool)
         last: int = since if isinstance(since, int) and given else 0
@@ -704,7 +705,7 @@ class EtcdStateStore:
                 if failures >= _WATCH_FAILURES:
                     raise self._unavailable(f"the watch failed {failures} times in a row: {exc}") from None
                 if failures:
-                    await asyncio.sleep(retry_delay(failures))
+                    await self.client.pause(retry_delay(failures))
             view = None
 
     def _newer(self, revision: int | None, last: int) -> bool:
@@ -721,7 +722,7 @@ class EtcdStateStore:
                 if failures >= _WATCH_FAILURES:
                     raise self._unavailable(f"cannot read the state to watch it, {failures} times in a "
                                             f"row: {exc}") from None
-                await asyncio.sleep(retry_delay(failures))
+                await self.client.pause(retry_delay(failures))
 
 
 def _fold_drain(history: list[dict], generation: int, source: str, parts: dict[str, dict]) -> None:

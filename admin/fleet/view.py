@@ -191,4 +191,4 @@ class FleetView:
                 log.exception("fleet: the watch of the fleet's acks failed; reading them again")
             self._set_live(False)
             failures += 1
-            await asyncio.sleep(retry_delay(failures))
+            await self.client.pause(retry_delay(failures))

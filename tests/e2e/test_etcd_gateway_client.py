@@ -462,6 +462,30 @@ async def test_on_a_sigstopped_etcd_a_mutation_is_outcome_unknown_and_a_read_is_
     assert (await client.get(prefix + "k")).value in (b"before", b"during")
 
 
+async def test_a_pause_after_a_call_etcd_did_not_answer_ends_at_the_next_answer_not_at_its_time(etcd, prefix):
+    async with EtcdClient([etcd.endpoint], request_timeout=0.3) as impatient:
+        calm = asyncio.ensure_future(impatient.pause(60))        # started while etcd answers
+        etcd.pause()
+        try:
+            with pytest.raises(EtcdUnavailable):
+                await asyncio.wait_for(impatient.get(prefix + "k"), 10)
+            waiting = asyncio.ensure_future(impatient.pause(60))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert not waiting.done()                            # no answer yet: it waits
+        finally:
+            etcd.resume()
+        await impatient.put(prefix + "k", b"back")               # the first answer after the outage
+        await asyncio.wait_for(waiting, 5)                       # ends by that answer, not after 60 s
+        assert calm.done()                                       # the outage ended it too
+        again = asyncio.ensure_future(impatient.pause(60))
+        await impatient.get(prefix + "k")                        # answers while etcd answers: no news
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not again.done()
+        again.cancel()
+
+
 async def test_an_unreachable_first_endpoint_is_skipped_and_the_one_that_answered_is_remembered(etcd, prefix):
     dead = f"http://127.0.0.1:{free_port()}"
     async with EtcdClient([dead, etcd.endpoint], request_timeout=3.0) as client:

@@ -19,13 +19,15 @@ import logging
 
 import pytest
 
+import admin.fleet.store
 from admin.controller import ControlError, Controller
 from admin.fleet.etcd import EtcdClient, EtcdOutcomeUnknown, delete_range_op
+from admin.fleet.start import LocalCopy
 from admin.fleet.store import (
     EtcdStateStore, StoreUnavailable, drain_key, history_key, parse_drain_key, parse_history_key, sum_drains,
 )
 from admin.plane import LocalPlane
-from admin.state import State, StateConflict, StateError
+from admin.state import FileStateStore, State, StateConflict, StateError
 from tests.support.stack import proxy_config
 
 
@@ -321,6 +323,34 @@ async def test_a_watch_that_stalls_on_a_sigstopped_etcd_reads_again_and_goes_on(
     assert (seen[0][0].generation, seen[0][1]) == (2, revision)
 
 
+async def test_the_fleets_watch_outlives_an_outage_its_store_gave_up_on_and_yields_the_next_commit(
+        client, etcd, prefix, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(admin.fleet.store, "_WATCH_FAILURES", 2)
+    caplog.set_level(logging.WARNING, logger="cutover.fleet")
+    writer = store_on(client, prefix, "writer")
+    base = await writer.commit(State(live="blue", previous=None, generation=1), None)
+    async with EtcdClient([etcd.endpoint], request_timeout=0.3) as impatient:
+        watcher = LocalCopy(EtcdStateStore(impatient, prefix, writer="watcher", watch_idle_timeout=0.3),
+                            FileStateStore(tmp_path / "copy.json"))
+        impatient.on_answer = watcher.heard
+        seen: list = []
+        following = asyncio.ensure_future(collect(watcher, base, 1, seen))
+        etcd.pause()
+        try:
+            async with asyncio.timeout(10):          # the store's watch gives up: etcd does not answer
+                while not any("watching again once etcd answers" in r.getMessage() for r in caplog.records):
+                    await asyncio.sleep(0.01)
+            assert not following.done() and watcher.connected is False
+        finally:
+            etcd.resume()
+        revision = await writer.commit(State(live="green", previous="blue", generation=2), base, event("flip", 2))
+        async with asyncio.timeout(10):
+            await following
+        await watcher.flush()
+    assert (seen[0][0].generation, seen[0][1]) == (2, revision) and watcher.connected is True
+    assert FileStateStore(tmp_path / "copy.json").read()[0].generation == 2     # kept as the local copy
+
+
 async def test_each_state_the_watch_yields_has_the_history_a_full_read_has_amends_drains_and_trims_included(
         client, prefix):
     watcher, writer = store_on(client, prefix, "watcher", history_limit=3), store_on(client, prefix, "writer",
@@ -440,6 +470,9 @@ class LosesAnswers:
 
     def watch(self, *args, **options):
         return self.client.watch(*args, **options)
+
+    async def pause(self, seconds):
+        await self.client.pause(seconds)
 
     async def txn(self, compare, success, failure=()):
         self.txns += 1
