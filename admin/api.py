@@ -25,10 +25,12 @@ import hashlib
 import hmac
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from .config import Config
 from .controller import Caller, ControlError, Controller
 from .idempotency import HEADER as IDEMPOTENCY_KEY
 from .idempotency import REPLAYED, Answer, IdempotencyCache, parse_key
@@ -46,8 +48,22 @@ log = logging.getLogger("cutover.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONTROLLER = web.AppKey("controller", Controller)
-TOKEN = web.AppKey("token", str)
-READ_TOKEN = web.AppKey("read_token", str)          # "" when there is none
+
+
+@dataclass(slots=True)
+class Tokens:
+    """Tokens: the bearer tokens /v1 takes now: ``admin`` ("" when auth is off) and ``read``
+    ("" when there is none); a reload replaces them (make_app's on_reload)."""
+
+    admin: str
+    read: str
+
+    def set(self, admin: str | None, read: str | None) -> None:
+        self.admin = admin or ""
+        self.read = (read or "") if admin else ""
+
+
+TOKENS = web.AppKey("tokens", Tokens)
 RENDER = web.AppKey("render", object)
 LISTENER = web.AppKey("listener", AdminListener)
 READINESS = web.AppKey("readiness", Readiness)
@@ -61,6 +77,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")          # RFC 9110 §9.2.1; anything 
 # it, is answered with its code's status; the OpenAPI document lists the same codes.
 STATUS: dict[str, int] = {
     "bad_request": 400,
+    "config_invalid": 400,        # a reload's file does not validate: nothing changed
     "unknown_environment": 400,
     "unauthorized": 401,
     "forbidden": 403,
@@ -73,6 +90,7 @@ STATUS: dict[str, int] = {
     "no_previous": 409,
     "no_canary": 409,
     "conflict": 409,
+    "restart_required": 409,      # a reload changed what only a restart applies (SPEC §12)
     "superseded": 409,
     "generation_mismatch": 412,
     "payload_too_large": 413,
@@ -147,7 +165,8 @@ def authenticate(request: web.Request) -> str | None:
     Both tokens are compared, always, as SHA-256 digests with hmac.compare_digest: the time
     taken says neither which token matched nor how much of one.
     """
-    token, read_token = request.app[TOKEN], request.app[READ_TOKEN]
+    tokens = request.app[TOKENS]
+    token, read_token = tokens.admin, tokens.read
     if not token:
         return "none"
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -333,6 +352,13 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if report["ready"] else 503)
 
 
+def admin_tokens(config: Config) -> tuple[str | None, str | None]:
+    """admin_tokens: the admin and read tokens ``config`` asks /v1 for (None, None: auth none)."""
+    if config.admin.auth == "none":
+        return None, None
+    return config.admin.token, config.admin.read_token
+
+
 def make_app(controller: Controller, token: str | None, read_token: str | None = None) -> web.Application:
     """make_app: the admin application; ``token`` None or empty turns auth off (loopback only).
 
@@ -342,8 +368,10 @@ def make_app(controller: Controller, token: str | None, read_token: str | None =
     """
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY_BYTES)
     app[CONTROLLER] = controller
-    app[TOKEN] = token or ""
-    app[READ_TOKEN] = (read_token or "") if token else ""
+    tokens = app[TOKENS] = Tokens("", "")
+    tokens.set(token, read_token)
+    # A reload's admin.token, admin.read_token and admin.auth apply to the next request.
+    controller.on_reload.append(lambda config, keys: tokens.set(*admin_tokens(config)))
     app[LISTENER] = AdminListener.of(controller.config.admin.listen)
     app[READINESS] = Readiness(controller.plane.snapshot)
     app[IDEMPOTENCY] = IdempotencyCache()
@@ -368,6 +396,8 @@ def make_app(controller: Controller, token: str | None, read_token: str | None =
             ctl, d.get("reason"), caller=who)), name="lock"),
         web.post("/v1/unlock", mutation("unlock", lambda ctl, d, who: c.unlock(
             ctl, d.get("reason"), caller=who)), name="unlock"),
+        web.post("/v1/reload", mutation("reload", lambda ctl, d, who: c.reload(
+            ctl, d.get("reason"), caller=who)), name="reload"),
         web.post("/v1/canary", mutation("canary", lambda ctl, d, who: c.canary(
             ctl, d["weight"], d.get("reason"), d.get("force", False), caller=who)), name="canary"),
         web.post("/v1/promote", mutation("promote", lambda ctl, d, who: c.promote(

@@ -224,6 +224,8 @@ async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
             return await client.lock(args.reason, idempotency_key=key)
         case "unlock":
             return await client.unlock(idempotency_key=key)
+        case "reload":
+            return await client.reload(args.reason, idempotency_key=key)
         case "canary":
             return await client.canary(args.weight, args.reason, args.force, idempotency_key=key)
         case "promote":
@@ -453,6 +455,8 @@ RENDER: dict[str, Callable[[dict, argparse.Namespace], str]] = {
                                + ": flip, rollback, canary and promote refused until unlock"),
     "unlock": lambda doc, args: ("switching unlocked" if doc.get("changed") is not False
                                  else "switching was not locked: nothing changed"),
+    "reload": lambda doc, args: ("reloaded: " + ", ".join(doc.get("reloaded") or []) if doc.get("changed")
+                                 else "the config file is unchanged: nothing reloaded"),
     "history": render_history,
     "servers": lambda doc, args: render_servers(doc, args),
 }
@@ -512,6 +516,8 @@ def add_admin_commands(sub) -> None:
     p = command("lock", "refuse flip, rollback, canary and promote until unlock (abort still works)")
     reason(p)
     command("unlock", "allow switching again")
+    p = command("reload", "read the config file again and apply what changed (serve's SIGHUP)")
+    reason(p)
     p = command("canary", "send N percent of new requests to the idle environment (0 stops)")
     p.add_argument("weight", metavar="N", type=percent, help="percent of new requests, 0..100")
     reason(p), force(p)

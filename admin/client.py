@@ -120,6 +120,9 @@ class AdminClient:
     async def unlock(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
         return await self._call("POST", "/v1/unlock", _body(reason=reason), idempotency_key=idempotency_key)
 
+    async def reload(self, reason: str | None = None, idempotency_key: str | None = None) -> dict:
+        return await self._call("POST", "/v1/reload", _body(reason=reason), idempotency_key=idempotency_key)
+
     async def canary(self, weight: int, reason: str | None = None, force: bool = False,
                      idempotency_key: str | None = None) -> dict:
         return await self._call("POST", "/v1/canary", {"weight": weight, **_body(reason=reason, force=force)},

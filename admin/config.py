@@ -274,6 +274,7 @@ class Config:
             canary_header=self.canary_header,
             preview_token=self.admin.token if self.admin.auth != "none" else None,
             access_log=self.access_log, generate_request_id=self.generate_request_id,
+            log_format=self.log.format, log_level=self.log.level,
         )
 
 

@@ -15,6 +15,10 @@ Server lists come from the config, or from a registration (SPEC §12: ``register
 it replaced. At start, and when a state committed elsewhere is taken, a registration whose
 fingerprint no longer matches the config's list is dropped (the config wins), with a
 ``servers_reset`` history event that says why. A registration changes no route generation.
+
+``reload`` re-reads the config file (SPEC §12): validated whole, refused when it changes what
+needs a restart (admin/reload.py), else applied to the data plane as one Change (settings
+and server lists) and recorded as a ``reload`` event naming the keys that changed.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from typing import Any, NoReturn
 from proxy import Address, DrainSnapshot, EnvironmentConfig, EnvironmentSnapshot, Route, merge_drains
 
 from .analysis import Analysis
-from .config import Config, ConfigError, parse_address, parse_servers
+from .config import Config, ConfigError, load_config, parse_address, parse_servers
 from .gates import GateInputs, GateResult, listen_url, run_gates
 from .plane import Ack, Change, DataPlane, Hold
+from .reload import changed_keys, restart_keys
 from .state import (Revision, State, StateConflict, StateError, StateNotDurable, StateStore, amend_event,
                     drain_fields)
 
@@ -106,6 +111,8 @@ class Controller:
         self.counts = {action: 0 for action in ("flip", "rollback", "auto_rollback", "promote", "canary", "abort")}
         self.drain_counts = {"drained": 0, "forced_closed": 0, "dropped": 0, "client_gone": 0}
         self.last_recovery_ms: float | None = None
+        # Reloads by result: applied, unchanged, config_invalid, restart_required (cutover_reloads_total).
+        self.reload_counts = {"applied": 0, "unchanged": 0, "config_invalid": 0, "restart_required": 0}
         self.analysis: Analysis | None = None   # the watch over the last flip or promote
         self._analyses: dict[int, Analysis] = {}  # the last few watches, by the generation they watch
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
@@ -119,6 +126,10 @@ class Controller:
         # Server list changes this controller recorded, by tag: the history event, and the
         # outcome of the drain of the servers each removed, summed over the parts reported.
         self._server_changes: dict[str, dict] = {}
+        # Called with (new config, changed keys) once a reload applied, before its answer: what
+        # lives outside the controller and the data plane follows (serve: logging, the admin
+        # tokens, the planes' ack_timeout).
+        self.on_reload: list[Callable[[Config, list[str]], None]] = []
         plane.on_drain(self._drain_finished)
 
     # ------------------------------------------------------------ building
@@ -410,6 +421,84 @@ class Controller:
             self._record(state, "unlock", reason, caller=caller)
             await self._save(state)
             return self._answer(changed=True)
+
+    # --------------------------------------------------------------- reload
+
+    async def reload(self, reason: str | None = None, caller: Caller = INTERNAL) -> dict:
+        """reload: read the config file again and apply what changed (SIGHUP, POST /v1/reload).
+
+        The file is validated whole first: 400 config_invalid naming the key (nothing
+        changes); 409 restart_required naming every key that cannot change while running
+        (nothing changes). Otherwise one Change puts the data plane's settings and the changed
+        server lists on every worker (a removed server is drained, an added one takes traffic
+        once healthy), the rest of the config (gates, analysis, hold.max_wait, tokens) applies
+        to the next call, and a registration whose config list changed is dropped (the config
+        wins, a servers_reset event). The ``reload`` event names the keys in ``reloaded``; it
+        is stored first, so a store that does not take it answers 503 as any mutation does and
+        nothing changes. An unchanged file answers changed false and records nothing. The file
+        is the one this router started from (Config.source).
+        """
+        source = self.config.source
+        if source is None:
+            raise ControlError("bad_request", "this router was not started from a config file: nothing to re-read")
+        try:
+            new = await asyncio.to_thread(load_config, source)
+        except ConfigError as exc:
+            self.reload_counts["config_invalid"] += 1
+            raise ControlError("config_invalid", f"not reloaded, nothing changed: {exc}",
+                               errors=[{"key": exc.key, "line": exc.line, "message": exc.message}]) from None
+        async with self.lock:
+            old = self.config
+            keys = changed_keys(old, new)
+            restart = restart_keys(old, new, keys)
+            if restart:
+                self.reload_counts["restart_required"] += 1
+                raise ControlError("restart_required", f"not reloaded, nothing changed: {', '.join(restart)} "
+                                   "cannot change while cutover runs; restart it to apply them", keys=restart)
+            if not keys:
+                self.reload_counts["unchanged"] += 1
+                return self._answer(changed=False, reloaded=[])
+            state = self._next()
+            entry = self._record(state, "reload", reason, caller=caller, reloaded=keys, config=str(source))
+            if self.revision is None:
+                await self._save(state)        # nothing stored yet: the first commit carries the event
+            else:
+                await self._append(entry)
+            self.config = new
+            self.reload_counts["applied"] += 1
+            lists = {name: self.servers_of(self.state, name) for name in self.environments
+                     if f"environments.{name}.servers" in keys and name not in self.state.registrations}
+            tag = f"{entry['at']} reload"
+            if lists:
+                self._server_changes[tag] = {"event": {k: entry[k] for k in ("at", "action", "generation")},
+                                             "parts": []}
+            self._ack = await self.plane.apply(Change(settings=new.settings(), servers=lists or None,
+                                                      servers_tag=tag))
+            await self._drop_stale("at reload")
+            for callback in self.on_reload:
+                callback(new, keys)
+            log.info("reload of %s: %s%s", source, ", ".join(keys), f" ({reason})" if reason else "",
+                     extra={"action": "reload", "generation": self.state.generation})
+            return self._answer(changed=True, reloaded=keys)
+
+    async def _append(self, entry: dict) -> None:
+        """_append: add ``entry``, an event that changes no runtime fact, to the store's history,
+        then to the current state's. ControlError store_unavailable or state_unavailable when
+        the store did not take it (as _save): the caller changes nothing then."""
+        async with self.save_lock:
+            try:
+                await self.store.append(entry)
+            except StateNotDurable as exc:
+                log.warning("%s; going on, the file holds it", exc)
+            except StateError as exc:
+                if getattr(exc, "code", None) == "store_unavailable":
+                    raise ControlError("store_unavailable", f"not applied: {exc}") from exc
+                raise ControlError("state_unavailable", f"not applied: {exc}") from exc
+            history = self.state.history
+            history.append(entry)
+            limit = self.store.history_limit
+            if len(history) > limit:
+                del history[:len(history) - limit]
 
     # -------------------------------------------------------------- servers
 

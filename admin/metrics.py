@@ -126,6 +126,11 @@ class CutoverCollector:
         for (gate, result), count in sorted(self.controller.gate_counts.items()):
             gates.add_metric([gate, result], count)
         yield gates
+        reloads = CounterMetricFamily("cutover_reloads", "Config reloads (SIGHUP, POST /v1/reload) by result",
+                                      labels=["result"])
+        for result, count in self.controller.reload_counts.items():
+            reloads.add_metric([result], count)
+        yield reloads
         analysis = self.controller.analysis
         yield GaugeMetricFamily("cutover_analysis_running", "1 while a post-flip analysis watches the live environment",
                                 value=1 if analysis is not None and analysis.state == "running" else 0)

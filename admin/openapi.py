@@ -52,6 +52,7 @@ _ERROR_CODES = [
     "not_found", "method_not_allowed", "payload_too_large", "unsupported_media_type", "idempotency_key_reused",
     "locked", "gate_failed", "no_previous", "no_canary", "conflict", "generation_mismatch",
     "state_unavailable", "store_unavailable", "idempotency_busy", "http_error", "internal",
+    "config_invalid", "restart_required",
 ]
 
 _SCHEMAS: dict[str, dict] = {
@@ -61,6 +62,13 @@ _SCHEMAS: dict[str, dict] = {
         "gates": {"type": "array", "items": _ref("GateResult"), "description": "gate_failed: every gate's result"},
         "generation": {"type": "integer", "minimum": 1,
                        "description": "generation_mismatch, conflict: the current generation"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "key": {"type": ["string", "null"], "description": "the key path (timeouts.connect)"},
+            "line": {"type": ["integer", "null"], "description": "the file's line, when known"},
+            "message": {"type": "string"}}, "required": ["key", "line", "message"]},
+                   "description": "config_invalid: what is wrong with the file, by key"},
+        "keys": {"type": "array", "items": {"type": "string"},
+                 "description": "restart_required: the keys that only a restart applies"},
     }, required=["error", "code"]),
     "GateResult": _object({
         "gate": {"type": "string", "description": "health, drift, schema, smoke or warmup"},
@@ -189,6 +197,8 @@ _SCHEMAS: dict[str, dict] = {
         "change": {**_ref("Change"), "description": "a mutation that changed the route: that change, "
                                                      "even when the status has moved on since (wait: true)"},
         "released": {**_COUNT, "description": "resume only: the held requests released"},
+        "reloaded": {"type": "array", "items": {"type": "string"},
+                     "description": "reload only: the config keys that changed and were applied"},
         "attestations": {"type": "array", "items": _ref("Attestation"),
                          "description": "schema/attest only: every attestation kept"},
     }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
@@ -198,7 +208,7 @@ _SCHEMAS: dict[str, dict] = {
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",
                                               "hold", "resume", "lock", "unlock", "attest", "servers",
-                                              "servers_reset", "analysis_cancelled"]},
+                                              "servers_reset", "analysis_cancelled", "reload"]},
         "from": {**_NAME, "description": "live before"},
         "to": {**_NAME, "description": "live after, or the canary environment"},
         "generation": {"type": "integer", "minimum": 1, "description": "the generation after it"},
@@ -220,6 +230,9 @@ _SCHEMAS: dict[str, dict] = {
         "added": {"type": "array", "items": {"type": "string"}, "description": "servers: addresses added"},
         "removed": {"type": "array", "items": {"type": "string"},
                     "description": "servers: addresses removed (drained; the drain's outcome is added)"},
+        "reloaded": {"type": "array", "items": {"type": "string"},
+                     "description": "reload: the config keys that changed (a removed server's drain is added)"},
+        "config": {"type": "string", "description": "reload: the config file read"},
         "actor": {"type": "string", "enum": ["admin", "read", "none", "cutover"],
                   "description": "which token asked: admin, read, none (auth off), or cutover itself "
                                  "(a hold's timeout, an analysis' rollback)"},
@@ -310,6 +323,11 @@ _REFUSALS: dict[str, dict[int, dict]] = {
                             "bad_request"),
                 404: _error("no environment of that name", "not_found"),
                 409: _error("refused: switching is locked and the environment receives traffic", "locked")},
+    "reload": {400: _error("a bad body, or the config file does not validate (config_invalid: nothing "
+                           "changed; errors names the key)", "bad_request", "config_invalid"),
+               409: _error("the file changes keys only a restart applies (listen, preview_listen, "
+                           "admin.listen, workers, store, state_file, history_limit, fleet.replica_id, the "
+                           "environments' names): nothing changed; keys names them", "restart_required")},
     "servers_reset": {404: _error("no environment of that name", "not_found"),
                       409: _error("refused: switching is locked and the environment receives traffic",
                                   "locked")},
@@ -317,7 +335,8 @@ _REFUSALS: dict[str, dict[int, dict]] = {
 
 
 # The mutations that change the data plane, whose answer carries an Ack (and may be a 202).
-ACKED = ("flip", "rollback", "hold", "resume", "canary", "promote", "abort", "servers", "servers_reset")
+ACKED = ("flip", "rollback", "hold", "resume", "canary", "promote", "abort", "servers", "servers_reset",
+         "reload")
 
 
 def _responses(endpoint: Endpoint) -> dict:

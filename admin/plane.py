@@ -50,6 +50,8 @@ class Change:
     ``servers_tag`` names that change in the drain of the servers it removes, and
     ``servers_at_start`` says the lists are the ones the data plane starts with (the
     Controller's start: added servers count as healthy until checked, as the config's do).
+    ``settings`` are a reload's (SPEC §12): every process of the data plane reads them from
+    then on (Proxy.configure), before the server lists of the same change are set.
     """
 
     route: Route | None = None
@@ -60,6 +62,7 @@ class Change:
     servers: "dict[str, tuple[tuple[Address, int], ...]] | None" = None
     servers_tag: str = ""
     servers_at_start: bool = False
+    settings: "Settings | None" = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +143,11 @@ class LocalPlane:
         return cls(Proxy(settings, Router.from_settings(settings, route)))
 
     async def apply(self, change: Change) -> Ack:
-        """apply: new server lists, then swap the route (Router.swap starts the drains), then
+        """apply: new settings, new server lists, then swap the route (Router.swap starts the drains), then
         set or release the hold."""
         router = self._router
+        if change.settings is not None:
+            self.proxy.configure(change.settings)
         if change.servers is not None:
             for name, servers in change.servers.items():
                 router.set_servers(name, servers, change.servers_tag, change.servers_at_start)

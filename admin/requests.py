@@ -198,6 +198,9 @@ _TABLE = (
     Endpoint("lock", "POST", "/v1/lock", "postLock",
              "refuse flip, rollback, canary and promote until unlock", body=(_REASON,)),
     Endpoint("unlock", "POST", "/v1/unlock", "postUnlock", "allow switching again", body=(_REASON,)),
+    Endpoint("reload", "POST", "/v1/reload", "postReload",
+             "read the config file again and apply what changed (400 config_invalid, 409 "
+             "restart_required: nothing changed); answers once every worker applied it", body=(_REASON,)),
     Endpoint("canary", "POST", "/v1/canary", "postCanary",
              "send `weight` percent of new requests to the idle environment", body=(
                  Field("weight", "integer", "percent of new requests for the idle environment; 0 ends it",

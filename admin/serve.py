@@ -23,10 +23,11 @@ from aiohttp import web
 
 from proxy import Address, Proxy
 from proxy import build as data_plane_build
+from proxy import configure_logging
 
-from .api import READINESS, make_app
+from .api import READINESS, admin_tokens, make_app
 from .config import Config, ConfigError
-from .controller import Controller
+from .controller import ControlError, Controller
 from .fleet.plane import FleetPlane
 from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
@@ -242,6 +243,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         proxy = plane.proxy
     steered: LocalPlane | WorkerPlane | FleetPlane = fleet.plane(plane) if fleet is not None else plane
     controller = Controller(config, steered, store, state, revision)
+    controller.on_reload.append(lambda new, keys: _reloaded(new, keys, plane, steered))
     # A saved hold is back on the data plane before the first connection is accepted.
     await controller.start()
     if isinstance(plane, WorkerPlane):
@@ -266,8 +268,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
             raise listen_failure(key, address, exc) from None
     if inherited is not None:
         await inherited.ready_then_wait()
-    token = config.admin.token if config.admin.auth != "none" else None
-    runner = AdminRunner(make_app(controller, token, config.admin.read_token))
+    runner = AdminRunner(make_app(controller, *admin_tokens(config)))
     await runner.setup()
     try:
         admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
@@ -284,6 +285,18 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         fleet.steer(controller)
         await fleet.join(controller.state, controller.revision)
     return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
+
+
+def _reloaded(config: Config, keys: list[str], plane: LocalPlane | WorkerPlane,
+              steered: LocalPlane | WorkerPlane | FleetPlane) -> None:
+    """_reloaded: what a reload changes outside the controller and the data plane's settings:
+    this process's log lines, and how long a change waits for the workers' (and replicas') acks."""
+    if "log.format" in keys or "log.level" in keys:
+        configure_logging(config.log.format, config.log.level)
+    if "fleet.ack_timeout" in keys:
+        for each in (plane, steered):
+            if isinstance(each, (WorkerPlane, FleetPlane)):
+                each.ack_timeout = config.fleet.ack_timeout
 
 
 def bind_admin(address: Address) -> socket.socket:
@@ -320,6 +333,9 @@ def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket 
 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
+    # A SIGHUP is a reload once the loop handles it (below); until then it must not end the
+    # process (its default). Workers inherit the ignore: a reload reaches them through the plane.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     running = await start(config, Inherited.take())
     route = running.plane.snapshot().router.route
     log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
@@ -374,12 +390,36 @@ async def serve(config: Config) -> int:
         upgrading.add(task)
         task.add_done_callback(upgrading.discard)
 
+    reloading: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            result = await running.controller.reload("SIGHUP")
+        except ControlError as exc:
+            log.error("SIGHUP: %s", exc)
+            return
+        except Exception:
+            log.exception("SIGHUP: the reload failed")
+            return
+        if not result.get("changed"):
+            log.info("SIGHUP: the config file is unchanged; nothing to reload")
+
+    def on_reload() -> None:
+        if stopping.is_set():
+            log.warning("SIGHUP: shutting down; not reloading")
+            return
+        log.info("SIGHUP: reloading %s", config.source)
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
     def on_reopen() -> None:
         # SIGUSR1 (log rotation): the access log opens its file again, in whichever process writes it.
-        if config.access_log is None:
+        access_log = running.controller.config.access_log     # as the last reload left it
+        if access_log is None:
             log.info("SIGUSR1: no access log to reopen")
             return
-        log.info("SIGUSR1: reopening the access log %s", config.access_log.path)
+        log.info("SIGUSR1: reopening the access log %s", access_log.path)
         if running.proxy is not None:
             running.proxy.reopen_access_log()
             return
@@ -391,6 +431,7 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     loop.add_signal_handler(signal.SIGUSR1, on_reopen)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     await stopping.wait()
     result = await running.stop()
     for task in list(upgrading):

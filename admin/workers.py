@@ -521,6 +521,12 @@ class WorkerPlane:
             self.hold = change.hold
         if change.fence is not None:
             self.fence = change.fence
+        if change.settings is not None:
+            # A reload: every worker from now on, restarted ones too, reads these (with the
+            # server lists they serve now, which only a change of servers replaces).
+            self.settings = dataclasses.replace(change.settings, environments=self.settings.environments)
+            self.shares = hold_shares(change.settings.max_queued, self.count)
+            self.log_level, self.log_format = change.settings.log_level.upper(), change.settings.log_format
         servers = None
         if change.servers is not None:
             # What a worker that starts from now on is built with ("start" carries the settings).
@@ -536,7 +542,9 @@ class WorkerPlane:
         for worker in self.workers:
             if worker.channel is None:
                 continue
-            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence, servers))
+            settings = (dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
+                        if change.settings is not None else None)
+            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence, servers, settings))
             if worker in live:
                 waits[worker] = (worker.pid, future)
         if waits:

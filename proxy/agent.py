@@ -8,7 +8,9 @@ length-prefixed pickled tuples, both ways. A worker holds nothing of the control
 Supervisor -> worker:
   ("start", settings, route, hold, fence, health, check_health)   the first message, once
                                               (settings carry the current server lists)
-  ("apply", seq, route | None, hold | None, fence | None, servers | None)   set server lists
+  ("apply", seq, route | None, hold | None, fence | None, servers | None, settings | None)
+                                              take a reload's settings (Proxy.configure, and the
+                                              log format and level) / set server lists
                                               (Router.set_servers) / swap the route / set or
                                               release the hold / move the fence (Router.fence), then ack
   ("snapshot", seq)                           answer with a snapshot now
@@ -93,8 +95,12 @@ class Agent:
             # Sent while this worker starts: applied once its router exists, before it listens.
             self.early.append(message)
         elif kind == "apply":
-            _, seq, route, hold, fence, servers = message
+            _, seq, route, hold, fence, servers, settings = message
             router = proxy.router
+            if settings is not None:
+                if (settings.log_format, settings.log_level) != (proxy.settings.log_format, proxy.settings.log_level):
+                    configure_logging(settings.log_format, settings.log_level, worker=os.getpid())
+                proxy.configure(settings)
             if servers is not None:
                 lists, tag, at_start = servers
                 for name, entries in lists.items():

@@ -67,6 +67,23 @@ class HealthChecker:
         self._tasks: dict[Server, asyncio.Task] = {}
         self._running = False
 
+    def configure(self, path: str, interval: float, timeout: float, healthy_after: int,
+                  unhealthy_after: int) -> None:
+        """configure: a reload's health_check (Proxy.configure): each server's next probe uses
+        them; the streaks counted so far stay (a server keeps its health). A new interval starts
+        every server's checks again at once, not after the old interval's wait."""
+        self.path = path
+        restart = interval != self.interval and self._running
+        self.interval = interval
+        self.timeout = timeout
+        self.healthy_after = healthy_after
+        self.unhealthy_after = unhealthy_after
+        if restart:
+            for task in self._tasks.values():
+                task.cancel()
+            self._tasks = {}
+            self.start()
+
     def start(self) -> None:
         """start: one checking task per server."""
         self._running = True

@@ -49,6 +49,13 @@ CANARY_COOKIE = b"cutover_canary"
 _COOKIE_BUCKET = re.compile(rb"(?:^|[;\s])cutover_canary=(\d{1,2})(?:;|\s|$)")
 
 
+def _canary_pattern(header: str | None) -> "re.Pattern[bytes] | None":
+    """_canary_pattern: what finds the canary header's value in a request head (None: no header)."""
+    if not header:
+        return None
+    return re.compile(rb"(?im)^" + re.escape(header.encode()) + rb"[ \t]*:[ \t]*([^\r\n]*)")
+
+
 class Router:
     """Router: environments, the live route, the hold gate and the drains."""
 
@@ -56,8 +63,7 @@ class Router:
                  hold_max_queued: int, canary_header: str | None = None) -> None:
         self.environments = environments
         # Without a configured header, clients are told their bucket in a cookie.
-        self._canary_header = (re.compile(rb"(?im)^" + re.escape(canary_header.encode()) + rb"[ \t]*:[ \t]*([^\r\n]*)")
-                               if canary_header else None)
+        self._canary_header = _canary_pattern(canary_header)
         self.route = route
         self.drain_timeout = drain_timeout
         self.hold_max_queued = hold_max_queued
@@ -91,6 +97,17 @@ class Router:
         if route is None:
             route = Route(generation=1, live=settings.live, environments=tuple(envs))
         return cls(envs, route, settings.drain_timeout, settings.max_queued, settings.canary_header)
+
+    def configure(self, drain_timeout: float, hold_max_queued: int, canary_header: str | None) -> None:
+        """configure: a reload's settings (Proxy.configure): drains that start from now on last up
+        to ``drain_timeout``; a hold (the one on now too) queues up to ``hold_max_queued``; the
+        canary bucket of a new request is read from ``canary_header`` (None: the cookie)."""
+        self.drain_timeout = drain_timeout
+        self.hold_max_queued = hold_max_queued
+        for gate in (self.hold_gate, self.fence_gate):
+            if gate is not None:
+                gate.max_queued = hold_max_queued
+        self._canary_header = _canary_pattern(canary_header)
 
     # ----------------------------------------------------------------- route
 

@@ -53,22 +53,20 @@ class Proxy:
     def __init__(self, settings: "Settings", router: Router | None = None) -> None:
         self.settings = settings
         self.router = router or Router.from_settings(settings)
-        t = settings.timeouts
-        self.connect_timeout = t.connect
-        self.upstream_timeout = t.upstream_response
-        self.client_header_timeout = t.client_header
-        self.keepalive_timeout = t.keepalive_idle
-        self.client_body_timeout = t.client_body
-        self.max_header_bytes = settings.limits.max_header_bytes
-        self.max_response_header_bytes = settings.limits.max_response_header_bytes
-        self.max_body_bytes = settings.limits.max_body_bytes
-        self.max_connections = settings.limits.max_connections
-        self.replace_forwarded = settings.forwarded_headers == "replace"
+        self.connect_timeout = 0.0
+        self.upstream_timeout = 0.0
+        self.client_header_timeout = 0.0
+        self.keepalive_timeout = 0.0
+        self.client_body_timeout = 0.0
+        self.max_header_bytes = 0
+        self.max_response_header_bytes = 0
+        self.max_body_bytes: int | None = None
+        self.max_connections = 0
+        self.replace_forwarded = False
         # X-Cutover-Env is honoured only with this token; None = never.
-        token = settings.preview_token
-        self.preview_token = token.encode() if token else None
-        self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
-                                                   t.client_header, t.keepalive_idle, t.client_body) / 4))
+        self.preview_token: bytes | None = None
+        self.tick_interval = 0.5
+        self._read(settings)
         self.connections: set[ClientConnection] = set()
         self.unrouted = [0] * 6         # requests answered before reaching an environment, by status class
         self.client_body_timeouts = 0   # requests cut with 408 at timeouts.client_body
@@ -91,12 +89,77 @@ class Proxy:
         # appends to: None without an access log.
         self.access_log: AccessLog | None = None
         self.access_records: list[Any] | None = None
+        self._closing_logs: set[Any] = set()   # access logs a reload replaced, writing their last lines
         if settings.access_log is not None:
             self.access_log = AccessLog(settings.access_log)
             self.access_records = self.access_log.records
+        self.access_log_dropped = 0     # lines the access logs a reload replaced had dropped
         # Request ids made up for requests without a sane X-Request-Id (requestid.py); None: none are.
         self.request_prefix: bytes | None = new_prefix() if settings.generate_request_id else None
         self.request_seq = 0
+
+    def _read(self, settings: "Settings") -> None:
+        """_read: the timeouts, limits and header rules of ``settings`` (the start's, a reload's).
+
+        Every connection reads them from here when it uses them, so a reload applies to the
+        next header, body, idle wait or upstream answer of each open connection too.
+        """
+        t = settings.timeouts
+        self.connect_timeout = t.connect
+        self.upstream_timeout = t.upstream_response
+        self.client_header_timeout = t.client_header
+        self.keepalive_timeout = t.keepalive_idle
+        self.client_body_timeout = t.client_body
+        self.max_header_bytes = settings.limits.max_header_bytes
+        self.max_response_header_bytes = settings.limits.max_response_header_bytes
+        self.max_body_bytes = settings.limits.max_body_bytes
+        self.max_connections = settings.limits.max_connections
+        self.replace_forwarded = settings.forwarded_headers == "replace"
+        token = settings.preview_token
+        self.preview_token = token.encode() if token else None
+        self.tick_interval = max(0.02, min(0.5, min(t.connect, t.upstream_response,
+                                                   t.client_header, t.keepalive_idle, t.client_body) / 4))
+
+    def configure(self, settings: "Settings") -> None:
+        """configure: a reload (SPEC §12): ``settings`` apply from now on, no connection dropped.
+
+        Timeouts, limits, forwarded headers, the preview token and request ids apply to what
+        each connection does next; the router's drain_timeout, hold.max_queued and canary
+        header to what starts next (Router.configure); the health checks run with the new
+        path, interval, timeout and thresholds from their next probe, each server keeping its
+        health. A changed access_log opens the new one and closes the old after writing what
+        it gathered. listen, preview_listen and the server lists are not read here (a restart
+        changes the first two, Router.set_servers the lists). Called by LocalPlane.apply and
+        by a worker's agent.
+        """
+        old = self.settings
+        self.settings = settings
+        self._read(settings)
+        self.router.configure(settings.drain_timeout, settings.max_queued, settings.canary_header)
+        hc = settings.health_check
+        if self.health is not None:
+            self.health.configure(hc.path, hc.interval, hc.timeout, hc.healthy_after, hc.unhealthy_after)
+        if settings.generate_request_id != (self.request_prefix is not None):
+            self.request_prefix = new_prefix() if settings.generate_request_id else None
+        if settings.access_log != old.access_log:
+            self._swap_access_log(settings)
+
+    def _swap_access_log(self, settings: "Settings") -> None:
+        """_swap_access_log: the access log of ``settings`` from now on; the one before writes
+        what it gathered and closes in the background."""
+        before = self.access_log
+        self.access_log, self.access_records = None, None
+        if settings.access_log is not None:
+            self.access_log = AccessLog(settings.access_log)
+            self.access_records = self.access_log.records
+            if self._loop is not None:
+                self.access_log.start(self._loop)
+        if before is not None:
+            self.access_log_dropped += before.dropped
+            if self._loop is not None:
+                task = self._loop.create_task(before.close())
+                self._closing_logs.add(task)
+                task.add_done_callback(self._closing_logs.discard)
 
     # --------------------------------------------------------------- start
 
@@ -169,7 +232,7 @@ class Proxy:
             unrouted=tuple(self.unrouted),
             client_body_timeouts=self.client_body_timeouts,
             preview_token_set=self.preview_token is not None,
-            access_log_dropped=self.access_log.dropped if self.access_log is not None else 0,
+            access_log_dropped=self.access_log_dropped + (self.access_log.dropped if self.access_log is not None else 0),
         )
 
     def reopen_access_log(self) -> None:
@@ -341,6 +404,8 @@ class Proxy:
             await self.health.stop()
         if self.access_log is not None and self._loop is not None:
             await self.access_log.close()
+        if self._closing_logs:
+            await asyncio.wait(set(self._closing_logs))
         for server in (self._server, self._preview):
             if server is not None:
                 server.close()

@@ -112,7 +112,10 @@ class Settings:
     environments are in config order; live is the route's environment when no saved state
     names one. preview_token is what X-Cutover-Token must equal for the preview headers
     (None: the preview route needs no token, as with admin.auth none). access_log and
-    generate_request_id are the `access_log` and `request_id` sections (SPEC §12).
+    generate_request_id are the `access_log` and `request_id` sections, log_format and
+    log_level the `log` section (SPEC §12). A reload hands a running Proxy new Settings
+    (Proxy.configure): everything here but listen, preview_listen and the environments'
+    names applies to it as it runs; server lists change through Router.set_servers.
     """
 
     listen: Address
@@ -129,3 +132,5 @@ class Settings:
     preview_token: str | None = None
     access_log: AccessLogConfig | None = None  # None: no access log
     generate_request_id: bool = True  # request_id.generate: make an id for a request without a sane one
+    log_format: str = "text"  # log.format: how this process writes its log lines (text | json)
+    log_level: str = "info"   # log.level: the least level written

@@ -22,7 +22,7 @@ ANSWERED = {
     "locked": 409, "gate_failed": 409, "no_previous": 409, "no_canary": 409, "conflict": 409,
     "generation_mismatch": 412, "payload_too_large": 413, "unsupported_media_type": 415,
     "idempotency_key_reused": 422, "internal": 500, "state_unavailable": 503, "store_unavailable": 503,
-    "idempotency_busy": 503,
+    "idempotency_busy": 503, "config_invalid": 400, "restart_required": 409,
 }
 
 

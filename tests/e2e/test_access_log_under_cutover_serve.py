@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.ports import free_port
-from tests.support.processes import serve_config, serving_status, start_serve
+from tests.support.processes import serve_config, serving_status, start_serve, stop_serve
 from tests.support.wait import eventually
 
 
@@ -31,16 +31,6 @@ async def start(tmp_path: Path, backends: dict, workers: int = 1, stdout=asyncio
         await proc.wait()
         raise
     return proc, port, admin
-
-
-async def stop(proc) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def json_lines(path: Path) -> list[dict]:
@@ -103,7 +93,7 @@ async def test_sigusr1_reopens_the_file_under_load_and_no_line_is_lost(tmp_path,
         old, new = json_lines(rotated), json_lines(path)
         assert sorted(line["request_id"] for line in old + new) == sorted(answered)   # each once, none lost
     finally:
-        await stop(proc)
+        await stop_serve(proc)
     assert proc.returncode == 0
     assert "SIGUSR1: reopening the access log" in (tmp_path / "serve.log").read_text()
 
@@ -128,7 +118,7 @@ async def test_two_workers_append_whole_lines_to_one_file_and_both_reopen(tmp_pa
         assert sorted(line["request_id"] for line in json_lines(path)) == sorted(more)
         assert len(json_lines(rotated)) == len(answered)
     finally:
-        await stop(proc)
+        await stop_serve(proc)
     assert proc.returncode == 0
 
 
@@ -145,4 +135,4 @@ async def test_a_standard_output_nobody_reads_does_not_stall_serving(tmp_path, b
                 out += await proc.stdout.read(1 << 16)
         assert sorted(json.loads(line)["request_id"] for line in out.splitlines()) == sorted(answered)
     finally:
-        await stop(proc)
+        await stop_serve(proc)

@@ -2,15 +2,19 @@
 a hold taken on one replica holds new requests on every replica and ends at its timeout on every
 replica, with exactly one resume in the fleet's history (each replica's timer fires, the first
 resume commits, the others take it); a lock taken on one refuses a flip on another; a canary
-client keeps its bucket on every replica.
+client keeps its bucket on every replica. A reload applies to the replica that read its file,
+and its history event is the fleet's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import aiohttp
 
+from admin.config import effective_config
 from tests.support.adminapi import JsonAdmin as Admin
 from tests.support.backend import served_by
 from tests.support.wait import eventually
@@ -58,3 +62,22 @@ async def test_a_canary_client_keeps_its_bucket_on_every_replica(fleet_of, sessi
             cookie = {"Cookie": f"cutover_canary={bucket}"}
             seen = {await served_by(plain, r.port, cookie) for r in replicas}
             assert len(seen) == 1, (bucket, seen)
+
+
+async def test_a_reload_applies_to_its_own_replica_and_its_event_reaches_every_replica(fleet_of, session, tmp_path):
+    a, b = await fleet_of(2)
+    source = tmp_path / "a.yaml"
+    written = effective_config(a.controller.config)
+    source.write_text(json.dumps({**written, "timeouts": {**written["timeouts"], "connect": 0.75}}))
+    a.controller.config = dataclasses.replace(a.controller.config, source=source)
+    answer = await Admin(session, a.admin_port).ok("/v1/reload", {"reason": "tune a"})
+    assert answer["reloaded"] == ["timeouts.connect"] and answer["ack"]["complete"], answer
+    assert a.proxy.connect_timeout == 0.75 and b.proxy.connect_timeout == 2.0    # each replica its own file
+
+    async def recorded_on_b():
+        events = (await Admin(session, b.admin_port).get("/v1/history"))[1]["events"]
+        return [e for e in events if e["action"] == "reload"] or None
+
+    [event] = await eventually(recorded_on_b, timeout=5, what="the reload event in the fleet's history")
+    assert event["reloaded"] == ["timeouts.connect"] and event["reason"] == "tune a"
+    assert (await Admin(session, b.admin_port).ok("/v1/flip", {}))["ack"]["complete"]   # the fleet goes on

@@ -14,11 +14,14 @@ tests/admin/test_openapi_document_is_well_formed.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import re
 
 import aiohttp
 import pytest
 
+from admin.config import effective_config
 from admin.jsonbody import MAX_BODY_BYTES
 from admin.openapi import openapi_document
 from admin.plane import Ack
@@ -119,7 +122,7 @@ async def test_every_registered_route_is_in_the_document_and_back(stack, session
     assert documented == registered
 
 
-async def test_every_answer_of_every_route_matches_the_document(stack, session, backends, monkeypatch):
+async def test_every_answer_of_every_route_matches_the_document(stack, session, backends, monkeypatch, tmp_path):
     api = Admin(session, stack.admin_port, token=TOKEN, timeout=10)
     status, doc, _ = await api.get("/v1/openapi.json")
     assert status == 200 and doc == openapi_document()
@@ -304,6 +307,34 @@ async def test_every_answer_of_every_route_matches_the_document(stack, session, 
         stack.controller.plane = real
     events = (await call("GET", "/v1/history", 200))["events"]
     assert {"servers", "servers_reset"} <= {e["action"] for e in events}
+
+    # reload: the stack's config as a file, then edited
+    source = tmp_path / "cutover.yaml"
+    written = effective_config(stack.controller.config)
+    written["admin"].update(token=TOKEN, read_token=READ_TOKEN)
+
+    def write(**changes):
+        source.write_text(json.dumps({**written, **changes}))
+
+    write()
+    stack.controller.config = dataclasses.replace(stack.controller.config, source=source)
+    assert (await call("POST", "/v1/reload", 200))["changed"] is False
+    write(timeouts={"connect": 1.5})
+    assert (await call("POST", "/v1/reload", 200, body={"reason": "tune"}))["reloaded"] == ["timeouts.connect"]
+    write(timeouts={"connect": -1})
+    await call("POST", "/v1/reload", 400)
+    write(listen="127.0.0.1:1")
+    await call("POST", "/v1/reload", 409)
+    write(timeouts={"connect": 2.5})
+    with monkeypatch.context() as m:
+        m.setattr(FileStateStore, "_write", refuse)
+        await call("POST", "/v1/reload", 503)
+    stack.controller.plane = OnePending()
+    try:
+        await call("POST", "/v1/reload", 202)
+    finally:
+        stack.controller.plane = real
+    assert (await call("GET", "/v1/history?limit=1", 200))["events"][-1]["action"] == "reload"
 
     # not ready: the live environment has no healthy server (health checks stopped above)
     for server in stack.proxy.router.environments[stack.proxy.router.route.live].servers:

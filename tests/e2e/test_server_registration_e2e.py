@@ -8,28 +8,18 @@ restart, and is dropped (history says so) when the config's list it replaced cha
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
 import pytest
 
 from admin.serve import start as start_stack
-from tests.support.backend import Backend
 from tests.support.cli import cutover
 from tests.support.stack import proxy_config
+from tests.support.traffic import Traffic
 from tests.support.wait import eventually
 
 FAST_HEALTH = {"interval": "50ms", "timeout": "1s", "healthy_after": 2, "unhealthy_after": 2}
-
-
-@pytest.fixture
-async def extra():
-    """extra: three more started test backends, named a, b and c."""
-    started = [await Backend(name).start() for name in ("a", "b", "c")]
-    yield started
-    for backend in started:
-        await backend.stop()
 
 
 def url(running) -> str:
@@ -172,26 +162,8 @@ async def test_the_cli_refuses_addresses_with_reset_and_neither(make_stack):
 async def test_replacing_the_live_list_under_16_keepalive_clients_fails_no_request(make_stack, extra, backends):
     running = await make_stack(health_check=FAST_HEALTH)
     a, b, _ = extra
-    failures: list[str] = []
-    seen: dict[str, int] = {}
-    stop = asyncio.Event()
-
-    async def client(session):
-        for _ in range(3000):
-            if stop.is_set():
-                return
-            try:
-                async with session.get(f"http://127.0.0.1:{running.port}/") as resp:
-                    text = (await resp.text()).strip()
-                    if resp.status != 200:
-                        failures.append(f"{resp.status} {text}")
-                    seen[text] = seen.get(text, 0) + 1
-            except aiohttp.ClientError as exc:
-                failures.append(repr(exc))
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as users, \
-            aiohttp.ClientSession() as admin:
-        clients = [asyncio.create_task(client(users)) for _ in range(16)]
+    async with Traffic(running.port, 16) as traffic, aiohttp.ClientSession() as admin:
+        seen = traffic.seen
         await eventually(lambda: seen.get("blue", 0) > 50, timeout=10)
         # every server of the live list is new: blue keeps serving until one of them is healthy
         code, doc = await call(admin, running, "PUT", "/v1/environments/blue/servers",
@@ -204,9 +176,8 @@ async def test_replacing_the_live_list_under_16_keepalive_clients_fails_no_reque
         assert code == 200
         after = dict(seen)
         await eventually(lambda: seen.get("a", 0) > after.get("a", 0) + 100, timeout=10)
-        stop.set()
-        await asyncio.gather(*clients)
-    assert failures == []
+        await traffic.stop()
+    assert traffic.failures == []
     assert seen.get("blue", 0) - count < 50     # once a new server was healthy, blue took no new request
     history = running.controller.history()["events"]
 

@@ -30,6 +30,15 @@ async def backends():
 
 
 @pytest.fixture
+async def extra():
+    """extra: three more started test backends, named a, b and c (servers to register or reload)."""
+    started = [await Backend(name).start() for name in ("a", "b", "c")]
+    yield started
+    for backend in started:
+        await backend.stop()
+
+
+@pytest.fixture
 async def make_proxy(tmp_path, backends):
     """make_proxy(backend_map=None, **overrides) -> a started Proxy in front of ``backends``.
 

@@ -8,6 +8,7 @@ child, not the test's, so ``serving`` finds it by the test's own config path.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,3 +86,14 @@ async def serving_status(session, admin: int, workers: int = 1) -> dict:
         return now if len(now["workers"]) == workers and all(w["alive"] for w in now["workers"]) else None
 
     return await eventually(ready, timeout=20)
+
+
+async def stop_serve(proc, timeout: float = 15.0) -> None:
+    """stop_serve: SIGTERM to a `cutover serve` still running, by its PID; SIGKILL after ``timeout``."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
