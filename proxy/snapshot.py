@@ -11,9 +11,26 @@ Counters are totals since the process started; the reader takes differences.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 from .route import Route
+
+_T = TypeVar("_T")
+
+
+def pickled_by_value(cls: type[_T]) -> type[_T]:
+    """pickled_by_value: ``cls`` (a frozen dataclass) pickles as its constructor and its field
+    values in order. A worker's ack carries a snapshot of every server: unpickled this way
+    it costs the supervisor a third of the default (a slotted dataclass's state is set field
+    by field), which every change waits for."""
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+
+    def __reduce__(self: Any) -> tuple[Any, tuple[Any, ...]]:
+        return cls, tuple([getattr(self, name) for name in names])
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign, assignment]
+    return cls
 
 # The kinds of ServerSnapshot.upstream_errors, in the order they are listed. Stable names:
 # they are label values of cutover_upstream_errors.
@@ -27,6 +44,7 @@ UPSTREAM_ERROR_KINDS = (
 )
 
 
+@pickled_by_value
 @dataclass(frozen=True, slots=True)
 class ServerSnapshot:
     """ServerSnapshot: one backend server.
@@ -46,6 +64,7 @@ class ServerSnapshot:
     upstream_errors: tuple[tuple[str, int], ...]
 
 
+@pickled_by_value
 @dataclass(frozen=True, slots=True)
 class EnvironmentSnapshot:
     """EnvironmentSnapshot: one environment (blue or green) and its counters.
@@ -75,6 +94,7 @@ class EnvironmentSnapshot:
     retired: tuple[ServerSnapshot, ...] = ()
 
 
+@pickled_by_value
 @dataclass(frozen=True, slots=True)
 class DrainSnapshot:
     """DrainSnapshot: a drain in progress or ended (Drain.snapshot), field by field as
@@ -103,6 +123,7 @@ class DrainSnapshot:
     tag: str = ""
 
 
+@pickled_by_value
 @dataclass(frozen=True, slots=True)
 class RouterSnapshot:
     """RouterSnapshot: the live route, the hold and the environments with their drains.
@@ -132,6 +153,7 @@ class RouterSnapshot:
         return tuple(env.name for env in self.environments)
 
 
+@pickled_by_value
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Snapshot: Proxy.snapshot(), the router and the listeners' side.

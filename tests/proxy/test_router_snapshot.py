@@ -134,3 +134,14 @@ def test_the_proxy_snapshot_adds_listeners_and_client_side_counters_but_never_th
     assert guarded.preview_token_set is True
     assert secret not in repr(guarded)
 
+
+
+def test_a_snapshot_pickles_as_its_constructor_and_values_and_comes_back_equal():
+    import pickle
+    snapshot = make_proxy().snapshot()
+    server = snapshot.router.environments[0].servers[0]
+    assert server.__reduce__() == (ServerSnapshot, tuple(getattr(server, f.name) for f in dataclasses.fields(server)))
+    for kind in (Snapshot, RouterSnapshot, EnvironmentSnapshot, ServerSnapshot, DrainSnapshot):
+        assert kind.__reduce__ is not object.__reduce__      # every snapshot class, not only the servers
+    again = pickle.loads(pickle.dumps(snapshot))
+    assert again == snapshot and type(again.router.environments[0]) is EnvironmentSnapshot
