@@ -44,8 +44,6 @@ class Change:
     ``revision`` is the store revision of the state it comes from (a fleet replica acks it);
     ``confirm`` asks the plane to wait until every member of the fleet applied it too (the
     replica that took the call; a change taken from the store is only applied and acked).
-    ``fence`` is the monotonic time until which a fleet replica's lease is known to live
-    (Router.fence; inf lifts it): its membership sends it to the local plane only.
     ``servers`` gives environments a new server list ((address, weight) in order; Router.set_servers),
     ``servers_tag`` names that change in the drain of the servers it removes, and
     ``servers_at_start`` says the lists are the ones the data plane starts with (the
@@ -58,7 +56,6 @@ class Change:
     hold: Hold | None = None
     revision: object = None
     confirm: bool = False
-    fence: float | None = None
     servers: "dict[str, tuple[tuple[Address, int], ...]] | None" = None
     servers_tag: str = ""
     servers_at_start: bool = False
@@ -158,9 +155,12 @@ class LocalPlane:
                 router.hold(change.hold.until)
             else:
                 router.resume()
-        if change.fence is not None:
-            router.fence(change.fence)
         return Ack(router.route.generation, complete=True, acked=(os.getpid(),), pending=())
+
+    def set_fence(self, until: float) -> None:
+        """set_fence: serve by the route only while ``time.monotonic() <= until`` (Router.fence; inf
+        lifts it). A fleet replica's lease renewals set it (admin/fleet/start.py): no Ack, no wait."""
+        self._router.fence(until)
 
     def snapshot(self) -> "Snapshot":
         """snapshot: Proxy.snapshot(), the router with its listeners and client-side counters."""

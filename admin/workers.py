@@ -519,8 +519,6 @@ class WorkerPlane:
             self.route = change.route
         if change.hold is not None:
             self.hold = change.hold
-        if change.fence is not None:
-            self.fence = change.fence
         if change.settings is not None:
             # A reload: every worker from now on, restarted ones too, reads these (with the
             # server lists they serve now, which only a change of servers replaces).
@@ -535,7 +533,7 @@ class WorkerPlane:
                 EnvironmentConfig(e.name, tuple(a for a, _ in lists[e.name]), tuple(w for _, w in lists[e.name]))
                 if e.name in lists else e for e in self.settings.environments))
             servers = (dict(lists), change.servers_tag, change.servers_at_start)
-        route, fence = change.route, change.fence
+        route = change.route
         hold = (change.hold.held, change.hold.until) if change.hold is not None else None
         live = [w for w in self.workers if w.alive]
         waits = {}
@@ -544,7 +542,7 @@ class WorkerPlane:
                 continue
             settings = (dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
                         if change.settings is not None else None)
-            future = self._request(worker, lambda seq: ("apply", seq, route, hold, fence, servers, settings))
+            future = self._request(worker, lambda seq: ("apply", seq, route, hold, servers, settings))
             if worker in live:
                 waits[worker] = (worker.pid, future)
         if waits:
@@ -560,6 +558,16 @@ class WorkerPlane:
             log.warning("generation %d: worker(s) %s did not acknowledge within fleet.ack_timeout (%ss)",
                         generation, ", ".join(map(str, pending)), self.ack_timeout)
         return Ack(generation, complete=not pending, acked=acked, pending=pending)
+
+    def set_fence(self, until: float) -> None:
+        """set_fence: every worker serves by its route only while ``time.monotonic() <= until``
+        (Router.fence; inf lifts it), a worker started later too. Sent in order with the changes
+        before it and not waited for: a fleet replica's lease renewal must not wait for a
+        worker's ack (admin/fleet/start.py)."""
+        self.fence = until
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(("fence", until))
 
     # ---------------------------------------------------------------- reads
 

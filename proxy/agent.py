@@ -8,11 +8,13 @@ length-prefixed pickled tuples, both ways. A worker holds nothing of the control
 Supervisor -> worker:
   ("start", settings, route, hold, fence, health, check_health)   the first message, once
                                               (settings carry the current server lists)
-  ("apply", seq, route | None, hold | None, fence | None, servers | None, settings | None)
+  ("apply", seq, route | None, hold | None, servers | None, settings | None)
                                               take a reload's settings (Proxy.configure, and the
                                               log format and level) / set server lists
                                               (Router.set_servers) / swap the route / set or
-                                              release the hold / move the fence (Router.fence), then ack
+                                              release the hold, then ack
+  ("fence", until)                            move the fence (Router.fence: a fleet replica's
+                                              lease), no answer
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, address, ok, reason)        one health-check result from the checking worker
   ("close",)                                  accept no new connection (a successor takes over)
@@ -95,7 +97,7 @@ class Agent:
             # Sent while this worker starts: applied once its router exists, before it listens.
             self.early.append(message)
         elif kind == "apply":
-            _, seq, route, hold, fence, servers, settings = message
+            _, seq, route, hold, servers, settings = message
             router = proxy.router
             if settings is not None:
                 if (settings.log_format, settings.log_level) != (proxy.settings.log_format, proxy.settings.log_level):
@@ -113,9 +115,9 @@ class Agent:
                     router.hold(until)
                 else:
                     router.resume()
-            if fence is not None:
-                router.fence(fence)
             self.send(("ack", seq, router.route.generation, proxy.snapshot()))
+        elif kind == "fence":
+            proxy.router.fence(message[1])
         elif kind == "snapshot":
             self.send(("snapshot", message[1], proxy.snapshot()))
         elif kind == "health":

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..plane import Change
 from ..state import FileStateStore, Revision, State, StateError
 from .analyses import AnalysisKeys
 from .etcd import EtcdClient, EtcdError
@@ -239,16 +238,9 @@ class Fleet:
         """
         plane = FleetPlane(local, self.membership, self.ack_timeout)
         plane.start()
-        fencing: set[asyncio.Task] = set()
-
-        def fence(until: float) -> None:
-            # The renewal must never wait for a worker's ack: the fence goes to every worker at
-            # once, in order with the changes before it, and is not waited for.
-            task = asyncio.get_running_loop().create_task(local.apply(Change(fence=until)))
-            fencing.add(task)
-            task.add_done_callback(fencing.discard)
-
-        self.membership.fence = fence
+        # The renewal never waits for a worker's ack: the fence goes to every worker at once, in
+        # order with the changes before it (LocalPlane/WorkerPlane.set_fence).
+        self.membership.fence = local.set_fence
         return plane
 
     def steer(self, controller: Any) -> None:

@@ -39,7 +39,7 @@ async def test_a_change_sent_during_start_is_applied_before_the_worker_listens(t
         first = Route(1, "blue", environments=("blue", "green"))
         second = Route(2, "green", previous="blue", environments=("blue", "green"))
         channel.send(("start", config.settings(), first, (False, None), math.inf, (), False))
-        channel.send(("apply", 7, second, None, None, None, None))     # before the worker could have started
+        channel.send(("apply", 7, second, None, None, None))     # before the worker could have started
         async with asyncio.timeout(15):
             seen = {}
             while "ready" not in seen or "ack" not in seen:
