@@ -13,12 +13,17 @@ and no request is routed by a route the answer of a change has superseded:
 2. The successor reads the state file (every acknowledged change is in it), starts its data
    plane on the inherited sockets, and says "ready". Both now accept, by the same route.
 3. The predecessor stops accepting on its data plane and stops its admin listener (its
-   backlog stays with the successor), then says "go".
-4. The successor starts its admin API on the inherited socket; the predecessor drains what
-   it had in flight and exits 0.
+   backlog stays with the successor; it keeps its own descriptors of the sockets), then says
+   "go".
+4. The successor starts its admin API on the inherited socket and says "serving"; the
+   predecessor drains what it had in flight and exits 0.
 
 If the successor fails to start (it exits, or is not ready within READY_TIMEOUT) the
-predecessor goes on serving as before and logs why; nothing changed.
+predecessor goes on serving as before and logs why; nothing changed. If it exits after its
+"ready" but before its "serving" (or does not serve within SERVING_TIMEOUT: it is killed),
+the predecessor backs out: it accepts again on the sockets it kept, its admin API included,
+and serves on as before. A successor that closes the channel without a word once it serves
+(an older cutover) counts as serving unless it exits within a second.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ log = logging.getLogger("cutover.handoff")
 INHERIT = "CUTOVER_INHERIT"   # environment variable: the handed-over file descriptors, as JSON
 READY_TIMEOUT = 60.0          # seconds a successor may take to serve
 GO_TIMEOUT = 30.0             # seconds a successor waits for its predecessor to stop accepting
+SERVING_TIMEOUT = 30.0        # seconds a predecessor waits, after its "go", for the successor's "serving"
+QUIET_GRACE = 1.0             # seconds a successor that closed the channel without a word has to exit
 
 
 @dataclass
@@ -71,14 +78,23 @@ class Inherited:
                 await loop.sock_recv(self.channel, 16)
         except TimeoutError:
             log.warning("the predecessor did not stop accepting within %ss; going on", GO_TIMEOUT)
+
+    async def serving(self) -> None:
+        """serving: tell the predecessor the admin API serves too: it drains and exits now."""
+        try:
+            await asyncio.get_running_loop().sock_sendall(self.channel, b"serving\n")
+        except OSError:
+            pass            # a predecessor that does not wait for it has closed its end
         self.channel.close()
 
 
 async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[], Awaitable[None]],
+                    resume_accepting: Callable[[], Awaitable[None]],
                     argv: list[str] | None = None) -> asyncio.subprocess.Process | None:
-    """hand_over: start the successor with ``fds`` (listen, preview, admin); once it serves, run
-    ``stop_accepting`` and let it go on. Returns its process, or None when it did not start (this
-    process then serves on as before)."""
+    """hand_over: start the successor with ``fds`` (listen, preview, admin); once its data plane
+    serves, run ``stop_accepting`` and let it go on; if it dies before its admin API serves, run
+    ``resume_accepting``. Returns its process, or None when it did not take over (this process
+    then serves on as before)."""
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     passed = [*fds["listen"], *fds["preview"], fds["admin"], theirs.fileno()]   # type: ignore[misc]
@@ -112,6 +128,36 @@ async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[]
         return None
     await stop_accepting()
     await loop.sock_sendall(ours, b"go\n")
+    served = await _serves(process, ours)
     ours.close()
-    log.info("upgrade: successor %d serves; draining and exiting", process.pid)
-    return process
+    if served:
+        log.info("upgrade: successor %d serves; draining and exiting", process.pid)
+        return process
+    log.error("upgrade: the successor %d exited (status %s) before its admin API served; accepting again "
+              "and serving on as before", process.pid, process.returncode)
+    await resume_accepting()
+    return None
+
+
+async def _serves(process: asyncio.subprocess.Process, channel: socket.socket) -> bool:
+    """_serves: whether the successor says "serving" (or closes the channel and lives on); False
+    when it exits first or is silent for SERVING_TIMEOUT (then it is killed)."""
+    loop = asyncio.get_running_loop()
+    exited = asyncio.ensure_future(process.wait())
+    said = asyncio.ensure_future(loop.sock_recv(channel, 16))
+    try:
+        done, _ = await asyncio.wait({exited, said}, timeout=SERVING_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if said in done and said.result().startswith(b"serving"):
+            return True
+        if said in done and exited not in done:
+            done, _ = await asyncio.wait({exited}, timeout=QUIET_GRACE)     # closed without a word
+            return exited not in done
+        if exited not in done:
+            log.error("upgrade: the successor %d did not serve its admin API within %ss; killing it",
+                      process.pid, SERVING_TIMEOUT)
+            process.kill()
+            await process.wait()
+        return False
+    finally:
+        said.cancel()
+        exited.cancel()

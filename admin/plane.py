@@ -180,8 +180,13 @@ class LocalPlane:
         return self.proxy.listener_fds()
 
     async def stop_accepting(self) -> None:
-        """stop_accepting: accept no new connection; the open ones go on (a successor took over)."""
-        self.proxy.stop_accepting()
+        """stop_accepting: accept no new connection; the open ones go on (a successor took over).
+        The sockets are kept until shutdown, for resume_accepting."""
+        self.proxy.stop_accepting(keep=True)
+
+    async def resume_accepting(self) -> bool:
+        """resume_accepting: accept again (the successor died before it served)."""
+        return await self.proxy.resume_accepting()
 
     async def refresh(self) -> None:
         """refresh: nothing to do; every snapshot of this process is current."""

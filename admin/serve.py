@@ -114,6 +114,7 @@ class Running:
     site: web.BaseSite | None = None
     admin_socket: socket.socket | None = None
     fleet: Fleet | None = None
+    _admin_kept: int | None = None     # the admin socket's descriptor, kept while a successor starts
 
     def listener_fds(self) -> dict:
         """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
@@ -122,10 +123,24 @@ class Running:
                 "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1}
 
     async def stop_accepting(self) -> None:
-        """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff)."""
+        """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff);
+        the admin socket is kept for resume_accepting."""
         await self.plane.stop_accepting()
         if self.site is not None:
+            if self.admin_socket is not None and self._admin_kept is None:
+                self._admin_kept = os.dup(self.admin_socket.fileno())
             await self.site.stop()
+            self.site = None
+
+    async def resume_accepting(self) -> None:
+        """resume_accepting: the data plane and the admin API accept again (the successor died
+        before it served, admin/handoff.py)."""
+        await self.plane.resume_accepting()
+        kept, self._admin_kept = self._admin_kept, None
+        if kept is not None:
+            self.admin_socket = socket.socket(fileno=kept)
+            self.site = web.SockSite(self.admin, self.admin_socket)
+            await self.site.start()
 
     @property
     def port(self) -> int:
@@ -274,6 +289,8 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
         site = web.SockSite(runner, admin_sock)
         await site.start()
+        if inherited is not None:
+            await inherited.serving()
     except OSError as exc:
         controller.stop()
         await plane.shutdown(0)
@@ -368,7 +385,8 @@ async def serve(config: Config) -> int:
                 log.warning("SIGUSR2: not upgrading: %s", refusal)
                 return
             try:
-                successor = await hand_over(running.listener_fds(), running.stop_accepting)
+                successor = await hand_over(running.listener_fds(), running.stop_accepting,
+                                            running.resume_accepting)
             except Exception:
                 # Past the successor's "ready" this process may have stopped accepting: exit
                 # rather than linger serving nothing.

@@ -351,6 +351,10 @@ class WorkerPlane:
             future = worker.waiting.pop(0, None)
             if future is not None and not future.done():
                 future.set_result(None)
+        elif kind == "opened":
+            future = worker.waiting.pop(-1, None)
+            if future is not None and not future.done():
+                future.set_result(message[1])
         elif kind == "stopped":
             if worker.stopped is not None and not worker.stopped.done():
                 worker.stopped.set_result(message[1])
@@ -642,6 +646,26 @@ class WorkerPlane:
                 futures.append(future)
         if futures:
             await asyncio.wait(futures, timeout=STOP_GRACE)
+
+    async def resume_accepting(self) -> bool:
+        """resume_accepting: after stop_accepting, every worker accepts again, and a worker that
+        exited meanwhile is started again (the successor died before it served: this supervisor
+        serves on). Bounded wait; whether every worker accepts again."""
+        self.closing = False
+        loop = asyncio.get_running_loop()
+        futures = []
+        for worker in self.workers:
+            if worker.channel is not None:
+                future = worker.waiting[-1] = loop.create_future()
+                worker.channel.send(("open",))
+                futures.append(future)
+            elif worker.gone.is_set():
+                task = loop.create_task(self._spawn(worker))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        if futures:
+            await asyncio.wait(futures, timeout=STOP_GRACE)
+        return all(f.done() and f.result() for f in futures)
 
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: every worker stops accepting and drains (up to ``timeout``), then exits.

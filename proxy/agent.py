@@ -18,6 +18,7 @@ Supervisor -> worker:
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, address, ok, reason)        one health-check result from the checking worker
   ("close",)                                  accept no new connection (a successor takes over)
+  ("open",)                                   accept again (the successor died before it served)
   ("reopen",)                                 open the access log's file again (SIGUSR1 to the supervisor)
   ("stop", timeout)                           drain (up to timeout) and exit
 Worker -> supervisor:
@@ -27,6 +28,7 @@ Worker -> supervisor:
   ("drain", DrainSnapshot)          a drain of this worker ended
   ("health", env, address, ok, reason)   a probe result, from the one worker that checks
   ("closed",)                       it accepts no new connection any more
+  ("opened", ok)                    it accepts again (ok False: it could not)
   ("stopped", result)               Proxy.shutdown's counts, just before exit
 
 A hold is (held, until), health a tuple of (env, address, healthy) and servers
@@ -89,10 +91,13 @@ class Agent:
             self.reopen()
         elif kind == "close":
             if proxy is not None:
-                proxy.stop_accepting()
+                proxy.stop_accepting(keep=True)
             else:
                 self.stop(None)       # still starting: it never listens
             self.send(("closed",))
+        elif kind == "open":
+            if proxy is not None:
+                asyncio.get_running_loop().create_task(self.reopen_listeners(proxy))
         elif proxy is None:
             # Sent while this worker starts: applied once its router exists, before it listens.
             self.early.append(message)
@@ -133,6 +138,15 @@ class Agent:
                     router.relayed_health = False
         else:
             log.error("supervisor channel: unknown message %r", kind)
+
+    async def reopen_listeners(self, proxy: Proxy) -> None:
+        """reopen_listeners: accept again after a "close" (the successor died before it served)."""
+        try:
+            opened = await proxy.resume_accepting()
+        except OSError as exc:
+            log.error("worker %d cannot accept again: %s", os.getpid(), exc)
+            opened = False
+        self.send(("opened", opened))
 
     def reopen(self) -> None:
         """reopen: the access log opens its file again (log rotation); sent by the supervisor on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from functools import partial
@@ -77,6 +78,8 @@ class Proxy:
         self.closing = False
         self.health: HealthChecker | None = None
         self._server: Any = None        # the event loop's servers (uvloop's own types)
+        # The listen and preview descriptors stop_accepting(keep=True) kept (a handover in progress).
+        self._kept: tuple[list[int], list[int]] | None = None
         self._preview: Any = None
         self.preview_port: int | None = None
         self._ticker: Any = None
@@ -350,16 +353,43 @@ class Proxy:
         preview = [s.fileno() for s in self._preview.sockets] if self._preview is not None else []
         return listen, preview
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, keep: bool = False) -> None:
         """stop_accepting: accept no new connection from now on; the open ones go on.
 
         A successor that was handed the same listening sockets (SIGUSR2, admin/handoff.py)
-        accepts what comes next; shutdown calls it first.
+        accepts what comes next; shutdown calls it first. With ``keep`` this process keeps its
+        own descriptors of the sockets, so that `resume_accepting` can take them back should
+        the successor die before it serves.
         """
         self.closing = True
+        if keep and self._kept is None:
+            self._kept = ([os.dup(s.fileno()) for s in self._server.sockets] if self._server is not None else [],
+                          [os.dup(s.fileno()) for s in self._preview.sockets] if self._preview is not None else [])
         for server in (self._server, self._preview):
             if server is not None:
                 server.close()
+
+    async def resume_accepting(self) -> bool:
+        """resume_accepting: accept again on the sockets stop_accepting(keep=True) kept (a
+        successor died before it served: this process serves on). False when none were kept."""
+        kept, self._kept = self._kept, None
+        if kept is None or self._loop is None:
+            return False
+        listens, previews = kept
+        self.closing = False
+        loop = self._loop
+        if listens:
+            self._server = await loop.create_server(self._client, sock=socket.socket(fileno=listens[0]),
+                                                    backlog=LISTEN_BACKLOG)
+        if previews:
+            self._preview = await loop.create_server(self._preview_client, sock=socket.socket(fileno=previews[0]),
+                                                     backlog=PREVIEW_BACKLOG)
+        return True
+
+    def _close_kept(self) -> None:
+        kept, self._kept = self._kept, None
+        for fd in (kept[0] + kept[1]) if kept is not None else []:
+            os.close(fd)
 
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: stop accepting, let in-flight requests finish, then cut the rest.
@@ -368,6 +398,7 @@ class Proxy:
         """
         timeout = self.settings.drain_timeout if timeout is None else timeout
         self.stop_accepting()
+        self._close_kept()
         if self.router.hold_gate is not None:
             self.router.resume()
         self.router.refuse_fenced("cutover is stopping and this replica's route is not confirmed (fleet lease)")

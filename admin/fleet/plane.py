@@ -127,6 +127,9 @@ class FleetPlane:
     async def stop_accepting(self) -> None:
         await self.local.stop_accepting()
 
+    async def resume_accepting(self) -> bool:
+        return await self.local.resume_accepting()
+
     async def shutdown(self, timeout: float | None = None) -> dict:
         """shutdown: the local plane drains; then the replica leaves the fleet (its lease revoked)."""
         result = await self.local.shutdown(timeout)

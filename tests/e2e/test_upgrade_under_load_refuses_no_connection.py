@@ -1,20 +1,25 @@
 """Upgrade or restart under load (SPEC §9.1): SIGUSR2 to `cutover serve` starts a successor on
 the very same listening sockets; the old process stops accepting only once the successor
 serves, then drains and exits 0. Clients see no refused or failed request, the state (live,
-generation) carries over, and the successor takes changes on the same admin address."""
+generation) carries over, and the successor takes changes on the same admin address. A successor
+that dies after its data plane served but before its admin API did is backed out: the old process
+accepts again and serves on, nothing failed."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sys
 import time
 
 import aiohttp
 import pytest
 
+from tests.support.paths import ROOT
 from tests.support.ports import free_port
-from tests.support.processes import gone, serve_config, serving, serving_status, start_serve
+from tests.support.processes import gone, serve_config, serving, serving_status, start_serve, stop_serve
+from tests.support.traffic import Traffic
 from tests.support.wait import eventually
 
 
@@ -177,3 +182,62 @@ async def test_an_upgrade_that_changes_the_number_of_workers_is_refused_and_the_
                 os.kill(pid, signal.SIGTERM)
         if old.returncode is None:
             await asyncio.wait_for(old.wait(), 20)
+
+
+# Started in every process of the test's `cutover serve` (PYTHONPATH): in a successor only (it
+# inherits sockets), the process exits once its predecessor said "go", before its admin API serves.
+DIE_AFTER_GO = """\
+import os
+if os.environ.get("CUTOVER_INHERIT"):
+    import admin.handoff
+
+    original = admin.handoff.Inherited.ready_then_wait
+
+    async def ready_then_die(self):
+        await original(self)
+        os._exit(3)
+
+    admin.handoff.Inherited.ready_then_wait = ready_then_die
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_successor_dying_before_its_admin_api_serves_is_backed_out_and_nothing_fails(
+        tmp_path, backends, workers):
+    port, admin = free_port(), free_port()
+    config = serve_config(tmp_path, backends, port, admin, workers=workers)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(DIE_AFTER_GO)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)])}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log_file:
+        old = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    failed: list = []
+    try:
+        async with aiohttp.ClientSession() as api:
+            await serving_status(api, admin, workers)
+            traffic = Traffic(port, 8)
+            async with traffic:
+                await eventually(lambda: traffic.seen.get("blue", 0) > 20, timeout=10)
+                old.send_signal(signal.SIGUSR2)
+                await eventually(lambda: "before its admin API served" in log_path.read_text(), timeout=30,
+                                 what="the predecessor backing out")
+                count = traffic.seen["blue"]
+                await eventually(lambda: traffic.seen["blue"] > count + 50, timeout=10,
+                                 what="requests served after the back-out")
+            failed = traffic.failures
+            now = await serving_status(api, admin, workers)
+            assert now["pid"] == old.pid and old.returncode is None
+            async with api.post(f"http://127.0.0.1:{admin}/v1/flip", json={}) as resp:
+                assert resp.status == 200 and (await resp.json())["ack"]["complete"]
+            async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
+                assert (await resp.text()).strip() == "green"
+    finally:
+        await stop_serve(old)
+    log = log_path.read_text()
+    assert failed == [], (failed[:5], log[-2000:])
+    assert "exited (status 3) before its admin API served" in log
+    assert old.returncode == 0, log[-2000:]
