@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import proxy as data_plane
-from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot, EnvironmentConfig,
+from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot,
                    EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots,
                    serving)
 
@@ -526,7 +526,8 @@ class WorkerPlane:
             # What a worker that starts from now on is built with ("start" carries the settings).
             lists = change.servers
             self.settings = dataclasses.replace(self.settings, environments=tuple(
-                EnvironmentConfig(e.name, tuple(a for a, _ in lists[e.name]), tuple(w for _, w in lists[e.name]))
+                dataclasses.replace(e, servers=tuple(a for a, _ in lists[e.name]),
+                                    weights=tuple(w for _, w in lists[e.name]))
                 if e.name in lists else e for e in self.settings.environments))
             servers = (dict(lists), change.servers_tag, change.servers_at_start)
         route, fence = change.route, change.fence
