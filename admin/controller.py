@@ -588,7 +588,8 @@ class Controller:
             previous.cancel(f"superseded by {action} to generation {state.generation}")
         if action in ("flip", "promote") and self.config.analysis.window > 0:
             snapshot = self.plane.snapshot
-            url = listen_url(snapshot().listen) + self.config.analysis.probe_path
+            now = snapshot()
+            url = listen_url(now.listen, now.tls) + self.config.analysis.probe_path
             self.analysis = Analysis(state.generation, state.live, self.config.analysis, snapshot, url,
                                      self._breach)
             self._analyses[state.generation] = self.analysis

@@ -44,9 +44,12 @@ Opener = Callable[[float], AbstractAsyncContextManager[Fetch]]
 async def http_fetch(timeout: float) -> AsyncIterator[Fetch]:
     """http_fetch: a Fetch over one aiohttp session (``timeout`` seconds per request), open for the block.
 
-    run_gates and Analysis use it; their tests pass an opener of their own instead.
+    run_gates and Analysis use it; their tests pass an opener of their own instead. An https
+    URL (cutover's own TLS listener) is not verified: its certificate names the public host,
+    not the loopback address the probes use.
     """
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as session:
         async def fetch(method: str, url: str, headers: dict[str, str], follow: bool) -> tuple[int, str]:
             async with session.request(method, url, headers=headers, allow_redirects=follow) as resp:
                 return resp.status, await resp.text(errors="replace")
@@ -107,23 +110,26 @@ def preview_routes(snapshot: "Snapshot", target: str, token: str | None) -> list
     server of the target directly.
     """
     if snapshot.preview_listen is not None and idle(snapshot.router.route) == target:
-        return [(listen_url(snapshot.preview_listen), {})]
+        return [(listen_url(snapshot.preview_listen, snapshot.tls), {})]
     if token and snapshot.preview_token_set:
-        return [(listen_url(snapshot.listen), {"X-Cutover-Env": target, "X-Cutover-Token": token})]
+        return [(listen_url(snapshot.listen, snapshot.tls), {"X-Cutover-Env": target, "X-Cutover-Token": token})]
     return [(f"http://{server.address}", {}) for server in snapshot.router.env(target).servers]
 
 
-def base_url(host: str, port: int) -> str:
-    """base_url: http://host:port for a listen address (a wildcard one is reached on loopback)."""
+def base_url(host: str, port: int, tls: bool = False) -> str:
+    """base_url: http://host:port for a listen address (a wildcard one is reached on loopback);
+    https:// for a TLS listener."""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def listen_url(listen: str) -> str:
-    """listen_url: base_url of a listener as a snapshot names it ("host:port", "[v6]:port")."""
+def listen_url(listen: str, tls: bool = False) -> str:
+    """listen_url: base_url of a listener as a snapshot names it ("host:port", "[v6]:port");
+    ``tls``: the listener serves TLS (Snapshot.tls)."""
     host, _, port = listen.rpartition(":")
-    return base_url(host.removeprefix("[").removesuffix("]"), int(port))
+    return base_url(host.removeprefix("[").removesuffix("]"), int(port), tls)
 
 
 class GateRun:

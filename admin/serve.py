@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Address, Proxy
+from proxy import Address, Proxy, ServerTLS
 from proxy import build as data_plane_build
 
 from .api import READINESS, make_app
@@ -113,6 +113,7 @@ class Running:
     site: web.BaseSite | None = None
     admin_socket: socket.socket | None = None
     fleet: Fleet | None = None
+    admin_tls: ServerTLS | None = None  # admin.tls's contexts; set_certificates swaps them (a reload)
 
     def listener_fds(self) -> dict:
         """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
@@ -269,9 +270,10 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     token = config.admin.token if config.admin.auth != "none" else None
     runner = AdminRunner(make_app(controller, token, config.admin.read_token))
     await runner.setup()
+    admin_tls = ServerTLS(config.admin.tls) if config.admin.tls is not None else None
     try:
         admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
-        site = web.SockSite(runner, admin_sock)
+        site = web.SockSite(runner, admin_sock, ssl_context=admin_tls.context if admin_tls is not None else None)
         await site.start()
     except OSError as exc:
         controller.stop()
@@ -283,7 +285,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     if fleet is not None:
         fleet.steer(controller)
         await fleet.join(controller.state, controller.revision)
-    return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
+    return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet, admin_tls)
 
 
 def bind_admin(address: Address) -> socket.socket:

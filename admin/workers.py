@@ -90,7 +90,7 @@ def blank_snapshot(settings: Settings, route: Route) -> Snapshot:
     router = RouterSnapshot(route=route, held=False, held_requests=0, hold_until=None, environments=envs, drains=())
     return Snapshot(router=router, listen=f"{settings.listen.host}:{settings.listen.port}", preview_listen=None,
                     client_connections=0, unrouted=(0,) * 6, client_body_timeouts=0,
-                    preview_token_set=settings.preview_token is not None)
+                    preview_token_set=settings.preview_token is not None, tls=settings.tls is not None)
 
 
 def _signal_name(number: int) -> str:

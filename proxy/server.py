@@ -184,6 +184,7 @@ class Proxy:
             preview_token_set=self.preview_token is not None,
             access_log_dropped=self.access_log.dropped if self.access_log is not None else 0,
             tls_handshake_failures=self.tls.handshake_failures if self.tls is not None else 0,
+            tls=self.tls is not None,
         )
 
     def set_tls(self, tls: "ListenerTLS | None", environments: "tuple[EnvironmentConfig, ...]") -> None:

@@ -155,6 +155,7 @@ class Snapshot:
     preview_token_set: bool
     access_log_dropped: int = 0
     tls_handshake_failures: int = 0   # client handshakes the TLS listeners refused (proxy/tls.py)
+    tls: bool = False                 # listen and preview_listen serve TLS (the `tls` section)
 
 
 # --------------------------------------------------------------------------- merging
@@ -247,4 +248,5 @@ def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
                     client_body_timeouts=sum(s.client_body_timeouts for s in snapshots),
                     preview_token_set=snapshots[0].preview_token_set,
                     access_log_dropped=sum(s.access_log_dropped for s in snapshots),
-                    tls_handshake_failures=sum(s.tls_handshake_failures for s in snapshots))
+                    tls_handshake_failures=sum(s.tls_handshake_failures for s in snapshots),
+                    tls=snapshots[0].tls)
