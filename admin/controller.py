@@ -673,7 +673,8 @@ class Controller:
         return GateInputs(snapshot=self.plane.snapshot, gates=self.config.gates,
                           attestations=tuple(copy.deepcopy(self.state.attestations)),
                           preview_token=token or None,
-                          config_dir=self.config.source.parent if self.config.source else None)
+                          config_dir=self.config.source.parent if self.config.source else None,
+                          tls_environments=frozenset(n for n, e in self.config.environments.items() if e.tls))
 
     def _next(self) -> State:
         """_next: a copy of the state to change; it replaces the current one only once saved."""

@@ -53,3 +53,49 @@ async def test_a_flip_gated_by_smoke_probes_and_analysed_through_tls_listeners(m
     doc = flipped.json()
     assert doc["change"]["to"] == "green"
     assert doc["analysis"]["state"] == "passed", doc["analysis"]
+
+
+async def test_gates_reach_the_servers_of_a_tls_environment_over_https(make_stack, backends, tls_files, session):
+    import ssl
+
+    from aiohttp import web
+
+    async def fingerprint(request):
+        return web.json_response({"version": "v1"})
+
+    async def index(request):
+        return web.Response(text="green over tls\n")
+
+    app = web.Application()
+    app.router.add_get("/__fingerprint", fingerprint)
+    app.router.add_get("/healthz", index)
+    app.router.add_get("/", index)
+    blue_app = web.Application()
+    blue_app.router.add_get("/__fingerprint", fingerprint)
+    blue_app.router.add_get("/healthz", index)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files.localhost.cert, tls_files.localhost.key)
+    runners = []
+    try:
+        for application, tls in ((app, ctx), (blue_app, None)):
+            runner = web.AppRunner(application, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
+            runners.append(runner)
+        green, blue = (f"127.0.0.1:{r.addresses[0][1]}" for r in runners)
+        # No preview listener and auth off: the smoke probe goes to green's server directly.
+        running = await make_stack(environments={"blue": {"servers": [blue]},
+                                                 "green": {"servers": [green],
+                                                           "tls": {"ca": str(tls_files.authority.cert)}}},
+                                   gates={"drift": {}, "smoke": [{"path": "/", "expect_body_contains": "over tls"}]},
+                                   health_check=QUIET_HEALTH)
+        async with session.post(f"http://127.0.0.1:{running.admin_port}/v1/flip", json={"to": "green"}) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["live"] == "green"
+        async with session.get(f"http://127.0.0.1:{running.admin_port}/v1/history") as resp:
+            flip = [e for e in (await resp.json())["events"] if e["action"] == "flip"][-1]
+        assert [(g["gate"], g["passed"]) for g in flip["gates"]] == [("health", True), ("drift", True), ("smoke", True)]
+    finally:
+        for runner in runners:
+            await runner.cleanup()
