@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import ssl
 
     from .backends import Server
-    from .settings import EnvironmentConfig, ListenerTLS, Settings
+    from .settings import EnvironmentConfig, ListenerTLS, Settings, UpstreamTLS
     from .exchange import Exchange
 
 log = logging.getLogger("cutover.proxy")
@@ -105,6 +105,7 @@ class Proxy:
         self.tls: ServerTLS | None = ServerTLS(settings.tls) if settings.tls is not None else None
         self.forwarded_proto = b"https" if self.tls is not None else b"http"
         self.upstream_tls: dict[str, tuple["ssl.SSLContext", str | None]] = upstream_contexts(settings.environments)
+        self.upstream_tls_config: dict[str, "UpstreamTLS | None"] = {e.name: e.tls for e in settings.environments}
 
     # --------------------------------------------------------------- start
 
@@ -202,7 +203,8 @@ class Proxy:
         upstream = upstream_contexts(environments)
         if tls is not None and self.tls is not None:
             self.tls.set_certificates(tls)
-        before = {env.name: env.tls for env in self.settings.environments}
+        before = self.upstream_tls_config
+        self.upstream_tls_config = {env.name: env.tls for env in environments}
         self.upstream_tls.clear()
         self.upstream_tls.update(upstream)   # the one dict the health checker reads too
         for env in environments:

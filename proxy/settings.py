@@ -151,7 +151,8 @@ class Settings:
     environments are in config order; live is the route's environment when no saved state
     names one. preview_token is what X-Cutover-Token must equal for the preview headers
     (None: the preview route needs no token, as with admin.auth none). access_log and
-    generate_request_id are the `access_log` and `request_id` sections (SPEC §12).
+    generate_request_id are the `access_log` and `request_id` sections (SPEC §12), tls the
+    top-level `tls` section (each environment's own is EnvironmentConfig.tls).
     """
 
     listen: Address

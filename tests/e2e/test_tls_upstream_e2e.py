@@ -118,3 +118,25 @@ async def test_plain_environments_beside_a_tls_one_stay_plain(make_proxy, backen
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{proxy.preview_port}/") as resp:
             assert (resp.status, await resp.text()) == (200, "green\n")
+
+
+async def test_set_tls_changes_how_new_upstream_connections_are_verified(make_proxy, backends, tls_backend,
+                                                                        tls_files, session):
+    import dataclasses
+
+    from proxy import UpstreamTLS
+    upstream = await tls_backend()
+    proxy = await make_proxy(environments=environments(upstream, backends["green"], {"ca": str(tls_files.other.cert)}),
+                             health_check=QUIET_HEALTH)
+    assert (await get(session, proxy.port))[0] == 502
+
+    def with_blue_tls(tls):
+        return tuple(dataclasses.replace(e, tls=tls) if e.name == "blue" else e for e in proxy.settings.environments)
+
+    proxy.set_tls(None, with_blue_tls(UpstreamTLS(ca=str(tls_files.authority.cert))))
+    blue_server(proxy).set_healthy(True)   # the passive check marked it down after the 502
+    assert await get(session, proxy.port) == (200, "blue\n")
+    assert len(blue_server(proxy).idle) == 1
+    proxy.set_tls(None, with_blue_tls(UpstreamTLS(ca=str(tls_files.other.cert))))   # a second change
+    assert blue_server(proxy).idle == []   # pooled connections made under the old settings are closed
+    assert (await get(session, proxy.port))[0] == 502
