@@ -5,7 +5,8 @@
 
 Both proxies sit in front of the nginx backend of bench/run.py (plain HTTP, keep-alive), serve
 the one certificate made for the run (P-256, openssl), and accept TLS 1.3 only, so that wrk
-negotiates the same suite with both (printed: TLS_AES_256_GCM_SHA384 with this OpenSSL). Two
+negotiates the same suite with both (printed: TLS_AES_256_GCM_SHA384 with this OpenSSL); both
+keep OpenSSL's session ticket defaults (two tickets after each full handshake). Two
 phases per round and target, interleaved: keep-alive throughput (wrk over https, the
 connections reused) and the full-handshake rate (wrk with `Connection: close`: one handshake
 per request; no session resumption, wrk does not resume). Reported per phase: req/s, p99, the
@@ -49,8 +50,6 @@ _NGINX_TLS_HTTP = """\
         ssl_certificate $cert;
         ssl_certificate_key $key;
         ssl_protocols TLSv1.3;
-        ssl_session_cache off;
-        ssl_session_tickets off;
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
