@@ -140,3 +140,16 @@ async def test_set_tls_changes_how_new_upstream_connections_are_verified(make_pr
     proxy.set_tls(None, with_blue_tls(UpstreamTLS(ca=str(tls_files.other.cert))))   # a second change
     assert blue_server(proxy).idle == []   # pooled connections made under the old settings are closed
     assert (await get(session, proxy.port))[0] == 502
+
+
+async def test_a_websocket_crosses_tls_on_both_sides(make_proxy, backends, tls_backend, tls_files, session):
+    from tests.support.certs import client_context
+    upstream = await tls_backend()
+    proxy = await make_proxy(environments=environments(upstream, backends["green"], {"ca": str(tls_files.authority.cert)}),
+                             tls=tls_files.shop.config(), health_check=QUIET_HEALTH)
+    async with session.ws_connect(f"wss://127.0.0.1:{proxy.port}/ws", ssl=client_context(tls_files.authority),
+                                  server_hostname="shop.test", timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
+        for word in ("one", "two"):
+            await ws.send_str(word)
+            msg = await ws.receive(timeout=5)
+            assert msg.data == f"blue: {word}"
