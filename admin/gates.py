@@ -45,8 +45,9 @@ async def http_fetch(timeout: float) -> AsyncIterator[Fetch]:
     """http_fetch: a Fetch over one aiohttp session (``timeout`` seconds per request), open for the block.
 
     run_gates and Analysis use it; their tests pass an opener of their own instead. An https
-    URL (cutover's own TLS listener) is not verified: its certificate names the public host,
-    not the loopback address the probes use.
+    URL is not verified: cutover's own TLS listener has a certificate for the public host,
+    not the loopback address the probes use; the servers of an environment with tls are
+    verified by the data plane, which serves them, not by these probes.
     """
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
                                      connector=aiohttp.TCPConnector(ssl=False)) as session:
