@@ -90,6 +90,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if client_option(args, "idempotency_key", None) is not None:
         raise UsageError("cutover drill", "--idempotency-key applies to one admin call; "
                          "the drill makes several, each with its own")
+    if client_option(args, "ca", None) is not None:
+        raise UsageError("cutover drill", "--ca: the drill speaks plain HTTP to the admin API and the listener")
     args.admin = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
     args.token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
     args.json = client_option(args, "json", False)
@@ -104,7 +106,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
 # parser stores them as pre_<name>, each subparser as <name>; both default to
 # SUPPRESS so that only a given option sets an attribute and the one after the
 # subcommand wins.
-CLIENT_OPTIONS = ("admin", "token", "json", "timeout", "idempotency_key")
+CLIENT_OPTIONS = ("admin", "token", "json", "timeout", "idempotency_key", "ca")
 
 # The request timeout when none is given: a plain call; a switch, whose gates may take
 # minutes (the schema command alone may run SCHEMA_TIMEOUT, 120 s); a --wait, which also
@@ -165,6 +167,9 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
     group = parser.add_argument_group("admin API options (before or after the command)")
     group.add_argument("--admin", dest=prefix + "admin", metavar="URL", default=argparse.SUPPRESS,
                        help=f"admin API base URL (env CUTOVER_ADMIN_URL; default {DEFAULT_URL})")
+    group.add_argument("--ca", dest=prefix + "ca", metavar="FILE", default=argparse.SUPPRESS,
+                       help="PEM certificates that an https admin URL is verified against (env CUTOVER_CA; "
+                            "default the system's store), as curl --cacert")
     group.add_argument("--token", dest=prefix + "token", metavar="TOKEN", default=argparse.SUPPRESS,
                        help="bearer token (env CUTOVER_TOKEN, which keeps it out of the process list)")
     group.add_argument("--json", dest=prefix + "json", action="store_true", default=argparse.SUPPRESS,
@@ -252,11 +257,12 @@ async def run_admin(args: argparse.Namespace) -> int:
     """run_admin: call the API, print the answer (text or JSON); the exit status per SPEC §2."""
     url = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
     token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
+    ca = client_option(args, "ca", None) or os.environ.get("CUTOVER_CA") or None
     as_json = client_option(args, "json", False)
     # One key per invocation: the client's own retry reuses it, and so may a CI retry (--idempotency-key).
     args.key = client_option(args, "idempotency_key", None) or str(uuid.uuid4())
     try:
-        async with AdminClient(url, token, request_timeout(args)) as client:
+        async with AdminClient(url, token, request_timeout(args), ca) as client:
             doc = await call_admin(client, args)
     except AdminError as exc:
         if as_json and exc.body is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 from typing import Any
 from urllib.parse import quote
@@ -63,7 +64,7 @@ class AdminClient:
     """AdminClient: one session against one admin API; use as ``async with AdminClient(url) as c``."""
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, ca: str | None = None) -> None:
         if "://" not in url:
             url = "http://" + url
         if not url.startswith(("http://", "https://")):
@@ -71,6 +72,13 @@ class AdminClient:
         self.url = url.rstrip("/")
         self.token = token or None
         self.timeout = timeout
+        # An https admin URL is verified against ca (a PEM file: --ca, CUTOVER_CA), else the system's store.
+        self.ssl: ssl.SSLContext | bool = True
+        if ca:
+            try:
+                self.ssl = ssl.create_default_context(cafile=ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise AdminError(0, "bad_ca", f"--ca {ca}: {getattr(exc, 'strerror', None) or exc}") from None
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "AdminClient":
@@ -168,7 +176,8 @@ class AdminClient:
                                             sock_connect=min(self.timeout, CONNECT_TIMEOUT))
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             # trust_env stays off: HTTP_PROXY must not divert calls to a loopback admin.
-            self._session = aiohttp.ClientSession(timeout=timeout, headers=headers)
+            self._session = aiohttp.ClientSession(timeout=timeout, headers=headers,
+                                                  connector=aiohttp.TCPConnector(ssl=self.ssl))
         return self._session
 
     async def _call(self, method: str, path: str, body: dict | None = None, text: bool = False,
@@ -206,6 +215,12 @@ class AdminClient:
             raise AdminError(0, "timeout", f"no answer from {url} within {self.timeout:g}s") from None
         except aiohttp.InvalidURL:
             raise AdminError(0, "bad_url", f"not a valid admin URL: {self.url}") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AdminError(0, "connection_failed", f"the admin API at {url} has a certificate this client does "
+                             f"not trust ({exc.certificate_error}); give its CA with --ca FILE or CUTOVER_CA") from None
+        except aiohttp.ClientSSLError as exc:
+            raise AdminError(0, "connection_failed", f"TLS with the admin API at {url} failed: "
+                             f"{getattr(exc.os_error, 'reason', None) or exc.os_error}") from None
         except aiohttp.ClientConnectorError as exc:
             # A positive errno reads better than "Connect call failed"; resolver errors are negative.
             why = os.strerror(exc.errno).lower() if (exc.errno or 0) > 0 else (exc.strerror or str(exc.os_error))

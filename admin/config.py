@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 
 from proxy import LOG_FORMATS as FORMATS
-from proxy import AccessLogConfig, Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
+from proxy import (AccessLogConfig, Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, ListenerTLS, Settings,
+                   TimeoutsConfig)
 
 __all__ = [
     "Address",
@@ -119,6 +120,7 @@ class AdminConfig:
     token: str | None = None  # never "": an empty token is stored as None
     auth: str = "token"  # "token" | "none"; "none" only on a loopback listen
     read_token: str | None = None  # may only read (GET); never "", never equal to token
+    tls: ListenerTLS | None = None  # admin.tls (admin/tlsconfig.py); None: plain HTTP
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ class Config:
     access_log: AccessLogConfig | None = None  # None: no access log (access_log.path null)
     generate_request_id: bool = True  # request_id.generate
     log: LogConfig = LogConfig()
+    tls: ListenerTLS | None = None  # the `tls` section (admin/tlsconfig.py): listen and preview_listen
     source: Path | None = None  # the file it was loaded from
 
     def settings(self) -> Settings:
@@ -273,7 +276,7 @@ class Config:
             forwarded_headers=self.forwarded_headers, preview_listen=self.preview_listen,
             canary_header=self.canary_header,
             preview_token=self.admin.token if self.admin.auth != "none" else None,
-            access_log=self.access_log, generate_request_id=self.generate_request_id,
+            access_log=self.access_log, generate_request_id=self.generate_request_id, tls=self.tls,
             log_format=self.log.format, log_level=self.log.level,
         )
 
@@ -592,13 +595,14 @@ _TOP = (
     "access_log",
     "request_id",
     "log",
+    "tls",
 )
 
 WORKERS_MAX = 256
 
 
 def _admin(value: object) -> AdminConfig:
-    data = _section(value, "admin", ("listen", "token", "auth", "read_token"))
+    data = _section(value, "admin", ("listen", "token", "auth", "read_token", "tls"))
     listen = AdminConfig.listen
     if "listen" in data:
         listen = parse_address(data["listen"], "admin.listen", allow_port_zero=True)
@@ -635,7 +639,7 @@ def _environment(name: object, value: object, listens: list[Address]) -> Environ
             key=f"environments.{name}",
         )
     path = f"environments.{name}"
-    data = _section(value, path, ("servers",))
+    data = _section(value, path, ("servers", "tls"))
     if "servers" not in data:
         raise ConfigError("required", key=f"{path}.servers")
     entries = _list(data["servers"], f"{path}.servers")
@@ -1099,7 +1103,17 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
             f"{_show(live)} is not one of the environments ({', '.join(environments)})", key="live"
         )
 
+    # TLS files are read and checked here (admin/tlsconfig.py, which imports this module).
+    from .tlsconfig import parse_listener_tls, parse_upstream_tls
+    admin_tls = top["admin"].get("tls") if isinstance(top.get("admin"), dict) else None
+    admin = dataclasses.replace(admin, tls=parse_listener_tls(admin_tls, "admin.tls", base_dir, environ))
+    for name, body in top["environments"].items():
+        if isinstance(body, dict) and body.get("tls") is not None:
+            environments[name] = dataclasses.replace(environments[name], tls=parse_upstream_tls(
+                body["tls"], f"environments.{name}.tls", base_dir, environ))
+
     return Config(
+        tls=parse_listener_tls(top.get("tls"), "tls", base_dir, environ),
         listen=listen,
         admin=admin,
         environments=environments,
@@ -1222,6 +1236,7 @@ def effective_config(cfg: Config) -> dict[str, Any]:
     Printed by check-config and served by the admin API. Durations are seconds, addresses
     "host:port", and a set admin token is "***". The result is itself a valid config.
     """
+    from .tlsconfig import effective_listener_tls, effective_upstream_tls
     gates = cfg.gates
     return {
         "listen": str(cfg.listen),
@@ -1231,12 +1246,15 @@ def effective_config(cfg: Config) -> dict[str, Any]:
             "token": "***" if cfg.admin.token else None,
             "auth": cfg.admin.auth,
             "read_token": "***" if cfg.admin.read_token else None,
+            # A TLS section is shown only when set: without one, the output is what it always was.
+            **({"tls": effective_listener_tls(cfg.admin.tls)} if cfg.admin.tls else {}),
         },
         "environments": {
             name: {
                 "servers": [
                     {"address": str(a), "weight": w} for a, w in zip(env.servers, env.weights)
-                ]
+                ],
+                **({"tls": effective_upstream_tls(env.tls)} if env.tls else {}),
             }
             for name, env in cfg.environments.items()
         },
@@ -1266,6 +1284,7 @@ def effective_config(cfg: Config) -> dict[str, Any]:
                        "format": cfg.access_log.format if cfg.access_log else AccessLogConfig.format},
         "request_id": {"generate": cfg.generate_request_id},
         "log": {"format": cfg.log.format, "level": cfg.log.level},
+        **({"tls": effective_listener_tls(cfg.tls)} if cfg.tls else {}),
     }
 
 

@@ -42,7 +42,7 @@ from .analysis import Analysis
 from .config import Config, ConfigError, load_config, parse_address, parse_servers
 from .gates import GateInputs, GateResult, listen_url, run_gates
 from .plane import Ack, Change, DataPlane, Hold
-from .reload import changed_keys, restart_keys
+from .reload import changed_keys, restart_keys, tls_digests
 from .state import (Revision, State, StateConflict, StateError, StateNotDurable, StateStore, amend_event,
                     drain_fields)
 
@@ -113,6 +113,7 @@ class Controller:
         self.last_recovery_ms: float | None = None
         # Reloads by result: applied, unchanged, config_invalid, restart_required (cutover_reloads_total).
         self.reload_counts = {"applied": 0, "unchanged": 0, "config_invalid": 0, "restart_required": 0}
+        self._tls_files = tls_digests(config)     # what the TLS files held when this config was applied
         self.analysis: Analysis | None = None   # the watch over the last flip or promote
         self._analyses: dict[int, Analysis] = {}  # the last few watches, by the generation they watch
         self.gate_counts: dict[tuple[str, str], int] = {}        # (gate, passed|failed) -> runs
@@ -449,7 +450,7 @@ class Controller:
                                errors=[{"key": exc.key, "line": exc.line, "message": exc.message}]) from None
         async with self.lock:
             old = self.config
-            keys = changed_keys(old, new)
+            keys = changed_keys(old, new, self._tls_files)
             restart = restart_keys(old, new, keys)
             if restart:
                 self.reload_counts["restart_required"] += 1
@@ -465,6 +466,7 @@ class Controller:
             else:
                 await self._append(entry)
             self.config = new
+            self._tls_files = tls_digests(new)
             self.reload_counts["applied"] += 1
             lists = {name: self.servers_of(self.state, name) for name in self.environments
                      if f"environments.{name}.servers" in keys and name not in self.state.registrations}
@@ -677,7 +679,8 @@ class Controller:
             previous.cancel(f"superseded by {action} to generation {state.generation}")
         if action in ("flip", "promote") and self.config.analysis.window > 0:
             snapshot = self.plane.snapshot
-            url = listen_url(snapshot().listen) + self.config.analysis.probe_path
+            now = snapshot()
+            url = listen_url(now.listen, now.tls) + self.config.analysis.probe_path
             self.analysis = Analysis(state.generation, state.live, self.config.analysis, snapshot, url,
                                      self._breach)
             self._analyses[state.generation] = self.analysis
@@ -761,7 +764,8 @@ class Controller:
         return GateInputs(snapshot=self.plane.snapshot, gates=self.config.gates,
                           attestations=tuple(copy.deepcopy(self.state.attestations)),
                           preview_token=token or None,
-                          config_dir=self.config.source.parent if self.config.source else None)
+                          config_dir=self.config.source.parent if self.config.source else None,
+                          tls_environments=frozenset(n for n, e in self.config.environments.items() if e.tls))
 
     def _next(self) -> State:
         """_next: a copy of the state to change; it replaces the current one only once saved."""

@@ -44,9 +44,13 @@ Opener = Callable[[float], AbstractAsyncContextManager[Fetch]]
 async def http_fetch(timeout: float) -> AsyncIterator[Fetch]:
     """http_fetch: a Fetch over one aiohttp session (``timeout`` seconds per request), open for the block.
 
-    run_gates and Analysis use it; their tests pass an opener of their own instead.
+    run_gates and Analysis use it; their tests pass an opener of their own instead. An https
+    URL is not verified: cutover's own TLS listener has a certificate for the public host,
+    not the loopback address the probes use; the servers of an environment with tls are
+    verified by the data plane, which serves them, not by these probes.
     """
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as session:
         async def fetch(method: str, url: str, headers: dict[str, str], follow: bool) -> tuple[int, str]:
             async with session.request(method, url, headers=headers, allow_redirects=follow) as resp:
                 return resp.status, await resp.text(errors="replace")
@@ -59,7 +63,9 @@ class GateInputs:
 
     ``snapshot`` is the data plane's read model (called when a gate needs the servers or
     listeners); ``preview_token`` is the token X-Cutover-Env needs (the admin token, None
-    when auth is off); ``config_dir`` is where gates.schema.command runs.
+    when auth is off); ``config_dir`` is where gates.schema.command runs; ``tls_environments``
+    names the environments whose servers speak TLS (`environments.X.tls`), reached directly
+    over https.
     """
 
     snapshot: Callable[[], "Snapshot"]
@@ -67,6 +73,7 @@ class GateInputs:
     attestations: tuple[dict, ...] = ()
     preview_token: str | None = None
     config_dir: Path | None = None
+    tls_environments: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -99,31 +106,36 @@ def idle(route: "Route") -> str:
     return route.canary if route.canary_weight and route.canary else route.other(route.live)
 
 
-def preview_routes(snapshot: "Snapshot", target: str, token: str | None) -> list[tuple[str, dict]]:
+def preview_routes(snapshot: "Snapshot", target: str, token: str | None,
+                   tls_environments: frozenset[str] = frozenset()) -> list[tuple[str, dict]]:
     """preview_routes: (base URL, headers) pairs that reach ``target`` off the user's path.
 
     The preview listener when it serves the target, else the main listener with
     X-Cutover-Env and the admin token (when the data plane honours one), else every
-    server of the target directly.
+    server of the target directly (over https when it is in ``tls_environments``).
     """
     if snapshot.preview_listen is not None and idle(snapshot.router.route) == target:
-        return [(listen_url(snapshot.preview_listen), {})]
+        return [(listen_url(snapshot.preview_listen, snapshot.tls), {})]
     if token and snapshot.preview_token_set:
-        return [(listen_url(snapshot.listen), {"X-Cutover-Env": target, "X-Cutover-Token": token})]
-    return [(f"http://{server.address}", {}) for server in snapshot.router.env(target).servers]
+        return [(listen_url(snapshot.listen, snapshot.tls), {"X-Cutover-Env": target, "X-Cutover-Token": token})]
+    scheme = "https" if target in tls_environments else "http"
+    return [(f"{scheme}://{server.address}", {}) for server in snapshot.router.env(target).servers]
 
 
-def base_url(host: str, port: int) -> str:
-    """base_url: http://host:port for a listen address (a wildcard one is reached on loopback)."""
+def base_url(host: str, port: int, tls: bool = False) -> str:
+    """base_url: http://host:port for a listen address (a wildcard one is reached on loopback);
+    https:// for a TLS listener."""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def listen_url(listen: str) -> str:
-    """listen_url: base_url of a listener as a snapshot names it ("host:port", "[v6]:port")."""
+def listen_url(listen: str, tls: bool = False) -> str:
+    """listen_url: base_url of a listener as a snapshot names it ("host:port", "[v6]:port");
+    ``tls``: the listener serves TLS (Snapshot.tls)."""
     host, _, port = listen.rpartition(":")
-    return base_url(host.removeprefix("[").removesuffix("]"), int(port))
+    return base_url(host.removeprefix("[").removesuffix("]"), int(port), tls)
 
 
 class GateRun:
@@ -137,12 +149,14 @@ class GateRun:
         self.fetch = fetch
         self._fingerprints: dict[str, dict | ValueError] = {}
 
-    async def fingerprint(self, address: str, path: str) -> dict:
-        """fingerprint: server_fingerprint, remembered (failures too) for the rest of the run."""
+    async def fingerprint(self, env: str, address: str, path: str) -> dict:
+        """fingerprint: server_fingerprint of a server of ``env``, remembered (failures too) for
+        the rest of the run."""
         key = address + path
         if key not in self._fingerprints:
+            scheme = "https" if env in self.inputs.tls_environments else "http"
             try:
-                self._fingerprints[key] = await server_fingerprint(address, path, self.fetch)
+                self._fingerprints[key] = await server_fingerprint(address, path, self.fetch, scheme)
             except ValueError as exc:
                 self._fingerprints[key] = exc
         found = self._fingerprints[key]
@@ -155,7 +169,7 @@ async def smoke_gate(run: GateRun, target: str) -> GateResult:
     """smoke_gate: every configured probe answers as expected through the preview route."""
     probes = run.inputs.gates.smoke
     snapshot = run.inputs.snapshot()
-    routes = preview_routes(snapshot, target, run.inputs.preview_token)
+    routes = preview_routes(snapshot, target, run.inputs.preview_token, run.inputs.tls_environments)
     if len(routes) == 1:
         # Through the router each probe meets one server: repeat it once per server of the
         # target, and the round robin among equally loaded servers lets each one answer.
@@ -181,7 +195,7 @@ async def warmup_gate(run: GateRun, target: str) -> GateResult:
     warmup = run.inputs.gates.warmup
     sent = failed = 0
     last = ""
-    routes = preview_routes(run.inputs.snapshot(), target, run.inputs.preview_token)
+    routes = preview_routes(run.inputs.snapshot(), target, run.inputs.preview_token, run.inputs.tls_environments)
     for path in warmup.paths:
         for i in range(warmup.requests):
             base, headers = routes[i % len(routes)]
@@ -234,10 +248,10 @@ def drift(live: dict, target: dict, ignore: tuple[str, ...]) -> list[str]:
     return out
 
 
-async def server_fingerprint(address: str, path: str, fetch: Fetch) -> dict:
+async def server_fingerprint(address: str, path: str, fetch: Fetch, scheme: str = "http") -> dict:
     """server_fingerprint: the JSON object one server answers at ``path`` (ValueError otherwise)."""
     try:
-        status, text = await fetch("GET", f"http://{address}{path}", {}, True)
+        status, text = await fetch("GET", f"{scheme}://{address}{path}", {}, True)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise ValueError(f"{address}: {type(exc).__name__}") from None
     if status != 200:
@@ -258,7 +272,7 @@ async def fingerprint(run: GateRun, env: str, path: str) -> dict:
     errors = []
     for server in servers:
         try:
-            return await run.fingerprint(server.address, path)
+            return await run.fingerprint(env, server.address, path)
         except ValueError as exc:
             errors.append(str(exc))
     raise ValueError(f"no fingerprint from {env} ({'; '.join(errors)})")
@@ -277,7 +291,7 @@ async def drift_gate(run: GateRun, target: str) -> GateResult:
     for server in run.inputs.snapshot().router.env(target).servers:
         # Every server of the target is compared: one misconfigured copy is enough to refuse.
         try:
-            b = await run.fingerprint(server.address, gate.path)
+            b = await run.fingerprint(target, server.address, gate.path)
         except ValueError as exc:
             return GateResult("drift", False, f"no fingerprint from {target} ({exc})")
         diff = drift(a, b, gate.ignore)

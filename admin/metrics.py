@@ -105,6 +105,9 @@ class CutoverCollector:
         yield CounterMetricFamily("cutover_access_log_dropped_lines", "Access log lines lost: the writer was "
                                   "16 MiB behind, or the file would not open or take a write",
                                   value=snapshot.access_log_dropped)
+        yield CounterMetricFamily("cutover_tls_handshake_failures", "Client TLS handshakes refused on listen and "
+                                  "preview_listen (not TLS, no common version or cipher, a broken hello)",
+                                  value=snapshot.tls_handshake_failures)
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
         yield GaugeMetricFamily("cutover_fenced_requests", "Requests waiting until this fleet replica's lease is "

@@ -327,7 +327,8 @@ _REFUSALS: dict[str, dict[int, dict]] = {
                            "changed; errors names the key)", "bad_request", "config_invalid"),
                409: _error("the file changes keys only a restart applies (listen, preview_listen, "
                            "admin.listen, workers, store, state_file, history_limit, fleet.replica_id, the "
-                           "environments' names): nothing changed; keys names them", "restart_required")},
+                           "environments' names, tls or admin.tls turned on or off): nothing changed; keys "
+                           "names them", "restart_required")},
     "servers_reset": {404: _error("no environment of that name", "not_found"),
                       409: _error("refused: switching is locked and the environment receives traffic",
                                   "locked")},

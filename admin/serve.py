@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Address, Proxy
+from proxy import Address, CertificateError, Proxy, ServerTLS
 from proxy import build as data_plane_build
 from proxy import configure_logging
 
@@ -114,6 +114,7 @@ class Running:
     site: web.BaseSite | None = None
     admin_socket: socket.socket | None = None
     fleet: Fleet | None = None
+    admin_tls: ServerTLS | None = None  # admin.tls's contexts; set_certificates swaps them (a reload)
     _admin_kept: int | None = None     # the admin socket's descriptor, kept while a successor starts
 
     def listener_fds(self) -> dict:
@@ -139,7 +140,8 @@ class Running:
         kept, self._admin_kept = self._admin_kept, None
         if kept is not None:
             self.admin_socket = socket.socket(fileno=kept)
-            self.site = web.SockSite(self.admin, self.admin_socket)
+            self.site = web.SockSite(self.admin, self.admin_socket,
+                                     ssl_context=self.admin_tls.context if self.admin_tls is not None else None)
             await self.site.start()
 
     @property
@@ -285,9 +287,12 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         await inherited.ready_then_wait()
     runner = AdminRunner(make_app(controller, *admin_tokens(config)))
     await runner.setup()
+    admin_tls = ServerTLS(config.admin.tls) if config.admin.tls is not None else None
+    if admin_tls is not None:
+        controller.on_reload.append(lambda new, keys: _admin_certificates(admin_tls, new))
     try:
         admin_sock = inherited.admin if inherited is not None else bind_admin(config.admin.listen)
-        site = web.SockSite(runner, admin_sock)
+        site = web.SockSite(runner, admin_sock, ssl_context=admin_tls.context if admin_tls is not None else None)
         await site.start()
         if inherited is not None:
             await inherited.serving()
@@ -301,7 +306,17 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     if fleet is not None:
         fleet.steer(controller)
         await fleet.join(controller.state, controller.revision)
-    return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet)
+    return Running(proxy, controller, runner, admin_port, steered, site, admin_sock, fleet, admin_tls)
+
+
+def _admin_certificates(admin_tls: ServerTLS, config: Config) -> None:
+    """_admin_certificates: a reload reads admin.tls's certificates again (new connections get them)."""
+    if config.admin.tls is None:
+        return                       # turning it off is a restart (admin/reload.py): not here
+    try:
+        admin_tls.set_certificates(config.admin.tls)
+    except CertificateError as exc:
+        log.error("reload: the admin API's certificates are not swapped: %s; serving the ones before", exc)
 
 
 def _reloaded(config: Config, keys: list[str], plane: LocalPlane | WorkerPlane,

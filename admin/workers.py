@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import proxy as data_plane
-from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot, EnvironmentConfig,
+from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, DrainSnapshot,
                    EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots,
                    serving)
 
@@ -90,7 +90,7 @@ def blank_snapshot(settings: Settings, route: Route) -> Snapshot:
     router = RouterSnapshot(route=route, held=False, held_requests=0, hold_until=None, environments=envs, drains=())
     return Snapshot(router=router, listen=f"{settings.listen.host}:{settings.listen.port}", preview_listen=None,
                     client_connections=0, unrouted=(0,) * 6, client_body_timeouts=0,
-                    preview_token_set=settings.preview_token is not None)
+                    preview_token_set=settings.preview_token is not None, tls=settings.tls is not None)
 
 
 def _signal_name(number: int) -> str:
@@ -526,7 +526,10 @@ class WorkerPlane:
         if change.settings is not None:
             # A reload: every worker from now on, restarted ones too, reads these (with the
             # server lists they serve now, which only a change of servers replaces).
-            self.settings = dataclasses.replace(change.settings, environments=self.settings.environments)
+            serving = {e.name: e for e in self.settings.environments}
+            self.settings = dataclasses.replace(change.settings, environments=tuple(
+                dataclasses.replace(e, servers=serving[e.name].servers, weights=serving[e.name].weights)
+                if e.name in serving else e for e in change.settings.environments))
             self.shares = hold_shares(change.settings.max_queued, self.count)
             self.log_level, self.log_format = change.settings.log_level.upper(), change.settings.log_format
         servers = None
@@ -534,7 +537,8 @@ class WorkerPlane:
             # What a worker that starts from now on is built with ("start" carries the settings).
             lists = change.servers
             self.settings = dataclasses.replace(self.settings, environments=tuple(
-                EnvironmentConfig(e.name, tuple(a for a, _ in lists[e.name]), tuple(w for _, w in lists[e.name]))
+                dataclasses.replace(e, servers=tuple(a for a, _ in lists[e.name]),
+                                    weights=tuple(w for _, w in lists[e.name]))
                 if e.name in lists else e for e in self.settings.environments))
             servers = (dict(lists), change.servers_tag, change.servers_at_start)
         route = change.route

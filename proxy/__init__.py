@@ -6,6 +6,8 @@ start-up build, the frozen Settings those are built from (settings.py; admin/con
 makes them from the YAML config), the event loop serve runs on, the supervisor channel's
 framing and the snapshot merge admin/workers.py uses for worker processes (whose own
 entry point is ``python -m proxy.agent``), how every process writes its log (logs.py), and
+the TLS settings and the contexts built from them (tls.py: admin/config.py checks certificate
+files with them, the admin listener serves with a ServerTLS), and
 build(). admin/ reaches no other module
 of proxy/ and holds no live data-plane object outside admin/plane.py and admin/workers.py.
 """
@@ -18,16 +20,19 @@ from .logs import configure as configure_logging
 from .route import Route
 from .router import Router, serving
 from .server import Proxy, new_event_loop
-from .settings import AccessLogConfig, Address, EnvironmentConfig, HealthCheckConfig, LimitsConfig, Settings, TimeoutsConfig
+from .settings import (AccessLogConfig, Address, CertificateFiles, EnvironmentConfig, HealthCheckConfig, LimitsConfig,
+                       ListenerTLS, Settings, TimeoutsConfig, UpstreamTLS)
 from .snapshot import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, RouterSnapshot, ServerSnapshot,
                        Snapshot, merge_drains)
 from .snapshot import merge as merge_snapshots
+from .tls import CertificateError, ServerTLS, load_certificate, upstream_context
 
 __all__ = ["LATENCY_BUCKETS", "LISTEN_BACKLOG", "LOG_FORMATS", "UPSTREAM_ERROR_KINDS", "AccessLogConfig", "Address", "Channel", "DrainSnapshot",
-           "EnvironmentConfig", "EnvironmentSnapshot", "HealthCheckConfig", "LimitsConfig", "Proxy", "Route", "Router",
-           "RouterSnapshot", "ServerSnapshot", "Settings", "Snapshot", "TimeoutsConfig", "build", "configure_logging",
-           "merge_drains",
-           "merge_snapshots", "new_event_loop", "serving"]
+           "CertificateError", "CertificateFiles", "EnvironmentConfig", "EnvironmentSnapshot", "HealthCheckConfig",
+           "LimitsConfig", "ListenerTLS", "Proxy", "Route", "Router",
+           "RouterSnapshot", "ServerSnapshot", "ServerTLS", "Settings", "Snapshot", "TimeoutsConfig", "UpstreamTLS", "build",
+           "configure_logging", "load_certificate", "merge_drains",
+           "merge_snapshots", "new_event_loop", "serving", "upstream_context"]
 
 
 def build() -> str:

@@ -277,7 +277,8 @@ class ClientConnection:
                     (400, f"HTTP/{version} request line refused")
                 raise _HeadRefused
         try:
-            head = rewrite_request(parts, special, minor, self.client_ip, proxy.replace_forwarded)
+            head = rewrite_request(parts, special, minor, self.client_ip, proxy.replace_forwarded,
+                                   proxy.forwarded_proto)
         except HeaderError as exc:
             self.refused = (exc.status, str(exc))   # answered in order after what is queued
             raise _HeadRefused

@@ -9,6 +9,7 @@ further).
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Final
 
 from .headers import status_line
@@ -44,5 +45,10 @@ def error_response(status: int, message: str, extra: bytes = b"", head_only: boo
 
 
 def describe_os_error(exc: OSError) -> str:
-    """describe_os_error: "Connection refused" rather than asyncio's "Connect call failed (...)"."""
+    """describe_os_error: "Connection refused" rather than asyncio's "Connect call failed (...)";
+    for a TLS failure what OpenSSL found ("TLS: certificate verify failed: ...")."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
     return os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)

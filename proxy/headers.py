@@ -234,13 +234,14 @@ class RequestHead:
 
 
 def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http_minor: int,
-                    client_ip: bytes, replace_forwarded: bool) -> RequestHead:
+                    client_ip: bytes, replace_forwarded: bool, proto: bytes = b"http") -> RequestHead:
     """rewrite_request: validate a request head and build the header block to forward.
 
     Called by ClientConnection once per request, when the head is complete,
     with the parts and specials its on_header gathered (see ``split``).
     Raises HeaderError for heads that must be refused (RFC 9112 §3.2, §6).
-    Host leads the block; X-Forwarded-* and framing close it. X-Request-Id is left out
+    Host leads the block; X-Forwarded-* and framing close it (X-Forwarded-Proto is ``proto``,
+    "https" on a TLS listener). X-Request-Id is left out
     of the block: a sane one (only one field, sane_request_id) is head.request_id, any
     other is dropped (the exchange sends a generated one instead).
     """
@@ -256,8 +257,8 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
     else:
         if host and not host.translate(None, _HOST_CHARS):
             # Most heads: one valid Host, perhaps Connection: keep-alive or close and an id, no body.
-            return RequestHead(b"Host: %s\r\n%sx-forwarded-for: %s\r\nx-forwarded-proto: http\r\n"
-                               b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, host), host,
+            return RequestHead(b"Host: %s\r\n%sx-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n"
+                               b"x-forwarded-host: %s\r\n" % (host, b"".join(parts), client_ip, proto, host), host,
                                rid if rid is not None and sane_request_id(rid) else None)
     head = RequestHead()
     ids = 0
@@ -332,9 +333,9 @@ def rewrite_request(parts: list[bytes], special: list[tuple[bytes, bytes]], http
         out.append(b"content-length: %d\r\n" % head.content_length)
     if xff:
         xff.append(client_ip)
-        out += (b"x-forwarded-for: ", b", ".join(xff), b"\r\nx-forwarded-proto: http\r\n")
+        out += (b"x-forwarded-for: ", b", ".join(xff), b"\r\nx-forwarded-proto: ", proto, b"\r\n")
     else:
-        out += (b"x-forwarded-for: ", client_ip, b"\r\nx-forwarded-proto: http\r\n")
+        out += (b"x-forwarded-for: ", client_ip, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
     if head.host is not None:
         out += (b"x-forwarded-host: ", head.host, b"\r\n")
     head.block = b"".join(out)

@@ -6,13 +6,15 @@ failures mark a server down and ``healthy_after`` successes bring it back.
 The checker knows only its narrow callback, ``set_status(server, healthy,
 reason)`` (Router.set_health); passive failures reset its success streak.
 ``update`` follows a server list that changed (Router.on_servers, through the Proxy):
-a loop starts for each added server and stops for each one gone.
+a loop starts for each added server and stops for each one gone. A server of an
+environment with `tls` is checked over TLS, with the data plane's context (proxy/tls.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Callable, Iterable
 
 from .backends import Server
@@ -21,12 +23,17 @@ from .errors import describe_os_error
 log = logging.getLogger("cutover.health")
 
 
-async def probe(server: Server, path: str, timeout: float) -> tuple[bool, str]:
-    """probe: one check; returns (healthy, reason)."""
+async def probe(server: Server, path: str, timeout: float,
+                tls: tuple[ssl.SSLContext, str | None] | None = None) -> tuple[bool, str]:
+    """probe: one check; returns (healthy, reason). ``tls``: (context, server_name) for a TLS server."""
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(server.host, server.port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+            else:
+                reader, writer = await asyncio.open_connection(server.host, server.port, ssl=tls[0],
+                                                               server_hostname=tls[1] or server.host)
             writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: cutover-health\r\n"
                          b"Connection: close\r\n\r\n" % (path.encode(), server.address.encode()))
             line = await reader.readline()
@@ -53,8 +60,11 @@ class HealthChecker:
 
     def __init__(self, servers: Iterable[Server], path: str, interval: float, timeout: float,
                  healthy_after: int, unhealthy_after: int,
-                 set_status: Callable[[Server, bool, str], None]) -> None:
+                 set_status: Callable[[Server, bool, str], None],
+                 tls: dict[str, tuple[ssl.SSLContext, str | None]] | None = None) -> None:
         self.servers = list(servers)
+        # {environment name: (context, server_name)}: Proxy.upstream_tls, which Proxy.set_tls updates.
+        self.tls = tls if tls is not None else {}
         self.path = path
         self.interval = interval
         self.timeout = timeout
@@ -132,7 +142,7 @@ class HealthChecker:
     async def _run(self, server: Server) -> None:
         while True:
             try:
-                ok, reason = await probe(server, self.path, self.timeout)
+                ok, reason = await probe(server, self.path, self.timeout, self.tls.get(server.env.name))
                 self.report(server, ok, reason)
                 for callback in self.on_result:
                     callback(server, ok, reason)

@@ -29,11 +29,14 @@ from .health import HealthChecker
 from .requestid import new_prefix
 from .router import Router
 from .snapshot import Snapshot
+from .tls import CertificateError, ServerTLS, upstream_contexts
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
+    import ssl
+
     from .backends import Server
-    from .settings import Settings
+    from .settings import EnvironmentConfig, ListenerTLS, Settings, UpstreamTLS
     from .exchange import Exchange
 
 log = logging.getLogger("cutover.proxy")
@@ -100,6 +103,12 @@ class Proxy:
         # Request ids made up for requests without a sane X-Request-Id (requestid.py); None: none are.
         self.request_prefix: bytes | None = new_prefix() if settings.generate_request_id else None
         self.request_seq = 0
+        # TLS (SPEC §12, proxy/tls.py): the listeners' contexts (None: plain HTTP), what
+        # X-Forwarded-Proto says, and {environment: (client context, server_name)} upstream.
+        self.tls: ServerTLS | None = ServerTLS(settings.tls) if settings.tls is not None else None
+        self.forwarded_proto = b"https" if self.tls is not None else b"http"
+        self.upstream_tls: dict[str, tuple["ssl.SSLContext", str | None]] = upstream_contexts(settings.environments)
+        self.upstream_tls_config: dict[str, "UpstreamTLS | None"] = {e.name: e.tls for e in settings.environments}
 
     def _read(self, settings: "Settings") -> None:
         """_read: the timeouts, limits and header rules of ``settings`` (the start's, a reload's).
@@ -131,7 +140,7 @@ class Proxy:
         header to what starts next (Router.configure); the health checks run with the new
         path, interval, timeout and thresholds from their next probe, each server keeping its
         health. A changed access_log opens the new one and closes the old after writing what
-        it gathered. listen, preview_listen and the server lists are not read here (a restart
+        it gathered. The TLS certificates are read again (set_tls): new connections get them. listen, preview_listen and the server lists are not read here (a restart
         changes the first two, Router.set_servers the lists). Called by LocalPlane.apply and
         by a worker's agent.
         """
@@ -146,6 +155,11 @@ class Proxy:
             self.request_prefix = new_prefix() if settings.generate_request_id else None
         if settings.access_log != old.access_log:
             self._swap_access_log(settings)
+        try:
+            # Certificates are read again on every reload (renewed files keep their paths).
+            self.set_tls(settings.tls, settings.environments)
+        except (CertificateError, ValueError) as exc:
+            log.error("reload: the TLS certificates are not swapped: %s; serving the ones before", exc)
 
     def _swap_access_log(self, settings: "Settings") -> None:
         """_swap_access_log: the access log of ``settings`` from now on; the one before writes
@@ -175,21 +189,25 @@ class Proxy:
         False its checker probes nothing and only counts results reported to it (HealthChecker.report).
         """
         loop = self._loop = asyncio.get_running_loop()
+        # A TLS handshake is bounded like a request head (timeouts.client_header).
+        tls: dict[str, Any] = {} if self.tls is None else {
+            "ssl": self.tls.context, "ssl_handshake_timeout": self.client_header_timeout}
         if sock is not None:
-            self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG)
+            self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG, **tls)
         else:
             self._server = await loop.create_server(
                 self._client, self.settings.listen.host, self.settings.listen.port,
-                backlog=LISTEN_BACKLOG, reuse_address=True)
+                backlog=LISTEN_BACKLOG, reuse_address=True, **tls)
         self._port = self._server.sockets[0].getsockname()[1]
         preview = self.settings.preview_listen
         if preview_sock is not None:
-            self._preview = await loop.create_server(self._preview_client, sock=preview_sock, backlog=PREVIEW_BACKLOG)
+            self._preview = await loop.create_server(self._preview_client, sock=preview_sock,
+                                                     backlog=PREVIEW_BACKLOG, **tls)
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         elif preview is not None:
             self._preview = await loop.create_server(
                 self._preview_client, preview.host, preview.port,
-                backlog=PREVIEW_BACKLOG, reuse_address=True)
+                backlog=PREVIEW_BACKLOG, reuse_address=True, **tls)
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
@@ -197,7 +215,8 @@ class Proxy:
             self.access_log.start(loop)
         hc = self.settings.health_check
         self.health = HealthChecker(self.router.checked_servers(), hc.path, hc.interval, hc.timeout,
-                                    hc.healthy_after, hc.unhealthy_after, self.router.set_health)
+                                    hc.healthy_after, hc.unhealthy_after, self.router.set_health,
+                                    self.upstream_tls)
         self.router.on_servers.append(self._servers_changed)
         if check_health:
             self.health.start()
@@ -236,7 +255,33 @@ class Proxy:
             client_body_timeouts=self.client_body_timeouts,
             preview_token_set=self.preview_token is not None,
             access_log_dropped=self.access_log_dropped + (self.access_log.dropped if self.access_log is not None else 0),
+            tls_handshake_failures=self.tls.handshake_failures if self.tls is not None else 0,
+            tls=self.tls is not None,
         )
+
+    def set_tls(self, tls: "ListenerTLS | None", environments: "tuple[EnvironmentConfig, ...]") -> None:
+        """set_tls: serve ``tls``'s certificates and reach each environment by its `tls` from now on.
+
+        The reload's hook for "certificates re-read" (SPEC §12): every file is read and checked
+        first (proxy/tls.py's CertificateError, nothing changed, when one is bad). New client
+        connections get the new certificates, open ones keep theirs; new upstream connections
+        and health checks use the new contexts, and an environment whose `tls` changed loses
+        its idle pooled connections. Whether the listeners serve TLS at all is fixed at start
+        (ValueError when ``tls`` would turn it on or off: a restart).
+        """
+        if (tls is None) != (self.tls is None):
+            raise ValueError("tls: turning TLS on or off on listen and preview_listen needs a restart")
+        upstream = upstream_contexts(environments)
+        if tls is not None and self.tls is not None:
+            self.tls.set_certificates(tls)
+        before = self.upstream_tls_config
+        self.upstream_tls_config = {env.name: env.tls for env in environments}
+        self.upstream_tls.clear()
+        self.upstream_tls.update(upstream)   # the one dict the health checker reads too
+        for env in environments:
+            if before.get(env.name, env.tls) != env.tls and env.name in self.router.environments:
+                for server in self.router.environments[env.name].servers:
+                    pool.close_idle(server)
 
     def reopen_access_log(self) -> None:
         """reopen_access_log: SIGUSR1 (log rotation): the access log opens its path again.
@@ -256,8 +301,14 @@ class Proxy:
         began = time.monotonic()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self._loop.create_connection(
-                    partial(UpstreamConnection, self, server), server.host, server.port)
+                tls = self.upstream_tls.get(server.env.name) if self.upstream_tls else None
+                if tls is None:
+                    _, conn = await self._loop.create_connection(
+                        partial(UpstreamConnection, self, server), server.host, server.port)
+                else:
+                    _, conn = await self._loop.create_connection(
+                        partial(UpstreamConnection, self, server), server.host, server.port,
+                        ssl=tls[0], server_hostname=tls[1] or server.host)
         except TimeoutError:
             ex.connect_time += time.monotonic() - began
             ex.connect_failed(server, f"no connection within timeouts.connect ({self.connect_timeout}s)")

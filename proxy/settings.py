@@ -11,7 +11,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["AccessLogConfig", "Address", "EnvironmentConfig", "HealthCheckConfig", "LimitsConfig", "Settings", "TimeoutsConfig"]
+__all__ = ["AccessLogConfig", "Address", "CertificateFiles", "EnvironmentConfig", "HealthCheckConfig", "LimitsConfig",
+           "ListenerTLS", "Settings", "TimeoutsConfig", "UpstreamTLS"]
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,50 @@ class AccessLogConfig:
 
 
 @dataclass(frozen=True)
+class CertificateFiles:
+    """CertificateFiles: one certificate of a `tls` section (SPEC §12): absolute paths of PEM files.
+
+    cert holds the certificate (then its chain), key its private key; admin/config.py checked
+    both at load time, proxy/tls.py reads them again in each process that serves them.
+    """
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ListenerTLS:
+    """ListenerTLS: the top-level `tls` (listen and preview_listen) or `admin.tls` section.
+
+    certificates are in config order, the first being the one served when the client's
+    server_name (SNI) matches none or it sent none; proxy/tls.py's ServerTLS builds from it.
+    """
+
+    certificates: tuple[CertificateFiles, ...]  # non-empty
+    min_version: str = "1.2"  # "1.2" | "1.3": the oldest TLS version accepted
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """UpstreamTLS: `environments.X.tls`, how the proxy and its health checks reach X's servers.
+
+    ca is an absolute path of PEM certificates to trust (None: the system's store);
+    server_name is sent as SNI and verified (None: each server's host).
+    """
+
+    ca: str | None = None
+    verify: bool = True
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class EnvironmentConfig:
     """EnvironmentConfig: one entry of `environments`, read by the backends and health checks."""
 
     name: str
     servers: tuple[Address, ...]  # non-empty, no duplicates
     weights: tuple[int, ...] = ()  # one per server, each >= 1; () means 1 each
+    tls: UpstreamTLS | None = None  # None: plain HTTP to these servers
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -113,7 +152,8 @@ class Settings:
     names one. preview_token is what X-Cutover-Token must equal for the preview headers
     (None: the preview route needs no token, as with admin.auth none). access_log and
     generate_request_id are the `access_log` and `request_id` sections, log_format and
-    log_level the `log` section (SPEC §12). A reload hands a running Proxy new Settings
+    log_level the `log` section (SPEC §12), tls the top-level `tls` section (each
+    environment's own is EnvironmentConfig.tls). A reload hands a running Proxy new Settings
     (Proxy.configure): everything here but listen, preview_listen and the environments'
     names applies to it as it runs; server lists change through Router.set_servers.
     """
@@ -132,5 +172,6 @@ class Settings:
     preview_token: str | None = None
     access_log: AccessLogConfig | None = None  # None: no access log
     generate_request_id: bool = True  # request_id.generate: make an id for a request without a sane one
+    tls: ListenerTLS | None = None  # the `tls` section: None serves plain HTTP on listen and preview_listen
     log_format: str = "text"  # log.format: how this process writes its log lines (text | json)
     log_level: str = "info"   # log.level: the least level written

@@ -165,6 +165,7 @@ class Snapshot:
     preview_token_set tells whether X-Cutover-Env is honoured at all (the token is never here).
     access_log_dropped counts access log lines lost (the writer fell PENDING_LIMIT behind, or
     the file would not open or take a write; proxy/accesslog.py).
+    tls_handshake_failures counts client TLS handshakes refused on listen and preview_listen.
     """
 
     router: RouterSnapshot
@@ -175,6 +176,8 @@ class Snapshot:
     client_body_timeouts: int
     preview_token_set: bool
     access_log_dropped: int = 0
+    tls_handshake_failures: int = 0   # client handshakes the TLS listeners refused (proxy/tls.py)
+    tls: bool = False                 # listen and preview_listen serve TLS (the `tls` section)
 
 
 # --------------------------------------------------------------------------- merging
@@ -266,4 +269,6 @@ def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
                     unrouted=_sum([s.unrouted for s in snapshots]),
                     client_body_timeouts=sum(s.client_body_timeouts for s in snapshots),
                     preview_token_set=snapshots[0].preview_token_set,
-                    access_log_dropped=sum(s.access_log_dropped for s in snapshots))
+                    access_log_dropped=sum(s.access_log_dropped for s in snapshots),
+                    tls_handshake_failures=sum(s.tls_handshake_failures for s in snapshots),
+                    tls=snapshots[0].tls)

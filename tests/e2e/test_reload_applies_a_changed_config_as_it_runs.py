@@ -3,7 +3,7 @@
 A real stack (admin.serve.start) started from a config file on disk, in front of real test
 backends on loopback. The file is edited, then reloaded: what changed applies as the router
 runs (server lists drained and counted, timeouts, limits, health checks, the access log, the
-admin token), the answer and the ``reload`` history event name the keys; an invalid file
+admin token, a renewed certificate), the answer and the ``reload`` history event name the keys; an invalid file
 answers 400 config_invalid naming the key and changes nothing; a key that needs a restart
 answers 409 restart_required naming it and changes nothing; an unchanged file records
 nothing. SIGHUP and workers: 2 are in test_reload_reaches_every_worker.py.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +21,8 @@ import pytest
 
 from admin.config import load_config
 from admin.serve import start as start_stack
+from proxy.tls import certificate_names
+from tests.support.certs import client_context
 from tests.support.cli import cutover
 from tests.support.rawhttp import connect, read_response
 from tests.support.traffic import Traffic
@@ -221,3 +224,46 @@ async def test_a_registration_gives_way_when_a_reload_changes_the_config_list_it
     [reset] = events(running, "servers_reset")
     assert reset["environment"] == "green" and "config changed" in reset["reason"]
     assert running.controller.state.registrations == {}
+
+
+async def test_a_renewed_certificate_is_served_to_new_connections_after_a_reload_and_open_ones_go_on(
+        site, session, tls_files, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(tls_files.shop.cert, cert)
+    shutil.copy(tls_files.shop.key, key)
+    site.doc["tls"] = {"cert": str(cert), "key": str(key)}
+    running = await site.start()
+    trusting = client_context(tls_files.authority)
+    old_reader, old_writer = await asyncio.open_connection("127.0.0.1", running.port, ssl=trusting,
+                                                           server_hostname="shop.test")
+    assert await tls_get(old_reader, old_writer) == 200
+    shutil.copy(tls_files.api.cert, cert)        # renewed in place: the same paths, the config unchanged
+    shutil.copy(tls_files.shop.key, key)
+    code, doc = await site.reload(session)       # a key that is not the new certificate's: refused
+    assert code == 400 and doc["code"] == "config_invalid" and doc["errors"][0]["key"].startswith("tls"), doc
+    shutil.copy(tls_files.api.key, key)
+    code, doc = await site.reload(session)
+    assert code == 200 and doc["reloaded"] == ["tls"], doc
+    new_reader, new_writer = await asyncio.open_connection("127.0.0.1", running.port, ssl=trusting,
+                                                           server_hostname="api.test")
+    assert names_served(new_writer) == ("api.test", "*.api.test")
+    assert await tls_get(new_reader, new_writer) == 200
+    assert await tls_get(old_reader, old_writer) == 200       # the connection made before goes on
+    assert names_served(old_writer) == ("shop.test",)
+    for writer in (old_writer, new_writer):
+        writer.close()
+    code, doc = await site.reload(session)
+    assert code == 200 and doc["changed"] is False             # the files as the last reload read them
+    site.doc.pop("tls")
+    site.write()
+    code, doc = await site.reload(session)
+    assert code == 409 and doc["keys"] == ["tls"], doc         # turning TLS off closes sockets: a restart
+
+
+async def tls_get(reader, writer) -> int:
+    writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    return (await asyncio.wait_for(read_response(reader), 5)).status
+
+
+def names_served(writer) -> tuple[str, ...]:
+    return certificate_names(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))

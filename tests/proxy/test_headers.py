@@ -294,3 +294,14 @@ def test_common_spellings_are_known_from_the_start():
     for names in (rules.REQUEST_NAMES, rules.RESPONSE_NAMES):
         for spelling, kind in names.items():
             assert kind in (b"", spelling.lower())
+
+
+@pytest.mark.parametrize("headers", [
+    [(b"Host", b"shop.test")],                                            # the common head
+    [(b"Host", b"shop.test"), (b"X-Forwarded-For", b"10.0.0.1"), (b"X-Forwarded-Proto", b"http")],
+])
+@pytest.mark.parametrize("proto", [b"http", b"https"])
+def test_forwarded_proto_is_the_listeners_scheme_never_the_clients(headers, proto):
+    head = rules.rewrite_request(*split(headers, REQUEST_SPECIAL), 1, b"127.0.0.1", False, proto)
+    lines = head.block.lower().split(b"\r\n")
+    assert [line for line in lines if line.startswith(b"x-forwarded-proto:")] == [b"x-forwarded-proto: " + proto]

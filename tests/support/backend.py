@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -121,8 +122,15 @@ class Backend:
     def requests(self) -> int:
         return self.app[STATE]["requests"]
 
-    async def start(self, port: int = 0) -> "Backend":
-        self.runner, self.port = await serve_app(self.app, port, shutdown_timeout=0.5)
+    async def start(self, port: int = 0, ssl_context: "ssl.SSLContext | None" = None) -> "Backend":
+        """start: serve on 127.0.0.1:``port`` (0: a free one); over TLS with ``ssl_context``."""
+        if ssl_context is None:
+            self.runner, self.port = await serve_app(self.app, port, shutdown_timeout=0.5)
+            return self
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+        self.port = self.runner.addresses[0][1]
         return self
 
     async def stop(self) -> None:
