@@ -435,20 +435,20 @@ class Controller:
         once healthy), the rest of the config (gates, analysis, hold.max_wait, tokens) applies
         to the next call, and a registration whose config list changed is dropped (the config
         wins, a servers_reset event). The ``reload`` event names the keys in ``reloaded``; it
-        is stored first, so a store that does not take it answers 503 as any mutation does and
-        nothing changes. An unchanged file answers changed false and records nothing. The file
+        is committed first (a fleet's other replicas take it at once), so a store that does not
+        take it answers 503 as any mutation does, and nothing changes. An unchanged file answers changed false and records nothing. The file
         is the one this router started from (Config.source).
         """
         source = self.config.source
         if source is None:
             raise ControlError("bad_request", "this router was not started from a config file: nothing to re-read")
-        try:
-            new = await asyncio.to_thread(load_config, source)
-        except ConfigError as exc:
-            self.reload_counts["config_invalid"] += 1
-            raise ControlError("config_invalid", f"not reloaded, nothing changed: {exc}",
-                               errors=[{"key": exc.key, "line": exc.line, "message": exc.message}]) from None
-        async with self.lock:
+        async with self.lock:          # read under the lock too: two reloads apply in the order they read
+            try:
+                new = await asyncio.to_thread(load_config, source)
+            except ConfigError as exc:
+                self.reload_counts["config_invalid"] += 1
+                raise ControlError("config_invalid", f"not reloaded, nothing changed: {exc}",
+                                   errors=[{"key": exc.key, "line": exc.line, "message": exc.message}]) from None
             old = self.config
             keys = changed_keys(old, new, self._tls_files)
             restart = restart_keys(old, new, keys)
@@ -461,10 +461,9 @@ class Controller:
                 return self._answer(changed=False, reloaded=[])
             state = self._next()
             entry = self._record(state, "reload", reason, caller=caller, reloaded=keys, config=str(source))
-            if self.revision is None:
-                await self._save(state)        # nothing stored yet: the first commit carries the event
-            else:
-                await self._append(entry)
+            # A commit (the facts as they are), not a history append: in a fleet every replica
+            # takes a new revision, so the event is in every replica's history at once.
+            await self._save(state)
             self.config = new
             self._tls_files = tls_digests(new)
             self.reload_counts["applied"] += 1
@@ -482,25 +481,6 @@ class Controller:
             log.info("reload of %s: %s%s", source, ", ".join(keys), f" ({reason})" if reason else "",
                      extra={"action": "reload", "generation": self.state.generation})
             return self._answer(changed=True, reloaded=keys)
-
-    async def _append(self, entry: dict) -> None:
-        """_append: add ``entry``, an event that changes no runtime fact, to the store's history,
-        then to the current state's. ControlError store_unavailable or state_unavailable when
-        the store did not take it (as _save): the caller changes nothing then."""
-        async with self.save_lock:
-            try:
-                await self.store.append(entry)
-            except StateNotDurable as exc:
-                log.warning("%s; going on, the file holds it", exc)
-            except StateError as exc:
-                if getattr(exc, "code", None) == "store_unavailable":
-                    raise ControlError("store_unavailable", f"not applied: {exc}") from exc
-                raise ControlError("state_unavailable", f"not applied: {exc}") from exc
-            history = self.state.history
-            history.append(entry)
-            limit = self.store.history_limit
-            if len(history) > limit:
-                del history[:len(history) - limit]
 
     # -------------------------------------------------------------- servers
 

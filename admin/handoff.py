@@ -127,7 +127,10 @@ async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[]
                   process.pid, process.returncode)
         return None
     await stop_accepting()
-    await loop.sock_sendall(ours, b"go\n")
+    try:
+        await loop.sock_sendall(ours, b"go\n")
+    except OSError:
+        pass                        # it is gone already: _serves sees it exit, and this one backs out
     served = await _serves(process, ours)
     ours.close()
     if served:
@@ -147,7 +150,8 @@ async def _serves(process: asyncio.subprocess.Process, channel: socket.socket) -
     said = asyncio.ensure_future(loop.sock_recv(channel, 16))
     try:
         done, _ = await asyncio.wait({exited, said}, timeout=SERVING_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if said in done and said.result().startswith(b"serving"):
+        # A reset channel (the successor exited with "go" unread) is a channel closed, as EOF.
+        if said in done and said.exception() is None and said.result().startswith(b"serving"):
             return True
         if said in done and exited not in done:
             done, _ = await asyncio.wait({exited}, timeout=QUIET_GRACE)     # closed without a word

@@ -366,7 +366,8 @@ def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
     # A SIGHUP is a reload once the loop handles it (below); until then it must not end the
-    # process (its default). Workers inherit the ignore: a reload reaches them through the plane.
+    # process (its default). Workers ignore it themselves (proxy/agent.py): a reload reaches them
+    # through the plane.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     running = await start(config, Inherited.take())
     route = running.plane.snapshot().router.route

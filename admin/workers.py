@@ -657,6 +657,8 @@ class WorkerPlane:
         serves on). Bounded wait; whether every worker accepts again."""
         self.closing = False
         loop = asyncio.get_running_loop()
+        if self._watchdog is not None and self._watchdog.done():
+            self._watchdog = loop.create_task(self._watch_stalls())     # it ended with closing
         futures = []
         for worker in self.workers:
             if worker.channel is not None:

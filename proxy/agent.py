@@ -239,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", default="text", choices=FORMATS)
     args = parser.parse_args(argv)
     _die_with(args.parent)
-    # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker.
+    # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker; a SIGHUP
+    # (a reload is the supervisor's, which reaches workers through the plane; a hangup of the
+    # process group) never does. A uvloop parent spawns it with every signal reset to default.
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(args.log_format, args.log_level, worker=os.getpid())
     channel = socket.socket(fileno=args.channel)
     listen = socket.socket(fileno=args.listen)

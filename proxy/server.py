@@ -189,9 +189,7 @@ class Proxy:
         False its checker probes nothing and only counts results reported to it (HealthChecker.report).
         """
         loop = self._loop = asyncio.get_running_loop()
-        # A TLS handshake is bounded like a request head (timeouts.client_header).
-        tls: dict[str, Any] = {} if self.tls is None else {
-            "ssl": self.tls.context, "ssl_handshake_timeout": self.client_header_timeout}
+        tls = self._tls_options()
         if sock is not None:
             self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG, **tls)
         else:
@@ -427,15 +425,25 @@ class Proxy:
         if kept is None or self._loop is None:
             return False
         listens, previews = kept
+        for fd in listens[1:] + previews[1:]:
+            os.close(fd)                # one socket per listener, as start and a successor use
         self.closing = False
         loop = self._loop
+        tls = self._tls_options()
         if listens:
             self._server = await loop.create_server(self._client, sock=socket.socket(fileno=listens[0]),
-                                                    backlog=LISTEN_BACKLOG)
+                                                    backlog=LISTEN_BACKLOG, **tls)
         if previews:
             self._preview = await loop.create_server(self._preview_client, sock=socket.socket(fileno=previews[0]),
-                                                     backlog=PREVIEW_BACKLOG)
+                                                     backlog=PREVIEW_BACKLOG, **tls)
         return True
+
+    def _tls_options(self) -> dict[str, Any]:
+        """_tls_options: create_server's TLS arguments for the listeners (none without tls); a
+        handshake is bounded like a request head (timeouts.client_header)."""
+        if self.tls is None:
+            return {}
+        return {"ssl": self.tls.context, "ssl_handshake_timeout": self.client_header_timeout}
 
     def _close_kept(self) -> None:
         kept, self._kept = self._kept, None

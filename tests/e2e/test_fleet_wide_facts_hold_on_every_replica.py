@@ -66,6 +66,8 @@ async def test_a_canary_client_keeps_its_bucket_on_every_replica(fleet_of, sessi
 
 async def test_a_reload_applies_to_its_own_replica_and_its_event_reaches_every_replica(fleet_of, session, tmp_path):
     a, b = await fleet_of(2)
+    await Admin(session, b.admin_port).ok("/v1/lock", {})      # etcd holds a state: the reload is not its first commit
+    await Admin(session, b.admin_port).ok("/v1/unlock", {})
     source = tmp_path / "a.yaml"
     written = effective_config(a.controller.config)
     source.write_text(json.dumps({**written, "timeouts": {**written["timeouts"], "connect": 0.75}}))

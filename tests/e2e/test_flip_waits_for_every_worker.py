@@ -292,3 +292,25 @@ async def test_a_stuck_worker_is_killed_and_restarted(make_stack, session, monke
     assert workers[1]["restarts"] == 1
     answer = await Admin(session, running.admin_port).ok("/v1/flip", {})
     assert answer["ack"]["complete"] and len(answer["ack"]["acked"]) == 2
+
+
+async def test_after_a_backed_out_handover_the_workers_accept_again_and_a_stuck_one_is_still_replaced(
+        make_stack, session, monkeypatch):
+    import admin.workers
+    monkeypatch.setattr(admin.workers, "STALL_LIMIT", 1.0)
+    running = await make_stack(workers=2)
+    await running.plane.stop_accepting()          # a successor said "ready" ...
+    await eventually(lambda: running.plane._watchdog.done(), timeout=5,
+                     what="the stall watch ending once the workers stopped accepting")
+    assert await running.plane.resume_accepting()  # ... and died before it served: accept again
+    assert (await get(session, running.port, fresh=True))[0] == 200
+    stuck = (await status_of(session, running))["workers"][1]["pid"]
+    os.kill(stuck, signal.SIGSTOP)
+
+    async def replaced():
+        workers = (await status_of(session, running))["workers"]
+        return workers[1]["pid"] != stuck and workers[1]["alive"] and workers
+
+    await eventually(replaced, timeout=10, what="the stuck worker replaced after the back-out")
+    statuses = {(await get(session, running.port, fresh=True))[0] for _ in range(10)}
+    assert statuses == {200}

@@ -1,6 +1,7 @@
 """Reload with workers (SPEC §12, §9.1): SIGHUP to `cutover serve` with workers: 2 applies the
-edited config on every worker, the API's reload answers once each acked it, and a worker
-restarted afterwards starts with the reloaded settings. Processes are ended by their PID.
+edited config on every worker, the API's reload answers once each acked it, a SIGHUP to a worker
+itself does not end it, and a worker restarted afterwards starts with the reloaded settings.
+Processes are ended by their PID.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ async def test_sighup_applies_the_edited_config_on_every_worker_and_a_restarted_
             assert resp.status == 200, doc
         assert doc["reloaded"] == ["timeouts.connect"]
         assert doc["ack"]["complete"] and sorted(doc["ack"]["acked"]) == sorted(served)
+
+        hung_up = before["workers"][0]["pid"]
+        os.kill(hung_up, signal.SIGHUP)           # a hangup of the process group reaches workers too
+        async with session.post(api + "/v1/flip", json={}) as resp:
+            flipped = await resp.json()
+        assert hung_up in flipped["ack"]["acked"] and flipped["ack"]["complete"], flipped["ack"]
 
         victim = before["workers"][-1]["pid"]
         os.kill(victim, signal.SIGKILL)

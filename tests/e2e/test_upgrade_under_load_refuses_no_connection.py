@@ -8,6 +8,7 @@ accepts again and serves on, nothing failed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -16,7 +17,9 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.certs import client_context
 from tests.support.paths import ROOT
+from tests.support.rawhttp import read_response
 from tests.support.ports import free_port
 from tests.support.processes import gone, serve_config, serving, serving_status, start_serve, stop_serve
 from tests.support.traffic import Traffic
@@ -185,8 +188,10 @@ async def test_an_upgrade_that_changes_the_number_of_workers_is_refused_and_the_
 
 
 # Started in every process of the test's `cutover serve` (PYTHONPATH): in a successor only (it
-# inherits sockets), the process exits once its predecessor said "go", before its admin API serves.
-DIE_AFTER_GO = """\
+# inherits sockets), the process exits once its predecessor said "go" (DIE_AT=go), or right after
+# it said "ready" itself (DIE_AT=ready): in both cases before its admin API serves.
+DIE_EARLY = """\
+import asyncio
 import os
 if os.environ.get("CUTOVER_INHERIT"):
     import admin.handoff
@@ -194,22 +199,31 @@ if os.environ.get("CUTOVER_INHERIT"):
     original = admin.handoff.Inherited.ready_then_wait
 
     async def ready_then_die(self):
-        await original(self)
+        if os.environ["DIE_AT"] == "ready":
+            self.channel.setblocking(False)
+            await asyncio.get_running_loop().sock_sendall(self.channel, b"ready\\n")
+        else:
+            await original(self)
         os._exit(3)
 
     admin.handoff.Inherited.ready_then_wait = ready_then_die
 """
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers, die_at, tls", [(1, "go", False), (2, "go", False), (1, "ready", False),
+                                                  (2, "go", True)])
 async def test_a_successor_dying_before_its_admin_api_serves_is_backed_out_and_nothing_fails(
-        tmp_path, backends, workers):
+        tmp_path, backends, workers, die_at, tls, request):
     port, admin = free_port(), free_port()
-    config = serve_config(tmp_path, backends, port, admin, workers=workers)
+    extra = {}
+    if tls:
+        files = request.getfixturevalue("tls_files")
+        extra["tls"] = json.dumps(files.localhost.config())
+    config = serve_config(tmp_path, backends, port, admin, workers=workers, **extra)
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(DIE_AFTER_GO)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)])}
+    (hooks / "sitecustomize.py").write_text(DIE_EARLY)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(ROOT)]), "DIE_AT": die_at}
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         old = await asyncio.create_subprocess_exec(
@@ -219,22 +233,34 @@ async def test_a_successor_dying_before_its_admin_api_serves_is_backed_out_and_n
     try:
         async with aiohttp.ClientSession() as api:
             await serving_status(api, admin, workers)
-            traffic = Traffic(port, 8)
-            async with traffic:
-                await eventually(lambda: traffic.seen.get("blue", 0) > 20, timeout=10)
+            if tls:
                 old.send_signal(signal.SIGUSR2)
                 await eventually(lambda: "before its admin API served" in log_path.read_text(), timeout=30,
                                  what="the predecessor backing out")
-                count = traffic.seen["blue"]
-                await eventually(lambda: traffic.seen["blue"] > count + 50, timeout=10,
-                                 what="requests served after the back-out")
-            failed = traffic.failures
+                trusting = client_context(files.authority)
+                for _ in range(8):                 # fresh TLS connections, over every worker
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                        "127.0.0.1", port, ssl=trusting, server_hostname="localhost"), 5)
+                    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+                    writer.close()
+            else:
+                traffic = Traffic(port, 8)
+                async with traffic:
+                    await eventually(lambda: traffic.seen.get("blue", 0) > 20, timeout=10)
+                    old.send_signal(signal.SIGUSR2)
+                    await eventually(lambda: "before its admin API served" in log_path.read_text(), timeout=30,
+                                     what="the predecessor backing out")
+                    count = traffic.seen["blue"]
+                    await eventually(lambda: traffic.seen["blue"] > count + 50, timeout=10,
+                                     what="requests served after the back-out")
+                failed = traffic.failures
+                async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert resp.status == 200
             now = await serving_status(api, admin, workers)
             assert now["pid"] == old.pid and old.returncode is None
             async with api.post(f"http://127.0.0.1:{admin}/v1/flip", json={}) as resp:
                 assert resp.status == 200 and (await resp.json())["ack"]["complete"]
-            async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
-                assert (await resp.text()).strip() == "green"
     finally:
         await stop_serve(old)
     log = log_path.read_text()
