@@ -127,6 +127,10 @@ class Controller:
         # Server list changes this controller recorded, by tag: the history event, and the
         # outcome of the drain of the servers each removed, summed over the parts reported.
         self._server_changes: dict[str, dict] = {}
+        # Counts the changes of the server lists on the data plane (a registration, a reset, a
+        # reload, a list dropped or taken): a flip whose gates checked the lists before one of
+        # them is a conflict, as one whose route moved (_check_unchanged).
+        self.servers_epoch = 0
         # Called with (new config, changed keys) once a reload applied, before its answer: what
         # lives outside the controller and the data plane follows (serve: logging, the admin
         # tokens, the planes' ack_timeout).
@@ -265,7 +269,7 @@ class Controller:
             if target == self.state.live:
                 # A flip to the live environment during a canary only resets the weights.
                 return await self._reweigh("flip", None, 0, reason, caller)
-            seen = self.state.generation
+            seen = (self.state.generation, self.servers_epoch)
         # The gates may take minutes (a schema command, warm-up): they run without the
         # lock, so hold, lock and resume answer at once meanwhile.
         gates = await self._gates(target, force)
@@ -318,7 +322,7 @@ class Controller:
             if not self.state.canary_weight or self.state.canary is None:
                 raise ControlError("no_canary", "no canary is running")
             target = self.state.canary
-            seen = self.state.generation
+            seen = (self.state.generation, self.servers_epoch)
         gates = await self._gates(target, force)
         async with self.lock:
             self._check_unchanged(seen, "promote")
@@ -473,6 +477,8 @@ class Controller:
             if lists:
                 self._server_changes[tag] = {"event": {k: entry[k] for k in ("at", "action", "generation")},
                                              "parts": []}
+            if lists:
+                self.servers_epoch += 1
             self._ack = await self.plane.apply(Change(settings=new.settings(), servers=lists or None,
                                                       servers_tag=tag))
             await self._drop_stale("at reload")
@@ -555,6 +561,7 @@ class Controller:
                                      "parts": []}
         while len(self._server_changes) > 100:
             del self._server_changes[next(iter(self._server_changes))]
+        self.servers_epoch += 1
         await self._apply(Change(servers={name: new}, servers_tag=tag))
         log.info("%s of %s: %s (added %s, removed %s)%s", action, name, ", ".join(after) or "-",
                  ", ".join(entry["added"]) or "-", ", ".join(entry["removed"]) or "-",
@@ -581,6 +588,7 @@ class Controller:
             except ControlError as exc:
                 log.error("could not save that the registration of %s was dropped: %s", name, exc)
                 self.state.registrations.pop(name, None)
+            self.servers_epoch += 1
             await self.plane.apply(Change(servers={name: self.servers_of(self.state, name)},
                                           servers_tag=f"{when} {name}", revision=self.revision))
 
@@ -869,12 +877,18 @@ class Controller:
                                f"generation is {self.state.generation}, not {expected}",
                                generation=self.state.generation)
 
-    def _check_unchanged(self, seen: int, action: str) -> None:
-        """_check_unchanged: after gates ran without the lock, nothing may have moved meanwhile."""
+    def _check_unchanged(self, seen: tuple[int, int], action: str) -> None:
+        """_check_unchanged: after gates ran without the lock, nothing may have moved meanwhile:
+        ``seen`` is the (generation, servers_epoch) the gates started from."""
         self._check_unlocked(action)
-        if self.state.generation != seen:
-            raise ControlError("conflict", f"the route changed (generation {seen} -> "
+        generation, epoch = seen
+        if self.state.generation != generation:
+            raise ControlError("conflict", f"the route changed (generation {generation} -> "
                                f"{self.state.generation}) while the gates ran; {action} not applied",
+                               generation=self.state.generation)
+        if self.servers_epoch != epoch:
+            raise ControlError("conflict", f"the server lists changed (a registration or a reload) while the "
+                               f"gates ran; they checked the lists before; {action} not applied",
                                generation=self.state.generation)
 
     def _check_unlocked(self, action: str) -> None:
@@ -984,6 +998,8 @@ class Controller:
             servers = self.servers_of(saved, name)
             if servers != self.servers_of(before, name):
                 lists[name] = servers
+        if lists:
+            self.servers_epoch += 1
         await self.plane.apply(Change(route=route if moved else None, hold=hold, revision=revision,
                                       servers=lists or None, servers_tag=f"{revision} taken"))
         if held:

@@ -714,3 +714,17 @@ async def test_a_flip_whose_route_moved_during_its_gates_is_a_conflict(make_stac
         assert (await post(session, running, "/v1/flip", {"force": True}))[0] == 200
         status, body = await asyncio.wait_for(flip, 5)
     assert status == 409 and body["code"] == "conflict" and body["generation"] == 2
+
+
+async def test_a_flip_whose_target_servers_were_replaced_during_its_gates_is_a_conflict(make_stack):
+    running = await make_stack(gates={"smoke": [{"path": "/slow?s=0.6"}]})
+    green = str(running.controller.config.environments["green"].servers[0])
+    async with aiohttp.ClientSession() as session:
+        flip = asyncio.create_task(post(session, running, "/v1/flip"))
+        await asyncio.sleep(0.2)
+        async with session.put(f"http://127.0.0.1:{running.admin_port}/v1/environments/green/servers",
+                               json={"servers": [green, "127.0.0.1:9"]}) as resp:
+            assert resp.status == 200        # a list the gates did not check
+        status, body = await asyncio.wait_for(flip, 5)
+    assert status == 409 and body["code"] == "conflict" and "server lists changed" in body["error"], body
+    assert running.controller.state.live == "blue"
