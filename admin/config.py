@@ -1180,8 +1180,9 @@ _FastStrictLoader: Any = (type("_FastStrictLoader", (_NoDuplicateKeys, yaml.CSaf
 
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """load_config: reads, expands and validates a config file; called by serve and check-config.
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None, create_folder: bool = True) -> Config:
+    """load_config: reads, expands and validates a config file; called by serve, check-config
+    and a reload (which creates nothing: ``create_folder`` False).
 
     environ defaults to os.environ. Creates the state_file's folder. Every failure, including
     an unreadable file and a YAML syntax error (with its line), is a ConfigError naming the file.
@@ -1220,7 +1221,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         raise exc.with_source(name) from None
     folder = config.state_file.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if create_folder:
+            folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot create the folder {folder}: {exc.strerror or exc}", key="state_file", source=name

@@ -448,7 +448,8 @@ class Controller:
             raise ControlError("bad_request", "this router was not started from a config file: nothing to re-read")
         async with self.lock:          # read under the lock too: two reloads apply in the order they read
             try:
-                new = await asyncio.to_thread(load_config, source)
+                # A reload creates nothing: a new state_file is a restart (restart_keys).
+                new = await asyncio.to_thread(load_config, source, None, False)
             except ConfigError as exc:
                 self.reload_counts["config_invalid"] += 1
                 raise ControlError("config_invalid", f"not reloaded, nothing changed: {exc}",

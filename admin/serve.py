@@ -467,6 +467,12 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGUSR1, on_reopen)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
     await stopping.wait()
+    if reloading:
+        # A reload under way ends first (bounded); one still waiting for the lock then is cancelled:
+        # it must not apply to a data plane that stopped.
+        await asyncio.wait(set(reloading), timeout=5)
+        for task in list(reloading):
+            task.cancel()
     result = await running.stop()
     for task in list(upgrading):
         task.cancel()
