@@ -455,7 +455,8 @@ class Controller:
                 raise ControlError("config_invalid", f"not reloaded, nothing changed: {exc}",
                                    errors=[{"key": exc.key, "line": exc.line, "message": exc.message}]) from None
             old = self.config
-            keys = changed_keys(old, new, self._tls_files)
+            files = tls_digests(new)     # read once: compared now, kept for the next reload
+            keys = changed_keys(old, new, (self._tls_files, files))
             restart = restart_keys(old, new, keys)
             if restart:
                 self.reload_counts["restart_required"] += 1
@@ -470,7 +471,7 @@ class Controller:
             # takes a new revision, so the event is in every replica's history at once.
             await self._save(state)
             self.config = new
-            self._tls_files = tls_digests(new)
+            self._tls_files = files
             self.reload_counts["applied"] += 1
             lists = {name: self.servers_of(self.state, name) for name in self.environments
                      if f"environments.{name}.servers" in keys and name not in self.state.registrations}

@@ -59,14 +59,15 @@ def tls_digests(config: Config) -> dict[str, str]:
     return out
 
 
-def changed_keys(old: Config, new: Config, old_files: dict[str, str] | None = None) -> list[str]:
+def changed_keys(old: Config, new: Config,
+                 files: tuple[dict[str, str], dict[str, str]] | None = None) -> list[str]:
     """changed_keys: the key paths whose value differs between ``old`` and ``new``, in the order
     of the effective config ("timeouts.connect", "environments.green.servers", "gates.smoke").
 
     A section present in one and absent (null) in the other is one key ("canary"); lists are
-    compared whole. Secrets are compared by value and named without it. With ``old_files``
-    (the tls_digests taken when ``old`` was applied), a TLS section whose files now hold
-    something else is named too ("tls": a renewed certificate).
+    compared whole. Secrets are compared by value and named without it. With ``files`` (the
+    tls_digests taken when ``old`` was applied, and ``new``'s now), a TLS section whose files
+    now hold something else is named too ("tls": a renewed certificate).
     """
     keys = _diff(effective_config(old), effective_config(new), "")
     if old.store is None and new.store is None:
@@ -75,8 +76,9 @@ def changed_keys(old: Config, new: Config, old_files: dict[str, str] | None = No
     for key, value in _SECRETS:
         if value(old) != value(new) and key not in keys and not any(key.startswith(k + ".") for k in keys):
             keys.append(key)
-    if old_files is not None:
-        for key, digest in tls_digests(new).items():
+    if files is not None:
+        old_files, new_files = files
+        for key, digest in new_files.items():
             if old_files.get(key, digest) != digest and not any(k == key or k.startswith(key + ".") for k in keys):
                 keys.append(key)
     return keys
