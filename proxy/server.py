@@ -54,22 +54,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class Proxy:
     """Proxy: one listening data plane in front of a Router."""
 
+    # What _read takes from the settings (at start and at each reload).
+    connect_timeout: float
+    upstream_timeout: float
+    client_header_timeout: float
+    keepalive_timeout: float
+    client_body_timeout: float
+    max_header_bytes: int
+    max_response_header_bytes: int
+    max_body_bytes: int | None
+    max_connections: int
+    replace_forwarded: bool
+    preview_token: bytes | None      # X-Cutover-Env is honoured only with this token; None = never
+    tick_interval: float
+
     def __init__(self, settings: "Settings", router: Router | None = None) -> None:
         self.settings = settings
         self.router = router or Router.from_settings(settings)
-        self.connect_timeout = 0.0
-        self.upstream_timeout = 0.0
-        self.client_header_timeout = 0.0
-        self.keepalive_timeout = 0.0
-        self.client_body_timeout = 0.0
-        self.max_header_bytes = 0
-        self.max_response_header_bytes = 0
-        self.max_body_bytes: int | None = None
-        self.max_connections = 0
-        self.replace_forwarded = False
-        # X-Cutover-Env is honoured only with this token; None = never.
-        self.preview_token: bytes | None = None
-        self.tick_interval = 0.5
         self._read(settings)
         self.connections: set[ClientConnection] = set()
         self.unrouted = [0] * 6         # requests answered before reaching an environment, by status class
