@@ -98,6 +98,31 @@ def run_wrk(argv: list[str], duration: float) -> str:
     return done.stdout
 
 
+def start_wrk(argv: list[str]) -> subprocess.Popen:
+    """start_wrk starts wrk (argv already pinned and bounded by the caller) in the background,
+    for a phase that does something else meanwhile; finish_wrk then stop_wrk end it."""
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_wrk(wrk: subprocess.Popen, duration: float) -> WrkResult:
+    """finish_wrk waits for a started wrk (bounded: duration + 30 s) and parses its report;
+    WrkError when it did not finish, failed, or printed no report."""
+    try:
+        out, err = wrk.communicate(timeout=duration + 30)
+    except subprocess.TimeoutExpired as e:
+        raise WrkError(f"wrk did not finish within {duration + 30:.0f}s") from e
+    if wrk.returncode != 0:
+        raise WrkError(f"wrk exited with {wrk.returncode}: {err.strip() or out}")
+    return parse_wrk(out)
+
+
+def stop_wrk(wrk: subprocess.Popen) -> None:
+    """stop_wrk kills a started wrk that is still running (a phase that failed meanwhile)."""
+    if wrk.poll() is None:
+        wrk.kill()
+        wrk.wait()
+
+
 # ---------------------------------------------------------------- idle connections
 
 @dataclass

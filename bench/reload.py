@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +39,6 @@ import switch
 import tools
 
 GOAL_MS = 100.0          # a reload applied within this (p99), issue 13's target
-WRK_GRACE = 30.0         # s beyond the reloads' expected length that wrk may run
 
 _BACKEND = """\
     server {
@@ -163,21 +162,16 @@ def measure(args, group: services.ServiceGroup, tmp: Path, paths: dict) -> dict:
         raise switch.SwitchError("blue's servers did not all turn healthy")
 
     asyncio.run(healthy())
-    duration = args.reloads * (args.interval + 0.2) + 3
+    duration = float(math.ceil(args.reloads * (args.interval + 0.2) + 3))    # wrk takes whole seconds
     argv = load.wrk_argv(paths["wrk"], f"http://127.0.0.1:{port}/", args.connections, duration, latency=True)
     log(f"wrk {duration:.0f}s with {args.connections} connections; {args.reloads} reloads ...")
-    wrk = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wrk = load.start_wrk(argv)
     try:
         time.sleep(1.0)
         timed = asyncio.run(reloads(admin, config, versions, args.reloads, args.interval))
-        out, err = wrk.communicate(timeout=duration + WRK_GRACE)
+        result = load.finish_wrk(wrk, duration)
     finally:
-        if wrk.poll() is None:
-            wrk.kill()
-            wrk.wait()
-    if wrk.returncode != 0:
-        raise load.WrkError(f"wrk exited with {wrk.returncode}: {err.strip()}")
-    result = load.parse_wrk(out)
+        load.stop_wrk(wrk)
 
     async def drains() -> list[dict]:
         deadline = time.monotonic() + 15

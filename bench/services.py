@@ -217,6 +217,8 @@ _BACKEND_HTTP = """\
     }
 """
 
+# nginx as a proxy in front of the backend: $listen_flags (" reuseport", " ssl" or "") end its
+# listen line, $server_lines (the ssl_* directives of bench/tls.py, or "") follow it.
 _NGINX_PROXY_HTTP = """\
     upstream backend {
         server 127.0.0.1:$backend;
@@ -225,8 +227,8 @@ _NGINX_PROXY_HTTP = """\
         keepalive_timeout 120s;
     }
     server {
-        listen 127.0.0.1:$port$reuseport;
-        location / {
+        listen 127.0.0.1:$port$listen_flags;
+$server_lines        location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -313,7 +315,8 @@ def start_nginx_proxy(group: ServiceGroup, tmp: Path, nginx: str, cpus: tuple[in
     workdir = _workdir(tmp, name)
     port = free_port()
     http = Template(_NGINX_PROXY_HTTP).substitute(port=port, backend=backend_port,
-                                                   reuseport=" reuseport" if workers > 1 else "")
+                                                   listen_flags=" reuseport" if workers > 1 else "",
+                                                   server_lines="")
     _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http, workers=workers)
     service = group.start(name, _nginx_argv(nginx, workdir), cpus, workdir)
     service.workers = workers

@@ -259,21 +259,13 @@ def flips_under_load(admin_port: int, port: int, wrk_argv: list[str], duration: 
     requests on fresh connections too. Raises load.WrkError or SwitchError."""
     admin, probe = Admin(host, admin_port), Probe(host, port)
     fresh = 4 * workers if workers > 1 else 0
-    wrk = subprocess.Popen(wrk_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wrk = load.start_wrk(wrk_argv)
     try:
         flips = asyncio.run(_flip_loop(admin, probe, wrk, time.monotonic(), duration, interval,
                                        fresh, log))
-        try:
-            out, err = wrk.communicate(timeout=duration + 30)
-        except subprocess.TimeoutExpired as e:
-            raise load.WrkError(f"wrk did not finish within {duration + 30:.0f}s") from e
+        result = load.finish_wrk(wrk, duration)
     finally:
-        if wrk.poll() is None:
-            wrk.kill()
-            wrk.wait()
-    if wrk.returncode != 0:
-        raise load.WrkError(f"wrk exited with {wrk.returncode}: {err.strip() or out}")
-    result = load.parse_wrk(out)
+        load.stop_wrk(wrk)
     done = [f for f in flips if "generation" in f]
     entries = asyncio.run(admin.wait_drains([f["generation"] for f in done], DRAIN_WAIT))
     totals = dict.fromkeys(("drained", "forced_closed", "dropped", "client_gone"), 0)

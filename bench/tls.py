@@ -38,24 +38,11 @@ import load  # noqa: E402
 import procfs  # noqa: E402
 import services  # noqa: E402
 
-_NGINX_TLS_HTTP = """\
-    upstream backend {
-        server 127.0.0.1:$backend;
-        keepalive 64;
-        keepalive_requests 10000000;
-        keepalive_timeout 120s;
-    }
-    server {
-        listen 127.0.0.1:$port ssl;
+# The lines bench/services.py's nginx proxy gets after its listen to terminate TLS 1.3.
+_NGINX_TLS_LINES = """\
         ssl_certificate $cert;
         ssl_certificate_key $key;
         ssl_protocols TLSv1.3;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
 """
 
 
@@ -159,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir = tmp / "nginx-tls"
         workdir.mkdir()
         nginx_port = services.free_port()
-        http = Template(_NGINX_TLS_HTTP).substitute(port=nginx_port, backend=backend_port, cert=cert, key=key)
+        http = Template(services._NGINX_PROXY_HTTP).substitute(
+            port=nginx_port, backend=backend_port, listen_flags=" ssl",
+            server_lines=Template(_NGINX_TLS_LINES).substitute(cert=cert, key=key))
         (workdir / "nginx.conf").write_text(Template(services._NGINX_COMMON).substitute(
             dir=workdir, http=http, workers=1))
         nginx_service = group.start("nginx-tls", [nginx, "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf"),

@@ -67,25 +67,9 @@ async def _workers(admin: switch.Admin) -> tuple[dict, list[dict]]:
     return answer, answer["workers"]
 
 
-def _start_wrk(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 async def _finish_wrk(wrk: subprocess.Popen, duration: float) -> load.WrkResult:
-    """_finish_wrk waits for wrk (bounded: duration + 30 s) and parses its report."""
-    try:
-        out, err = await asyncio.to_thread(wrk.communicate, timeout=duration + 30)
-    except subprocess.TimeoutExpired as e:
-        raise load.WrkError(f"wrk did not finish within {duration + 30:.0f}s") from e
-    if wrk.returncode != 0:
-        raise load.WrkError(f"wrk exited with {wrk.returncode}: {err.strip() or out}")
-    return load.parse_wrk(out)
-
-
-def _stop_wrk(wrk: subprocess.Popen) -> None:
-    if wrk.poll() is None:
-        wrk.kill()
-        wrk.wait()
+    """_finish_wrk: load.finish_wrk off the event loop (its phases poll the admin API meanwhile)."""
+    return await asyncio.to_thread(load.finish_wrk, wrk, duration)
 
 
 def _wrk_figures(result: load.WrkResult) -> dict:
@@ -101,7 +85,7 @@ async def _one_spread(admin: switch.Admin, argv: list[str], duration: float,
     """_one_spread: one wrk run; the requests each worker served during it (status before and
     after) and, when connections_too, the connections each held mid-run."""
     _, before = await _workers(admin)
-    wrk = _start_wrk(argv)
+    wrk = load.start_wrk(argv)
     try:
         mid = None
         if connections_too:
@@ -110,7 +94,7 @@ async def _one_spread(admin: switch.Admin, argv: list[str], duration: float,
                 _, mid = await _workers(admin)
         result = await _finish_wrk(wrk, duration)
     finally:
-        _stop_wrk(wrk)
+        load.stop_wrk(wrk)
     _, after = await _workers(admin)
     served = {w["pid"]: w["requests"] for w in before}
     if [w["pid"] for w in before] != [w["pid"] for w in after]:
@@ -173,7 +157,7 @@ async def _kill(admin: switch.Admin, port: int, argv: list[str], duration: float
     status, workers = await _workers(admin)
     live = status["live"]
     n = len(workers)
-    wrk = _start_wrk(argv)
+    wrk = load.start_wrk(argv)
     try:
         await asyncio.sleep(kill_after)
         if wrk.poll() is not None:
@@ -211,7 +195,7 @@ async def _kill(admin: switch.Admin, port: int, argv: list[str], duration: float
         up_flip = await _flip(admin, live, "bench: flip after the restart")
         result = await _finish_wrk(wrk, duration)
     finally:
-        _stop_wrk(wrk)
+        load.stop_wrk(wrk)
     try:
         os.kill(pid, 0)
         victim_gone = False
@@ -244,7 +228,7 @@ def worker_kill(admin_port: int, port: int, argv: list[str], duration: float, ki
 
 async def _kill_nginx(master: int, port: int, argv: list[str], duration: float, kill_after: float,
                       log) -> dict:
-    wrk = _start_wrk(argv)
+    wrk = load.start_wrk(argv)
     try:
         await asyncio.sleep(kill_after)
         if wrk.poll() is not None:
@@ -269,7 +253,7 @@ async def _kill_nginx(master: int, port: int, argv: list[str], duration: float, 
             raise WorkersError(f"nginx did not replace worker {pid} within {RESTART_WAIT:g}s")
         result = await _finish_wrk(wrk, duration)
     finally:
-        _stop_wrk(wrk)
+        load.stop_wrk(wrk)
     return {**_wrk_figures(result), "workers": len(before), "killed_pid": pid,
             "killed_connections": held, "restart_ms": respawned * 1000}
 
