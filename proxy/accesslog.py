@@ -122,12 +122,18 @@ def outcome_of(ex: "Exchange") -> str:
 
 
 # ------------------------------------------------------------------ formatting
+#
+# A batch is formatted to bytes, each line by one bytes %-expression whose conversions are all
+# %s of bytes and %d of ints: mypyc builds such an expression by copying its parts (no
+# PyUnicode_Format, no float formatting, no encode of the batch); the milliseconds' three
+# decimals come from _THREE.
 
 # Bytes written into a JSON string as they are; others go through json.dumps.
 _JSON_PLAIN = bytes(b for b in range(0x20, 0x7f) if b not in b'"\\')
 # Bytes written into a combined line's quoted field as they are; others as \xHH (as nginx does).
 _COMBINED_PLAIN = _JSON_PLAIN
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_THREE: tuple[bytes, ...] = tuple(b"%03d" % n for n in range(1000))     # b"000" .. b"999"
 
 
 class Clock:
@@ -137,56 +143,51 @@ class Clock:
 
     def __init__(self) -> None:
         self.second = -1
-        self.iso = ""     # "2024-05-01T12:00:00"
-        self.clf = ""     # "01/May/2024:12:00:00 +0000"
+        self.iso = b""     # b"2024-05-01T12:00:00"
+        self.clf = b""     # b"01/May/2024:12:00:00 +0000"
 
     def at(self, second: int) -> None:
         """at: format ``second`` (whole seconds since the epoch) into iso and clf."""
         t = time.gmtime(second)
         self.second = second
-        self.iso = "%04d-%02d-%02dT%02d:%02d:%02d" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
-        self.clf = "%02d/%s/%04d:%02d:%02d:%02d +0000" % (t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
-                                                          t.tm_hour, t.tm_min, t.tm_sec)
-
-    def iso_ms(self, wall: float) -> str:
-        """iso_ms: ISO-8601 UTC to the nearest millisecond, "2024-05-01T12:00:00.123Z"."""
-        second, ms = divmod(int(wall * 1000 + 0.5), 1000)
-        if second != self.second:
-            self.at(second)
-        return "%s.%03dZ" % (self.iso, ms)
-
-    def common(self, wall: float) -> str:
-        """common: the common log format's time, "01/May/2024:12:00:00 +0000"."""
-        second = int(wall)
-        if second != self.second:
-            self.at(second)
-        return self.clf
+        self.iso = b"%04d-%02d-%02dT%02d:%02d:%02d" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min,
+                                                       t.tm_sec)
+        self.clf = b"%02d/%s/%04d:%02d:%02d:%02d +0000" % (t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year,
+                                                           t.tm_hour, t.tm_min, t.tm_sec)
 
 
-def json_string(value: bytes | None) -> str:
+def millis(value: float) -> bytes:
+    """millis: ``value`` (milliseconds) with three decimals, b"12.345" (to the nearest microsecond)."""
+    us = int(value * 1000 + 0.5)
+    if us < 0:
+        us = 0
+    return b"%d.%s" % (us // 1000, _THREE[us % 1000])
+
+
+def json_string(value: bytes | None) -> bytes:
     """json_string: ``value`` as a JSON string (each byte outside printable ASCII as \\u00XX), or null."""
     if value is None:
-        return "null"
+        return b"null"
     if not value.translate(None, _JSON_PLAIN):
-        return '"' + value.decode("ascii") + '"'
-    return json.dumps(value.decode("latin-1"))
+        return b'"%s"' % value
+    return json.dumps(value.decode("latin-1")).encode("ascii")
 
 
-def combined_field(value: bytes) -> str:
+def combined_field(value: bytes) -> bytes:
     """combined_field: ``value`` for a quoted field of a combined line: '"', '\\' and bytes outside
     printable ASCII as \\xHH, as nginx writes them; empty is "-"."""
     if not value:
-        return "-"
+        return b"-"
     if not value.translate(None, _COMBINED_PLAIN):
-        return value.decode("ascii")
-    return "".join(chr(b) if b in _COMBINED_PLAIN else "\\x%02X" % b for b in value)
+        return value
+    return b"".join(bytes((b,)) if b in _COMBINED_PLAIN else b"\\x%02X" % b for b in value)
 
 
 # Outcome -> the line's outcome, where Outcome alone decides (see outcome_of).
 _OUTCOMES: dict[str | None, str] = {Outcome.OK: OK, Outcome.CLIENT_GONE: CLIENT_GONE, Outcome.FORCED: DRAINED}
 
 
-def json_lines(batch: "list[Record]", offset: float, clock: Clock) -> str:
+def json_lines(batch: "list[Record]", offset: float, clock: Clock) -> bytes:
     """json_lines: the json lines of finished exchanges (SPEC §12 fields, in that order).
 
     ``offset`` turns the entries' monotonic times into wall-clock time (time.time() -
@@ -194,44 +195,50 @@ def json_lines(batch: "list[Record]", offset: float, clock: Clock) -> str:
     upstream_connect_ms is what opening upstream connections took (0 for a pooled one), null
     when no server was picked; upstream_response_ms runs from the request head written
     upstream to the response's final head, null when none came. What repeats from line to
-    line (the request's client, method, target and protocol; its environment, server and
-    generation) is formatted once per batch.
+    line (the request's client, method, target and protocol; its environment, server,
+    generation and outcome) is formatted once per batch.
     """
-    lines = []
-    requests: dict[tuple, str] = {}
-    places: dict[tuple, str] = {}
+    lines: list[bytes] = []
+    requests: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
+    places: dict[tuple[str | None, str | None, int | None, str], bytes] = {}
+    three = _THREE
     for (started, ended, client, method, url, minor, status, bytes_in, bytes_out, connect_ms, response_ms,
          env, server, generation, outcome, rid, _) in batch:
         key = (client, method, url, minor)
         request = requests.get(key)
         if request is None:
-            request = requests[key] = '","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":' % (
-                client.decode("latin-1"), json_string(method), json_string(url), minor)
-        where = (env, server, generation)
+            request = requests[key] = b'","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":' % (
+                client, json_string(method), json_string(url), minor)
+        where = (env, server, generation, outcome)
         place = places.get(where)
         if place is None:
-            place = places[where] = ',"env":%s,"server":%s,"generation":%s,"outcome":"' % (
-                '"%s"' % env if env is not None else "null",
-                json_string(server.encode()) if server is not None else "null",
-                generation if generation is not None else "null")
-        second, ms = divmod(int((started + offset) * 1000 + 0.5), 1000)
+            place = places[where] = b',"env":%s,"server":%s,"generation":%s,"outcome":"%s","request_id":' % (
+                b'"%s"' % env.encode() if env is not None else b"null",
+                json_string(server.encode()) if server is not None else b"null",
+                b"%d" % generation if generation is not None else b"null", outcome.encode())
+        stamp = int((started + offset) * 1000 + 0.5)
+        second = stamp // 1000
         if second != clock.second:
             clock.at(second)
-        lines.append('{"time":"%s.%03dZ%s%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%.3f,"upstream_connect_ms":%s,'
-                     '"upstream_response_ms":%s%s%s","request_id":%s}\n' % (
-                         clock.iso, ms, request, status, bytes_in, bytes_out,
-                         (ended - started) * 1000,
-                         "%.3f" % connect_ms if connect_ms is not None else "null",
-                         "%.3f" % response_ms if response_ms is not None else "null",
-                         place, outcome,
-                         # A passed-through id is sane and a generated one too: no escaping needed.
-                         '"' + rid.decode("ascii") + '"' if rid is not None else "null"))
-    return "".join(lines)
+        connect = millis(connect_ms) if connect_ms is not None else b"null"
+        response = millis(response_ms) if response_ms is not None else b"null"
+        # A passed-through id is sane and a generated one too: no escaping needed.
+        if rid is not None:
+            lines.append(b'{"time":"%s.%sZ%s%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream_connect_ms":%s,'
+                         b'"upstream_response_ms":%s%s"%s"}\n' % (
+                             clock.iso, three[stamp - second * 1000], request, status, bytes_in, bytes_out,
+                             millis((ended - started) * 1000), connect, response, place, rid))
+        else:
+            lines.append(b'{"time":"%s.%sZ%s%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream_connect_ms":%s,'
+                         b'"upstream_response_ms":%s%snull}\n' % (
+                             clock.iso, three[stamp - second * 1000], request, status, bytes_in, bytes_out,
+                             millis((ended - started) * 1000), connect, response, place))
+    return b"".join(lines)
 
 
 def json_line(entry: Record, offset: float, clock: Clock) -> str:
     """json_line: the json line of one finished exchange (json_lines of a batch of one)."""
-    return json_lines([entry], offset, clock)
+    return json_lines([entry], offset, clock).decode("latin-1")
 
 
 def header_value(block: bytes, name: bytes) -> bytes:
@@ -245,7 +252,7 @@ def header_value(block: bytes, name: bytes) -> bytes:
     return block[start:end if end >= 0 else len(block)].strip()
 
 
-def combined_lines(batch: "list[Record]", offset: float, clock: Clock) -> str:
+def combined_lines(batch: "list[Record]", offset: float, clock: Clock) -> bytes:
     """combined_lines: the combined log format lines (Apache's and nginx's ``combined``) of
     finished exchanges, each followed by the request id:
 
@@ -253,22 +260,22 @@ def combined_lines(batch: "list[Record]", offset: float, clock: Clock) -> str:
 
     bytes_out counts the head too (as json's bytes_out); a missing value is "-".
     """
-    lines = []
+    lines: list[bytes] = []
     for (started, _, client, method, url, minor, status, _, bytes_out, _, _, _, _, _, _, rid, block) in batch:
         second = int(started + offset)
         if second != clock.second:
             clock.at(second)
-        lines.append('%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s" %s\n' % (
-            client.decode("latin-1"), clock.clf,
+        lines.append(b'%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s" %s\n' % (
+            client, clock.clf,
             combined_field(method), combined_field(url), minor, status, bytes_out,
             combined_field(header_value(block, b"referer")), combined_field(header_value(block, b"user-agent")),
-            rid.decode("ascii") if rid else "-"))
-    return "".join(lines)
+            rid if rid else b"-"))
+    return b"".join(lines)
 
 
 def combined_line(entry: Record, offset: float, clock: Clock) -> str:
     """combined_line: the combined line of one finished exchange (combined_lines of a batch of one)."""
-    return combined_lines([entry], offset, clock)
+    return combined_lines([entry], offset, clock).decode("latin-1")
 
 
 FORMATS = {"json": json_lines, "combined": combined_lines}
@@ -404,6 +411,10 @@ class AccessLog:
         self._writer = _Writer(config.path, limit)
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None     # the next chunk of a batch too big for one pass
+        # The chunks of this batch formatted so far, and their lines: handed to the writer in one
+        # piece once the batch is done (one wake-up of its thread per FLUSH_INTERVAL, not per chunk).
+        self._formatted: list[bytes] = []
+        self._formatted_lines = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -433,30 +444,42 @@ class AccessLog:
             return
         batch = records[:CHUNK]
         del records[:CHUNK]
-        self._queue(batch)
+        self._format_batch(batch)
         if records and self._loop is not None:
             self._soon = self._loop.call_soon(self._chunk)
+        else:
+            self._hand()
 
     def flush(self) -> None:
         """flush: format every gathered record now and queue them for the writer thread (reopen, close)."""
         records = self.records
-        if not records:
-            return
-        batch = records.copy()
-        records.clear()
-        self._queue(batch)
+        if records:
+            batch = records.copy()
+            records.clear()
+            self._format_batch(batch)
+        self._hand()
 
-    def _queue(self, batch: list[Any]) -> None:
+    def _format_batch(self, batch: list[Any]) -> None:
         try:
-            data = self._format(batch, time.time() - time.monotonic(), self._clock).encode()
+            self._formatted.append(self._format(batch, time.time() - time.monotonic(), self._clock))
         except Exception:
             log.exception("access_log: formatting a batch failed; its %d lines are dropped", len(batch))
             self.full += len(batch)
             return
-        if self._writer.put(data, len(batch)):
-            self.lines += len(batch)
+        self._formatted_lines += len(batch)
+
+    def _hand(self) -> None:
+        """_hand: queue what was formatted for the writer thread, in one piece."""
+        lines = self._formatted_lines
+        if not lines:
+            return
+        data = self._formatted[0] if len(self._formatted) == 1 else b"".join(self._formatted)
+        self._formatted.clear()
+        self._formatted_lines = 0
+        if self._writer.put(data, lines):
+            self.lines += lines
         else:
-            self.full += len(batch)
+            self.full += lines
 
     def reopen(self) -> None:
         """reopen: SIGUSR1: what gathered goes to the file open now, later lines to the path opened again."""

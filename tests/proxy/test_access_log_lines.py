@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from proxy.accesslog import Clock, Entry, combined_field, combined_line, header_value, json_line, json_string
+from proxy.accesslog import Clock, Entry, combined_field, combined_line, header_value, json_line, json_string, millis
 from proxy.route import Route
 from tests.support.fakes import Rig
 
@@ -91,9 +91,9 @@ def test_json_strings_escape_quotes_backslashes_and_bytes_outside_ascii(target, 
 
 
 def test_combined_fields_escape_as_nginx_does():
-    assert combined_field(b'say "hi"\\') == 'say \\x22hi\\x22\\x5C'
-    assert combined_field(b"caf\xc3\xa9") == "caf\\xC3\\xA9"
-    assert combined_field(b"") == "-"
+    assert combined_field(b'say "hi"\\') == b'say \\x22hi\\x22\\x5C'
+    assert combined_field(b"caf\xc3\xa9") == b"caf\\xC3\\xA9"
+    assert combined_field(b"") == b"-"
 
 
 def test_header_values_are_found_in_any_case_and_position():
@@ -128,9 +128,24 @@ async def test_a_request_without_referer_or_agent_writes_dashes():
 
 def test_the_clock_formats_iso_and_common_log_time_in_utc():
     clock = Clock()
-    assert clock.iso_ms(0.25) == "1970-01-01T00:00:00.250Z"
-    assert clock.common(86400 * 31 + 3661.9) == "01/Feb/1970:01:01:01 +0000"
-    assert clock.iso_ms(86400 * 31 + 3661.9) == "1970-02-01T01:01:01.900Z"
+    clock.at(0)
+    assert (clock.second, clock.iso, clock.clf) == (0, b"1970-01-01T00:00:00", b"01/Jan/1970:00:00:00 +0000")
+    clock.at(86400 * 31 + 3661)
+    assert (clock.iso, clock.clf) == (b"1970-02-01T01:01:01", b"01/Feb/1970:01:01:01 +0000")
+
+
+def test_milliseconds_have_three_decimals_rounded_to_the_microsecond():
+    assert [millis(v) for v in (0.0, 0.0004, 0.0005, 1.5, 12.3456, 999.9996, -0.2)] == [
+        b"0.000", b"0.000", b"0.001", b"1.500", b"12.346", b"1000.000", b"0.000"]
+
+
+def test_a_json_line_times_its_request_to_the_millisecond_in_utc():
+    record = (10.0, 10.25, b"192.0.2.7", b"GET", b"/", 1, 200, 10, 20, None, None, None, None, None, "refused",
+              None, b"")
+    line = json.loads(json_line(record, 86400 * 31 + 3661.9 - 10.0 + 0.0004, Clock()))
+    assert line["time"] == "1970-02-01T01:01:01.900Z"
+    assert (line["duration_ms"], line["upstream_connect_ms"], line["request_id"], line["env"]) == (250.0, None,
+                                                                                                   None, None)
 
 
 # ------------------------------------------------------------------ outcomes

@@ -167,6 +167,8 @@ async def test_a_big_batch_is_formatted_a_chunk_per_pass_of_the_loop_in_order(tm
         assert len(log.records) == n - CHUNK
         await asyncio.sleep(0)                   # the next pass of the loop: the next chunk
         assert len(log.records) == n - 2 * CHUNK
+        assert log.lines == 0                    # formatted, kept until the batch is done: the
+                                                 # writer thread is woken once for the whole batch
         await eventually(lambda: not log.records, what="the last chunk")
         await eventually(lambda: targets(path) == [f"/r{i}" for i in range(n)], what="every line, in order")
         assert log.lines == n and log.dropped == 0
