@@ -42,6 +42,11 @@ log = logging.getLogger("cutover")
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 
+# Signals whose default would end a process that is still starting: noted, then handled once it
+# serves (serve).
+EARLY_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def upgrade_refusal(running: Running, pid: int | None = None) -> str | None:
     """upgrade_refusal: why SIGUSR2 must not hand over now, or None.
 
@@ -365,10 +370,14 @@ def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket 
 
 async def serve(config: Config) -> int:
     """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
-    # A SIGHUP is a reload once the loop handles it (below); until then it must not end the
-    # process (its default). Workers ignore it themselves (proxy/agent.py): a reload reaches them
-    # through the plane.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGHUP, SIGUSR1 and SIGUSR2 must not end the process while it starts (their default): one
+    # that comes before it serves is noted here; a reload (SIGHUP) and a reopen of the access log
+    # (SIGUSR1) are done once it serves, an upgrade (SIGUSR2) is refused. Workers ignore SIGHUP
+    # themselves (proxy/agent.py): a reload reaches them through the plane.
+    loop = asyncio.get_running_loop()
+    early: list[int] = []
+    for signum in EARLY_SIGNALS:
+        loop.add_signal_handler(signum, early.append, signum)
     running = await start(config, Inherited.take())
     route = running.plane.snapshot().router.route
     log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
@@ -383,7 +392,6 @@ async def serve(config: Config) -> int:
     if warning:
         log.warning("%s", warning)
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         if stopping.is_set():
@@ -466,6 +474,14 @@ async def serve(config: Config) -> int:
     loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     loop.add_signal_handler(signal.SIGUSR1, on_reopen)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    for signum in dict.fromkeys(early):          # each once, in the order they came
+        name = signal.Signals(signum).name
+        if signum == signal.SIGUSR2:
+            log.warning("%s came while starting: not upgrading (send it again now that this process serves)",
+                        name)
+            continue
+        log.info("%s came while starting: handling it now", name)
+        (on_reload if signum == signal.SIGHUP else on_reopen)()
     await stopping.wait()
     if reloading:
         # A reload under way ends first (bounded); one still waiting for the lock then is cancelled:
