@@ -238,7 +238,7 @@ class Controller:
             "pid": os.getpid(),
             "workers": [{"pid": w.pid, "generation": w.generation, "inflight": w.inflight,
                          "connections": w.connections, "started": _iso(w.started) if w.started else None,
-                         "restarts": w.restarts, "alive": w.alive, "requests": w.requests}
+                         "restarts": w.restarts, "alive": w.alive, "requests": w.requests, "error": w.error}
                         for w in self.plane.workers_info()],
         }
 

@@ -147,6 +147,9 @@ _SCHEMAS: dict[str, dict] = {
         "restarts": {**_COUNT, "description": "times this slot's process exited and was started again"},
         "alive": {"type": "boolean", "description": "serving traffic now"},
         "requests": {**_COUNT, "description": "requests it finished since it started"},
+        "error": {"type": ["string", "null"],
+                  "description": "why the slot has no process and none is started (the installed cutover "
+                                 "changed since the supervisor started), else null"},
     }, required=["pid", "generation", "inflight", "connections", "started", "restarts", "alive", "requests"],
         description="one data-plane process (workers: 1 lists the one process)"),
     "Ack": _object({

@@ -92,6 +92,7 @@ class WorkerInfo:
     restarts: int
     alive: bool
     requests: int = 0         # requests it finished (this process, since it started)
+    error: str | None = None  # why the slot has no process and gets none started (its code changed)
 
 
 DrainCallback = Callable[["DrainSnapshot"], None]

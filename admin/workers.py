@@ -13,7 +13,10 @@ worker that starts or restarts gets the current route and hold first, and applie
 change sent before it listens. Reads merge the workers' snapshots (proxy.merge): counters
 add up, including those of workers that exited, so they never go back. A drain is reported
 once, summed over the workers that applied its change. Health checks run in one worker (the
-first slot); every result reaches the others, which count it with their own streaks.
+first slot, the next one if that slot is retired); every result reaches the others, which
+count it with their own streaks. A worker started from files that changed since the
+supervisor started (cutover installed again in place) refuses to run (proxy.CODE_STAMP): its
+slot is retired, not restarted, until an upgrade (SIGUSR2) or a restart.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ REFRESH_TIMEOUT = 1.0       # seconds a read waits for the workers' fresh snapsh
 DRAIN_REPORT_GRACE = 5.0    # seconds past drain_timeout a drain waits for every worker's part
 STALL_LIMIT = 5.0           # seconds a live worker may go without a message (it pushes 4 a second) before
                             # it is taken for stuck, killed and restarted
+
+
+# What a worker that exits with CODE_CHANGED_STATUS found (proxy/agent.py).
+CODE_CHANGED = ("cutover's data plane files changed since this supervisor started (installed again?); "
+                "upgrade it (SIGUSR2) or restart it to serve with every worker")
 
 
 class WorkerStartError(Exception):
@@ -141,6 +149,7 @@ class Worker:
         self.stopped: asyncio.Future[dict] | None = None
         self.gone: asyncio.Event = asyncio.Event()
         self.heard = 0.0               # monotonic time of its last message
+        self.error: str | None = None  # why the slot has no process and gets none (its code changed)
 
 
 class WorkerPlane:
@@ -171,6 +180,7 @@ class WorkerPlane:
         self._reported: collections.deque[tuple[str, int]] = collections.deque(maxlen=64)
         self._tasks: set[asyncio.Task] = set()
         self.on_restart: list[Callable[[WorkerInfo], None]] = []
+        self.checker = 0               # the slot whose worker runs the health checks
         self._watchdog: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- start
@@ -198,8 +208,8 @@ class WorkerPlane:
 
     def listener_fds(self) -> tuple[list[int], list[int]]:
         """listener_fds: the listen and preview_listen sockets of every slot (what a successor is handed)."""
-        return ([w.listen.fileno() for w in self.workers],
-                [w.preview.fileno() for w in self.workers if w.preview is not None])
+        kept = [w for w in self.workers if w.listen.fileno() >= 0]     # a retired slot's are closed
+        return ([w.listen.fileno() for w in kept], [w.preview.fileno() for w in kept if w.preview is not None])
 
     def bind(self) -> None:
         """bind: every slot's listen and preview_listen sockets; BindFailed names the key."""
@@ -272,6 +282,8 @@ class WorkerPlane:
             gone.cancel()
         if not ready.done():
             code = worker.process.returncode if worker.process is not None else None
+            if code == data_plane.CODE_CHANGED_STATUS:
+                raise WorkerStartError(f"worker {worker.pid} refused to run: {CODE_CHANGED}")
             raise WorkerStartError(f"worker {worker.pid} exited with status {code} before it listened")
 
     async def _spawn(self, worker: Worker) -> None:
@@ -280,7 +292,7 @@ class WorkerPlane:
         fds = [theirs.fileno(), worker.listen.fileno()]
         argv = [sys.executable, "-m", "proxy.agent", "--channel", str(theirs.fileno()),
                 "--listen", str(worker.listen.fileno()), "--parent", str(os.getpid()),
-                "--log-level", self.log_level, "--log-format", self.log_format]
+                "--log-level", self.log_level, "--log-format", self.log_format, "--code", data_plane.CODE_STAMP]
         if worker.preview is not None:
             fds.append(worker.preview.fileno())
             argv += ["--preview", str(worker.preview.fileno())]
@@ -308,7 +320,7 @@ class WorkerPlane:
         health = self._health_now()
         settings = dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
         worker.channel.send(("start", settings, self.route, (self.hold.held, self.hold.until), self.fence,
-                             health, worker.slot == 0))
+                             health, worker.slot == self.checker))
 
     # ------------------------------------------------------------- messages
 
@@ -396,6 +408,9 @@ class WorkerPlane:
         if self.closing:
             return
         code = process.returncode
+        if code == data_plane.CODE_CHANGED_STATUS:
+            self._retire(worker)
+            return
         cause = f"signal {_signal_name(-code)}" if code is not None and code < 0 else f"status {code}"
         quick = time.monotonic() - worker.started_mono < 1.0
         worker.crashes = worker.crashes + 1 if quick or not was_alive else 0
@@ -418,6 +433,28 @@ class WorkerPlane:
                     old, worker.slot, cause, worker.pid, self.route.generation)
         for callback in self.on_restart:
             callback(self._info(worker))
+
+    def _retire(self, worker: Worker) -> None:
+        """_retire: the slot of a worker that refused to run on files that changed since this
+        supervisor started. Started again it would run the same files, so the slot stays empty
+        until this supervisor is upgraded (SIGUSR2) or restarted; changes wait for the live
+        workers only. Its sockets close, so the kernel sends new connections to the other
+        workers' (those queued on it move there with net.ipv4.tcp_migrate_req, else are reset),
+        unless no other slot keeps one: then connections wait in its queue for the upgrade."""
+        worker.error = CODE_CHANGED
+        others = [w for w in self.workers if w is not worker and w.error is None]
+        if others:
+            worker.listen.close()
+            if worker.preview is not None:
+                worker.preview.close()
+            if worker.slot == self.checker:
+                # Health checks move to the next slot (started with them, or told now).
+                self.checker = others[0].slot
+                if others[0].channel is not None:
+                    others[0].channel.send(("check",))
+        log.error("worker %s (slot %d) refused to run: %s; slot %d is not started again%s", worker.pid,
+                  worker.slot, CODE_CHANGED, worker.slot,
+                  "" if any(w.alive for w in others) else "; NO worker serves now")
 
     def _health_now(self) -> tuple[tuple[str, str, bool], ...]:
         """_health_now: each server's health as the checking worker (else any live one) last saw it."""
@@ -621,7 +658,7 @@ class WorkerPlane:
         return WorkerInfo(pid=worker.pid, generation=worker.generation, inflight=sum(e.inflight for e in envs),
                           connections=snap.client_connections if snap is not None else 0,
                           started=worker.started, restarts=worker.restarts, alive=worker.alive,
-                          requests=sum(sum(e.responses) for e in envs))
+                          requests=sum(sum(e.responses) for e in envs), error=worker.error)
 
     def workers_info(self) -> tuple[WorkerInfo, ...]:
         """workers_info: every slot's current process, for status and /metrics."""
@@ -665,7 +702,7 @@ class WorkerPlane:
                 future = worker.waiting[-1] = loop.create_future()
                 worker.channel.send(("open",))
                 futures.append(future)
-            elif worker.gone.is_set():
+            elif worker.gone.is_set() and worker.error is None:
                 task = loop.create_task(self._spawn(worker))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

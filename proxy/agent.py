@@ -17,6 +17,8 @@ Supervisor -> worker:
                                               lease), no answer
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, address, ok, reason)        one health-check result from the checking worker
+  ("check",)                                  probe the servers from now on (the checking worker's
+                                              slot was retired: admin/workers.py)
   ("close",)                                  accept no new connection (a successor takes over)
   ("open",)                                   accept again (the successor died before it served)
   ("reopen",)                                 open the access log's file again (SIGUSR1 to the supervisor)
@@ -52,6 +54,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import CODE_CHANGED_STATUS, CODE_STAMP
 from .channel import Channel
 from .logs import FORMATS
 from .logs import configure as configure_logging
@@ -75,6 +78,8 @@ class Agent:
         self.stopping: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self._pusher: asyncio.TimerHandle | None = None
         self.early: list[tuple] = []      # messages that came before the start completed
+        self.checking = False             # this worker probes the servers (check_health)
+        self.check_wanted = False         # a "check" came before its Proxy started
 
     # ------------------------------------------------------------- messages
 
@@ -123,6 +128,8 @@ class Agent:
             self.send(("ack", seq, router.route.generation, proxy.snapshot()))
         elif kind == "fence":
             proxy.router.fence(message[1])
+        elif kind == "check":
+            self.check_health(proxy)
         elif kind == "snapshot":
             self.send(("snapshot", message[1], proxy.snapshot()))
         elif kind == "health":
@@ -138,6 +145,20 @@ class Agent:
                     router.relayed_health = False
         else:
             log.error("supervisor channel: unknown message %r", kind)
+
+    def check_health(self, proxy: Proxy) -> None:
+        """check_health: this worker probes the servers and sends each result to the supervisor,
+        which relays it to the other workers."""
+        health = proxy.health
+        if health is None:
+            self.check_wanted = True        # told while starting: run starts them once it listens
+            return
+        if self.checking:
+            return
+        self.checking = True
+        health.on_result.append(
+            lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason)))
+        health.start()
 
     async def reopen_listeners(self, proxy: Proxy) -> None:
         """reopen_listeners: accept again after a "close" (the successor died before it served)."""
@@ -195,11 +216,10 @@ class Agent:
         for message in self.early:
             self.on_message(message)
         self.early = []
-        await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=check_health)
+        await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=False)
         router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
-        if check_health and proxy.health is not None:
-            proxy.health.on_result.append(
-                lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason)))
+        if check_health or self.check_wanted:
+            self.check_health(proxy)
         self.send(("ready", os.getpid(), proxy.snapshot()))
         self._push()
         timeout = await self.stopping
@@ -237,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=FORMATS)
+    parser.add_argument("--code", help="the supervisor's CODE_STAMP: refuse to run on other files")
     args = parser.parse_args(argv)
     _die_with(args.parent)
     # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker; a SIGHUP
@@ -245,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(args.log_format, args.log_level, worker=os.getpid())
+    if args.code is not None and args.code != CODE_STAMP:
+        # cutover was installed again since the supervisor started: this process would run other
+        # code than the supervisor that talks to it (its messages, its snapshots' layout).
+        log.error("the data plane's files changed since the supervisor started (code %s, supervisor's %s): "
+                  "not serving; restart cutover serve or upgrade it (SIGUSR2)", CODE_STAMP, args.code)
+        return CODE_CHANGED_STATUS
     channel = socket.socket(fileno=args.channel)
     listen = socket.socket(fileno=args.listen)
     preview = socket.socket(fileno=args.preview) if args.preview is not None else None
