@@ -190,14 +190,31 @@ def _sum(rows: "list[tuple[int, ...]]") -> tuple[int, ...]:
 
 
 def merge_servers(servers: "list[ServerSnapshot]") -> ServerSnapshot:
-    """merge_servers: one server as seen by several workers."""
+    """merge_servers: one server as seen by several workers.
+
+    A status merges every server of every worker (a reload's answer, each scrape): one pass
+    over the parts, and the error counts summed only where a part has any.
+    """
     first = servers[0]
-    kinds = [kind for kind, _ in first.upstream_errors]
-    errors = _sum([tuple(count for _, count in s.upstream_errors) for s in servers])
-    return ServerSnapshot(address=first.address, healthy=all(s.healthy for s in servers),
-                          inflight=sum(s.inflight for s in servers),
-                          connections=sum(s.connections for s in servers), weight=first.weight,
-                          requests=sum(s.requests for s in servers), upstream_errors=tuple(zip(kinds, errors)))
+    if len(servers) == 1:
+        return first
+    healthy = True
+    inflight = connections = requests = 0
+    counted = []
+    for s in servers:
+        healthy = healthy and s.healthy
+        inflight += s.inflight
+        connections += s.connections
+        requests += s.requests
+        if any(count for _, count in s.upstream_errors):
+            counted.append(s.upstream_errors)
+    if not counted:
+        errors = first.upstream_errors
+    elif len(counted) == 1:
+        errors = counted[0]
+    else:
+        errors = tuple((kind, sum(part[i][1] for part in counted)) for i, (kind, _) in enumerate(counted[0]))
+    return ServerSnapshot(first.address, healthy, inflight, connections, first.weight, requests, errors)
 
 
 def _merge_by_address(lists: "list[tuple[ServerSnapshot, ...]]") -> tuple[ServerSnapshot, ...]:

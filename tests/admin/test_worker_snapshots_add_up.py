@@ -61,6 +61,19 @@ def test_counters_add_up_and_a_server_is_healthy_only_when_every_worker_finds_it
     assert merged.client_body_timeouts == 2 and merged.router.route == ROUTE
 
 
+def test_upstream_errors_add_up_whichever_workers_counted_them():
+    def merged_errors(*counts):
+        parts = [snapshot(env("blue", [server(errors=n)]), env("green", [])) for n in counts]
+        [s] = merge_snapshots(parts, ROUTE).router.env("blue").servers
+        return dict(s.upstream_errors)
+
+    assert merged_errors(0, 0, 0) == {kind: 0 for kind in UPSTREAM_ERROR_KINDS}
+    assert merged_errors(0, 2, 0) == {kind: 2 for kind in UPSTREAM_ERROR_KINDS}
+    assert merged_errors(1, 0, 4) == {kind: 5 for kind in UPSTREAM_ERROR_KINDS}
+    assert merged_errors(3) == {kind: 3 for kind in UPSTREAM_ERROR_KINDS}
+    assert list(merged_errors(0, 1)) == list(UPSTREAM_ERROR_KINDS)       # in their order
+
+
 def test_drains_of_one_environment_and_generation_are_summed_and_end_when_every_part_has():
     a = snapshot(env("blue", [server()]), env("green", [server()]), drains=[drain(drained=3, duration=0.2)])
     b = snapshot(env("blue", [server()]), env("green", [server()]), drains=[drain(remaining=2, duration=None)])
