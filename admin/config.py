@@ -358,6 +358,10 @@ def parse_size(value: object, path: str) -> int:
 
 
 _HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
+# An IPv4 address as ipaddress writes it (four octets 0..255, no leading zero): taken as it is,
+# without ipaddress (most of what loading a config of many servers costs).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_CANONICAL_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 def parse_address(value: object, path: str, *, allow_port_zero: bool = False) -> Address:
@@ -389,7 +393,8 @@ def parse_address(value: object, path: str, *, allow_port_zero: bool = False) ->
             )
         host = host.lower()
         try:
-            host = str(ipaddress.IPv4Address(host))
+            if not _CANONICAL_IPV4.fullmatch(host):
+                host = str(ipaddress.IPv4Address(host))
         except ValueError:
             numeric = re.fullmatch(r"[0-9.]+", host) is not None
             if numeric or not _HOSTNAME.fullmatch(host) or len(host) > 253:

@@ -217,6 +217,22 @@ def test_parse_address_rejects_and_names_path(value):
     assert "host:port" in message or "port" in message
 
 
+def test_an_ipv4_host_is_accepted_exactly_when_ipaddress_accepts_it_and_kept_as_it_writes_it():
+    import ipaddress
+    for n in list(range(256)) + [256, 299, 999]:
+        for octet in (str(n), "0" + str(n), "00" + str(n)):
+            host = f"{octet}.1.20.{octet}"
+            try:
+                expected = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                expected = None
+            try:
+                got = parse_address(f"{host}:80", "k").host
+            except ConfigError:
+                got = None
+            assert got == expected, host
+
+
 def test_parse_address_message_shows_the_bad_value():
     with pytest.raises(ConfigError) as err:
         parse_address("localhost", "environments.green.servers[0]")
