@@ -351,6 +351,7 @@ def render_status(doc: dict, args: argparse.Namespace) -> str:
         f"locked:      {locked}",
         f"weights:     {', '.join(f'{env} {w}%' for env, w in weights.items())}",
     ]
+    lines += listener_lines(doc)
     for env, drain in (doc.get("draining") or {}).items():
         lines.append(f"draining:    {env} (generation {drain.get('generation')}, "
                      f"{drain.get('remaining', 0)} in flight)")
@@ -369,6 +370,22 @@ def render_status(doc: dict, args: argparse.Namespace) -> str:
         for server in env.get("retired_servers", []):
             lines.append(f"    {server.get('address', ''):<{addr_width}}  {figures(server)}  removed, draining")
     return "\n".join(lines)
+
+
+def listener_lines(doc: dict) -> list[str]:
+    """listener_lines: render_status's lines of the listeners and whether each speaks TLS
+    (``listen_tls``, ``preview_listen_tls``, ``admin_tls``; a router that does not say gets
+    the address alone)."""
+    def over(tls: object) -> str:
+        return "TLS" if tls else "plain HTTP"
+    lines = []
+    for label, key in (("listen:", "listen"), ("preview:", "preview_listen")):
+        if doc.get(key):
+            tls = doc.get(key + "_tls")
+            lines.append(f"{label:<12} {doc[key]}" + (f", {over(tls)}" if tls is not None else ""))
+    if doc.get("admin_tls") is not None:
+        lines.append(f"admin API:   {over(doc['admin_tls'])}")
+    return lines
 
 
 def figures(item: dict) -> str:
