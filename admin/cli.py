@@ -90,10 +90,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if client_option(args, "idempotency_key", None) is not None:
         raise UsageError("cutover drill", "--idempotency-key applies to one admin call; "
                          "the drill makes several, each with its own")
-    if client_option(args, "ca", None) is not None:
-        raise UsageError("cutover drill", "--ca: the drill speaks plain HTTP to the admin API and the listener")
-    args.admin = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
-    args.token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
+    args.admin, args.token, args.ca = admin_target(args)
     args.json = client_option(args, "json", False)
     if "://" not in args.admin:
         args.admin = "http://" + args.admin
@@ -168,8 +165,8 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
     group.add_argument("--admin", dest=prefix + "admin", metavar="URL", default=argparse.SUPPRESS,
                        help=f"admin API base URL (env CUTOVER_ADMIN_URL; default {DEFAULT_URL})")
     group.add_argument("--ca", dest=prefix + "ca", metavar="FILE", default=argparse.SUPPRESS,
-                       help="PEM certificates that an https admin URL is verified against (env CUTOVER_CA; "
-                            "default the system's store), as curl --cacert")
+                       help="PEM certificates that an https admin URL (and for drill a TLS listener) is "
+                            "verified against (env CUTOVER_CA; default the system's store)")
     group.add_argument("--token", dest=prefix + "token", metavar="TOKEN", default=argparse.SUPPRESS,
                        help="bearer token (env CUTOVER_TOKEN, which keeps it out of the process list)")
     group.add_argument("--json", dest=prefix + "json", action="store_true", default=argparse.SUPPRESS,
@@ -194,6 +191,15 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
 def client_option(args: argparse.Namespace, name: str, default):
     """client_option: the option given after the subcommand, else before it, else ``default``."""
     return getattr(args, name, getattr(args, "pre_" + name, default))
+
+
+def admin_target(args: argparse.Namespace) -> tuple[str, str | None, str | None]:
+    """admin_target: the admin URL, token and CA file of a command: its options, else CUTOVER_ADMIN_URL,
+    CUTOVER_TOKEN and CUTOVER_CA, else the default URL, no token and the system's store."""
+    url = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
+    token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
+    ca = client_option(args, "ca", None) or os.environ.get("CUTOVER_CA") or None
+    return url, token, ca
 
 
 def request_timeout(args: argparse.Namespace) -> float:
@@ -255,9 +261,7 @@ async def call_admin(client: AdminClient, args: argparse.Namespace) -> dict:
 
 async def run_admin(args: argparse.Namespace) -> int:
     """run_admin: call the API, print the answer (text or JSON); the exit status per SPEC §2."""
-    url = client_option(args, "admin", None) or os.environ.get("CUTOVER_ADMIN_URL") or DEFAULT_URL
-    token = client_option(args, "token", None) or os.environ.get("CUTOVER_TOKEN") or None
-    ca = client_option(args, "ca", None) or os.environ.get("CUTOVER_CA") or None
+    url, token, ca = admin_target(args)
     as_json = client_option(args, "json", False)
     # One key per invocation: the client's own retry reuses it, and so may a CI retry (--idempotency-key).
     args.key = client_option(args, "idempotency_key", None) or str(uuid.uuid4())
@@ -351,6 +355,7 @@ def render_status(doc: dict, args: argparse.Namespace) -> str:
         f"locked:      {locked}",
         f"weights:     {', '.join(f'{env} {w}%' for env, w in weights.items())}",
     ]
+    lines += listener_lines(doc)
     for env, drain in (doc.get("draining") or {}).items():
         lines.append(f"draining:    {env} (generation {drain.get('generation')}, "
                      f"{drain.get('remaining', 0)} in flight)")
@@ -369,6 +374,22 @@ def render_status(doc: dict, args: argparse.Namespace) -> str:
         for server in env.get("retired_servers", []):
             lines.append(f"    {server.get('address', ''):<{addr_width}}  {figures(server)}  removed, draining")
     return "\n".join(lines)
+
+
+def listener_lines(doc: dict) -> list[str]:
+    """listener_lines: render_status's lines of the listeners and whether each speaks TLS
+    (``listen_tls``, ``preview_listen_tls``, ``admin_tls``; a router that does not say gets
+    the address alone)."""
+    def over(tls: object) -> str:
+        return "TLS" if tls else "plain HTTP"
+    lines = []
+    for label, key in (("listen:", "listen"), ("preview:", "preview_listen")):
+        if doc.get(key):
+            tls = doc.get(key + "_tls")
+            lines.append(f"{label:<12} {doc[key]}" + (f", {over(tls)}" if tls is not None else ""))
+    if doc.get("admin_tls") is not None:
+        lines.append(f"admin API:   {over(doc['admin_tls'])}")
+    return lines
 
 
 def figures(item: dict) -> str:

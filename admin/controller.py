@@ -233,6 +233,12 @@ class Controller:
             "analysis": self.analysis.to_dict() if self.analysis is not None else None,
             "listen": snapshot.listen,
             "preview_listen": snapshot.preview_listen,
+            # Whether each listener speaks TLS (SPEC §12): the data plane's for listen and
+            # preview_listen (null without one), the config's admin.tls for the admin API
+            # (turning either on or off needs a restart, so the running config says it).
+            "listen_tls": snapshot.tls,
+            "preview_listen_tls": snapshot.tls if snapshot.preview_listen is not None else None,
+            "admin_tls": self.config.admin.tls is not None,
             "store": self.store.info(),
             "fleet": self.plane.fleet_info() if hasattr(self.plane, "fleet_info") else None,
             "pid": os.getpid(),

@@ -178,6 +178,10 @@ _SCHEMAS: dict[str, dict] = {
         "analysis": {"oneOf": [_ref("Analysis"), {"type": "null"}]},
         "listen": {"type": "string", "description": "host:port of the user traffic listener"},
         "preview_listen": {"type": ["string", "null"], "description": "host:port of the preview listener"},
+        "listen_tls": {"type": "boolean", "description": "the user traffic listener speaks TLS (the tls section)"},
+        "preview_listen_tls": {"type": ["boolean", "null"],
+                               "description": "the preview listener speaks TLS; null without a preview listener"},
+        "admin_tls": {"type": "boolean", "description": "the admin API's listener speaks TLS (admin.tls)"},
         "store": {"type": "object", "properties": {
             "kind": {"type": "string", "enum": ["file", "etcd"]},
             "path": {"type": "string", "description": "file: the state file"},
@@ -206,7 +210,7 @@ _SCHEMAS: dict[str, dict] = {
                          "description": "schema/attest only: every attestation kept"},
     }, required=["live", "previous", "generation", "held", "held_requests", "hold_until", "locked",
                  "lock_reason", "weights", "environments", "draining", "analysis", "listen",
-                 "preview_listen", "store", "fleet", "pid", "workers"]),
+                 "preview_listen", "listen_tls", "preview_listen_tls", "admin_tls", "store", "fleet", "pid", "workers"]),
     "HistoryEvent": _object({
         "at": _TIME,
         "action": {"type": "string", "enum": ["flip", "rollback", "auto_rollback", "promote", "canary", "abort",

@@ -1,8 +1,8 @@
 """certs: certificates made at test time with the openssl command (Debian's openssl package).
 
 ``Authority(folder)`` is a throwaway certificate authority; ``issue(names)`` signs a server
-certificate for those DNS names (and 127.0.0.1) with a fresh P-256 key and returns its
-``Issued`` files. ``tls_files`` (plugin.py, one per test session) holds the ones the TLS tests
+certificate for those DNS names (and 127.0.0.1, unless told not to) with a fresh P-256 key and
+returns its ``Issued`` files. ``tls_files`` (plugin.py, one per test session) holds the ones the TLS tests
 share: the authority, a second unrelated one, and certificates for a few names. A client
 context trusting an authority is ``client_context(authority)``.
 """
@@ -56,15 +56,16 @@ class Authority:
              "-keyout", str(self.key), "-out", str(self.cert), "-days", "3", "-subj", f"/CN={name}",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 
-    def issue(self, names: tuple[str, ...], stem: str | None = None) -> Issued:
-        """issue: a server certificate for ``names`` (DNS names; 127.0.0.1 is always added as an IP)."""
+    def issue(self, names: tuple[str, ...], stem: str | None = None, loopback: bool = True) -> Issued:
+        """issue: a server certificate for ``names`` (DNS names; 127.0.0.1 is added as an IP unless
+        ``loopback`` is False: a certificate for the public names alone)."""
         self._serial += 1
         stem = stem or f"{names[0].replace('*', 'star')}-{self._serial}"
         key = self.folder / f"{stem}.key"
         csr = self.folder / f"{stem}.csr"
         cert = self.folder / f"{stem}.pem"
         ext = self.folder / f"{stem}.ext"
-        alt = ",".join([f"DNS:{n}" for n in names] + ["IP:127.0.0.1"])
+        alt = ",".join([f"DNS:{n}" for n in names] + (["IP:127.0.0.1"] if loopback else []))
         ext.write_text(f"subjectAltName={alt}\nbasicConstraints=critical,CA:FALSE\n"
                        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
                        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
@@ -103,3 +104,4 @@ class TlsFiles:
     shop: Issued                  # shop.test
     api: Issued                   # api.test, *.api.test
     localhost: Issued             # localhost (and 127.0.0.1)
+    public: Issued                # shop.test alone: not valid for 127.0.0.1

@@ -153,10 +153,12 @@ def fleet_of(make_stack, etcd, tmp_path, request):
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
     """tls_files: a TlsFiles (tests/support/certs.py) made once for the session with the openssl
-    command: a test CA, an unrelated one, and certificates for shop.test, api.test and localhost."""
+    command: a test CA, an unrelated one, and certificates for shop.test, api.test and localhost
+    (each also valid for 127.0.0.1), and one for shop.test alone."""
     from tests.support.certs import Authority, TlsFiles
     folder = tmp_path_factory.mktemp("tls")
     authority = Authority(folder / "ca")
     return TlsFiles(authority=authority, other=Authority(folder / "other", "another test CA"),
                     shop=authority.issue(("shop.test",)), api=authority.issue(("api.test", "*.api.test")),
-                    localhost=authority.issue(("localhost",)))
+                    localhost=authority.issue(("localhost",)),
+                    public=authority.issue(("shop.test",), stem="public", loopback=False))
