@@ -9,8 +9,9 @@ NamedTuple on the request path):
 keeping the exchanges themselves for a batch's 100 ms made them survive into the older
 generations, and each full collection then walked thousands of them (measured: a 78 ms
 stall and +7 us per request, against 0.5 ms and +0 with entries). Every FLUSH_INTERVAL a loop timer
-formats what gathered (json or combined, one line each) and hands the bytes to a writer
-thread, which alone touches the file: a write that blocks (a slow disk, a full pipe on
+formats what gathered (json or combined, one line each; CHUNK records per pass of the loop)
+and hands the bytes to a writer thread (once per interval, or per HAND_BYTES when more
+gathered), which alone touches the file: a write that blocks (a slow disk, a full pipe on
 standard output) stalls that thread, never the event loop. What waits for the thread is
 bounded by PENDING_LIMIT bytes; a batch that would go over it is dropped and its lines are
 counted (``dropped``, with the lines the thread failed to write: Snapshot.access_log_dropped,
@@ -50,6 +51,7 @@ log = logging.getLogger("cutover.proxy")
 
 FLUSH_INTERVAL = 0.1          # seconds between two batches
 CHUNK = 256                   # records formatted in one pass of the loop; the rest in the passes after
+HAND_BYTES = 1 << 20          # formatted bytes handed to the writer at once, at most about this
 PENDING_LIMIT = 16 << 20      # bytes formatted and not yet written, at most
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
 
@@ -411,10 +413,12 @@ class AccessLog:
         self._writer = _Writer(config.path, limit)
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None     # the next chunk of a batch too big for one pass
-        # The chunks of this batch formatted so far, and their lines: handed to the writer in one
-        # piece once the batch is done (one wake-up of its thread per FLUSH_INTERVAL, not per chunk).
+        # The chunks of this batch formatted so far, their lines and bytes: handed to the writer in
+        # one piece once the batch is done, at the next tick or past HAND_BYTES (one wake-up of its
+        # thread per FLUSH_INTERVAL, not per chunk, and no piece much bigger than HAND_BYTES).
         self._formatted: list[bytes] = []
         self._formatted_lines = 0
+        self._formatted_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -431,6 +435,10 @@ class AccessLog:
     def _tick(self) -> None:
         if self._soon is None:
             self._chunk()
+        else:
+            # Chunks still follow one another (requests end faster than a pass formats them):
+            # what they formatted goes to the writer now, one hand-off per interval still.
+            self._hand()
         if self._loop is not None:
             self._timer = self._loop.call_later(self.interval, self._tick)
 
@@ -461,12 +469,16 @@ class AccessLog:
 
     def _format_batch(self, batch: list[Any]) -> None:
         try:
-            self._formatted.append(self._format(batch, time.time() - time.monotonic(), self._clock))
+            data = self._format(batch, time.time() - time.monotonic(), self._clock)
         except Exception:
             log.exception("access_log: formatting a batch failed; its %d lines are dropped", len(batch))
             self.full += len(batch)
             return
+        self._formatted.append(data)
         self._formatted_lines += len(batch)
+        self._formatted_bytes += len(data)
+        if self._formatted_bytes >= HAND_BYTES:
+            self._hand()
 
     def _hand(self) -> None:
         """_hand: queue what was formatted for the writer thread, in one piece."""
@@ -475,7 +487,7 @@ class AccessLog:
             return
         data = self._formatted[0] if len(self._formatted) == 1 else b"".join(self._formatted)
         self._formatted.clear()
-        self._formatted_lines = 0
+        self._formatted_lines = self._formatted_bytes = 0
         if self._writer.put(data, lines):
             self.lines += lines
         else:

@@ -156,6 +156,27 @@ async def test_a_path_that_cannot_be_opened_drops_and_counts_its_lines(tmp_path)
         await log.close()
 
 
+async def test_lines_reach_the_file_each_interval_while_requests_end_faster_than_chunks_format(tmp_path):
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    try:
+        requests(rig, CHUNK * 3)
+        log._tick()                              # the timer: one chunk, the next ones pass by pass
+        await asyncio.sleep(0)                   # a second chunk; meanwhile more requests end
+        requests(rig, CHUNK * 3, tag="s")
+        log._tick()                              # the next interval comes while chunks still follow
+        assert log.lines == 2 * CHUNK            # what was formatted is handed now, not at the end
+        await eventually(lambda: len(targets(path)) == 2 * CHUNK, what="the first two chunks written")
+        await eventually(lambda: not log.records, what="every chunk")
+        log._tick()
+        await eventually(lambda: len(targets(path)) == 6 * CHUNK, what="every line")
+        assert targets(path) == [f"/r{i}" for i in range(3 * CHUNK)] + [f"/s{i}" for i in range(3 * CHUNK)]
+        assert log.dropped == 0
+    finally:
+        await log.close()
+
+
 async def test_a_big_batch_is_formatted_a_chunk_per_pass_of_the_loop_in_order(tmp_path):
     path = tmp_path / "access.log"
     rig = Rig(access_log={"path": str(path)})
