@@ -108,10 +108,15 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def hold_shares(max_queued: int, count: int) -> list[int]:
-    """hold_shares: hold.max_queued split over ``count`` workers, summing to it exactly."""
-    base, extra = divmod(max_queued, count)
-    return [base + (1 if slot < extra else 0) for slot in range(count)]
+def hold_shares(max_queued: int, count: int, retired: frozenset[int] = frozenset()) -> list[int]:
+    """hold_shares: hold.max_queued split over the ``count`` worker slots but the ``retired``
+    ones (which get 0), summing to it exactly."""
+    serving = [slot for slot in range(count) if slot not in retired] or list(range(count))
+    base, extra = divmod(max_queued, len(serving))
+    shares = [0] * count
+    for i, slot in enumerate(serving):
+        shares[slot] = base + (1 if i < extra else 0)
+    return shares
 
 
 def counters_only(snapshot: Snapshot) -> Snapshot:
@@ -408,7 +413,9 @@ class WorkerPlane:
         if self.closing:
             return
         code = process.returncode
-        if code == data_plane.CODE_CHANGED_STATUS:
+        if code == data_plane.CODE_CHANGED_STATUS or (not was_alive and data_plane.code_stamp() != data_plane.CODE_STAMP):
+            # It refused the files, or (an older or broken install: it could not even say so)
+            # it exited before it served while the files are not the ones this process runs.
             self._retire(worker)
             return
         cause = f"signal {_signal_name(-code)}" if code is not None and code < 0 else f"status {code}"
@@ -434,6 +441,11 @@ class WorkerPlane:
         for callback in self.on_restart:
             callback(self._info(worker))
 
+    def _hold_shares(self) -> list[int]:
+        """_hold_shares: hold.max_queued split over the slots that are not retired."""
+        return hold_shares(self.settings.max_queued, self.count,
+                           frozenset(w.slot for w in self.workers if w.error is not None))
+
     def _retire(self, worker: Worker) -> None:
         """_retire: the slot of a worker that refused to run on files that changed since this
         supervisor started. Started again it would run the same files, so the slot stays empty
@@ -448,10 +460,17 @@ class WorkerPlane:
             if worker.preview is not None:
                 worker.preview.close()
             if worker.slot == self.checker:
-                # Health checks move to the next slot (started with them, or told now).
-                self.checker = others[0].slot
-                if others[0].channel is not None:
-                    others[0].channel.send(("check",))
+                # Health checks move to a live slot if there is one (told now), else to the next
+                # one (started with them).
+                heir = next((w for w in others if w.alive), others[0])
+                self.checker = heir.slot
+                if heir.channel is not None:
+                    heir.channel.send(("check",))
+            # The hold's bound stays the router's: the retired slot's share goes to the others.
+            self.shares = self._hold_shares()
+            for other in others:
+                if other.channel is not None:
+                    other.channel.send(("share", self.shares[other.slot]))
         log.error("worker %s (slot %d) refused to run: %s; slot %d is not started again%s", worker.pid,
                   worker.slot, CODE_CHANGED, worker.slot,
                   "" if any(w.alive for w in others) else "; NO worker serves now")
@@ -567,7 +586,7 @@ class WorkerPlane:
             self.settings = dataclasses.replace(change.settings, environments=tuple(
                 dataclasses.replace(e, servers=serving[e.name].servers, weights=serving[e.name].weights)
                 if e.name in serving else e for e in change.settings.environments))
-            self.shares = hold_shares(change.settings.max_queued, self.count)
+            self.shares = self._hold_shares()
             self.log_level, self.log_format = change.settings.log_level.upper(), change.settings.log_format
         servers = None
         if change.servers is not None:

@@ -90,6 +90,13 @@ def test_the_hold_bound_is_split_over_the_workers_and_sums_to_it():
     assert all(sum(hold_shares(n, k)) == n for n in (0, 7, 10000) for k in (1, 2, 5))
 
 
+def test_a_retired_slots_share_of_the_hold_goes_to_the_others():
+    assert hold_shares(10000, 3, frozenset({0})) == [0, 5000, 5000]
+    assert hold_shares(7, 3, frozenset({1})) == [4, 0, 3]
+    assert hold_shares(5, 2, frozenset({0, 1})) == [3, 2]      # none left: split as before
+    assert all(sum(hold_shares(n, 4, frozenset({2}))) == n for n in (0, 1, 9, 10000))
+
+
 def test_an_exited_worker_keeps_its_counters_but_none_of_its_gauges():
     s = snapshot(env("blue", [server(requests=9, inflight=2, connections=3)], (0, 0, 9, 0, 0, 0), 2),
                  env("green", [server()]), drains=[drain(remaining=2, duration=None)], held=True, held_requests=5,
