@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -44,11 +45,16 @@ def _run(coro) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # From here a SIGHUP, SIGUSR1 or SIGUSR2 is noted, not the end of the process: serve handles
+    # what came once it serves (admin/serve.py EARLY_SIGNALS).
+    noted: list[int] = []
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, lambda number, _frame: noted.append(number))
     from .serve import StartError, serve
     config = load_config(args.config)
     configure_logging(config.log.format, config.log.level)
     try:
-        return _run(serve(config))
+        return _run(serve(config, noted))
     except StartError as exc:    # a listener that cannot bind, named by its config key
         print(f"cutover: {exc}", file=sys.stderr)
         return 1

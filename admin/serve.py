@@ -368,14 +368,17 @@ def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket 
     return inherited.listens[0], preview
 
 
-async def serve(config: Config) -> int:
-    """serve: start everything, wait for a signal, shut down gracefully; returns the exit status."""
+async def serve(config: Config, noted: list[int] | None = None) -> int:
+    """serve: start everything, wait for a signal, shut down gracefully; returns the exit status.
+
+    ``noted``: the EARLY_SIGNALS that came before (cmd_serve notes them from its start)."""
     # SIGHUP, SIGUSR1 and SIGUSR2 must not end the process while it starts (their default): one
     # that comes before it serves is noted here; a reload (SIGHUP) and a reopen of the access log
     # (SIGUSR1) are done once it serves, an upgrade (SIGUSR2) is refused. Workers ignore SIGHUP
-    # themselves (proxy/agent.py): a reload reaches them through the plane.
+    # themselves (proxy/agent.py; a uvloop parent spawns them with every signal at its default):
+    # a reload reaches them through the plane.
     loop = asyncio.get_running_loop()
-    early: list[int] = []
+    early: list[int] = noted if noted is not None else []
     for signum in EARLY_SIGNALS:
         loop.add_signal_handler(signum, early.append, signum)
     running = await start(config, Inherited.take())
