@@ -12,16 +12,11 @@ import re
 import aiohttp
 
 from tests.support.adminapi import post
+from tests.support.logfile import logged_lines
 from tests.support.rawhttp import connect, read_response
 from tests.support.wait import eventually
 
 GENERATED = re.compile(r"[0-9a-f]{16}-[0-9a-f]+")
-
-
-def lines(path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 async def test_a_flip_window_logs_both_environments_with_their_generations(make_stack, session, tmp_path):
@@ -51,8 +46,8 @@ async def test_a_flip_window_logs_both_environments_with_their_generations(make_
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    await eventually(lambda: len(lines(path)) == len(answers), timeout=5, what="every request logged")
-    logged = {line["request_id"]: line for line in lines(path)}
+    await eventually(lambda: len(logged_lines(path)) == len(answers), timeout=5, what="every request logged")
+    logged = {line["request_id"]: line for line in logged_lines(path)}
     for sent, answered, env in answers:
         assert answered == sent
         line = logged[sent]
@@ -95,5 +90,5 @@ async def test_the_backend_and_the_client_see_the_same_id_passed_replaced_or_gen
     for name in ("too long", "bad chars", "two", "none"):
         assert GENERATED.fullmatch(ids[name]), (name, ids[name])
     assert len(set(ids.values())) == len(ids)
-    await eventually(lambda: len(lines(path)) == len(cases), timeout=5)
-    assert [line["request_id"] for line in lines(path)] == list(ids.values())
+    await eventually(lambda: len(logged_lines(path)) == len(cases), timeout=5)
+    assert [line["request_id"] for line in logged_lines(path)] == list(ids.values())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.support.logfile import ends_whole, logged_lines
 from tests.support.ports import free_port
 from tests.support.processes import serve_config, serving_status, start_serve, stop_serve
 from tests.support.wait import eventually
@@ -31,21 +32,6 @@ async def start(tmp_path: Path, backends: dict, workers: int = 1, stdout=asyncio
         await proc.wait()
         raise
     return proc, port, admin
-
-
-def json_lines(path: Path) -> list[dict]:
-    """json_lines: every whole line of the file, each of which must be one JSON object (a line
-    cut or two writes interleaved would not parse). The part after the last newline is a write
-    under way, not yet a line: once the writers stopped, ends_whole checks there is none."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1]]
-
-
-def ends_whole(path: Path) -> bool:
-    """ends_whole: the file is empty or ends with a newline (every line whole)."""
-    data = path.read_bytes()
-    return not data or data.endswith(b"\n")
 
 
 class Load:
@@ -89,14 +75,14 @@ async def test_sigusr1_reopens_the_file_under_load_and_no_line_is_lost(tmp_path,
     proc, port, _ = await start(tmp_path, backends, access_log=f'{{path: "{path}"}}')
     try:
         load = Load(port, clients=3)
-        await eventually(lambda: len(json_lines(path)) >= 30, timeout=10, what="lines in the first file")
+        await eventually(lambda: len(logged_lines(path)) >= 30, timeout=10, what="lines in the first file")
         os.rename(path, rotated)
         proc.send_signal(signal.SIGUSR1)
-        await eventually(lambda: len(json_lines(path)) >= 30, timeout=10, what="lines in the reopened file")
+        await eventually(lambda: len(logged_lines(path)) >= 30, timeout=10, what="lines in the reopened file")
         answered = await load.finish()
-        await eventually(lambda: len(json_lines(rotated)) + len(json_lines(path)) == len(answered), timeout=5,
+        await eventually(lambda: len(logged_lines(rotated)) + len(logged_lines(path)) == len(answered), timeout=5,
                          what="every answered request in one of the two files")
-        old, new = json_lines(rotated), json_lines(path)
+        old, new = logged_lines(rotated), logged_lines(path)
         assert sorted(line["request_id"] for line in old + new) == sorted(answered)   # each once, none lost
     finally:
         await stop_serve(proc)
@@ -111,8 +97,8 @@ async def test_two_workers_append_whole_lines_to_one_file_and_both_reopen(tmp_pa
     proc, port, admin = await start(tmp_path, backends, workers=2, access_log=f'{{path: "{path}"}}')
     try:
         answered = await Load(port, clients=8, fresh=True, limit=150).done()   # fresh connections: both serve
-        await eventually(lambda: len(json_lines(path)) == len(answered), timeout=10, what="every request logged")
-        assert sorted(line["request_id"] for line in json_lines(path)) == sorted(answered)
+        await eventually(lambda: len(logged_lines(path)) == len(answered), timeout=10, what="every request logged")
+        assert sorted(line["request_id"] for line in logged_lines(path)) == sorted(answered)
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{admin}/v1/status") as resp:
                 workers = (await resp.json())["workers"]
@@ -121,9 +107,9 @@ async def test_two_workers_append_whole_lines_to_one_file_and_both_reopen(tmp_pa
         proc.send_signal(signal.SIGUSR1)           # forwarded to both workers
         await eventually(path.exists, timeout=5, what="the file reopened")
         more = await Load(port, clients=8, fresh=True, limit=40).done()
-        await eventually(lambda: len(json_lines(path)) == len(more), timeout=10)
-        assert sorted(line["request_id"] for line in json_lines(path)) == sorted(more)
-        assert len(json_lines(rotated)) == len(answered)
+        await eventually(lambda: len(logged_lines(path)) == len(more), timeout=10)
+        assert sorted(line["request_id"] for line in logged_lines(path)) == sorted(more)
+        assert len(logged_lines(rotated)) == len(answered)
     finally:
         await stop_serve(proc)
     assert proc.returncode == 0

@@ -24,6 +24,7 @@ from admin.serve import start as start_stack
 from proxy.tls import certificate_names
 from tests.support.certs import client_context
 from tests.support.cli import cutover
+from tests.support.logfile import logged_lines
 from tests.support.rawhttp import connect, read_response
 from tests.support.traffic import Traffic
 from tests.support.wait import eventually
@@ -181,8 +182,7 @@ async def test_a_reload_turns_the_access_log_on_and_the_next_requests_are_logged
         assert resp.status == 404 or resp.status == 200
 
     def logged():
-        return log_path.exists() and any(json.loads(line)["target"] == "/logged"
-                                         for line in log_path.read_text().splitlines())
+        return any(line["target"] == "/logged" for line in logged_lines(log_path))
     await eventually(logged, timeout=10)
     [event] = events(running, "reload")
     assert event["reason"] == "turn the access log on" and event["actor"] == "none"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 
 from proxy.accesslog import CHUNK, AccessLog
 from proxy.settings import AccessLogConfig
 from tests.support.fakes import Rig
+from tests.support.logfile import logged_lines
 from tests.support.wait import eventually
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -25,12 +27,8 @@ def requests(rig: Rig, n: int, tag: str = "r") -> None:
 
 
 def targets(path) -> list[str]:
-    """targets: the target of each whole line in the file (the writer thread may be midway
-    through a write: a last line without its newline is not there yet)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        return [json.loads(line)["target"] for line in f.read().split(b"\n")[:-1]]
+    """targets: the target of each whole line in the file (tests/support/logfile.py)."""
+    return [line["target"] for line in logged_lines(Path(path))]
 
 
 async def started(rig: Rig, interval: float = 3600.0, limit: int | None = None) -> AccessLog:
