@@ -466,11 +466,12 @@ class WorkerPlane:
                 self.checker = heir.slot
                 if heir.channel is not None:
                     heir.channel.send(("check",))
-            # The hold's bound stays the router's: the retired slot's share goes to the others.
+            # The hold's bound stays the router's: the retired slot's share goes to the others (a
+            # change of settings, as a reload's; not waited for).
             self.shares = self._hold_shares()
             for other in others:
-                if other.channel is not None:
-                    other.channel.send(("share", self.shares[other.slot]))
+                settings = dataclasses.replace(self.settings, max_queued=self.shares[other.slot])
+                self._request(other, lambda seq: ("apply", seq, None, None, None, settings))
         log.error("worker %s (slot %d) refused to run: %s; slot %d is not started again%s", worker.pid,
                   worker.slot, CODE_CHANGED, worker.slot,
                   "" if any(w.alive for w in others) else "; NO worker serves now")

@@ -19,7 +19,6 @@ Supervisor -> worker:
   ("health", env, address, ok, reason)        one health-check result from the checking worker
   ("check",)                                  probe the servers from now on (the checking worker's
                                               slot was retired: admin/workers.py)
-  ("share", max_queued)                       this worker's part of hold.max_queued from now on
   ("close",)                                  accept no new connection (a successor takes over)
   ("open",)                                   accept again (the successor died before it served)
   ("reopen",)                                 open the access log's file again (SIGUSR1 to the supervisor)
@@ -47,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import dataclasses
 import logging
 import os
 import signal
@@ -132,10 +130,6 @@ class Agent:
             proxy.router.fence(message[1])
         elif kind == "check":
             self.check_health(proxy)
-        elif kind == "share":
-            # This worker's part of hold.max_queued (a retired slot's share moved to the others).
-            s = proxy.settings = dataclasses.replace(proxy.settings, max_queued=message[1])
-            proxy.router.configure(s.drain_timeout, s.max_queued, s.canary_header)
         elif kind == "snapshot":
             self.send(("snapshot", message[1], proxy.snapshot()))
         elif kind == "health":

@@ -18,25 +18,19 @@ from tests.support.adminapi import JsonAdmin as Admin
 from tests.support.wait import eventually
 
 
-async def status_of(session, running) -> dict:
-    async with session.get(f"http://127.0.0.1:{running.admin_port}/v1/status") as resp:
-        assert resp.status == 200
-        return await resp.json()
-
-
 async def test_a_worker_restarted_on_other_files_is_refused_and_the_live_worker_serves_and_checks(
         make_stack, backends, session, monkeypatch):
     running = await make_stack(workers=2, fleet={"ack_timeout": "5s"},
                                health_check={"interval": "50ms", "timeout": "500ms", "unhealthy_after": 1})
     api = Admin(session, running.admin_port)
-    before = (await status_of(session, running))["workers"]
+    before = (await api.status())["workers"]
     assert [w["error"] for w in before] == [None, None]
     monkeypatch.setattr(proxy, "CODE_STAMP", "installed-before")   # the files changed since
     checker = before[0]["pid"]                                      # slot 0 runs the health checks
     os.kill(checker, signal.SIGKILL)
 
     async def retired():
-        workers = (await status_of(session, running))["workers"]
+        workers = (await api.status())["workers"]
         return workers if workers[0]["error"] else None
 
     workers = await eventually(retired, timeout=15, what="slot 0 retired")
@@ -61,8 +55,8 @@ async def test_a_worker_restarted_on_other_files_is_refused_and_the_live_worker_
         assert resp.status == 200
 
     async def marked_down():
-        return not (await status_of(session, running))["environments"]["green"]["servers"][0]["healthy"]
+        return not (await api.status())["environments"]["green"]["servers"][0]["healthy"]
 
     await eventually(marked_down, timeout=5, what="green marked down by the live worker's checks")
-    still = (await status_of(session, running))["workers"]
+    still = (await api.status())["workers"]
     assert still[0]["restarts"] == 1 and still[0]["pid"] == workers[0]["pid"]     # never started again
