@@ -15,6 +15,7 @@ of proxy/ and holds no live data-plane object outside admin/plane.py and admin/w
 
 import hashlib
 import os
+import stat
 
 from .backends import LATENCY_BUCKETS
 from .channel import Channel
@@ -64,7 +65,7 @@ def code_stamp(here: str | None = None) -> str:
                 st = os.stat(os.path.join(folder, name))
             except OSError:
                 continue
-            if os.path.isfile(os.path.join(folder, name)):
+            if stat.S_ISREG(st.st_mode):
                 digest.update(b"%s %d %d\n" % (name.encode(), st.st_size, st.st_mtime_ns))
     return digest.hexdigest()[:16]
 

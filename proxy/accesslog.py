@@ -485,7 +485,7 @@ class AccessLog:
         lines = self._formatted_lines
         if not lines:
             return
-        data = self._formatted[0] if len(self._formatted) == 1 else b"".join(self._formatted)
+        data = b"".join(self._formatted)      # one chunk: that chunk itself, not a copy
         self._formatted.clear()
         self._formatted_lines = self._formatted_bytes = 0
         if self._writer.put(data, lines):
