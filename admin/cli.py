@@ -36,6 +36,7 @@ from proxy import configure_logging, new_event_loop
 from .config import ConfigError, effective_config, load_config, parse_duration
 
 from .client import DEFAULT_TIMEOUT, DEFAULT_URL, AdminClient, AdminError
+from .early_signals import EARLY_SIGNALS
 from .state import StateError
 
 
@@ -46,9 +47,9 @@ def _run(coro) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # From here a SIGHUP, SIGUSR1 or SIGUSR2 is noted, not the end of the process: serve handles
-    # what came once it serves (admin/serve.py EARLY_SIGNALS).
+    # what came once it serves (admin/early_signals.py).
     noted: list[int] = []
-    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+    for signum in EARLY_SIGNALS:
         signal.signal(signum, lambda number, _frame: noted.append(number))
     from .serve import StartError, serve
     config = load_config(args.config)

@@ -28,6 +28,7 @@ from proxy import configure_logging
 from .api import READINESS, admin_tokens, make_app
 from .config import Config, ConfigError
 from .controller import ControlError, Controller
+from .early_signals import EARLY_SIGNALS
 from .fleet.plane import FleetPlane
 from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
@@ -40,11 +41,6 @@ log = logging.getLogger("cutover")
 
 
 MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
-
-
-# Signals whose default would end a process that is still starting: noted, then handled once it
-# serves (serve).
-EARLY_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def upgrade_refusal(running: Running, pid: int | None = None) -> str | None:
