@@ -99,6 +99,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
                          "the drill makes several, each with its own")
     args.admin, args.token, args.ca = admin_target(args)
     args.json = client_option(args, "json", False)
+    args.timeout = client_option(args, "timeout", drill.ADMIN_TIMEOUT)
     if "://" not in args.admin:
         args.admin = "http://" + args.admin
     return _run(drill.run(args))
@@ -168,6 +169,7 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
     ``timeout`` False leaves the --timeout spelling out (after `hold` it is the hold's length);
     --request-timeout is always there. ``keyed`` False leaves --idempotency-key out (drill).
     """
+    from .story import drill
     group = parser.add_argument_group("admin API options (before or after the command)")
     group.add_argument("--admin", dest=prefix + "admin", metavar="URL", default=argparse.SUPPRESS,
                        help=f"admin API base URL (env CUTOVER_ADMIN_URL; default {DEFAULT_URL})")
@@ -184,7 +186,7 @@ def add_client_options(parser: argparse.ArgumentParser, prefix: str, timeout: bo
                        default=argparse.SUPPRESS,
                        help=f"give up on the admin API after this long (default {DEFAULT_TIMEOUT:g}s; "
                             f"{SWITCH_TIMEOUT:g}s for flip, rollback, canary and promote; "
-                            f"{WAIT_TIMEOUT:g}s with --wait)")
+                            f"{WAIT_TIMEOUT:g}s with --wait; for drill, each of its calls: {drill.ADMIN_TIMEOUT:g}s)")
     if timeout:
         group.add_argument("--timeout", dest=prefix + "timeout", metavar="DURATION", type=duration,
                            default=argparse.SUPPRESS, help="the same as --request-timeout")

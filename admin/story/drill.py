@@ -164,19 +164,20 @@ async def _admin(what: str, call: Awaitable[dict]) -> dict:
 
 async def drill(admin: str, token: str | None, path: str = "/", interval: float = 0.005,
                 settle: float = 1.0, objective_ms: float = 100.0, ca: str | None = None,
-                server_name: str | None = None) -> dict:
+                server_name: str | None = None, timeout: float = ADMIN_TIMEOUT) -> dict:
     """drill: flip and roll back under probes; returns the report.
 
     Called by ``cutover drill`` (run) and the demo. Every admin call goes through AdminClient;
     each switch carries a fresh Idempotency-Key, so the client's one retry (no answer came)
     cannot switch twice. ``ca`` (a PEM file) verifies an https admin URL and a TLS listener,
-    ``server_name`` is the name the listener's certificate must carry (see the module docstring).
+    ``server_name`` is the name the listener's certificate must carry (see the module docstring);
+    ``timeout`` bounds each admin call (--request-timeout).
     """
     probe_headers = {"X-Cutover-Probe": "1"}
     if token:
         probe_headers["X-Cutover-Token"] = token
     try:
-        client = AdminClient(admin, token, ADMIN_TIMEOUT, ca)
+        client = AdminClient(admin, token, timeout, ca)
     except AdminError as exc:
         raise DrillError(f"{exc.message} ({exc.code})") from None
     async with client:
@@ -273,7 +274,7 @@ async def run(args: argparse.Namespace) -> int:
     """run: ``cutover drill``; exit 0 pass, 1 failed probes or recovery over the objective, 2 refused."""
     try:
         report = await drill(args.admin.rstrip("/"), args.token, args.path, args.interval, args.settle,
-                             args.objective_ms, args.ca, args.server_name)
+                             args.objective_ms, args.ca, args.server_name, args.timeout)
     except DrillError as exc:
         print(f"cutover: drill: {exc}", file=sys.stderr)
         return exc.code

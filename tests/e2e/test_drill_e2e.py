@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from admin.api import IDEMPOTENCY
 from admin.story.drill import drill
 from tests.support.backend import set_failing
+from tests.support.cli import assert_failed, cutover
 
 
 async def test_probe_header_names_the_serving_environment(make_proxy):
@@ -55,3 +58,23 @@ async def test_drill_sends_its_own_idempotency_key_with_each_switch(make_stack):
     report = await drill(f"http://127.0.0.1:{running.admin_port}", None, settle=0.1, objective_ms=5000)
     assert [s["action"] for s in report["switches"]] == ["flip", "rollback"]
     assert len(running.admin.app[IDEMPOTENCY]) == 2
+
+
+async def test_drill_gives_up_on_an_admin_api_that_does_not_answer_after_its_request_timeout():
+    # An admin API that accepts and never answers: `cutover drill --request-timeout 0.5` ends in one
+    # line naming the timeout, not after the drill's own 60 s per call.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(30)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with server:
+            result = await cutover("drill", "--admin", f"http://127.0.0.1:{port}", "--request-timeout", "0.5",
+                                   timeout=20)
+    finally:
+        server.close()
+    line = assert_failed(result, 1, "timeout")
+    assert "within 0.5s" in line, line
