@@ -23,7 +23,7 @@ from aiohttp import web
 
 from proxy import Address, CertificateError, Proxy, ServerTLS
 from proxy import build as data_plane_build
-from proxy import configure_logging
+from proxy import configure_logging, settle_heap
 
 from .api import READINESS, admin_tokens, make_app
 from .config import Config, ConfigError
@@ -378,6 +378,7 @@ async def serve(config: Config, noted: list[int] | None = None) -> int:
     for signum in EARLY_SIGNALS:
         loop.add_signal_handler(signum, early.append, signum)
     running = await start(config, Inherited.take())
+    settle_heap()       # start-up's objects out of every later collection (proxy/heap.py)
     route = running.plane.snapshot().router.route
     log.info("cutover listening on %s:%d, admin on %s:%d, live=%s generation=%d (state %s; data plane %s; "
              "workers %d)", config.listen.host, running.port, config.admin.listen.host, running.admin_port,

@@ -7,7 +7,8 @@ makes them from the YAML config), the event loop serve runs on, the supervisor c
 framing and the snapshot merge admin/workers.py uses for worker processes (whose own
 entry point is ``python -m proxy.agent``), how every process writes its log (logs.py), and
 the TLS settings and the contexts built from them (tls.py: admin/config.py checks certificate
-files with them, the admin listener serves with a ServerTLS), build(), and CODE_STAMP with
+files with them, the admin listener serves with a ServerTLS), settle_heap (heap.py: every
+process keeps its start-up objects out of the garbage collector's passes), build(), and CODE_STAMP with
 CODE_CHANGED_STATUS (a worker started from files that changed since its supervisor started
 refuses to run: proxy/agent.py). admin/ reaches no other module
 of proxy/ and holds no live data-plane object outside admin/plane.py and admin/workers.py.
@@ -20,6 +21,7 @@ import stat
 from .backends import LATENCY_BUCKETS
 from .channel import Channel
 from .flow import LISTEN_BACKLOG
+from .heap import settle as settle_heap
 from .logs import FORMATS as LOG_FORMATS
 from .logs import configure as configure_logging
 from .route import Route
@@ -37,7 +39,7 @@ __all__ = ["CODE_CHANGED_STATUS", "CODE_STAMP", "LATENCY_BUCKETS", "LISTEN_BACKL
            "LimitsConfig", "ListenerTLS", "Proxy", "Route", "Router",
            "RouterSnapshot", "ServerSnapshot", "ServerTLS", "Settings", "Snapshot", "TimeoutsConfig", "UpstreamTLS", "build",
            "configure_logging", "load_certificate", "merge_drains",
-           "merge_snapshots", "new_event_loop", "serving", "upstream_context"]
+           "merge_snapshots", "new_event_loop", "serving", "settle_heap", "upstream_context"]
 
 
 def build() -> str:

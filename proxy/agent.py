@@ -51,11 +51,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from . import CODE_CHANGED_STATUS, CODE_STAMP
 from .channel import Channel
+from .heap import settle as settle_heap
 from .logs import FORMATS
 from .logs import configure as configure_logging
 from .router import Router
@@ -199,7 +199,8 @@ class Agent:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop, None)
         loop.add_signal_handler(signal.SIGUSR1, self.reopen)
-        done, _ = await asyncio.wait({self.started, self.stopping}, return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [self.started, self.stopping]
+        done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if self.started not in done:
             return 0
         _, settings, route, hold, fence, health, check_health = self.started.result()
@@ -220,6 +221,7 @@ class Agent:
         router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
         if check_health or self.check_wanted:
             self.check_health(proxy)
+        settle_heap()       # start-up's objects out of every later collection (proxy/heap.py)
         self.send(("ready", os.getpid(), proxy.snapshot()))
         self._push()
         timeout = await self.stopping
