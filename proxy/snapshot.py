@@ -189,6 +189,10 @@ def _sum(rows: "list[tuple[int, ...]]") -> tuple[int, ...]:
     return tuple(sum(column) for column in zip(*rows))
 
 
+# What a server's upstream_errors are while none was counted (the kinds, each with 0).
+NO_UPSTREAM_ERRORS = tuple((kind, 0) for kind in UPSTREAM_ERROR_KINDS)
+
+
 def merge_servers(servers: "list[ServerSnapshot]") -> ServerSnapshot:
     """merge_servers: one server as seen by several workers.
 
@@ -206,7 +210,7 @@ def merge_servers(servers: "list[ServerSnapshot]") -> ServerSnapshot:
         inflight += s.inflight
         connections += s.connections
         requests += s.requests
-        if any(count for _, count in s.upstream_errors):
+        if s.upstream_errors != NO_UPSTREAM_ERRORS:
             counted.append(s.upstream_errors)
     if not counted:
         errors = first.upstream_errors
@@ -221,7 +225,12 @@ def _merge_by_address(lists: "list[tuple[ServerSnapshot, ...]]") -> tuple[Server
     """_merge_by_address: each address once, merged over the workers that list it, in first-seen order.
 
     Workers apply a new server list one after another: until each has, their lists differ.
+    Mostly they list the same servers in the same order: then the lists are merged side by side.
     """
+    first = lists[0]
+    if all(len(servers) == len(first) for servers in lists) and all(
+            a.address == b.address for servers in lists[1:] for a, b in zip(first, servers)):
+        return tuple(merge_servers(list(parts)) for parts in zip(*lists))
     seen: dict[str, list[ServerSnapshot]] = {}
     for servers in lists:
         for server in servers:
