@@ -27,11 +27,13 @@ import dataclasses
 import itertools
 import logging
 import math
+import mmap
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,17 +110,6 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def hold_shares(max_queued: int, count: int, retired: frozenset[int] = frozenset()) -> list[int]:
-    """hold_shares: hold.max_queued split over the ``count`` worker slots but the ``retired``
-    ones (which get 0), summing to it exactly."""
-    serving = [slot for slot in range(count) if slot not in retired] or list(range(count))
-    base, extra = divmod(max_queued, len(serving))
-    shares = [0] * count
-    for i, slot in enumerate(serving):
-        shares[slot] = base + (1 if i < extra else 0)
-    return shares
-
-
 def counters_only(snapshot: Snapshot) -> Snapshot:
     """counters_only: ``snapshot`` with its gauges zeroed: what an exited worker still adds to the sums.
 
@@ -130,6 +121,16 @@ def counters_only(snapshot: Snapshot) -> Snapshot:
     router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
                                  environments=tuple(env(e) for e in snapshot.router.environments))
     return dataclasses.replace(snapshot, router=router, client_connections=0)
+
+
+def _shared_file() -> int:
+    """_shared_file: a descriptor of a file no path names (memory-backed where the system has
+    memfd), for memory the workers share."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("cutover-hold-tally", os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix="cutover-hold-tally-")
+    os.unlink(path)
+    return fd
 
 
 class Worker:
@@ -171,7 +172,11 @@ class WorkerPlane:
         self.log_level = log_level
         self.log_format = log_format     # the workers log as the supervisor does (config `log`)
         self.workers: list[Worker] = []
-        self.shares = hold_shares(settings.max_queued, count)
+        # hold.max_queued bounds the router as a whole: every worker counts what its gates hold
+        # in this memory (proxy/hold.py HoldTally), which each maps from the descriptor it is
+        # given; made by start.
+        self.tally_fd = -1
+        self.tally: mmap.mmap | None = None
         self.retired: Snapshot | None = None     # the counters of exited workers, summed
         self.port = 0
         self.preview_port: int | None = None
@@ -251,6 +256,8 @@ class WorkerPlane:
         """start: bind (unless done), start every worker and wait until each listens."""
         if not self.workers:
             self.bind()
+        self.tally_fd = _shared_file()
+        self.tally = data_plane.tally_memory(self.tally_fd, self.count)
         for worker in self.workers:
             await self._spawn(worker)
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_stalls())
@@ -297,7 +304,9 @@ class WorkerPlane:
         fds = [theirs.fileno(), worker.listen.fileno()]
         argv = [sys.executable, "-m", "proxy.agent", "--channel", str(theirs.fileno()),
                 "--listen", str(worker.listen.fileno()), "--parent", str(os.getpid()),
-                "--log-level", self.log_level, "--log-format", self.log_format, "--code", data_plane.CODE_STAMP]
+                "--log-level", self.log_level, "--log-format", self.log_format, "--code", data_plane.CODE_STAMP,
+                "--tally", str(self.tally_fd), "--slot", str(worker.slot), "--slots", str(self.count)]
+        fds.append(self.tally_fd)
         if worker.preview is not None:
             fds.append(worker.preview.fileno())
             argv += ["--preview", str(worker.preview.fileno())]
@@ -323,8 +332,7 @@ class WorkerPlane:
             lambda: Channel(lambda m: self._on_message(worker, process, m), lambda: self._on_close(worker, process)),
             sock=ours)
         health = self._health_now()
-        settings = dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
-        worker.channel.send(("start", settings, self.route, (self.hold.held, self.hold.until), self.fence,
+        worker.channel.send(("start", self.settings, self.route, (self.hold.held, self.hold.until), self.fence,
                              health, worker.slot == self.checker))
 
     # ------------------------------------------------------------- messages
@@ -409,6 +417,9 @@ class WorkerPlane:
         except TimeoutError:
             process.kill()
             await process.wait()
+        # What it held went with it (its connections closed): the router's hold counts the others'.
+        if self.tally is not None:
+            data_plane.clear_slot(self.tally, self.count, worker.slot)
         worker.gone.set()
         if self.closing:
             return
@@ -441,11 +452,6 @@ class WorkerPlane:
         for callback in self.on_restart:
             callback(self._info(worker))
 
-    def _hold_shares(self) -> list[int]:
-        """_hold_shares: hold.max_queued split over the slots that are not retired."""
-        return hold_shares(self.settings.max_queued, self.count,
-                           frozenset(w.slot for w in self.workers if w.error is not None))
-
     def _retire(self, worker: Worker) -> None:
         """_retire: the slot of a worker that refused to run on files that changed since this
         supervisor started. Started again it would run the same files, so the slot stays empty
@@ -466,12 +472,6 @@ class WorkerPlane:
                 self.checker = heir.slot
                 if heir.channel is not None:
                     heir.channel.send(("check",))
-            # The hold's bound stays the router's: the retired slot's share goes to the others (a
-            # change of settings, as a reload's; not waited for).
-            self.shares = self._hold_shares()
-            for other in others:
-                settings = dataclasses.replace(self.settings, max_queued=self.shares[other.slot])
-                self._request(other, lambda seq: ("apply", seq, None, None, None, settings))
         log.error("worker %s (slot %d) refused to run: %s; slot %d is not started again%s", worker.pid,
                   worker.slot, CODE_CHANGED, worker.slot,
                   "" if any(w.alive for w in others) else "; NO worker serves now")
@@ -587,7 +587,6 @@ class WorkerPlane:
             self.settings = dataclasses.replace(change.settings, environments=tuple(
                 dataclasses.replace(e, servers=serving[e.name].servers, weights=serving[e.name].weights)
                 if e.name in serving else e for e in change.settings.environments))
-            self.shares = self._hold_shares()
             self.log_level, self.log_format = change.settings.log_level.upper(), change.settings.log_format
         servers = None
         if change.servers is not None:
@@ -605,8 +604,7 @@ class WorkerPlane:
         for worker in self.workers:
             if worker.channel is None:
                 continue
-            settings = (dataclasses.replace(self.settings, max_queued=self.shares[worker.slot])
-                        if change.settings is not None else None)
+            settings = self.settings if change.settings is not None else None
             future = self._request(worker, lambda seq: ("apply", seq, route, hold, servers, settings))
             if worker in live:
                 waits[worker] = (worker.pid, future)
@@ -766,4 +764,8 @@ class WorkerPlane:
             worker.listen.close()
             if worker.preview is not None:
                 worker.preview.close()
+        if self.tally is not None:
+            self.tally.close()
+            os.close(self.tally_fd)
+            self.tally = None
         return total

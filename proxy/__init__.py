@@ -8,7 +8,8 @@ framing and the snapshot merge admin/workers.py uses for worker processes (whose
 entry point is ``python -m proxy.agent``), how every process writes its log (logs.py), and
 the TLS settings and the contexts built from them (tls.py: admin/config.py checks certificate
 files with them, the admin listener serves with a ServerTLS), settle_heap (heap.py: every
-process keeps its start-up objects out of the garbage collector's passes), build(), and CODE_STAMP with
+process keeps its start-up objects out of the garbage collector's passes), the memory the
+workers count their held requests in (hold.py: tally_memory, clear_slot), build(), and CODE_STAMP with
 CODE_CHANGED_STATUS (a worker started from files that changed since its supervisor started
 refuses to run: proxy/agent.py). admin/ reaches no other module
 of proxy/ and holds no live data-plane object outside admin/plane.py and admin/workers.py.
@@ -22,6 +23,7 @@ from .backends import LATENCY_BUCKETS
 from .channel import Channel
 from .flow import LISTEN_BACKLOG
 from .heap import settle as settle_heap
+from .hold import clear_slot, tally_memory
 from .logs import FORMATS as LOG_FORMATS
 from .logs import configure as configure_logging
 from .route import Route
@@ -37,9 +39,9 @@ from .tls import CertificateError, ServerTLS, load_certificate, upstream_context
 __all__ = ["CODE_CHANGED_STATUS", "CODE_STAMP", "LATENCY_BUCKETS", "LISTEN_BACKLOG", "LOG_FORMATS", "UPSTREAM_ERROR_KINDS", "AccessLogConfig", "Address", "Channel", "DrainSnapshot",
            "CertificateError", "CertificateFiles", "EnvironmentConfig", "EnvironmentSnapshot", "HealthCheckConfig",
            "LimitsConfig", "ListenerTLS", "Proxy", "Route", "Router",
-           "RouterSnapshot", "ServerSnapshot", "ServerTLS", "Settings", "Snapshot", "TimeoutsConfig", "UpstreamTLS", "build",
+           "RouterSnapshot", "ServerSnapshot", "ServerTLS", "Settings", "Snapshot", "TimeoutsConfig", "UpstreamTLS", "build", "clear_slot",
            "configure_logging", "load_certificate", "merge_drains",
-           "merge_snapshots", "new_event_loop", "serving", "settle_heap", "upstream_context"]
+           "merge_snapshots", "new_event_loop", "serving", "settle_heap", "tally_memory", "upstream_context"]
 
 
 def build() -> str:

@@ -5,6 +5,10 @@ processes of ``python -m proxy.agent``, each with its own event loop, a Router, 
 accepting on the sockets it was handed, and one channel: a Unix socket carrying
 length-prefixed pickled tuples, both ways. A worker holds nothing of the control plane.
 
+Its argv names the descriptors it was handed: the channel, listen (and preview) sockets, and
+the memory every worker of the router counts its held requests in (--tally, its cells at
+--slot of --slots: proxy/hold.py HoldTally).
+
 Supervisor -> worker:
   ("start", settings, route, hold, fence, health, check_health)   the first message, once
                                               (settings carry the current server lists)
@@ -56,6 +60,7 @@ from typing import Any
 from . import CODE_CHANGED_STATUS, CODE_STAMP
 from .channel import Channel
 from .heap import settle as settle_heap
+from .hold import tallies, tally_memory
 from .logs import FORMATS
 from .logs import configure as configure_logging
 from .router import Router
@@ -69,9 +74,11 @@ SNAPSHOT_EVERY = 0.25         # seconds between the snapshots a worker pushes un
 class Agent:
     """Agent: the worker: its Proxy and Router, driven by the messages of its channel."""
 
-    def __init__(self, listen: socket.socket, preview: socket.socket | None) -> None:
+    def __init__(self, listen: socket.socket, preview: socket.socket | None,
+                 tally: tuple[int, int, int] | None = None) -> None:
         self.listen = listen
         self.preview = preview
+        self.tally = tally                # (descriptor, slot, slots) of the router's hold counts
         self.proxy: Proxy | None = None
         self.channel: Channel | None = None
         self.started: asyncio.Future[tuple] = asyncio.get_running_loop().create_future()
@@ -205,6 +212,9 @@ class Agent:
             return 0
         _, settings, route, hold, fence, health, check_health = self.started.result()
         router = Router.from_settings(settings, route)
+        if self.tally is not None:
+            fd, slot, slots = self.tally
+            router.hold_tally, router.fence_tally = tallies(tally_memory(fd, slots), slots, slot)
         router.fence(fence)
         for env, address, healthy in health:
             server = router.server(env, address)
@@ -260,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=FORMATS)
     parser.add_argument("--code", help="the supervisor's CODE_STAMP: refuse to run on other files")
+    parser.add_argument("--tally", type=int, help="the memory the workers count their held requests in (FD)")
+    parser.add_argument("--slot", type=int, default=0, help="this worker's slot (its cells in --tally)")
+    parser.add_argument("--slots", type=int, default=1, help="how many slots --tally has cells for")
     args = parser.parse_args(argv)
     _die_with(args.parent)
     # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker; a SIGHUP
@@ -281,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
 
     async def run() -> int:
-        return await Agent(listen, preview).run(channel)
+        tally = (args.tally, args.slot, args.slots) if args.tally is not None else None
+        return await Agent(listen, preview, tally).run(channel)
 
     try:
         return loop.run_until_complete(run())

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 from .backends import Environment, Server
 from .drain import Drain
 from .settings import Address
-from .hold import HoldGate
+from .hold import HoldGate, HoldTally
 from .route import Route
 from .snapshot import RouterSnapshot
 
@@ -68,6 +68,10 @@ class Router:
         self.drain_timeout = drain_timeout
         self.hold_max_queued = hold_max_queued
         self.hold_gate: HoldGate | None = None
+        # With workers, the counts of every worker's gates (proxy/hold.py): hold.max_queued
+        # bounds the router as a whole. None: this process is the router.
+        self.hold_tally: HoldTally | None = None
+        self.fence_tally: HoldTally | None = None
         # Monotonic time (CLOCK_MONOTONIC, the same in every process) past which a new request
         # waits in fence_gate: inf unless a fleet replica set it (see fence).
         self.fence_until: float = math.inf
@@ -289,7 +293,7 @@ class Router:
         the timer that calls resume); the router only shows it and never ends a hold itself.
         """
         if self.hold_gate is None:
-            self.hold_gate = HoldGate(self.hold_max_queued, until)
+            self.hold_gate = HoldGate(self.hold_max_queued, until, self.hold_tally)
         else:
             self.hold_gate.deadline = until
 
@@ -328,7 +332,7 @@ class Router:
         """fenced: ``ex`` started past fence_until: it waits for the next fence."""
         gate = self.fence_gate
         if gate is None:
-            gate = self.fence_gate = HoldGate(self.hold_max_queued, None)
+            gate = self.fence_gate = HoldGate(self.hold_max_queued, None, self.fence_tally)
         gate.enter(ex)
 
     def refuse_fenced(self, message: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from admin.config import ConfigError, effective_config, parse_config
 from admin.serve import upgrade_refusal
-from admin.workers import WorkerPlane, counters_only, hold_shares
+from admin.workers import WorkerPlane, counters_only
 from proxy import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot,
                    Snapshot, merge_drains, merge_snapshots)
 
@@ -81,20 +81,6 @@ def test_drains_of_one_environment_and_generation_are_summed_and_end_when_every_
     assert (running.drained, running.remaining, running.inflight_at_start, running.duration) == (3, 2, 5, None)
     done = merge_drains([drain(drained=3, duration=0.2), drain(drained=2, dropped=1, duration=0.4)])
     assert (done.drained, done.dropped, done.duration, done.idle_connections_closed) == (5, 1, 0.4, 2)
-
-
-def test_the_hold_bound_is_split_over_the_workers_and_sums_to_it():
-    assert hold_shares(10000, 3) == [3334, 3333, 3333]
-    assert hold_shares(1, 4) == [1, 0, 0, 0]
-    assert hold_shares(0, 2) == [0, 0]
-    assert all(sum(hold_shares(n, k)) == n for n in (0, 7, 10000) for k in (1, 2, 5))
-
-
-def test_a_retired_slots_share_of_the_hold_goes_to_the_others():
-    assert hold_shares(10000, 3, frozenset({0})) == [0, 5000, 5000]
-    assert hold_shares(7, 3, frozenset({1})) == [4, 0, 3]
-    assert hold_shares(5, 2, frozenset({0, 1})) == [3, 2]      # none left: split as before
-    assert all(sum(hold_shares(n, 4, frozenset({2}))) == n for n in (0, 1, 9, 10000))
 
 
 def test_an_exited_worker_keeps_its_counters_but_none_of_its_gauges():
