@@ -226,9 +226,11 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     plan = check_start(config)
     if inherited is not None:
         handed = len(inherited.listens)
-        if handed != config.workers:
-            # Closing a handed-over SO_REUSEPORT socket would reset what is queued on it, and a
-            # new one could not join a socket bound without SO_REUSEPORT: refuse, the old serves on.
+        # Closing a handed-over SO_REUSEPORT socket would reset what is queued on it, and a new
+        # one cannot join a socket bound without SO_REUSEPORT: refuse, the old serves on. Fewer
+        # workers' sockets (a slot the predecessor retired closed its own) are joined by new ones.
+        if handed > config.workers or (handed < config.workers and not all(
+                s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in inherited.listens)):
             raise StartError(f"workers: the running cutover has {handed} and the config says {config.workers}; "
                              "an upgrade keeps the number of workers (stop and start cutover to change it)")
     for temp in plan.store.remove_leftovers():

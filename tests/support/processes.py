@@ -61,17 +61,19 @@ def serving(config: Path) -> set[int]:
     return pids
 
 
-async def start_serve(tmp_path, config, stdout=asyncio.subprocess.DEVNULL, env: dict | None = None):
+async def start_serve(tmp_path, config, stdout=asyncio.subprocess.DEVNULL, env: dict | None = None,
+                      cwd: Path = ROOT):
     """start_serve: `cutover serve --config` as the test's child; (process, its log file).
 
     The log (stderr) goes to a file: a successor inherits it (a pipe would outlive the old
     process); ``stdout`` is where its standard output goes (an access log on "-"); ``env`` its
-    environment (default: the test's).
+    environment (default: the test's); ``cwd`` the folder whose admin/ and proxy/ it runs
+    (default this checkout).
     """
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=ROOT,
+            sys.executable, "-m", "admin.cli", "serve", "--config", str(config), cwd=cwd,
             stdout=stdout, stderr=log_file, env=env)
     return proc, log_path
 
