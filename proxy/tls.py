@@ -110,7 +110,7 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
             parts = _children(der, ext, ext_end)
             if not parts or der[parts[0][1]:parts[0][3]] != _SAN_OID:
                 continue
-            _, value, value_end = parts[-1][0], parts[-1][2], parts[-1][3]   # the OCTET STRING
+            value = parts[-1][2]   # the OCTET STRING's content
             for name_tag, _, name, name_end in _children(der, *_tlv(der, value)[1:]):
                 if name_tag == 0x82:   # [2] dNSName
                     names.append(der[name:name_end].decode("ascii").lower())
