@@ -54,6 +54,7 @@ class Inherited:
     previews: list[socket.socket]
     admin: socket.socket
     channel: socket.socket
+    workers: int | None = None      # the predecessor's workers (None: an older one did not say)
 
     @classmethod
     def take(cls, environ: dict | None = None) -> "Inherited | None":
@@ -65,7 +66,8 @@ class Inherited:
         fds = json.loads(text)
         return cls(listens=[socket.socket(fileno=fd) for fd in fds["listen"]],
                    previews=[socket.socket(fileno=fd) for fd in fds["preview"]],
-                   admin=socket.socket(fileno=fds["admin"]), channel=socket.socket(fileno=fds["channel"]))
+                   admin=socket.socket(fileno=fds["admin"]), channel=socket.socket(fileno=fds["channel"]),
+                   workers=fds.get("workers"))
 
     async def ready_then_wait(self) -> None:
         """ready_then_wait: tell the predecessor this data plane serves; return once it stopped
@@ -98,6 +100,7 @@ async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[]
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     passed = [*fds["listen"], *fds["preview"], fds["admin"], theirs.fileno()]   # type: ignore[misc]
+    # (fds["workers"], the count of the predecessor's workers, travels in the JSON only)
     env = dict(os.environ)
     env[INHERIT] = json.dumps({**fds, "channel": theirs.fileno()})
     argv = argv or [sys.executable, *sys.orig_argv[1:]]

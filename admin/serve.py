@@ -119,10 +119,12 @@ class Running:
     _admin_kept: int | None = None     # the admin socket's descriptor, kept while a successor starts
 
     def listener_fds(self) -> dict:
-        """listener_fds: what a successor is handed: listen, preview and admin descriptors."""
+        """listener_fds: what a successor is handed: listen, preview and admin descriptors, and
+        how many workers this router runs (a retired slot hands no socket)."""
         listen, preview = self.plane.listener_fds()
         return {"listen": listen, "preview": preview,
-                "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1}
+                "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1,
+                "workers": self.controller.config.workers}
 
     async def stop_accepting(self) -> None:
         """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff);
@@ -225,13 +227,13 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     """
     plan = check_start(config)
     if inherited is not None:
-        handed = len(inherited.listens)
         # Closing a handed-over SO_REUSEPORT socket would reset what is queued on it, and a new
-        # one cannot join a socket bound without SO_REUSEPORT: refuse, the old serves on. Fewer
-        # workers' sockets (a slot the predecessor retired closed its own) are joined by new ones.
-        if handed > config.workers or (handed < config.workers and not all(
-                s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in inherited.listens)):
-            raise StartError(f"workers: the running cutover has {handed} and the config says {config.workers}; "
+        # one cannot join a socket bound without SO_REUSEPORT: an upgrade keeps the number of
+        # workers, else it is refused and the old serves on. A slot the predecessor retired
+        # handed no socket: its worker binds a new one beside the others.
+        running = inherited.workers if inherited.workers is not None else len(inherited.listens)
+        if running != config.workers or len(inherited.listens) > running:
+            raise StartError(f"workers: the running cutover has {running} and the config says {config.workers}; "
                              "an upgrade keeps the number of workers (stop and start cutover to change it)")
     for temp in plan.store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)

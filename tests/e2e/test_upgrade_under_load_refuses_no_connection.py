@@ -163,15 +163,16 @@ async def test_a_mutation_waiting_during_the_handover_ends_quickly_and_its_retry
             await old.wait()
 
 
+@pytest.mark.parametrize("before, after", [(1, 2), (2, 3), (2, 1)])
 async def test_an_upgrade_that_changes_the_number_of_workers_is_refused_and_the_old_process_serves_on(
-        tmp_path, backends):
+        tmp_path, backends, before, after):
     port, admin = free_port(), free_port()
-    config = serve_config(tmp_path, backends, port, admin, workers=1)
+    config = serve_config(tmp_path, backends, port, admin, workers=before)
     old, log_path = await start_serve(tmp_path, config)
     try:
         async with aiohttp.ClientSession() as api:
-            await serving_status(api, admin)
-            serve_config(tmp_path, backends, port, admin, workers=2)      # the file now asks for 2
+            await serving_status(api, admin, before)
+            serve_config(tmp_path, backends, port, admin, workers=after)      # the file now asks for more or fewer
             old.send_signal(signal.SIGUSR2)
             await eventually(lambda: "serving on as before" in log_path.read_text(), timeout=20)
             assert old.returncode is None and (await status(api, admin))["pid"] == old.pid
