@@ -127,7 +127,10 @@ def _shared_file() -> int:
     """_shared_file: a descriptor of a file no path names (memory-backed where the system has
     memfd), for memory the workers share."""
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("cutover-hold-tally", os.MFD_CLOEXEC)
+        try:
+            return os.memfd_create("cutover-hold-tally", os.MFD_CLOEXEC)
+        except OSError as exc:      # an old kernel, or a sandbox that refuses it
+            log.info("no memfd for the workers' hold counts (%s); using a temporary file", exc)
     fd, path = tempfile.mkstemp(prefix="cutover-hold-tally-")
     os.unlink(path)
     return fd

@@ -32,8 +32,10 @@ class HoldTally:
     slot's cells once that slot's process has exited, before it starts another. A request is
     admitted by writing its worker's count plus one first, then adding up every cell: over
     the bound, the cell goes back and the request is refused. Two workers admitting at once
-    can both refuse (each saw the other's increment) but never both pass the bound: the last
-    of any set of admitted requests to add up saw every other one of them counted.
+    may both refuse (each saw the other's increment). They pass the bound only if a processor
+    lets a worker read the others' cells before its own write is seen (x86 and ARM may, for a
+    few nanoseconds; nothing here fences): then by at most one request per other worker.
+    Aligned 8-byte cells are never read half-written.
     """
 
     __slots__ = ("cells", "slot")
@@ -85,7 +87,8 @@ def clear_slot(memory: mmap.mmap, slots: int, slot: int) -> None:
 
 class HoldGate:
     """HoldGate: exchanges waiting for resume, in arrival order; with a ``tally``, bounded
-    with the other workers' gates (the hold's; a fence gate is each worker's own)."""
+    together with the same gate of every other worker (the hold's and the fence's each have
+    their own tally)."""
 
     __slots__ = ("max_queued", "waiting", "deadline", "tally")
 

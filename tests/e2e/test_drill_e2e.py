@@ -64,8 +64,8 @@ async def test_drill_gives_up_on_an_admin_api_that_does_not_answer_after_its_req
     # An admin API that accepts and never answers: `cutover drill --request-timeout 0.5` ends in one
     # line naming the timeout, not after the drill's own 60 s per call.
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        await asyncio.sleep(30)
+        while await reader.read(65536):      # reads until the client gives up and closes
+            pass
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)

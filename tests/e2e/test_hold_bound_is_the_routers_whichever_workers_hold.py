@@ -98,3 +98,26 @@ async def _held(session, admin: int, count: int) -> bool:
 async def _restarted(session, admin: int, killed: int) -> bool:
     workers = (await status(session, admin))["workers"]
     return all(w["alive"] and w["pid"] != killed for w in workers)
+
+
+async def test_a_killed_workers_held_requests_stop_counting_before_its_slot_serves_again(make_stack, session):
+    # The supervisor runs in the test's loop, so the test reads the cells the workers count in:
+    # a killed worker's cell is cleared by its supervisor, not left for its successor to overwrite.
+    running = await make_stack(workers=2, hold={"max_wait": "60s", "max_queued": MAX_QUEUED})
+    plane = running.plane
+    async with session.post(f"http://127.0.0.1:{running.admin_port}/v1/hold", json={}) as resp:
+        assert resp.status == 200, await resp.text()
+    held = [await held_request(running.port) for _ in range(MAX_QUEUED)]
+    try:
+        with memoryview(plane.tally) as raw, raw.cast("q") as cells, cells[:plane.count] as hold_cells:
+            await eventually(lambda: sum(hold_cells) == MAX_QUEUED, timeout=10, what="every request counted")
+            slot = next(i for i in range(plane.count) if hold_cells[i])
+            victim, lost = plane.workers[slot].pid, hold_cells[slot]
+            os.kill(victim, signal.SIGKILL)
+            await eventually(lambda: plane.workers[slot].pid != victim and plane.workers[slot].alive, timeout=20,
+                             what="the killed worker's slot serving again")
+            # No request reached the new worker: only the supervisor can have zeroed the cell.
+            assert hold_cells[slot] == 0 and sum(hold_cells) == MAX_QUEUED - lost, list(hold_cells)
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.hold import HoldGate, clear_slot, tallies, tally_memory
 from tests.support.fakes import Waiting
+from tests.support.paths import ROOT
 
 
 @pytest.fixture
@@ -75,6 +76,6 @@ def test_another_process_that_maps_the_memory_counts_in_the_same_cells(shared):
         print(hold.total(), hold.admit(0, 2), hold.admit(1, 2), hold.total())
     """)
     out = subprocess.run([sys.executable, "-c", child], pass_fds=[fd], capture_output=True, text=True,
-                         timeout=30, check=True).stdout.split()
+                         timeout=30, check=True, cwd=ROOT).stdout.split()
     assert out == ["1", "True", "False", "2"]     # it saw this process's 1; its second would pass 2
     assert hold_a.total() == 2                    # and this process sees its 1
