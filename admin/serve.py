@@ -231,9 +231,9 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
         # one cannot join a socket bound without SO_REUSEPORT: an upgrade keeps the number of
         # workers, else it is refused and the old serves on. A slot the predecessor retired
         # handed no socket: its worker binds a new one beside the others.
-        running = inherited.workers if inherited.workers is not None else len(inherited.listens)
-        if running != config.workers or len(inherited.listens) > running:
-            raise StartError(f"workers: the running cutover has {running} and the config says {config.workers}; "
+        theirs = inherited.workers if inherited.workers is not None else len(inherited.listens)
+        if theirs != config.workers or len(inherited.listens) > theirs:
+            raise StartError(f"workers: the running cutover has {theirs} and the config says {config.workers}; "
                              "an upgrade keeps the number of workers (stop and start cutover to change it)")
     for temp in plan.store.remove_leftovers():
         log.warning("removed %s, a state save interrupted before its rename", temp)
@@ -252,6 +252,11 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
                             logging.getLevelName(logging.getLogger().getEffectiveLevel()), config.log.format)
         try:
             if inherited is not None:
+                if not config.preview_listen:
+                    # The config no longer has a preview listener: the predecessor's close here
+                    # (a connection to that port is refused, not left waiting on a socket nobody reads).
+                    for sock in inherited.previews:
+                        sock.close()
                 plane.adopt(inherited.listens, inherited.previews if config.preview_listen else [])
             else:
                 plane.bind()

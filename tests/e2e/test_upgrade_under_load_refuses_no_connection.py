@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import time
 
 import aiohttp
 import pytest
@@ -21,7 +20,7 @@ from tests.support.certs import client_context
 from tests.support.paths import ROOT
 from tests.support.rawhttp import read_response
 from tests.support.ports import free_port
-from tests.support.processes import gone, serve_config, serving, serving_status, start_serve, stop_serve
+from tests.support.processes import gone, serve_config, serving, serving_status, start_serve, stop_serve, wait_gone
 from tests.support.traffic import Traffic
 from tests.support.wait import eventually
 
@@ -88,16 +87,7 @@ async def test_sigusr2_hands_over_to_a_successor_with_no_failed_request(tmp_path
                 assert (await resp.text()).strip() == "blue"
     finally:
         stop.set()
-        for pid in {old.pid, successor, *serving(config)} - {None}:
-            if not gone(pid):
-                os.kill(pid, signal.SIGTERM)
-        if old.returncode is None:
-            old.kill()
-            await old.wait()
-        if successor is not None:
-            deadline = time.monotonic() + 10
-            while not gone(successor) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+        await stop_both(old, successor, config)
     log = log_path.read_text()
     assert results["failed"] == [], (results["failed"][:5], log[-2000:])
     assert 0 < results["before"] < results["during"] < results["ok"]
@@ -127,6 +117,19 @@ async def hand_over_under_load(old, api, admin: int, results: dict, stop: asynci
     stop.set()
     async with asyncio.timeout(20):
         await asyncio.gather(*tasks)
+
+
+async def stop_both(old, successor: int | None, config) -> None:
+    """stop_both: SIGTERM to the old process, its successor and any other `cutover serve` of
+    ``config`` (by PID); the old one is killed if it is still there; bounded waits."""
+    for pid in {old.pid, successor, *serving(config)} - {None}:
+        if not gone(pid):
+            os.kill(pid, signal.SIGTERM)
+    if old.returncode is None:
+        old.kill()
+        await old.wait()
+    if successor is not None:
+        await wait_gone([successor], 10)
 
 
 def fresh_session() -> aiohttp.ClientSession:
@@ -268,3 +271,42 @@ async def test_a_successor_dying_before_its_admin_api_serves_is_backed_out_and_n
     assert failed == [], (failed[:5], log[-2000:])
     assert "exited (status 3) before its admin API served" in log
     assert old.returncode == 0, log[-2000:]
+
+
+async def test_an_upgrade_whose_config_drops_preview_listen_closes_the_handed_preview_sockets(tmp_path, backends):
+    # With workers, the successor is handed every slot's preview socket; a config without
+    # preview_listen must close them, so that the old preview port refuses connections instead
+    # of queueing them on a socket nobody accepts from.
+    port, admin, preview = free_port(), free_port(), free_port()
+    config = serve_config(tmp_path, backends, port, admin, workers=2, preview_listen=f'"127.0.0.1:{preview}"')
+    old, log_path = await start_serve(tmp_path, config)
+    successor = None
+    try:
+        async with aiohttp.ClientSession() as api:
+            await serving_status(api, admin, 2)
+            serve_config(tmp_path, backends, port, admin, workers=2)      # no preview_listen any more
+            old.send_signal(signal.SIGUSR2)
+
+            async def took_over():
+                try:
+                    now = await status(api, admin)
+                except aiohttp.ClientError:
+                    return None
+                return now if now["pid"] != old.pid and len(now["workers"]) == 2 else None
+
+            now = await eventually(took_over, timeout=30, what="the successor serving")
+            successor = now["pid"]
+            assert now["preview_listen"] is None
+            assert await asyncio.wait_for(old.wait(), 20) == 0
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", preview), 5)
+            except ConnectionRefusedError:
+                pass
+            else:
+                writer.close()
+                raise AssertionError("the old preview port still takes connections")
+            async with fresh_session() as s, s.get(f"http://127.0.0.1:{port}/") as resp:
+                assert resp.status == 200
+    finally:
+        await stop_both(old, successor, config)
+    assert "Traceback" not in log_path.read_text()
