@@ -14,7 +14,9 @@ and no request is routed by a route the answer of a change has superseded:
    plane on the inherited sockets, and says "ready". Both now accept, by the same route.
 3. The predecessor stops accepting on its data plane and stops its admin listener (its
    backlog stays with the successor; it keeps its own descriptors of the sockets), then says
-   "go".
+   "go", with its counters as they are then (requests, responses, bytes, errors: the
+   successor counts on from them, so they never go back; what the predecessor finishes while
+   it drains is not counted).
 4. The successor starts its admin API on the inherited socket and says "serving"; the
    predecessor drains what it had in flight and exits 0.
 
@@ -69,17 +71,32 @@ class Inherited:
                    admin=socket.socket(fileno=fds["admin"]), channel=socket.socket(fileno=fds["channel"]),
                    workers=fds.get("workers"))
 
-    async def ready_then_wait(self) -> None:
+    async def ready_then_wait(self) -> bytes | None:
         """ready_then_wait: tell the predecessor this data plane serves; return once it stopped
-        accepting (its "go"), or it is gone, or GO_TIMEOUT passed."""
+        accepting (its "go"), or it is gone, or GO_TIMEOUT passed: the counters its "go" carried
+        (a pickled Snapshot), or None when none came."""
         loop = asyncio.get_running_loop()
         self.channel.setblocking(False)
         await loop.sock_sendall(self.channel, b"ready\n")
+        got = b""
         try:
             async with asyncio.timeout(GO_TIMEOUT):
-                await loop.sock_recv(self.channel, 16)
+                while b"\n" not in got:
+                    chunk = await loop.sock_recv(self.channel, 65536)
+                    if not chunk:
+                        return None          # gone: it backed out, or an older one closed after "go"
+                    got += chunk
+                line, _, got = got.partition(b"\n")
+                size = int(line[3:]) if line.startswith(b"go ") and line[3:].isdigit() else 0
+                while len(got) < size:
+                    chunk = await loop.sock_recv(self.channel, max(65536, size - len(got)))
+                    if not chunk:
+                        return None
+                    got += chunk
+                return got[:size] or None
         except TimeoutError:
             log.warning("the predecessor did not stop accepting within %ss; going on", GO_TIMEOUT)
+            return None
 
     async def serving(self) -> None:
         """serving: tell the predecessor the admin API serves too: it drains and exits now."""
@@ -92,9 +109,11 @@ class Inherited:
 
 async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[], Awaitable[None]],
                     resume_accepting: Callable[[], Awaitable[None]],
-                    argv: list[str] | None = None) -> asyncio.subprocess.Process | None:
+                    argv: list[str] | None = None,
+                    counters: Callable[[], Awaitable[bytes]] | None = None) -> asyncio.subprocess.Process | None:
     """hand_over: start the successor with ``fds`` (listen, preview, admin); once its data plane
-    serves, run ``stop_accepting`` and let it go on; if it dies before its admin API serves, run
+    serves, run ``stop_accepting`` and let it go on, its "go" carrying what ``counters`` gives
+    then (the successor counts on from there); if it dies before its admin API serves, run
     ``resume_accepting``. Returns its process, or None when it did not take over (this process
     then serves on as before)."""
     loop = asyncio.get_running_loop()
@@ -130,8 +149,14 @@ async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[]
                   process.pid, process.returncode)
         return None
     await stop_accepting()
+    payload = b""
+    if counters is not None:
+        try:
+            payload = await counters()
+        except Exception:           # the counters are a courtesy: the handover goes on without them
+            log.exception("upgrade: the counters could not be read; the successor counts from zero")
     try:
-        await loop.sock_sendall(ours, b"go\n")
+        await loop.sock_sendall(ours, b"go %d\n" % len(payload) + payload)
     except OSError:
         pass                        # it is gone already: _serves sees it exit, and this one backs out
     served = await _serves(process, ours)

@@ -13,13 +13,14 @@ calls; nothing else in admin/ holds a Router, Proxy, Environment or Server.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from proxy import Proxy, Route, Router
+from proxy import Proxy, Route, Router, merge_snapshots
 
 if TYPE_CHECKING:
     from proxy import Address, DrainSnapshot, Settings, Snapshot
@@ -122,6 +123,16 @@ class DataPlane(Protocol):
         ...
 
 
+def carried_on(snapshot: "Snapshot", counters: "Snapshot") -> "Snapshot":
+    """carried_on: ``snapshot`` with ``counters`` (an earlier process's, gauges zeroed) added;
+    its servers are the snapshot's own, in its order (the earlier one may have had others)."""
+    merged = merge_snapshots([snapshot, counters], snapshot.router.route)
+    current = {env.name: {s.address for s in env.servers} for env in snapshot.router.environments}
+    environments = tuple(dataclasses.replace(env, servers=tuple(s for s in env.servers if s.address in current[env.name]))
+                         for env in merged.router.environments)
+    return dataclasses.replace(merged, router=dataclasses.replace(merged.router, environments=environments))
+
+
 class LocalPlane:
     """LocalPlane: the data plane of this process, one Router behind one Proxy.
 
@@ -134,6 +145,7 @@ class LocalPlane:
         self.proxy = proxy
         self._router = proxy.router
         self._started = time.time()
+        self.carried: "Snapshot | None" = None   # an upgrade's predecessor's counters (carry)
 
     @classmethod
     def build(cls, settings: "Settings", route: Route) -> "LocalPlane":
@@ -164,8 +176,14 @@ class LocalPlane:
         self._router.fence(until)
 
     def snapshot(self) -> "Snapshot":
-        """snapshot: Proxy.snapshot(), the router with its listeners and client-side counters."""
-        return self.proxy.snapshot()
+        """snapshot: Proxy.snapshot(), the router with its listeners and client-side counters (on
+        top of the predecessor's, after an upgrade)."""
+        snap = self.proxy.snapshot()
+        return snap if self.carried is None else carried_on(snap, self.carried)
+
+    def carry(self, counters: "Snapshot") -> None:
+        """carry: count on from ``counters`` (an upgrade's predecessor's, gauges zeroed)."""
+        self.carried = counters
 
     def on_drain(self, callback: DrainCallback) -> None:
         """on_drain: hand ``callback`` the snapshot of each drain the Router reports ended."""

@@ -15,13 +15,14 @@ import importlib.metadata
 import json
 import logging
 import os
+import pickle
 import signal
 import socket
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy import Address, CertificateError, Proxy, ServerTLS
+from proxy import Address, CertificateError, Proxy, ServerTLS, Snapshot
 from proxy import build as data_plane_build
 from proxy import configure_logging, settle_heap
 
@@ -34,7 +35,7 @@ from .fleet.start import Fleet
 from .handoff import Inherited, hand_over
 from .listener import AdminRunner
 from .plane import LocalPlane
-from .workers import BindFailed, WorkerPlane, WorkerStartError
+from .workers import BindFailed, WorkerPlane, WorkerStartError, counters_only
 from .state import FileStateStore, Revision, State, StateStore
 
 log = logging.getLogger("cutover")
@@ -125,6 +126,12 @@ class Running:
         return {"listen": listen, "preview": preview,
                 "admin": self.admin_socket.fileno() if self.admin_socket is not None else -1,
                 "workers": self.controller.config.workers}
+
+    async def counters(self) -> bytes:
+        """counters: the data plane's snapshot as it is now, pickled: what an upgrade's successor
+        counts on from (admin/handoff.py)."""
+        await self.plane.refresh()
+        return pickle.dumps(self.plane.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
 
     async def stop_accepting(self) -> None:
         """stop_accepting: neither the data plane nor the admin API accepts from now on (handoff);
@@ -294,7 +301,7 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
             await controller.close()
             raise listen_failure(key, address, exc) from None
     if inherited is not None:
-        await inherited.ready_then_wait()
+        carry_counters(plane, await inherited.ready_then_wait())
     runner = AdminRunner(make_app(controller, *admin_tokens(config)))
     await runner.setup()
     admin_tls = ServerTLS(config.admin.tls) if config.admin.tls is not None else None
@@ -353,6 +360,26 @@ def bind_admin(address: Address) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def carry_counters(plane: LocalPlane | WorkerPlane, payload: bytes | None) -> None:
+    """carry_counters: an upgrade's successor counts on from its predecessor's counters
+    (``payload``, a pickled Snapshot from the handoff), so that requests, responses, bytes and
+    errors never go back across it. Its gauges are not carried. A snapshot of other
+    environments, or one this version cannot read (another layout), is left out: the counters
+    then start from zero, as after a restart."""
+    if payload is None:
+        return
+    try:
+        theirs = pickle.loads(payload)      # noqa: S301 - from the predecessor that started this process
+        ok = isinstance(theirs, Snapshot) and theirs.router.names() == plane.snapshot().router.names()
+    except Exception as exc:               # another version's snapshot layout
+        log.warning("upgrade: the predecessor's counters cannot be read (%s); counting from zero", exc)
+        return
+    if not ok:
+        log.warning("upgrade: the predecessor's counters are of other environments; counting from zero")
+        return
+    plane.carry(counters_only(theirs))
 
 
 def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket | None, socket.socket | None]:
@@ -419,7 +446,7 @@ async def serve(config: Config, noted: list[int] | None = None) -> int:
                 return
             try:
                 successor = await hand_over(running.listener_fds(), running.stop_accepting,
-                                            running.resume_accepting)
+                                            running.resume_accepting, counters=running.counters)
             except Exception:
                 # Past the successor's "ready" this process may have stopped accepting: exit
                 # rather than linger serving nothing.

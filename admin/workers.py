@@ -113,11 +113,12 @@ def _signal_name(number: int) -> str:
 def counters_only(snapshot: Snapshot) -> Snapshot:
     """counters_only: ``snapshot`` with its gauges zeroed: what an exited worker still adds to the sums.
 
-    Its servers count as healthy (what merging takes as "no opinion"): health is the live workers'.
+    Its servers and environments count as healthy (what merging takes as "no opinion"): health
+    is the live workers'.
     """
     def env(e):
         servers = tuple(dataclasses.replace(s, inflight=0, connections=0, healthy=True) for s in e.servers)
-        return dataclasses.replace(e, inflight=0, connections=0, servers=servers, retired=())
+        return dataclasses.replace(e, inflight=0, connections=0, servers=servers, retired=(), healthy=True)
     router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
                                  environments=tuple(env(e) for e in snapshot.router.environments))
     return dataclasses.replace(snapshot, router=router, client_connections=0)
@@ -660,6 +661,11 @@ class WorkerPlane:
         return dataclasses.replace(merged, router=router, listen=listen,
                                    preview_listen=f"{preview.host}:{self.preview_port}" if preview is not None
                                    and self.preview_port else None)
+
+    def carry(self, counters: Snapshot) -> None:
+        """carry: count on from ``counters`` (an upgrade's predecessor's, gauges zeroed), as from
+        the workers that exited."""
+        self.retired = counters if self.retired is None else merge_snapshots([self.retired, counters], self.route)
 
     def _current_servers(self, env: EnvironmentSnapshot) -> EnvironmentSnapshot:
         """_current_servers: ``env`` with the servers of its current list, in its order (the counters

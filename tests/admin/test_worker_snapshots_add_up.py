@@ -1,5 +1,5 @@
-"""A router of N workers reads as one: socket-free tests of the snapshot merge, the hold
-queue's split, what an exited worker still counts for, and the `workers` / `fleet` config."""
+"""A router of N workers reads as one: socket-free tests of the snapshot merge, what an exited
+worker (or an upgrade's predecessor) still counts for, and the `workers` / `fleet` config."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from admin.config import ConfigError, effective_config, parse_config
-from admin.serve import upgrade_refusal
+from admin.plane import LocalPlane, carried_on
+from admin.serve import carry_counters, upgrade_refusal
 from admin.workers import WorkerPlane, counters_only
 from proxy import (UPSTREAM_ERROR_KINDS, DrainSnapshot, EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot,
                    Snapshot, merge_drains, merge_snapshots)
+from tests.support.fakes import unstarted_proxy
 
 ROUTE = Route(4, "green", previous="blue", environments=("blue", "green"))
 
@@ -140,6 +142,9 @@ def test_an_exited_worker_leaves_no_opinion_on_health():
     merged = merge_snapshots([well, counters_only(sick)], ROUTE)
     blue = merged.router.env("blue")
     assert blue.healthy is True and blue.servers[0].healthy is True and blue.servers[0].requests == 5
+    # An environment the live workers find able to serve (removed servers still serving, none of
+    # the current list healthy) stays so whatever the exited one last saw.
+    assert counters_only(sick).router.env("blue").healthy is True
 
 
 def test_before_any_worker_started_the_plane_reads_as_zeros():
@@ -157,3 +162,30 @@ def test_sigusr2_is_refused_as_pid_1_and_while_traffic_is_held():
     assert "PID 1" in upgrade_refusal(running, pid=1)
     running.controller.state.held = True
     assert "held" in upgrade_refusal(running, pid=4242)
+
+
+def test_counters_carried_across_an_upgrade_add_up_and_the_servers_are_the_current_ones():
+    now = snapshot(env("blue", [server("127.0.0.1:1", requests=3, connections=2)], responses=(0, 0, 3, 0, 0, 0),
+                       inflight=1), env("green", [server("127.0.0.1:2")]), clients=4)
+    before = counters_only(snapshot(env("blue", [server("127.0.0.1:1", requests=5), server("127.0.0.1:9", requests=7)],
+                                        responses=(0, 0, 12, 0, 0, 0), inflight=3),
+                                    env("green", [server("127.0.0.1:2", requests=1)]), clients=9))
+    carried = carried_on(now, before)
+    blue = carried.router.env("blue")
+    assert [s.address for s in blue.servers] == ["127.0.0.1:1"]      # the old list's 9 is not listed
+    assert (blue.servers[0].requests, blue.servers[0].connections) == (8, 2)
+    assert (blue.responses[2], blue.inflight, blue.bytes_out) == (15, 1, 200)
+    assert carried.router.env("green").servers[0].requests == 1
+    assert (carried.listen, carried.client_connections, carried.router.route) == (now.listen, 4, now.router.route)
+
+
+def test_a_predecessors_counters_that_cannot_be_read_or_are_of_other_environments_are_left_out(caplog):
+    plane = LocalPlane(unstarted_proxy())
+    carry_counters(plane, b"not a pickle")
+    carry_counters(plane, pickle.dumps(snapshot(env("red", [server()]), env("green", [server("127.0.0.1:2")]))))
+    assert plane.carried is None and caplog.text.count("counting from zero") == 2
+    carry_counters(plane, None)              # an older predecessor sent none
+    assert plane.carried is None
+    carry_counters(plane, pickle.dumps(snapshot(env("blue", [server("127.0.0.1:1", requests=4)]),
+                                                env("green", [server("127.0.0.1:2")]))))
+    assert plane.snapshot().router.env("blue").servers[0].requests == 4

@@ -132,6 +132,18 @@ async def stop_both(old, successor: int | None, config) -> None:
         await wait_gone([successor], 10)
 
 
+async def taken_over(api, admin: int, old, workers: int) -> dict:
+    """taken_over: the status once a successor of ``old`` answers with ``workers`` workers (30 s at most)."""
+    async def successor():
+        try:
+            now = await status(api, admin)
+        except aiohttp.ClientError:
+            return None
+        return now if now["pid"] != old.pid and len(now["workers"]) == workers else None
+
+    return await eventually(successor, timeout=30, what="the successor serving")
+
+
 def fresh_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
@@ -287,14 +299,7 @@ async def test_an_upgrade_whose_config_drops_preview_listen_closes_the_handed_pr
             serve_config(tmp_path, backends, port, admin, workers=2)      # no preview_listen any more
             old.send_signal(signal.SIGUSR2)
 
-            async def took_over():
-                try:
-                    now = await status(api, admin)
-                except aiohttp.ClientError:
-                    return None
-                return now if now["pid"] != old.pid and len(now["workers"]) == 2 else None
-
-            now = await eventually(took_over, timeout=30, what="the successor serving")
+            now = await taken_over(api, admin, old, 2)
             successor = now["pid"]
             assert now["preview_listen"] is None
             assert await asyncio.wait_for(old.wait(), 20) == 0
@@ -310,3 +315,47 @@ async def test_an_upgrade_whose_config_drops_preview_listen_closes_the_handed_pr
     finally:
         await stop_both(old, successor, config)
     assert "Traceback" not in log_path.read_text()
+
+
+def requests_counted(metrics: str) -> float:
+    """requests_counted: cutover_requests_total summed over environments and status classes."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("cutover_requests_total{"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_counters_go_on_from_the_predecessors_across_an_upgrade(tmp_path, backends, workers):
+    port, admin = free_port(), free_port()
+    config = serve_config(tmp_path, backends, port, admin, workers=workers)
+    old, log_path = await start_serve(tmp_path, config)
+    successor = None
+    try:
+        async with aiohttp.ClientSession() as api:
+            await serving_status(api, admin, workers)
+            async with fresh_session() as s:
+                for _ in range(30):
+                    async with s.get(f"http://127.0.0.1:{port}/") as resp:
+                        assert resp.status == 200
+
+            async def counted():
+                async with api.get(f"http://127.0.0.1:{admin}/metrics") as resp:
+                    return requests_counted(await resp.text())
+
+            before = await eventually(lambda: _at_least(counted, 30), timeout=10, what="30 requests counted")
+            old.send_signal(signal.SIGUSR2)
+
+            successor = (await taken_over(api, admin, old, workers))["pid"]
+            assert await counted() >= before          # not back to zero
+            async with fresh_session() as s:
+                for _ in range(20):
+                    async with s.get(f"http://127.0.0.1:{port}/") as resp:
+                        assert resp.status == 200
+            await eventually(lambda: _at_least(counted, before + 20), timeout=10, what="the successor's 20 on top")
+    finally:
+        await stop_both(old, successor, config)
+    assert "Traceback" not in log_path.read_text() and "counting from zero" not in log_path.read_text()
+
+
+async def _at_least(counted, floor: float) -> float | None:
+    value = await counted()
+    return value if value >= floor else None
