@@ -95,7 +95,8 @@ class Inherited:
                     got += chunk
                 return got[:size] or None
         except TimeoutError:
-            log.warning("the predecessor did not stop accepting within %ss; going on", GO_TIMEOUT)
+            log.warning("the predecessor's go (or all of the counters it carries) did not come within %ss; "
+                        "going on", GO_TIMEOUT)
             return None
 
     async def serving(self) -> None:
@@ -155,11 +156,14 @@ async def hand_over(fds: dict[str, list[int] | int], stop_accepting: Callable[[]
             payload = await counters()
         except Exception:           # the counters are a courtesy: the handover goes on without them
             log.exception("upgrade: the counters could not be read; the successor counts from zero")
-    try:
-        await loop.sock_sendall(ours, b"go %d\n" % len(payload) + payload)
-    except OSError:
-        pass                        # it is gone already: _serves sees it exit, and this one backs out
+    # Sent while waiting for "serving": a successor that does not read its "go" (a payload over
+    # the socket's buffer would block the send) is killed at SERVING_TIMEOUT like a silent one.
+    send = asyncio.ensure_future(loop.sock_sendall(ours, b"go %d\n" % len(payload) + payload))
     served = await _serves(process, ours)
+    if not send.done():
+        send.cancel()
+    elif not send.cancelled():
+        send.exception()            # a successor gone before it read: _serves saw it exit (backed out)
     ours.close()
     if served:
         log.info("upgrade: successor %d serves; draining and exiting", process.pid)

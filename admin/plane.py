@@ -123,14 +123,21 @@ class DataPlane(Protocol):
         ...
 
 
+def servers_only(counters: "Snapshot", current: "dict[str, set[str]]") -> "Snapshot":
+    """servers_only: ``counters`` (an exited process's, gauges zeroed) with only the servers
+    ``current`` lists per environment. Merged with the live snapshots, a server an earlier
+    list had would stay listed with no opinion on health (an environment would read healthy
+    with every current server down) and hide a live retired server of that address."""
+    return dataclasses.replace(counters, router=dataclasses.replace(counters.router, environments=tuple(
+        dataclasses.replace(env, servers=tuple(s for s in env.servers if s.address in current.get(env.name, ())))
+        for env in counters.router.environments)))
+
+
 def carried_on(snapshot: "Snapshot", counters: "Snapshot") -> "Snapshot":
     """carried_on: ``snapshot`` with ``counters`` (an earlier process's, gauges zeroed) added;
     its servers are the snapshot's own, in its order (the earlier one may have had others)."""
-    merged = merge_snapshots([snapshot, counters], snapshot.router.route)
     current = {env.name: {s.address for s in env.servers} for env in snapshot.router.environments}
-    environments = tuple(dataclasses.replace(env, servers=tuple(s for s in env.servers if s.address in current[env.name]))
-                         for env in merged.router.environments)
-    return dataclasses.replace(merged, router=dataclasses.replace(merged.router, environments=environments))
+    return merge_snapshots([snapshot, servers_only(counters, current)], snapshot.router.route)
 
 
 class LocalPlane:

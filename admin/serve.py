@@ -372,14 +372,31 @@ def carry_counters(plane: LocalPlane | WorkerPlane, payload: bytes | None) -> No
         return
     try:
         theirs = pickle.loads(payload)      # noqa: S301 - from the predecessor that started this process
-        ok = isinstance(theirs, Snapshot) and theirs.router.names() == plane.snapshot().router.names()
+        ok = isinstance(theirs, Snapshot) and same_shape(plane.snapshot(), theirs)
     except Exception as exc:               # another version's snapshot layout
         log.warning("upgrade: the predecessor's counters cannot be read (%s); counting from zero", exc)
         return
     if not ok:
-        log.warning("upgrade: the predecessor's counters are of other environments; counting from zero")
+        log.warning("upgrade: the predecessor's counters are of other environments or another layout; "
+                    "counting from zero")
         return
     plane.carry(counters_only(theirs))
+
+
+def same_shape(ours: Snapshot, theirs: Snapshot) -> bool:
+    """same_shape: whether ``theirs`` counts what ``ours`` counts, in the same places: the same
+    environments in order, as many status classes and latency buckets, the same kinds of
+    upstream errors (counters are added up position by position)."""
+    kinds = tuple(kind for kind, _ in ours.router.environments[0].servers[0].upstream_errors) \
+        if ours.router.environments and ours.router.environments[0].servers else None
+    if ours.router.names() != theirs.router.names() or len(ours.unrouted) != len(theirs.unrouted):
+        return False
+    for mine, other in zip(ours.router.environments, theirs.router.environments):
+        if (len(mine.responses), len(mine.latency_counts)) != (len(other.responses), len(other.latency_counts)):
+            return False
+        if kinds is not None and any(tuple(k for k, _ in s.upstream_errors) != kinds for s in other.servers):
+            return False
+    return True
 
 
 def _single(inherited: Inherited | None, config: Config) -> tuple[socket.socket | None, socket.socket | None]:

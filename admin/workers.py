@@ -44,7 +44,7 @@ from proxy import (LATENCY_BUCKETS, UPSTREAM_ERROR_KINDS, Address, Channel, Drai
                    EnvironmentSnapshot, Route, RouterSnapshot, ServerSnapshot, Settings, Snapshot, merge_snapshots,
                    serving)
 
-from .plane import Ack, Change, DrainCallback, Hold, WorkerInfo
+from .plane import Ack, Change, DrainCallback, Hold, WorkerInfo, servers_only
 
 log = logging.getLogger("cutover.workers")
 
@@ -119,7 +119,7 @@ def counters_only(snapshot: Snapshot) -> Snapshot:
     def env(e):
         servers = tuple(dataclasses.replace(s, inflight=0, connections=0, healthy=True) for s in e.servers)
         return dataclasses.replace(e, inflight=0, connections=0, servers=servers, retired=(), healthy=True)
-    router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
+    router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(), fenced_requests=0,
                                  environments=tuple(env(e) for e in snapshot.router.environments))
     return dataclasses.replace(snapshot, router=router, client_connections=0)
 
@@ -648,7 +648,8 @@ class WorkerPlane:
         """snapshot: the workers' latest snapshots merged, with the counters of exited workers."""
         parts = [w.snapshot for w in self.workers if w.snapshot is not None]
         if self.retired is not None:
-            parts.append(self.retired)
+            current = {e.name: {str(a) for a in e.servers} for e in self.settings.environments}
+            parts.append(servers_only(self.retired, current))
         if not parts:
             parts = [blank_snapshot(self.settings, self.route)]    # before the first worker listens
         merged = merge_snapshots(parts, self.route)

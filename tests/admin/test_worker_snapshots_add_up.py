@@ -3,6 +3,7 @@ worker (or an upgrade's predecessor) still counts for, and the `workers` / `flee
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from types import SimpleNamespace
 from pathlib import Path
@@ -186,6 +187,27 @@ def test_a_predecessors_counters_that_cannot_be_read_or_are_of_other_environment
     assert plane.carried is None and caplog.text.count("counting from zero") == 2
     carry_counters(plane, None)              # an older predecessor sent none
     assert plane.carried is None
-    carry_counters(plane, pickle.dumps(snapshot(env("blue", [server("127.0.0.1:1", requests=4)]),
-                                                env("green", [server("127.0.0.1:2")]))))
-    assert plane.snapshot().router.env("blue").servers[0].requests == 4
+    live = plane.snapshot()
+    few_buckets = dataclasses.replace(live, router=dataclasses.replace(live.router, environments=tuple(
+        dataclasses.replace(e, latency_counts=(1, 2, 3)) for e in live.router.environments)))
+    carry_counters(plane, pickle.dumps(few_buckets))        # another version's latency buckets
+    assert plane.carried is None and caplog.text.count("counting from zero") == 3
+    blue = live.router.env("blue")
+    counted = dataclasses.replace(blue, servers=(dataclasses.replace(blue.servers[0], requests=4),),
+                                  responses=(0, 0, 4, 0, 0, 0))
+    carry_counters(plane, pickle.dumps(dataclasses.replace(live, router=dataclasses.replace(
+        live.router, environments=(counted, live.router.env("green"))))))
+    now = plane.snapshot().router.env("blue")
+    assert (now.servers[0].requests, now.responses[2]) == (4, 4)
+
+
+def test_a_server_only_the_predecessor_listed_neither_makes_its_environment_healthy_nor_hides_a_retired_one():
+    down = server("127.0.0.1:1", healthy=False)
+    draining = server("127.0.0.1:9", requests=1)
+    now = snapshot(dataclasses.replace(env("blue", [down]), healthy=False, retired=(draining,)),
+                   env("green", [server("127.0.0.1:2")]))
+    before = counters_only(snapshot(env("blue", [server("127.0.0.1:1", requests=5), server("127.0.0.1:9", requests=7)]),
+                                    env("green", [server("127.0.0.1:2")])))
+    blue = carried_on(now, before).router.env("blue")
+    assert blue.healthy is False and [s.address for s in blue.servers] == ["127.0.0.1:1"]
+    assert [s.address for s in blue.retired] == ["127.0.0.1:9"] and blue.servers[0].requests == 5

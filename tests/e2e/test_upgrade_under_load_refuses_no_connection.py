@@ -128,8 +128,8 @@ async def stop_both(old, successor: int | None, config) -> None:
     if old.returncode is None:
         old.kill()
         await old.wait()
-    if successor is not None:
-        await wait_gone([successor], 10)
+    if successor is not None and not await wait_gone([successor], 10):
+        os.kill(successor, signal.SIGKILL)
 
 
 async def taken_over(api, admin: int, old, workers: int) -> dict:
