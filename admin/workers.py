@@ -119,8 +119,8 @@ def counters_only(snapshot: Snapshot) -> Snapshot:
     def env(e):
         servers = tuple(dataclasses.replace(s, inflight=0, connections=0, healthy=True) for s in e.servers)
         return dataclasses.replace(e, inflight=0, connections=0, servers=servers, retired=(), healthy=True)
-    router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(), fenced_requests=0,
-                                 environments=tuple(env(e) for e in snapshot.router.environments))
+    router = dataclasses.replace(snapshot.router, held=False, held_requests=0, hold_until=None, drains=(),
+                                 fenced_requests=0, environments=tuple(env(e) for e in snapshot.router.environments))
     return dataclasses.replace(snapshot, router=router, client_connections=0)
 
 
