@@ -28,6 +28,20 @@ from tests.support.wait import eventually
 CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
+async def retired(api: Admin, slot: int) -> list[dict]:
+    """retired: status's workers once ``slot`` (of two) is retired: its error says why, it was
+    started again once (and refused), the other slot serves with no error."""
+    async def refused():
+        workers = (await api.status())["workers"]
+        return workers if workers[slot]["error"] else None
+
+    workers = await eventually(refused, timeout=15, what=f"slot {slot} retired")
+    other = workers[1 - slot]
+    assert "changed since this supervisor started" in workers[slot]["error"]
+    assert workers[slot]["restarts"] == 1 and other["alive"] and other["error"] is None
+    return workers
+
+
 async def test_a_worker_restarted_on_other_files_is_refused_and_the_live_worker_serves_and_checks(
         make_stack, backends, session, monkeypatch):
     running = await make_stack(workers=2, fleet={"ack_timeout": "5s"},
@@ -39,14 +53,8 @@ async def test_a_worker_restarted_on_other_files_is_refused_and_the_live_worker_
     checker = before[0]["pid"]                                      # slot 0 runs the health checks
     os.kill(checker, signal.SIGKILL)
 
-    async def retired():
-        workers = (await api.status())["workers"]
-        return workers if workers[0]["error"] else None
-
-    workers = await eventually(retired, timeout=15, what="slot 0 retired")
-    assert "changed since this supervisor started" in workers[0]["error"]
+    workers = await retired(api, 0)
     assert workers[0]["alive"] is False and workers[0]["pid"] not in (None, checker)   # it was started, refused
-    assert workers[0]["restarts"] == 1 and workers[1]["alive"] and workers[1]["error"] is None
     # An upgrade hands the successor the open sockets only (it binds the missing slot again).
     fds = running.listener_fds()
     assert len(fds["listen"]) == 1 and fds["listen"][0] >= 0
@@ -91,13 +99,7 @@ async def test_after_a_real_install_in_place_a_restarted_worker_refuses_and_the_
         killed = first["workers"][1]["pid"]
         os.kill(killed, signal.SIGKILL)
 
-        async def retired():
-            workers = (await api.status())["workers"]
-            return workers if workers[1]["error"] else None
-
-        workers = await eventually(retired, timeout=15, what="slot 1 retired")
-        assert "changed since this supervisor started" in workers[1]["error"]
-        assert workers[1]["restarts"] == 1 and workers[0]["alive"] and workers[0]["error"] is None
+        workers = await retired(api, 1)
         assert [status_of(await raw_exchange(port, CLOSE)) for _ in range(20)] == [200] * 20
         answer = await api.ok("/v1/flip", {})
         assert answer["ack"]["acked"] == [workers[0]["pid"]] and answer["ack"]["complete"], answer["ack"]
