@@ -348,21 +348,21 @@ class WorkerPlane:
         kind = message[0]
         if kind == "ready":
             _, pid, snapshot = message
-            worker.snapshot = snapshot
+            self._seen(worker, snapshot)
             worker.generation = snapshot.router.route.generation
             worker.alive = True
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_result(None)
         elif kind == "ack":
             _, seq, generation, snapshot = message
-            worker.snapshot = snapshot
+            self._seen(worker, snapshot)
             worker.generation = generation
             future = worker.waiting.pop(seq, None)
             if future is not None and not future.done():
                 future.set_result(generation)
         elif kind == "snapshot":
             _, seq, snapshot = message
-            worker.snapshot = snapshot
+            self._seen(worker, snapshot)
             future = worker.waiting.pop(seq, None) if seq is not None else None
             if future is not None and not future.done():
                 future.set_result(None)
@@ -372,9 +372,13 @@ class WorkerPlane:
             else:
                 self._drain_part(worker.slot, message[1])
         elif kind == "health":
-            _, env, address, ok, reason = message
+            # One probe result and the server's health once the checker counted it: what a worker
+            # started from now on starts with. The result goes to every other worker, one still
+            # starting too (sent after its "start", it counts it once it checks nothing itself).
+            _, env, address, ok, reason, healthy = message
+            self._health[(env, address)] = healthy
             for other in self.workers:
-                if other is not worker and other.alive and other.channel is not None:
+                if other is not worker and other.channel is not None:
                     other.channel.send(("health", env, address, ok, reason))
         elif kind == "closed":
             future = worker.waiting.pop(0, None)
@@ -401,7 +405,6 @@ class WorkerPlane:
         if worker.snapshot is not None:
             part = counters_only(worker.snapshot)
             self.retired = part if self.retired is None else merge_snapshots([self.retired, part], self.route)
-            self._remember_health(worker.snapshot)
             worker.snapshot = None
         for key, expected in list(self._expected.items()):
             if worker.slot in expected and worker.slot not in self._drains.get(key, {}):
@@ -480,12 +483,21 @@ class WorkerPlane:
                   worker.slot, CODE_CHANGED, worker.slot,
                   "" if any(w.alive for w in others) else "; NO worker serves now")
 
+    def _seen(self, worker: Worker, snapshot: Snapshot) -> None:
+        """_seen: ``worker``'s latest snapshot; the checking worker's also says each server's health."""
+        worker.snapshot = snapshot
+        if worker.slot == self.checker:
+            self._remember_health(snapshot)
+
     def _health_now(self) -> tuple[tuple[str, str, bool], ...]:
-        """_health_now: each server's health as the checking worker (else any live one) last saw it."""
-        for worker in sorted(self.workers, key=lambda w: w.slot):
-            if worker.alive and worker.snapshot is not None:
-                self._remember_health(worker.snapshot)
-                break
+        """_health_now: each server's health as the checking worker last said it (its snapshots and
+        each probe result, in the order it sent them; a checker that exited: its last word), else
+        (it said nothing yet) as any live worker last saw it."""
+        if not self._health:
+            for worker in sorted(self.workers, key=lambda w: w.slot):
+                if worker.alive and worker.snapshot is not None:
+                    self._remember_health(worker.snapshot)
+                    break
         return tuple((env, address, healthy) for (env, address), healthy in self._health.items())
 
     def _remember_health(self, snapshot: Snapshot) -> None:

@@ -21,6 +21,8 @@ Supervisor -> worker:
                                               lease), no answer
   ("snapshot", seq)                           answer with a snapshot now
   ("health", env, address, ok, reason)        one health-check result from the checking worker
+                                              (counted once this worker's health checks exist:
+                                              one sent while it starts waits for them)
   ("check",)                                  probe the servers from now on (the checking worker's
                                               slot was retired: admin/workers.py)
   ("close",)                                  accept no new connection (a successor takes over)
@@ -32,7 +34,8 @@ Worker -> supervisor:
   ("ack", seq, generation, snapshot)   sent after the swap, never on receipt
   ("snapshot", seq | None, snapshot)   an answer, or the periodic push (seq None)
   ("drain", DrainSnapshot)          a drain of this worker ended
-  ("health", env, address, ok, reason)   a probe result, from the one worker that checks
+  ("health", env, address, ok, reason, healthy)   a probe result, from the one worker that
+                                    checks, and the server's health once it counted it
   ("closed",)                       it accepts no new connection any more
   ("opened", ok)                    it accepts again (ok False: it could not)
   ("stopped", result)               Proxy.shutdown's counts, just before exit
@@ -85,6 +88,7 @@ class Agent:
         self.stopping: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
         self._pusher: asyncio.TimerHandle | None = None
         self.early: list[tuple] = []      # messages that came before the start completed
+        self.early_health: list[tuple] = []   # probe results that came before the checks existed
         self.checking = False             # this worker probes the servers (check_health)
         self.check_wanted = False         # a "check" came before its Proxy started
 
@@ -142,8 +146,11 @@ class Agent:
         elif kind == "health":
             _, env, address, ok, reason = message
             health = proxy.health
+            if health is None:
+                self.early_health.append(message)     # Proxy.start makes the checks: counted then
+                return
             server = proxy.router.server(env, address)
-            if health is not None and server is not None:
+            if server is not None:
                 router = proxy.router
                 router.relayed_health = True    # the checking worker logged this transition already
                 try:
@@ -164,7 +171,8 @@ class Agent:
             return
         self.checking = True
         health.on_result.append(
-            lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason)))
+            lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason,
+                                                  server.healthy)))
         health.start()
 
     async def reopen_listeners(self, proxy: Proxy) -> None:
@@ -228,6 +236,9 @@ class Agent:
             self.on_message(message)
         self.early = []
         await proxy.start(sock=self.listen, preview_sock=self.preview, check_health=False)
+        for message in self.early_health:
+            self.on_message(message)
+        self.early_health = []
         router.on_drain.append(lambda drain: self.send(("drain", drain.snapshot())))
         if check_health or self.check_wanted:
             self.check_health(proxy)

@@ -243,6 +243,25 @@ async def test_health_results_reach_every_worker(make_stack, backends, session):
         await spare.stop()
 
 
+async def test_a_worker_started_after_a_health_transition_starts_with_it(make_stack, backends, session):
+    """What a restarted worker starts with is the checking worker's last word on each server,
+    not its last periodic snapshot (up to a quarter second older): a transition in between
+    would otherwise be lost to it until the server's next transition."""
+    running = await make_stack(workers=2, health_check={"interval": "1h", "timeout": "5s"})
+    plane = running.plane
+    checker = next(w for w in plane.workers if w.slot == plane.checker)
+    other = next(w for w in plane.workers if w is not checker)
+    address = backends["blue"].address
+    assert dict(((e, a), h) for e, a, h in plane._health_now())[("blue", address)] is True
+    sent = []
+    other.channel.send = sent.append        # what the other worker would be told
+    # The checker's word, as its channel delivers it, before any snapshot says so.
+    plane._on_message(checker, checker.process, ("health", "blue", address, False, "HTTP 500", False))
+    assert checker.snapshot.router.environments[0].servers[0].healthy        # its snapshot: older
+    assert dict(((e, a), h) for e, a, h in plane._health_now())[("blue", address)] is False
+    assert sent == [("health", "blue", address, False, "HTTP 500")]
+
+
 async def test_a_drain_of_a_change_answered_202_is_still_recorded_once_every_worker_reports(make_stack, session):
     running = await make_stack(workers=2, fleet={"ack_timeout": "300ms"})
     api = Admin(session, running.admin_port)
