@@ -765,7 +765,7 @@ class Controller:
 
     def _next(self) -> State:
         """_next: a copy of the state to change; it replaces the current one only once saved."""
-        return State.from_dict(self.state.to_dict(), "memory")
+        return self.state.copy()
 
     async def _save(self, state: State) -> None:
         """_save: commit ``state`` and its new event to the store, then make it current.

@@ -105,11 +105,19 @@ class State:
     # "weight": int >= 1}, ...] (non-empty), "fingerprint": the config's list it replaced}.
     registrations: dict[str, dict] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def copy(self) -> State:
+        """copy: a State with the same facts and lists of its own, to change without changing this
+        one. The history's events are shared: an event changes only by being amended (a drain's
+        outcome, a recovery time), which the copy's event should show too."""
+        return replace(self, history=list(self.history), attestations=[dict(a) for a in self.attestations],
+                       registrations=copy.deepcopy(self.registrations))
+
+    def to_dict(self, history: bool = True) -> dict:
         """to_dict: the JSON-ready form, with the format version; stores call it to save.
 
         "registrations" is there only when there is one, so a state without any keeps the form
-        it always had.
+        it always had. ``history`` False leaves "history" out (the facts alone: what a file's
+        revision digests, and the head the file store writes before its event lines).
         """
         out = {
             "version": FORMAT_VERSION,
@@ -122,9 +130,10 @@ class State:
             "lock_reason": self.lock_reason,
             "canary": self.canary,
             "canary_weight": self.canary_weight,
-            "history": [dict(event) for event in self.history],
             "attestations": [dict(a) for a in self.attestations],
         }
+        if history:
+            out["history"] = [dict(event) for event in self.history]
         if self.registrations:
             out["registrations"] = {env: {"servers": [dict(s) for s in r["servers"]], "fingerprint": r["fingerprint"]}
                                     for env, r in self.registrations.items()}
@@ -547,8 +556,7 @@ class FileStateStore:
         keep = self.history_limit
         history = state.history[-keep:] if keep else []
         lines = lines[-keep:] if keep else []
-        facts = state.to_dict()
-        del facts["history"]
+        facts = state.to_dict(history=False)
         try:
             _parse({**facts, "history": check})
             head = json.dumps(facts, sort_keys=True, indent=1, allow_nan=False)
@@ -624,8 +632,7 @@ _PROCESS_LOCK = threading.Lock()   # where there is no flock
 
 def _revision(state: State) -> str:
     """_revision: a FileStateStore's revision, a digest of every runtime fact (all but history)."""
-    facts = state.to_dict()
-    del facts["history"]
+    facts = state.to_dict(history=False)
     text = json.dumps(facts, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

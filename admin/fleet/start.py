@@ -176,7 +176,7 @@ class LocalCopy:
 
 def _facts(state: State) -> dict:
     """_facts: a state without its history (events and drain outcomes are added without a commit)."""
-    return {key: value for key, value in state.to_dict().items() if key != "history"}
+    return state.to_dict(history=False)
 
 
 def _iso(epoch: float) -> str:

@@ -403,8 +403,7 @@ class EtcdStateStore:
         written); StoreUnavailable when etcd does not answer (nothing written, or the outcome
         unknown — the message says which); StateError when etcd refuses the request.
         """
-        facts = state.to_dict()
-        del facts["history"]
+        facts = state.to_dict(history=False)
         events = [event] if event is not None else []
         State.from_dict({**facts, "history": events}, self.describe())   # refuses what would not load
         value = self._encoded(facts)

@@ -77,6 +77,31 @@ def test_to_dict_does_not_share_history_with_the_state():
     assert state.history == full_state().history
 
 
+def test_a_copy_changes_without_changing_the_state_it_was_copied_from():
+    state = full_state()
+    state.registrations = {"green": {"servers": [{"address": "127.0.0.1:9", "weight": 1}], "fingerprint": "f"}}
+    state.attestations = [{"from_version": "1", "to_version": "2", "by": "ci", "at": "2024-05-01T10:00:00Z"}]
+    before = state.to_dict()
+    copied = state.copy()
+    assert copied == state
+    copied.live, copied.generation, copied.locked = "blue", 99, False
+    copied.history.append(event(1))
+    copied.attestations[0]["by"] = "changed"
+    copied.registrations["green"]["servers"][0]["weight"] = 5
+    copied.registrations["blue"] = {"servers": [], "fingerprint": "g"}
+    assert state.to_dict() == before
+    # An event is amended in place (a drain's outcome): the copy's event is the same one.
+    state.history[0]["drained"] = 13
+    assert copied.history[0]["drained"] == 13
+
+
+def test_facts_without_history_are_the_dict_without_its_history():
+    state = full_state()
+    facts = state.to_dict(history=False)
+    assert "history" not in facts
+    assert facts == {k: v for k, v in state.to_dict().items() if k != "history"}
+
+
 def test_missing_file_loads_as_none(tmp_path):
     assert FileStateStore(tmp_path / "absent.json").read()[0] is None
 
