@@ -51,10 +51,17 @@ async def test_a_replica_that_cannot_ack_is_named_pending_and_the_answer_is_202(
 async def test_status_on_any_replica_shows_the_fleet_and_the_store(fleet_of, session):
     replicas = await fleet_of(2)
     for r in replicas:
-        async with session.get(f"http://127.0.0.1:{r.admin_port}/v1/status") as resp:
-            status = await resp.json()
+        async def status_of() -> dict:
+            async with session.get(f"http://127.0.0.1:{r.admin_port}/v1/status") as resp:
+                return await resp.json()
+
+        async def sees_both() -> bool:
+            # r0 learns of r1 through its watch of the members, a moment after r1 registered
+            return sorted(m["id"] for m in (await status_of())["fleet"]["replicas"]) == ["r0", "r1"]
+
+        await eventually(sees_both, timeout=5)
+        status = await status_of()
         assert status["fleet"]["replica_id"] in ("r0", "r1")
-        assert sorted(m["id"] for m in status["fleet"]["replicas"]) == ["r0", "r1"]
         assert status["store"]["kind"] == "etcd" and status["store"]["connected"] is True
 
 
