@@ -256,6 +256,7 @@ class Config:
     analysis: AnalysisConfig = AnalysisConfig()
     history_limit: int = 1000  # history events kept, the newest; 1..HISTORY_LIMIT_MAX
     workers: int = 1  # data-plane processes; "auto" in the file is resolved to the CPU count
+    worker_nice: int = 3  # with workers > 1: how much nicer (lower CPU priority) workers run than the supervisor
     fleet: FleetConfig = FleetConfig()
     store: StoreConfig | None = None  # None: the state is state_file (one router)
     access_log: AccessLogConfig | None = None  # None: no access log (access_log.path null)
@@ -595,6 +596,7 @@ _TOP = (
     "gates",
     "analysis",
     "workers",
+    "worker_nice",
     "fleet",
     "store",
     "access_log",
@@ -604,6 +606,7 @@ _TOP = (
 )
 
 WORKERS_MAX = 256
+WORKER_NICE_MAX = 19     # the nice increment that takes a worker from 0 to the lowest priority
 
 
 def _admin(value: object) -> AdminConfig:
@@ -1138,6 +1141,7 @@ def parse_config(data: object, base_dir: Path, environ: Mapping[str, str] | None
         canary_header=_canary(top.get("canary")),
         analysis=_analysis(top.get("analysis")),
         workers=_workers(top.get("workers", 1)),
+        worker_nice=_int(top.get("worker_nice", Config.worker_nice), "worker_nice", 0, WORKER_NICE_MAX),
         fleet=_fleet(top.get("fleet"), listen),
         store=_store(top.get("store"), base_dir, environ),
         access_log=_access_log(top.get("access_log"), base_dir, environ),
@@ -1285,6 +1289,7 @@ def effective_config(cfg: Config) -> dict[str, Any]:
         },
         "analysis": dataclasses.asdict(cfg.analysis),
         "workers": cfg.workers,
+        "worker_nice": cfg.worker_nice,
         "fleet": dataclasses.asdict(cfg.fleet),
         "store": _effective_store(cfg.store),
         "access_log": {"path": cfg.access_log.path if cfg.access_log else None,

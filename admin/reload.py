@@ -25,7 +25,7 @@ from .config import Config, effective_config
 
 __all__ = ["RESTART_KEYS", "changed_keys", "restart_keys"]
 
-RESTART_KEYS = ("listen", "preview_listen", "admin.listen", "workers", "store", "state_file",
+RESTART_KEYS = ("listen", "preview_listen", "admin.listen", "workers", "worker_nice", "store", "state_file",
                 "history_limit", "fleet.replica_id")
 
 _MISSING = object()

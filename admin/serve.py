@@ -256,7 +256,8 @@ async def start(config: Config, inherited: Inherited | None = None) -> Running:
     plane: LocalPlane | WorkerPlane
     if config.workers > 1:
         plane = WorkerPlane(config.settings(), route, config.workers, config.fleet.ack_timeout,
-                            logging.getLevelName(logging.getLogger().getEffectiveLevel()), config.log.format)
+                            logging.getLevelName(logging.getLogger().getEffectiveLevel()), config.log.format,
+                            config.worker_nice)
         try:
             if inherited is not None:
                 if not config.preview_listen:

@@ -166,7 +166,7 @@ class WorkerPlane:
     """WorkerPlane: the DataPlane of a supervisor and its worker processes."""
 
     def __init__(self, settings: Settings, route: Route, count: int, ack_timeout: float,
-                 log_level: str = "INFO", log_format: str = "text") -> None:
+                 log_level: str = "INFO", log_format: str = "text", nice: int = 0) -> None:
         self.settings = settings
         self.route = route
         self.hold = Hold(False)
@@ -175,6 +175,10 @@ class WorkerPlane:
         self.ack_timeout = ack_timeout
         self.log_level = log_level
         self.log_format = log_format     # the workers log as the supervisor does (config `log`)
+        # Config worker_nice: each worker lowers its CPU priority by this much as it starts, so
+        # the supervisor's work (admin answers, acks, the state's save) goes first when the
+        # workers keep the CPUs busy.
+        self.nice = nice
         self.workers: list[Worker] = []
         # hold.max_queued bounds the router as a whole: every worker counts what its gates hold
         # in this memory (proxy/hold.py HoldTally), which each maps from the descriptor it is
@@ -309,7 +313,8 @@ class WorkerPlane:
         argv = [sys.executable, "-m", "proxy.agent", "--channel", str(theirs.fileno()),
                 "--listen", str(worker.listen.fileno()), "--parent", str(os.getpid()),
                 "--log-level", self.log_level, "--log-format", self.log_format, "--code", data_plane.CODE_STAMP,
-                "--tally", str(self.tally_fd), "--slot", str(worker.slot), "--slots", str(self.count)]
+                "--tally", str(self.tally_fd), "--slot", str(worker.slot), "--slots", str(self.count),
+                "--nice", str(self.nice)]
         fds.append(self.tally_fd)
         if worker.preview is not None:
             fds.append(worker.preview.fileno())

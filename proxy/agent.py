@@ -7,7 +7,8 @@ length-prefixed pickled tuples, both ways. A worker holds nothing of the control
 
 Its argv names the descriptors it was handed: the channel, listen (and preview) sockets, and
 the memory every worker of the router counts its held requests in (--tally, its cells at
---slot of --slots: proxy/hold.py HoldTally).
+--slot of --slots: proxy/hold.py HoldTally); and --nice, how much it lowers its own CPU
+priority as it starts (config worker_nice: the supervisor's work goes first on busy CPUs).
 
 Supervisor -> worker:
   ("start", settings, route, hold, fence, health, check_health)   the first message, once
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tally", type=int, help="the memory the workers count their held requests in (FD)")
     parser.add_argument("--slot", type=int, default=0, help="this worker's slot (its cells in --tally)")
     parser.add_argument("--slots", type=int, default=1, help="how many slots --tally has cells for")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run this much nicer than the supervisor (config worker_nice)")
     args = parser.parse_args(argv)
     _die_with(args.parent)
     # Until run installs its handler, a SIGUSR1 (log rotation) must not end this worker; a SIGHUP
@@ -292,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(args.log_format, args.log_level, worker=os.getpid())
+    if args.nice > 0:
+        try:
+            os.nice(args.nice)
+        except OSError as exc:
+            log.warning("worker %d cannot lower its CPU priority by %d (worker_nice): %s; it runs as its "
+                        "supervisor does", os.getpid(), args.nice, exc)
     if args.code is not None and args.code != CODE_STAMP:
         # cutover was installed again since the supervisor started: this process would run other
         # code than the supervisor that talks to it (its messages, its snapshots' layout).

@@ -46,6 +46,7 @@ def test_a_secret_is_compared_by_its_value_and_named_without_it(tmp_path):
     ({"preview_listen": "127.0.0.1:8082"}, ["preview_listen"]),
     ({"admin": {"listen": "127.0.0.1:9902", "token": "t0ken"}}, ["admin.listen"]),
     ({"workers": 3}, ["workers"]),
+    ({"worker_nice": 0}, ["worker_nice"]),
     ({"history_limit": 10}, ["history_limit"]),
 ])
 def test_sockets_processes_and_the_store_need_a_restart(tmp_path, overrides, keys):

@@ -129,6 +129,22 @@ def test_a_bad_workers_value_is_a_config_error_naming_the_key(value, message):
     assert caught.value.key == "workers" and message in str(caught.value)
 
 
+def test_worker_nice_defaults_to_three_and_takes_zero_to_nineteen():
+    assert parse().worker_nice == 3
+    assert parse(worker_nice=0).worker_nice == 0 and parse(worker_nice=19).worker_nice == 19
+    assert effective_config(parse(worker_nice=7))["worker_nice"] == 7
+
+
+@pytest.mark.parametrize("value, message", [
+    (-1, "must be between 0 and 19, got -1"), (20, "must be between 0 and 19, got 20"),
+    ("3", "expected an integer"), (True, "expected an integer"), (1.5, "expected an integer"),
+])
+def test_a_bad_worker_nice_is_a_config_error_naming_the_key(value, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(worker_nice=value)
+    assert caught.value.key == "worker_nice" and message in str(caught.value)
+
+
 @pytest.mark.parametrize("fleet, key", [({"ack_timeout": 0}, "fleet.ack_timeout"), ({"acktimeout": 1}, "fleet"),
                                         ("10s", "fleet")])
 def test_a_bad_fleet_section_is_a_config_error_naming_the_key(fleet, key):

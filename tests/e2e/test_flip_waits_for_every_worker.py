@@ -243,6 +243,19 @@ async def test_health_results_reach_every_worker(make_stack, backends, session):
         await spare.stop()
 
 
+@pytest.mark.parametrize("nice", [0, 5])
+async def test_workers_run_worker_nice_nicer_than_their_supervisor_a_restarted_one_too(make_stack, nice):
+    running = await make_stack(workers=2, worker_nice=nice)
+    plane = running.plane
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(19, own + nice)
+    assert [os.getpriority(os.PRIO_PROCESS, w.pid) for w in plane.workers] == [expected, expected]
+    old = plane.workers[0].pid
+    plane.workers[0].process.kill()
+    await eventually(lambda: plane.workers[0].alive and plane.workers[0].pid != old, timeout=15)
+    assert os.getpriority(os.PRIO_PROCESS, plane.workers[0].pid) == expected
+
+
 async def test_a_worker_started_after_a_health_transition_starts_with_it(make_stack, backends, session):
     """What a restarted worker starts with is the checking worker's last word on each server,
     not its last periodic snapshot (up to a quarter second older): a transition in between
