@@ -932,8 +932,9 @@ class Controller:
     def _apply_details(self, state: State) -> None:
         """_apply_details: put the known drain outcomes into ``state``'s history entries.
 
-        A mutation that copied the state before a drain ended would otherwise
-        replace the entry that got the outcome.
+        A state taken from the store (``_take``: committed elsewhere, or read again after a
+        conflict) holds the entries as the store had them, which may be without an outcome
+        this router learnt since. (A mutation's own copy shares the entries: State.copy.)
         """
         if not self._details:
             return

@@ -194,7 +194,8 @@ class WorkerPlane:
         self._drains: dict[tuple[str, int], dict[int, DrainSnapshot]] = {}
         self._expected: dict[tuple[str, int], set[int]] = {}
         self._drain_timers: dict[tuple[str, int], asyncio.TimerHandle] = {}
-        self._health: dict[tuple[str, int], bool] = {}
+        # (env, address) -> (healthy, ok_streak, fail_streak): the checking worker's last word
+        self._health: dict[tuple[str, str], tuple[bool, int, int]] = {}
         self._reported: collections.deque[tuple[str, int]] = collections.deque(maxlen=64)
         self._tasks: set[asyncio.Task] = set()
         self.on_restart: list[Callable[[WorkerInfo], None]] = []
@@ -377,11 +378,11 @@ class WorkerPlane:
             else:
                 self._drain_part(worker.slot, message[1])
         elif kind == "health":
-            # One probe result and the server's health once the checker counted it: what a worker
-            # started from now on starts with. The result goes to every other worker, one still
-            # starting too (sent after its "start", it counts it once it checks nothing itself).
-            _, env, address, ok, reason, healthy = message
-            self._health[(env, address)] = healthy
+            # One probe result, and the server's health and streaks once the checker counted it:
+            # what a worker started from now on starts with. The result goes to every other worker,
+            # one still starting too (sent after its "start", it counts it once its checks exist).
+            _, env, address, ok, reason, healthy, ok_streak, fail_streak = message
+            self._health[(env, address)] = (healthy, ok_streak, fail_streak)
             for other in self.workers:
                 if other is not worker and other.channel is not None:
                     other.channel.send(("health", env, address, ok, reason))
@@ -494,21 +495,41 @@ class WorkerPlane:
         if worker.slot == self.checker:
             self._remember_health(snapshot)
 
-    def _health_now(self) -> tuple[tuple[str, str, bool], ...]:
-        """_health_now: each server's health as the checking worker last said it (its snapshots and
-        each probe result, in the order it sent them; a checker that exited: its last word), else
-        (it said nothing yet) as any live worker last saw it."""
+    def _health_now(self) -> tuple[tuple[str, str, bool, int, int], ...]:
+        """_health_now: each current server's health and streaks as the checking worker last said
+        them (its snapshots and each probe result, in the order it sent them; a checker that
+        exited: its last word), else (it said nothing yet) as any live worker last saw them."""
         if not self._health:
             for worker in sorted(self.workers, key=lambda w: w.slot):
                 if worker.alive and worker.snapshot is not None:
                     self._remember_health(worker.snapshot)
                     break
-        return tuple((env, address, healthy) for (env, address), healthy in self._health.items())
+        current = {(e.name, str(a)) for e in self.settings.environments for a in e.servers}
+        return tuple((env, address, *counted) for (env, address), counted in self._health.items()
+                     if (env, address) in current)
 
     def _remember_health(self, snapshot: Snapshot) -> None:
+        """_remember_health: the health a snapshot gives its servers (a snapshot has no streaks: those
+        of a server whose health it does not change are kept, from the probe results)."""
+        health = self._health
         for env in snapshot.router.environments:
-            for server in (*env.servers, *env.retired):
-                self._health[(env.name, server.address)] = server.healthy
+            for server in env.servers:
+                key = (env.name, server.address)
+                known = health.get(key)
+                if known is None or known[0] != server.healthy:
+                    health[key] = (server.healthy, 0, 0)
+
+    def _new_servers(self, lists: dict, at_start: bool) -> None:
+        """_new_servers: a change of server lists: what a worker started later takes for each server.
+        An added server is down until checked (as Router.set_servers has it), unless the list is the
+        one the router starts with; a removed one is forgotten."""
+        for name, entries in lists.items():
+            listed = {str(address) for address, _ in entries}
+            for key in [k for k in self._health if k[0] == name and k[1] not in listed]:
+                del self._health[key]
+            if not at_start:
+                for address in listed:
+                    self._health.setdefault((name, address), (False, 0, 0))
 
     # --------------------------------------------------------------- drains
 
@@ -618,6 +639,7 @@ class WorkerPlane:
                                     weights=tuple(w for _, w in lists[e.name]))
                 if e.name in lists else e for e in self.settings.environments))
             servers = (dict(lists), change.servers_tag, change.servers_at_start)
+            self._new_servers(lists, change.servers_at_start)
         route = change.route
         hold = (change.hold.held, change.hold.until) if change.hold is not None else None
         live = [w for w in self.workers if w.alive]

@@ -35,14 +35,16 @@ Worker -> supervisor:
   ("ack", seq, generation, snapshot)   sent after the swap, never on receipt
   ("snapshot", seq | None, snapshot)   an answer, or the periodic push (seq None)
   ("drain", DrainSnapshot)          a drain of this worker ended
-  ("health", env, address, ok, reason, healthy)   a probe result, from the one worker that
-                                    checks, and the server's health once it counted it
+  ("health", env, address, ok, reason, healthy, ok_streak, fail_streak)   a probe result, from
+                                    the one worker that checks, and the server's health and
+                                    streaks once it counted it
   ("closed",)                       it accepts no new connection any more
   ("opened", ok)                    it accepts again (ok False: it could not)
   ("stopped", result)               Proxy.shutdown's counts, just before exit
 
-A hold is (held, until), health a tuple of (env, address, healthy) and servers
-(lists, tag, at_start): lists {env: ((Address, weight), ...)} (admin/plane.py Change). Servers
+A hold is (held, until), health a tuple of (env, address, healthy, ok_streak, fail_streak)
+(what the checking worker last counted: a worker started from it counts on as the checker
+does) and servers (lists, tag, at_start): lists {env: ((Address, weight), ...)} (admin/plane.py Change). Servers
 are named by address, not by index: a list that changes moves the indexes. The channel closing
 means the supervisor is gone: the worker stops accepting at once, drains and exits, so no
 orphan keeps serving a route nobody steers (PR_SET_PDEATHSIG does the same on Linux when
@@ -173,7 +175,7 @@ class Agent:
         self.checking = True
         health.on_result.append(
             lambda server, ok, reason: self.send(("health", server.env.name, server.address, ok, reason,
-                                                  server.healthy)))
+                                                  server.healthy, server.ok_streak, server.fail_streak)))
         health.start()
 
     async def reopen_listeners(self, proxy: Proxy) -> None:
@@ -225,10 +227,11 @@ class Agent:
             fd, slot, slots = self.tally
             router.hold_tally, router.fence_tally = tallies(tally_memory(fd, slots), slots, slot)
         router.fence(fence)
-        for env, address, healthy in health:
+        for env, address, healthy, ok_streak, fail_streak in health:
             server = router.server(env, address)
             if server is not None:
                 server.set_healthy(healthy)
+                server.ok_streak, server.fail_streak = ok_streak, fail_streak
         held, until = hold
         if held:
             router.hold(until)

@@ -259,20 +259,37 @@ async def test_workers_run_worker_nice_nicer_than_their_supervisor_a_restarted_o
 async def test_a_worker_started_after_a_health_transition_starts_with_it(make_stack, backends, session):
     """What a restarted worker starts with is the checking worker's last word on each server,
     not its last periodic snapshot (up to a quarter second older): a transition in between
-    would otherwise be lost to it until the server's next transition."""
+    would otherwise be lost to it until the server's next transition. A server a registration
+    adds starts down (until checked, as on the running workers); one it removes is left out."""
+    from tests.support.backend import Backend
     running = await make_stack(workers=2, health_check={"interval": "1h", "timeout": "5s"})
     plane = running.plane
     checker = next(w for w in plane.workers if w.slot == plane.checker)
     other = next(w for w in plane.workers if w is not checker)
     address = backends["blue"].address
-    assert dict(((e, a), h) for e, a, h in plane._health_now())[("blue", address)] is True
+    health = lambda: {(e, a): counted for e, a, *counted in plane._health_now()}    # noqa: E731
+    assert health()[("blue", address)][0] is True
     sent = []
-    other.channel.send = sent.append        # what the other worker would be told
-    # The checker's word, as its channel delivers it, before any snapshot says so.
-    plane._on_message(checker, checker.process, ("health", "blue", address, False, "HTTP 500", False))
+    channel = other.channel
+    channel.send = sent.append        # what the other worker would be told
+    try:
+        # The checker's word, as its channel delivers it, before any snapshot says so.
+        plane._on_message(checker, checker.process, ("health", "blue", address, False, "HTTP 500", False, 0, 2))
+    finally:
+        del channel.send
     assert checker.snapshot.router.environments[0].servers[0].healthy        # its snapshot: older
-    assert dict(((e, a), h) for e, a, h in plane._health_now())[("blue", address)] is False
+    assert health()[("blue", address)] == [False, 0, 2]
     assert sent == [("health", "blue", address, False, "HTTP 500")]
+    spare = await Backend("blue-2").start()
+    try:
+        answer = await Admin(session, running.admin_port).call("PUT", "/v1/environments/blue/servers",
+                                                               {"servers": [spare.address]})
+        assert answer[0] == 200, answer
+        now = health()
+        assert set(now) == {("blue", spare.address), ("green", backends["green"].address)}
+        assert now[("blue", spare.address)][0] is False     # down until checked (healthy_after 2)
+    finally:
+        await spare.stop()
 
 
 async def test_a_drain_of_a_change_answered_202_is_still_recorded_once_every_worker_reports(make_stack, session):

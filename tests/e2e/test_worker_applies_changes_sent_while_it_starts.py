@@ -79,14 +79,15 @@ async def test_a_change_sent_during_start_is_applied_before_the_worker_listens(t
 
 async def test_a_probe_result_sent_while_a_worker_starts_is_counted_once_it_checks(tmp_path, backends):
     """A result the supervisor relays right after "start" comes before the worker's health checks
-    exist: it is counted once they do, not lost (the worker would route around a healthy server
-    until the checking worker saw it change again)."""
-    async with worker_process(tmp_path, backends, health_check={"interval": "1h", "healthy_after": 1}) as worker:
+    exist: it is counted once they do, not lost, and on from the streak the checking worker had
+    counted (the worker would otherwise route around a server the others take as healthy)."""
+    async with worker_process(tmp_path, backends, health_check={"interval": "1h", "healthy_after": 2}) as worker:
         route = Route(1, "blue", environments=("blue", "green"))
         blue = backends["blue"].address
-        # Started with blue's one server down (the checker's last word), then its next result: up.
-        worker.channel.send(("start", worker.settings, route, (False, None), math.inf, (("blue", blue, False),),
-                             False))
+        # Started as the checker last counted blue's one server: down, one good result in a row;
+        # then its next result: good, the second in a row, so up.
+        worker.channel.send(("start", worker.settings, route, (False, None), math.inf,
+                             (("blue", blue, False, 1, 0),), False))
         worker.channel.send(("health", "blue", blue, True, "HTTP 200"))
         async with asyncio.timeout(15):
             while (await worker.messages.get())[0] != "ready":
