@@ -7,7 +7,8 @@ written out with its default value is no change), `restart_keys` those of them a
 router cannot take. Everything else is applied as it runs.
 
 A restart is needed for the sockets (listen, preview_listen, admin.listen, and turning
-TLS on or off on them: tls, admin.tls), the processes (workers), the state store (store,
+TLS on or off on them: tls, admin.tls), the processes (workers, and worker_nice with more
+than one: a worker cannot raise its priority again), the state store (store,
 state_file, history_limit: the store keeps the history it was opened with), the replica's
 name in a fleet (fleet.replica_id), and the environments' names and order (the saved state
 and every route name them).
@@ -73,6 +74,9 @@ def changed_keys(old: Config, new: Config,
     if old.store is None and new.store is None:
         # Without a fleet the replica's name is unused (its default follows listen's port).
         keys = [key for key in keys if key != "fleet.replica_id"]
+    if old.workers == 1 and new.workers == 1:
+        # One process has no workers to lower the priority of.
+        keys = [key for key in keys if key != "worker_nice"]
     for key, value in _SECRETS:
         if value(old) != value(new) and key not in keys and not any(key.startswith(k + ".") for k in keys):
             keys.append(key)

@@ -46,12 +46,18 @@ def test_a_secret_is_compared_by_its_value_and_named_without_it(tmp_path):
     ({"preview_listen": "127.0.0.1:8082"}, ["preview_listen"]),
     ({"admin": {"listen": "127.0.0.1:9902", "token": "t0ken"}}, ["admin.listen"]),
     ({"workers": 3}, ["workers"]),
-    ({"worker_nice": 0}, ["worker_nice"]),
     ({"history_limit": 10}, ["history_limit"]),
 ])
 def test_sockets_processes_and_the_store_need_a_restart(tmp_path, overrides, keys):
     old, new = config(tmp_path), config(tmp_path, **overrides)
     assert restart_keys(old, new, changed_keys(old, new)) == keys
+
+
+def test_worker_nice_needs_a_restart_with_workers_and_is_no_change_with_one_process(tmp_path):
+    old, new = config(tmp_path, workers=2), config(tmp_path, workers=2, worker_nice=0)
+    assert restart_keys(old, new, changed_keys(old, new)) == ["worker_nice"]
+    old, new = config(tmp_path), config(tmp_path, worker_nice=0)
+    assert changed_keys(old, new) == []
 
 
 def test_renamed_environments_need_a_restart_and_other_changes_do_not(tmp_path):
