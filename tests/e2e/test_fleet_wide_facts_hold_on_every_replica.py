@@ -47,6 +47,9 @@ async def test_a_hold_holds_every_replica_and_ends_at_its_timeout_everywhere_wit
 async def test_a_lock_taken_on_one_replica_refuses_a_flip_on_another(fleet_of, session):
     a, b, _ = await fleet_of(3)
     await Admin(session, a.admin_port).ok("/v1/lock", {"reason": "freeze"})
+    # b learns of the lock through its watch; a flip on b before that is refused all the same
+    # (409 conflict: its compare-and-swap finds the stored state moved), nothing written.
+    await eventually(lambda: b.controller.state.locked, timeout=5, what="b's state locked")
     status, answer = await Admin(session, b.admin_port).call("POST", "/v1/flip", {})
     assert status == 409 and answer["code"] == "locked", answer
     assert await served_by(session, b.port) == "blue"
