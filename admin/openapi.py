@@ -333,9 +333,9 @@ _REFUSALS: dict[str, dict[int, dict]] = {
     "reload": {400: _error("a bad body, or the config file does not validate (config_invalid: nothing "
                            "changed; errors names the key)", "bad_request", "config_invalid"),
                409: _error("the file changes keys only a restart applies (listen, preview_listen, "
-                           "admin.listen, workers, worker_nice, store, state_file, history_limit, fleet.replica_id, the "
-                           "environments' names, tls or admin.tls turned on or off): nothing changed; keys "
-                           "names them", "restart_required")},
+                           "admin.listen, workers, worker_nice (workers > 1), store, state_file, "
+                           "history_limit, fleet.replica_id, the environments' names, tls or admin.tls "
+                           "turned on or off): nothing changed; keys names them", "restart_required")},
     "servers_reset": {404: _error("no environment of that name", "not_found"),
                       409: _error("refused: switching is locked and the environment receives traffic",
                                   "locked")},

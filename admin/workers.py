@@ -382,7 +382,8 @@ class WorkerPlane:
             # what a worker started from now on starts with. The result goes to every other worker,
             # one still starting too (sent after its "start", it counts it once its checks exist).
             _, env, address, ok, reason, healthy, ok_streak, fail_streak = message
-            self._health[(env, address)] = (healthy, ok_streak, fail_streak)
+            if self._listed(env, address):      # not a removed server still probed while it drains
+                self._health[(env, address)] = (healthy, ok_streak, fail_streak)
             for other in self.workers:
                 if other is not worker and other.channel is not None:
                     other.channel.send(("health", env, address, ok, reason))
@@ -519,17 +520,26 @@ class WorkerPlane:
                 if known is None or known[0] != server.healthy:
                     health[key] = (server.healthy, 0, 0)
 
-    def _new_servers(self, lists: dict, at_start: bool) -> None:
-        """_new_servers: a change of server lists: what a worker started later takes for each server.
-        An added server is down until checked (as Router.set_servers has it), unless the list is the
-        one the router starts with; a removed one is forgotten."""
+    def _listed(self, env: str, address: str) -> bool:
+        """_listed: whether ``address`` is in ``env``'s current server list."""
+        return any(e.name == env and any(str(a) == address for a in e.servers) for e in self.settings.environments)
+
+    def _new_servers(self, lists: dict, before: dict[str, set[str]], at_start: bool) -> None:
+        """_new_servers: a change of server lists (``before``: the addresses each list had): what a
+        worker started later takes for each server, as Router.set_servers has it on the running
+        ones. A server the change adds is down until checked, unless the list is the one the router
+        starts with; one a drain still holds (removed, then listed again) is taken back as it is
+        (the checker's last snapshot says how); a removed one is forgotten."""
+        checker = next((w for w in self.workers if w.slot == self.checker), None)
+        draining = {(env.name, s.address): s.healthy for env in checker.snapshot.router.environments
+                    for s in env.retired} if checker is not None and checker.snapshot is not None else {}
         for name, entries in lists.items():
             listed = {str(address) for address, _ in entries}
             for key in [k for k in self._health if k[0] == name and k[1] not in listed]:
                 del self._health[key]
             if not at_start:
-                for address in listed:
-                    self._health.setdefault((name, address), (False, 0, 0))
+                for address in listed - before.get(name, set()):
+                    self._health[(name, address)] = (draining.get((name, address), False), 0, 0)
 
     # --------------------------------------------------------------- drains
 
@@ -634,12 +644,13 @@ class WorkerPlane:
         if change.servers is not None:
             # What a worker that starts from now on is built with ("start" carries the settings).
             lists = change.servers
+            before = {e.name: {str(a) for a in e.servers} for e in self.settings.environments}
             self.settings = dataclasses.replace(self.settings, environments=tuple(
                 dataclasses.replace(e, servers=tuple(a for a, _ in lists[e.name]),
                                     weights=tuple(w for _, w in lists[e.name]))
                 if e.name in lists else e for e in self.settings.environments))
             servers = (dict(lists), change.servers_tag, change.servers_at_start)
-            self._new_servers(lists, change.servers_at_start)
+            self._new_servers(lists, before, change.servers_at_start)
         route = change.route
         hold = (change.hold.held, change.hold.until) if change.hold is not None else None
         live = [w for w in self.workers if w.alive]

@@ -227,3 +227,41 @@ def test_a_server_only_the_predecessor_listed_neither_makes_its_environment_heal
     blue = carried_on(now, before).router.env("blue")
     assert blue.healthy is False and [s.address for s in blue.servers] == ["127.0.0.1:1"]
     assert [s.address for s in blue.retired] == ["127.0.0.1:9"] and blue.servers[0].requests == 5
+
+
+async def test_what_a_worker_started_later_takes_for_servers_a_list_change_keeps_adds_removes_or_takes_back():
+    """WorkerPlane's record of each server's health (what "start" gives a new worker) follows a
+    change of server lists as Router.set_servers has it on the running workers: a kept server
+    keeps what is known of it (a start-up that drops a stale registration listing the config's
+    own servers marks none of them down), an added one is down until checked, a removed one is
+    forgotten (the checker's results for it while it drains are not taken), and one listed again
+    while its drain holds it is taken back with the health the checker's snapshot gives it."""
+    from admin.plane import Change
+    from admin.workers import Worker
+    from proxy import Address
+    config = parse(environments={"blue": {"servers": ["127.0.0.1:1", "127.0.0.1:3"]},
+                                 "green": {"servers": ["127.0.0.1:2"]}})
+    plane = WorkerPlane(config.settings(), ROUTE, 2, 1.0)
+    checker = Worker(0, None, None)
+    plane.workers.append(checker)
+
+    def listing(*addresses):
+        return {"blue": tuple((Address("127.0.0.1", int(a.split(":")[1])), 1) for a in addresses)}
+
+    def health():
+        return {a: counted for e, a, *counted in plane._health_now() if e == "blue"}
+
+    await plane.apply(Change(servers=listing("127.0.0.1:1")))          # not at start: nothing added
+    assert health() == {}
+    plane._on_message(checker, None, ("health", "blue", "127.0.0.1:1", True, "HTTP 200", True, 3, 0))
+    await plane.apply(Change(servers=listing("127.0.0.1:1", "127.0.0.1:4")))
+    assert health() == {"127.0.0.1:1": [True, 3, 0], "127.0.0.1:4": [False, 0, 0]}
+    await plane.apply(Change(servers=listing("127.0.0.1:4")))
+    plane._on_message(checker, None, ("health", "blue", "127.0.0.1:1", True, "HTTP 200", True, 4, 0))
+    assert health() == {"127.0.0.1:4": [False, 0, 0]}
+    # Listed again while its drain holds it: the running workers take it back as it is.
+    blue = env("blue", [server("127.0.0.1:4", healthy=False)])
+    checker.snapshot = snapshot(dataclasses.replace(blue, retired=(server("127.0.0.1:1", healthy=True),)),
+                                env("green", [server("127.0.0.1:2")]))
+    await plane.apply(Change(servers=listing("127.0.0.1:4", "127.0.0.1:1")))
+    assert health() == {"127.0.0.1:4": [False, 0, 0], "127.0.0.1:1": [True, 0, 0]}
