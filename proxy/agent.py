@@ -45,10 +45,10 @@ Worker -> supervisor:
 A hold is (held, until), health a tuple of (env, address, healthy, ok_streak, fail_streak)
 (what the checking worker last counted: a worker started from it counts on as the checker
 does) and servers (lists, tag, at_start): lists {env: ((Address, weight), ...)} (admin/plane.py
-Change). Servers are named by address, not by index: a list that changes moves the indexes. The channel closing
-means the supervisor is gone: the worker stops accepting at once, drains and exits, so no
-orphan keeps serving a route nobody steers (PR_SET_PDEATHSIG does the same on Linux when
-the supervisor is killed before the channel is read).
+Change). Servers are named by address, not by index: a list that changes moves the indexes.
+The channel closing means the supervisor is gone: the worker stops accepting at once, drains
+and exits, so no orphan keeps serving a route nobody steers (PR_SET_PDEATHSIG does the same on
+Linux when the supervisor is killed before the channel is read).
 """
 
 from __future__ import annotations
