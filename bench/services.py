@@ -217,8 +217,21 @@ _BACKEND_HTTP = """\
     }
 """
 
+# nginx's access log in the fields and order of cutover's json lines (SPEC §12), for the cost of
+# an access log in the anchor (bench/run.py's nginxlog): a line of about the same length; the
+# values cutover knows and nginx does not (env, generation, outcome) are constants. Batched
+# as cutover's are (a buffer, flushed at least every 100 ms); $path is the file.
+_NGINX_JSON_LOG_FORMAT = (
+    "    log_format cutover_json escape=json '{\"time\":\"$$time_iso8601\",\"client\":\"$$remote_addr\","
+    "\"method\":\"$$request_method\",\"target\":\"$$request_uri\",\"protocol\":\"$$server_protocol\","
+    "\"status\":$$status,\"bytes_in\":$$request_length,\"bytes_out\":$$bytes_sent,"
+    "\"duration_ms\":$$request_time,\"upstream_connect_ms\":\"$$upstream_connect_time\","
+    "\"upstream_response_ms\":\"$$upstream_header_time\",\"env\":\"blue\",\"server\":\"$$upstream_addr\","
+    "\"generation\":1,\"outcome\":\"ok\",\"request_id\":\"$$request_id\"}';\n")
+_NGINX_JSON_ACCESS_LOG = "        access_log $path cutover_json buffer=256k flush=100ms;\n"
+
 # nginx as a proxy in front of the backend: $listen_flags (" reuseport", " ssl" or "") end its
-# listen line, $server_lines (the ssl_* directives of bench/tls.py, or "") follow it.
+# listen line, $server_lines (the ssl_* directives of bench/tls.py, an access_log, or "") follow it.
 _NGINX_PROXY_HTTP = """\
     upstream backend {
         server 127.0.0.1:$backend;
@@ -307,16 +320,20 @@ def start_backend(group: ServiceGroup, tmp: Path, nginx: str, cpus: tuple[int, .
 
 def start_nginx_proxy(group: ServiceGroup, tmp: Path, nginx: str, cpus: tuple[int, ...],
                       backend_port: int, timeout: float, workers: int = 1,
-                      name: str = "nginx") -> tuple[Service, int]:
+                      name: str = "nginx", access_log: Path | None = None) -> tuple[Service, int]:
     """start_nginx_proxy starts nginx as a keep-alive reverse proxy in front of the backend,
     with `worker_processes workers`. With more than one worker its listen has `reuseport`:
     each worker accepts on its own SO_REUSEPORT socket, as cutover's workers do. name names
-    the service and its folder."""
+    the service and its folder; access_log, a file, turns its access log on in cutover's json
+    fields (_NGINX_JSON_LOG_FORMAT)."""
     workdir = _workdir(tmp, name)
     port = free_port()
+    logging = Template(_NGINX_JSON_ACCESS_LOG).substitute(path=access_log) if access_log else ""
     http = Template(_NGINX_PROXY_HTTP).substitute(port=port, backend=backend_port,
                                                    listen_flags=" reuseport" if workers > 1 else "",
-                                                   server_lines="")
+                                                   server_lines=logging)
+    if access_log:
+        http = Template(_NGINX_JSON_LOG_FORMAT).substitute() + http
     _write(workdir / "nginx.conf", _NGINX_COMMON, dir=workdir, http=http, workers=workers)
     service = group.start(name, _nginx_argv(nginx, workdir), cpus, workdir)
     service.workers = workers
