@@ -218,9 +218,10 @@ _BACKEND_HTTP = """\
 """
 
 # nginx's access log in the fields and order of cutover's json lines (SPEC §12), for the cost of
-# an access log in the anchor (bench/run.py's nginxlog): a line of about the same length; the
-# values cutover knows and nginx does not (env, generation, outcome) are constants. Batched
-# as cutover's are (a buffer, flushed at least every 100 ms); $path is the file.
+# an access log in the anchor (bench/run.py's nginxlog): a line of about the same length, the
+# values as nginx has them (its times in seconds); those cutover knows and nginx does not (env,
+# generation, outcome) are constants. Batched as cutover's are (a buffer, flushed at least
+# every 100 ms); $path is the file.
 _NGINX_JSON_LOG_FORMAT = (
     "    log_format cutover_json escape=json '{\"time\":\"$$time_iso8601\",\"client\":\"$$remote_addr\","
     "\"method\":\"$$request_method\",\"target\":\"$$request_uri\",\"protocol\":\"$$server_protocol\","
