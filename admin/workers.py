@@ -382,7 +382,7 @@ class WorkerPlane:
             # what a worker started from now on starts with. The result goes to every other worker,
             # one still starting too (sent after its "start", it counts it once its checks exist).
             _, env, address, ok, reason, healthy, ok_streak, fail_streak = message
-            if self._listed(env, address):      # not a removed server still probed while it drains
+            if address in self._addresses().get(env, ()):   # not a removed server still probed while it drains
                 self._health[(env, address)] = (healthy, ok_streak, fail_streak)
             for other in self.workers:
                 if other is not worker and other.channel is not None:
@@ -505,9 +505,9 @@ class WorkerPlane:
                 if worker.alive and worker.snapshot is not None:
                     self._remember_health(worker.snapshot)
                     break
-        current = {(e.name, str(a)) for e in self.settings.environments for a in e.servers}
+        current = self._addresses()
         return tuple((env, address, *counted) for (env, address), counted in self._health.items()
-                     if (env, address) in current)
+                     if address in current.get(env, ()))
 
     def _remember_health(self, snapshot: Snapshot) -> None:
         """_remember_health: the health a snapshot gives its servers (a snapshot has no streaks: those
@@ -520,9 +520,9 @@ class WorkerPlane:
                 if known is None or known[0] != server.healthy:
                     health[key] = (server.healthy, 0, 0)
 
-    def _listed(self, env: str, address: str) -> bool:
-        """_listed: whether ``address`` is in ``env``'s current server list."""
-        return any(e.name == env and any(str(a) == address for a in e.servers) for e in self.settings.environments)
+    def _addresses(self) -> dict[str, set[str]]:
+        """_addresses: each environment's current server list, as the addresses snapshots name."""
+        return {e.name: {str(a) for a in e.servers} for e in self.settings.environments}
 
     def _new_servers(self, lists: dict, before: dict[str, set[str]], at_start: bool) -> None:
         """_new_servers: a change of server lists (``before``: the addresses each list had): what a
@@ -644,7 +644,7 @@ class WorkerPlane:
         if change.servers is not None:
             # What a worker that starts from now on is built with ("start" carries the settings).
             lists = change.servers
-            before = {e.name: {str(a) for a in e.servers} for e in self.settings.environments}
+            before = self._addresses()
             self.settings = dataclasses.replace(self.settings, environments=tuple(
                 dataclasses.replace(e, servers=tuple(a for a, _ in lists[e.name]),
                                     weights=tuple(w for _, w in lists[e.name]))
@@ -698,8 +698,7 @@ class WorkerPlane:
         """snapshot: the workers' latest snapshots merged, with the counters of exited workers."""
         parts = [w.snapshot for w in self.workers if w.snapshot is not None]
         if self.retired is not None:
-            current = {e.name: {str(a) for a in e.servers} for e in self.settings.environments}
-            parts.append(servers_only(self.retired, current))
+            parts.append(servers_only(self.retired, self._addresses()))
         if not parts:
             parts = [blank_snapshot(self.settings, self.route)]    # before the first worker listens
         merged = merge_snapshots(parts, self.route)

@@ -133,7 +133,8 @@ class LocalCopy:
         """_rebase: etcd's revision when its state has the facts of ``served``; None otherwise
         (then the commit conflicts, unless etcd holds no state at all)."""
         stored, revision = await self._call(self.store.load())
-        if stored is not None and _facts(stored) == _facts(served):
+        # The facts alone: events and drain outcomes are added without a commit.
+        if stored is not None and stored.to_dict(history=False) == served.to_dict(history=False):
             return revision
         return None
 
@@ -172,11 +173,6 @@ class LocalCopy:
             await self.store.client.pause(_OUTAGE_RETRY)
             if isinstance(self.revision, int) and (not isinstance(since, int) or self.revision > since):
                 since = self.revision
-
-
-def _facts(state: State) -> dict:
-    """_facts: a state without its history (events and drain outcomes are added without a commit)."""
-    return state.to_dict(history=False)
 
 
 def _iso(epoch: float) -> str:
