@@ -1,31 +1,28 @@
 """AccessLog: one line per request (SPEC §12), written in batches off the per-request path.
 
-Proxy owns one when the settings have an ``access_log`` (each worker process its own). The
-per-request cost is one tuple and one list append: Exchange.finish appends the finished
-exchange's values (a plain tuple, laid out as Entry) to ``records`` (Proxy.access_records is
-the same list). Such a tuple holds only numbers, strings and bytes, so Python's cycle
-collector stops tracking it at its first pass (it does so for exact tuples only, hence no
-NamedTuple on the request path):
-keeping the exchanges themselves for a batch's 100 ms made them survive into the older
-generations, and each full collection then walked thousands of them (measured: a 78 ms
-stall and +7 us per request, against 0.5 ms and +0 with entries). Every FLUSH_INTERVAL a loop timer
-formats what gathered (json or combined, one line each; CHUNK records per pass of the loop)
-and hands the bytes to a writer thread (once per interval, or per HAND_BYTES when more
-gathered), which alone touches the file: a write that blocks (a slow disk, a full pipe on
-standard output) stalls that thread, never the event loop. What waits for the thread is
-bounded by PENDING_LIMIT bytes; a batch that would go over it is dropped and its lines are
-counted (``dropped``, with the lines the thread failed to write: Snapshot.access_log_dropped,
-cutover_access_log_dropped_lines_total).
+Proxy owns one when the settings have an ``access_log`` (each worker process its own).
+Exchange.finish hands the finished exchange to AccessLog.add, which formats its line at once
+(json or combined: one bytes %-expression, compiled) and appends it to a list: no logging
+call, no tuple or record kept. A line is bytes, which Python's cycle collector never tracks:
+records kept for a batch's 100 ms (the exchanges themselves once, plain tuples later) made
+the collector run more often and walk them, and formatting a batch at once on the loop held
+every connection of a busy worker for milliseconds (its p99). Every FLUSH_INTERVAL, or once
+HAND_BYTES gathered, the list goes to a writer thread, which joins it (bytes.join lets go of
+the GIL for a batch of over 1 MB) and alone touches the file: a write that blocks (a slow
+disk, a full pipe on standard output) stalls that thread, never the event loop. What waits
+for the thread is bounded by PENDING_LIMIT bytes; a batch that would go over it is dropped
+and its lines are counted (``dropped``, with the lines the thread failed to write:
+Snapshot.access_log_dropped, cutover_access_log_dropped_lines_total).
 
 Workers share one file: each process opens the path itself with O_APPEND and writes whole
-lines only, a batch in one write(2) call to a regular file (appends do not interleave within
-one call) and in pieces of at most PIPE_BUF bytes, cut at line ends, to a pipe or a terminal
-(such writes are atomic). ``reopen`` (SIGUSR1, log rotation) hands the thread what gathered
-so far, for the file as it was, then opens the path again: lines of requests that ended after
-the signal go to the new file, and none is lost.
+lines only, cut at line ends: to a regular file in pieces of WRITE_PIECE bytes, one write(2)
+call each (appends do not interleave within one call), to a pipe or a terminal in pieces of at
+most PIPE_BUF bytes (such writes are atomic). ``reopen`` (SIGUSR1, log rotation) hands the
+thread what gathered so far, for the file as it was, then opens the path again: lines of
+requests that ended after the signal go to the new file, and none is lost.
 
-The formatting functions are pure over entries, tested without sockets
-(tests/proxy/test_access_log_lines.py).
+The formatting functions (json_entry, combined_entry; json_line and combined_line over an
+Entry's fields) are pure, tested without sockets (tests/proxy/test_access_log_lines.py).
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import stat
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .errors import Outcome
 
@@ -49,11 +46,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cutover.proxy")
 
-FLUSH_INTERVAL = 0.1          # seconds between two batches
-CHUNK = 256                   # records formatted in one pass of the loop; the rest in the passes after
-HAND_BYTES = 1 << 20          # formatted bytes handed to the writer at once, at most about this
+FLUSH_INTERVAL: Final = 0.1   # seconds between two batches
+HAND_BYTES: Final = 1 << 20   # bytes of lines handed to the writer at once, at most about this
+PLACES: Final = 1024          # place_of texts kept, at most (cleared at a tick past it)
 PENDING_LIMIT = 16 << 20      # bytes formatted and not yet written, at most
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
+# A regular file is written this much at a time, cut at line ends, the CPU yielded between two
+# pieces: one write(2) of a busy worker's batch (megabytes) ran for milliseconds on the CPU the
+# loop waits for (the p99 of a worker pinned to one CPU went from 0.8 to 3-4 ms as the file grew).
+WRITE_PIECE: Final = 64 << 10
 
 # The `outcome` of a line (SPEC §12).
 OK = "ok"                      # the whole response reached the client
@@ -67,11 +68,12 @@ REFUSED = "refused"            # answered by cutover without an upstream: a bad 
 
 
 class Entry(NamedTuple):
-    """Entry: the fields of the plain tuple entry_of makes, in order (``Entry(*record)`` names them).
+    """Entry: the fields of one line, in order, as the pure formatters json_line and
+    combined_line take them (AccessLog.add passes them from the exchange itself).
 
-    Times are monotonic seconds (a batch turns them into wall clock once); the milliseconds are
-    None where the line says null; ``block`` is the forwarded request head (combined reads
-    Referer and User-Agent from it).
+    Times are monotonic seconds (the log's offset turns them into wall clock); the
+    milliseconds are None where the line says null; ``block`` is the forwarded request head
+    (combined reads Referer and User-Agent from it).
     """
 
     started: float
@@ -93,23 +95,6 @@ class Entry(NamedTuple):
     block: bytes
 
 
-Record = tuple[float, float, bytes, bytes, bytes, int, int, int, int, "float | None", "float | None",
-               "str | None", "str | None", "int | None", str, "bytes | None", bytes]
-
-
-def entry_of(ex: "Exchange") -> Record:
-    """entry_of: the record (fields as Entry) of an exchange that just finished (Exchange.finish;
-    ended and the byte counts set)."""
-    server, env, route = ex.server, ex.env, ex.route
-    up_head, up_sent = ex.up_head, ex.up_sent
-    return (ex.started, ex.ended, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
-                 ex.bytes_in, ex.bytes_out,
-                 ex.connect_time * 1000 if server is not None or ex.tried or ex.connect_time else None,
-                 (up_head - up_sent) * 1000 if up_head and up_sent else None,
-                 env.name if env is not None else None, server.address if server is not None else None,
-                 route.generation if route is not None else None, outcome_of(ex), ex.request_id, ex.head.block)
-
-
 def outcome_of(ex: "Exchange") -> str:
     """outcome_of: the access log's outcome of a finished exchange.
 
@@ -125,17 +110,20 @@ def outcome_of(ex: "Exchange") -> str:
 
 # ------------------------------------------------------------------ formatting
 #
-# A batch is formatted to bytes, each line by one bytes %-expression whose conversions are all
+# Each line is formatted to bytes by one bytes %-expression whose conversions are all
 # %s of bytes and %d of ints: mypyc builds such an expression by copying its parts (no
-# PyUnicode_Format, no float formatting, no encode of the batch); the milliseconds' three
+# PyUnicode_Format, no float formatting, no encode); the milliseconds' three
 # decimals come from _THREE.
 
 # Bytes written into a JSON string as they are; others go through json.dumps.
-_JSON_PLAIN = bytes(b for b in range(0x20, 0x7f) if b not in b'"\\')
+_JSON_PLAIN: Final = bytes(b for b in range(0x20, 0x7f) if b not in b'"\\')
 # Bytes written into a combined line's quoted field as they are; others as \xHH (as nginx does).
-_COMBINED_PLAIN = _JSON_PLAIN
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_THREE: tuple[bytes, ...] = tuple(b"%03d" % n for n in range(1000))     # b"000" .. b"999"
+_COMBINED_PLAIN: Final = _JSON_PLAIN
+# A translate table that keeps the plain bytes and changes every other one: a value is plain
+# when translating it changes nothing (one pass, no table built per call as deletechars does).
+_PLAIN_MAP: Final = bytes(b if b in _JSON_PLAIN else b ^ 1 for b in range(256))
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_THREE: Final[tuple[bytes, ...]] = tuple(b"%03d" % n for n in range(1000))     # b"000" .. b"999"
 
 
 class Clock:
@@ -170,7 +158,7 @@ def json_string(value: bytes | None) -> bytes:
     """json_string: ``value`` as a JSON string (each byte outside printable ASCII as \\u00XX), or null."""
     if value is None:
         return b"null"
-    if not value.translate(None, _JSON_PLAIN):
+    if value.translate(_PLAIN_MAP) == value:
         return b'"%s"' % value
     return json.dumps(value.decode("latin-1")).encode("ascii")
 
@@ -180,72 +168,88 @@ def combined_field(value: bytes) -> bytes:
     printable ASCII as \\xHH, as nginx writes them; empty is "-"."""
     if not value:
         return b"-"
-    if not value.translate(None, _COMBINED_PLAIN):
+    if value.translate(_PLAIN_MAP) == value:
         return value
     return b"".join(bytes((b,)) if b in _COMBINED_PLAIN else b"\\x%02X" % b for b in value)
 
 
 # Outcome -> the line's outcome, where Outcome alone decides (see outcome_of).
-_OUTCOMES: dict[str | None, str] = {Outcome.OK: OK, Outcome.CLIENT_GONE: CLIENT_GONE, Outcome.FORCED: DRAINED}
+_OUTCOMES: Final[dict[str | None, str]] = {Outcome.OK: OK, Outcome.CLIENT_GONE: CLIENT_GONE, Outcome.FORCED: DRAINED}
 
 
-def json_lines(batch: "list[Record]", offset: float, clock: Clock) -> bytes:
-    """json_lines: the json lines of finished exchanges (SPEC §12 fields, in that order).
+def place_of(env: str | None, server: str | None, generation: int | None, outcome: str) -> bytes:
+    """place_of: the part of a json line from its environment to the request id's name (what
+    repeats from line to line: AccessLog keeps it per environment, server, generation and outcome)."""
+    return b',"env":%s,"server":%s,"generation":%s,"outcome":"%s","request_id":' % (
+        b'"%s"' % env.encode() if env is not None else b"null",
+        json_string(server.encode()) if server is not None else b"null",
+        b"%d" % generation if generation is not None else b"null", outcome.encode())
 
-    ``offset`` turns the entries' monotonic times into wall-clock time (time.time() -
-    time.monotonic(), taken once per batch); ``time`` is when the request head was complete.
-    upstream_connect_ms is what opening upstream connections took (0 for a pooled one), null
-    when no server was picked; upstream_response_ms runs from the request head written
-    upstream to the response's final head, null when none came. What repeats from line to
-    line (the request's client, method, target and protocol; its environment, server,
-    generation and outcome) is formatted once per batch.
+
+def json_entry(started: float, ended: float, client: bytes, method: bytes, url: bytes, minor: int, status: int,
+               bytes_in: int, bytes_out: int, connect_ms: float, response_ms: float, place: bytes,
+               rid: bytes | None, offset: float, clock: Clock) -> bytes:
+    """json_entry: the json line of a finished exchange (SPEC §12 fields, in that order).
+
+    ``offset`` turns the monotonic times into wall-clock time (time.time() - time.monotonic());
+    ``time`` is when the request head was complete. upstream_connect_ms is what opening upstream
+    connections took (0 for a pooled one), null when no server was picked; upstream_response_ms
+    runs from the request head written upstream to the response's final head, null when none
+    came (each given negative for null: a float, never boxed). ``place`` is place_of the line's
+    environment, server, generation and outcome.
     """
-    lines: list[bytes] = []
-    requests: dict[tuple[bytes, bytes, bytes, int], bytes] = {}
-    places: dict[tuple[str | None, str | None, int | None, str], bytes] = {}
-    three = _THREE
-    for (started, ended, client, method, url, minor, status, bytes_in, bytes_out, connect_ms, response_ms,
-         env, server, generation, outcome, rid, _) in batch:
-        key = (client, method, url, minor)
-        request = requests.get(key)
-        if request is None:
-            request = requests[key] = b'","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":' % (
-                client, json_string(method), json_string(url), minor)
-        where = (env, server, generation, outcome)
-        place = places.get(where)
-        if place is None:
-            place = places[where] = b',"env":%s,"server":%s,"generation":%s,"outcome":"%s","request_id":' % (
-                b'"%s"' % env.encode() if env is not None else b"null",
-                json_string(server.encode()) if server is not None else b"null",
-                b"%d" % generation if generation is not None else b"null", outcome.encode())
-        stamp = int((started + offset) * 1000 + 0.5)
-        second = stamp // 1000
-        if second != clock.second:
-            clock.at(second)
-        connect = millis(connect_ms) if connect_ms is not None else b"null"
-        response = millis(response_ms) if response_ms is not None else b"null"
-        # A passed-through id is sane and a generated one too: no escaping needed.
-        if rid is not None:
-            lines.append(b'{"time":"%s.%sZ%s%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream_connect_ms":%s,'
-                         b'"upstream_response_ms":%s%s"%s"}\n' % (
-                             clock.iso, three[stamp - second * 1000], request, status, bytes_in, bytes_out,
-                             millis((ended - started) * 1000), connect, response, place, rid))
-        else:
-            lines.append(b'{"time":"%s.%sZ%s%d,"bytes_in":%d,"bytes_out":%d,"duration_ms":%s,"upstream_connect_ms":%s,'
-                         b'"upstream_response_ms":%s%snull}\n' % (
-                             clock.iso, three[stamp - second * 1000], request, status, bytes_in, bytes_out,
-                             millis((ended - started) * 1000), connect, response, place))
-    return b"".join(lines)
+    stamp = int((started + offset) * 1000 + 0.5)
+    second = stamp // 1000
+    if second != clock.second:
+        clock.at(second)
+    took = int((ended - started) * 1_000_000 + 0.5)    # microseconds (millis, inline)
+    if took < 0:
+        took = 0
+    # A passed-through id is sane and a generated one too: no escaping needed.
+    if connect_ms >= 0 and response_ms >= 0 and rid is not None:
+        # A proxied request: every part in one expression (no bytes made for its parts).
+        connect = int(connect_ms * 1000 + 0.5)
+        response = int(response_ms * 1000 + 0.5)
+        return (b'{"time":"%s.%sZ","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":%d,'
+                b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%d.%s,"upstream_connect_ms":%d.%s,'
+                b'"upstream_response_ms":%d.%s%s"%s"}\n' % (
+                    clock.iso, _THREE[stamp - second * 1000], client, _method_json(method), json_string(url),
+                    minor, status, bytes_in, bytes_out, took // 1000, _THREE[took % 1000], connect // 1000,
+                    _THREE[connect % 1000], response // 1000, _THREE[response % 1000], place, rid))
+    return (b'{"time":"%s.%sZ","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":%d,'
+            b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%d.%s,"upstream_connect_ms":%s,"upstream_response_ms":%s'
+            b'%s%s}\n' % (
+                clock.iso, _THREE[stamp - second * 1000], client, _method_json(method), json_string(url), minor,
+                status, bytes_in, bytes_out, took // 1000, _THREE[took % 1000],
+                millis(connect_ms) if connect_ms >= 0 else b"null", millis(response_ms) if response_ms >= 0 else b"null",
+                place, b'"%s"' % rid if rid is not None else b"null"))
 
 
-def json_line(entry: Record, offset: float, clock: Clock) -> str:
-    """json_line: the json line of one finished exchange (json_lines of a batch of one)."""
-    return json_lines([entry], offset, clock).decode("latin-1")
+def _method_json(method: bytes) -> bytes:
+    """_method_json: json_string of a method, from a table for the methods seen before."""
+    text = _METHODS.get(method)
+    if text is None:
+        text = json_string(method)
+        if len(_METHODS) < 64:
+            _METHODS[method] = text
+    return text
+
+
+_METHODS: Final[dict[bytes, bytes]] = {}
+
+
+def json_line(entry: "tuple[Any, ...]", offset: float, clock: Clock) -> str:
+    """json_line: the json line of an Entry (its fields in order, as a plain tuple or an Entry)."""
+    (started, ended, client, method, url, minor, status, bytes_in, bytes_out, connect_ms, response_ms, env, server,
+     generation, outcome, rid, _) = entry
+    return json_entry(started, ended, client, method, url, minor, status, bytes_in, bytes_out,
+                      -1.0 if connect_ms is None else connect_ms, -1.0 if response_ms is None else response_ms,
+                      place_of(env, server, generation, outcome), rid, offset, clock).decode("latin-1")
 
 
 def header_value(block: bytes, name: bytes) -> bytes:
     """header_value: the first ``name`` field's value in a forwarded header block (``name``
-    lowercase), b"" when there is none; combined_lines reads Referer and User-Agent from it."""
+    lowercase), b"" when there is none; combined_entry reads Referer and User-Agent from it."""
     at = (b"\n" + block.lower()).find(b"\n" + name + b":")   # at: where the name begins in block
     if at < 0:
         return b""
@@ -254,33 +258,29 @@ def header_value(block: bytes, name: bytes) -> bytes:
     return block[start:end if end >= 0 else len(block)].strip()
 
 
-def combined_lines(batch: "list[Record]", offset: float, clock: Clock) -> bytes:
-    """combined_lines: the combined log format lines (Apache's and nginx's ``combined``) of
-    finished exchanges, each followed by the request id:
+def combined_entry(started: float, client: bytes, method: bytes, url: bytes, minor: int, status: int,
+                   bytes_out: int, rid: bytes | None, block: bytes, offset: float, clock: Clock) -> bytes:
+    """combined_entry: the combined log format line (Apache's and nginx's ``combined``) of a
+    finished exchange, followed by the request id:
 
         client - - [time] "METHOD target HTTP/1.x" status bytes_out "referer" "user-agent" request_id
 
     bytes_out counts the head too (as json's bytes_out); a missing value is "-".
     """
-    lines: list[bytes] = []
-    for (started, _, client, method, url, minor, status, _, bytes_out, _, _, _, _, _, _, rid, block) in batch:
-        second = int(started + offset)
-        if second != clock.second:
-            clock.at(second)
-        lines.append(b'%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s" %s\n' % (
-            client, clock.clf,
-            combined_field(method), combined_field(url), minor, status, bytes_out,
-            combined_field(header_value(block, b"referer")), combined_field(header_value(block, b"user-agent")),
-            rid if rid else b"-"))
-    return b"".join(lines)
+    second = int(started + offset)
+    if second != clock.second:
+        clock.at(second)
+    return b'%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s" %s\n' % (
+        client, clock.clf, combined_field(method), combined_field(url), minor, status, bytes_out,
+        combined_field(header_value(block, b"referer")), combined_field(header_value(block, b"user-agent")),
+        rid if rid else b"-")
 
 
-def combined_line(entry: Record, offset: float, clock: Clock) -> str:
-    """combined_line: the combined line of one finished exchange (combined_lines of a batch of one)."""
-    return combined_lines([entry], offset, clock).decode("latin-1")
-
-
-FORMATS = {"json": json_lines, "combined": combined_lines}
+def combined_line(entry: "tuple[Any, ...]", offset: float, clock: Clock) -> str:
+    """combined_line: the combined line of an Entry (its fields in order)."""
+    (started, _, client, method, url, minor, status, _, bytes_out, _, _, _, _, _, _, rid, block) = entry
+    return combined_entry(started, client, method, url, minor, status, bytes_out, rid, block, offset,
+                          clock).decode("latin-1")
 
 
 # ------------------------------------------------------------------ writing
@@ -296,7 +296,7 @@ class _Writer:
         self.path = path
         self.limit = limit
         self.dropped = 0                 # lines that could not be written (the file would not open, a write failed)
-        self._items: deque[tuple[Any, int]] = deque()
+        self._items: deque[tuple[Any, int]] = deque()    # (a batch's lines, their bytes), or a command
         self._pending = 0                # bytes in _items
         self._cond = threading.Condition()
         self._fd: int | None = None
@@ -307,13 +307,13 @@ class _Writer:
     def start(self) -> None:
         self._runner.start()
 
-    def put(self, data: bytes, lines: int) -> bool:
-        """put: queue a batch; False (nothing queued) when PENDING_LIMIT would be passed."""
+    def put(self, lines: list[bytes], size: int) -> bool:
+        """put: queue a batch of ``size`` bytes; False (nothing queued) when PENDING_LIMIT would be passed."""
         with self._cond:
-            if self._pending + len(data) > self.limit:
+            if self._pending + size > self.limit:
                 return False
-            self._pending += len(data)
-            self._items.append((data, lines))
+            self._pending += size
+            self._items.append((lines, size))
             self._cond.notify()
         return True
 
@@ -335,15 +335,16 @@ class _Writer:
             with self._cond:
                 while not self._items:
                     self._cond.wait()
-                data, lines = self._items.popleft()
-                if isinstance(data, bytes):
-                    self._pending -= len(data)
-            if data is _STOP:
+                item, size = self._items.popleft()
+                self._pending -= size
+            if item is _STOP:
                 break
-            if data is _REOPEN:
+            if item is _REOPEN:
                 self._open()
                 continue
-            self._write(data, lines)
+            # One piece per batch, joined here: bytes.join lets go of the GIL while it copies
+            # a batch of over 1 MB, and the loop never copies a batch.
+            self._write(b"".join(item), len(item))
         if self._fd is not None and self.path != "-":
             os.close(self._fd)
         self._fd = None
@@ -375,16 +376,19 @@ class _Writer:
             return
         view = memoryview(data)
         done = 0
+        piece = PIPE_BUF if self._pieces else WRITE_PIECE
         try:
             while done < len(data):
                 end = len(data)
-                if self._pieces and end - done > PIPE_BUF:
-                    cut = data.rfind(b"\n", done, done + PIPE_BUF) + 1
-                    if cut <= done:          # one line longer than PIPE_BUF goes alone
+                if end - done > piece:
+                    cut = data.rfind(b"\n", done, done + piece) + 1
+                    if cut <= done:          # one line longer than a piece goes alone
                         cut = data.find(b"\n", done) + 1 or end
                     end = cut
                 while done < end:
                     done += os.write(fd, view[done:end])
+                if done < len(data):
+                    os.sched_yield()         # the loop's thread, if it waits for this CPU, goes first
         except OSError as exc:
             self.dropped += data.count(b"\n", done)
             if not self._failing:
@@ -398,27 +402,25 @@ class _Writer:
 
 
 class AccessLog:
-    """AccessLog: the finished exchanges of one Proxy, formatted and written every FLUSH_INTERVAL."""
+    """AccessLog: the lines of one Proxy's finished exchanges, handed to the writer every FLUSH_INTERVAL."""
 
     def __init__(self, config: "AccessLogConfig", interval: float = FLUSH_INTERVAL,
                  limit: int = PENDING_LIMIT) -> None:
         self.config = config
         self.interval = interval
-        # Finished exchanges not formatted yet: Exchange.finish appends (through Proxy.access_records).
-        self.records: list[Any] = []
+        # The lines formatted since the last hand-off (add appends) and their bytes.
+        self.gathered: list[bytes] = []
+        self.gathered_bytes = 0
         self.full = 0                    # lines dropped because PENDING_LIMIT bytes already waited
         self.lines = 0                   # lines handed to the writer
-        self._format = FORMATS[config.format]
+        # Monotonic to wall-clock seconds, taken again at each tick (the wall clock may be set).
+        self.offset = time.time() - time.monotonic()
+        self._json = config.format == "json"
         self._clock = Clock()
+        # place_of per (environment, server, generation, outcome): the few that repeat.
+        self._places: dict[tuple[str | None, str | None, int | None, str], bytes] = {}
         self._writer = _Writer(config.path, limit)
         self._timer: asyncio.TimerHandle | None = None
-        self._soon: asyncio.Handle | None = None     # the next chunk of a batch too big for one pass
-        # The chunks of this batch formatted so far, their lines and bytes: handed to the writer in
-        # one piece once the batch is done, at the next tick or past HAND_BYTES (one wake-up of its
-        # thread per FLUSH_INTERVAL, not per chunk, and no piece much bigger than HAND_BYTES).
-        self._formatted: list[bytes] = []
-        self._formatted_lines = 0
-        self._formatted_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -432,66 +434,52 @@ class AccessLog:
         self._writer.start()
         self._timer = loop.call_later(self.interval, self._tick)
 
-    def _tick(self) -> None:
-        if self._soon is None:
-            self._chunk()
+    def add(self, ex: "Exchange") -> None:
+        """add: the line of an exchange that just finished (Exchange.finish; ended and the byte
+        counts set), formatted now: a line is bytes, which the cycle collector never tracks,
+        and the cost is paid evenly, request by request, not in a burst per batch."""
+        server, env, route = ex.server, ex.env, ex.route
+        up_head, up_sent = ex.up_head, ex.up_sent
+        if self._json:
+            where = (env.name if env is not None else None, server.address if server is not None else None,
+                     route.generation if route is not None else None, outcome_of(ex))
+            place = self._places.get(where)
+            if place is None:
+                place = self._places[where] = place_of(*where)
+            line = json_entry(ex.started, ex.ended, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
+                              ex.bytes_in, ex.bytes_out,
+                              ex.connect_time * 1000 if server is not None or ex.tried or ex.connect_time else -1.0,
+                              (up_head - up_sent) * 1000 if up_head and up_sent else -1.0, place, ex.request_id,
+                              self.offset, self._clock)
         else:
-            # Chunks still follow one another (requests end faster than a pass formats them):
-            # what they formatted goes to the writer now, one hand-off per interval still.
-            self._hand()
+            line = combined_entry(ex.started, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
+                                  ex.bytes_out, ex.request_id, ex.head.block, self.offset, self._clock)
+        self.gathered.append(line)
+        self.gathered_bytes += len(line)
+        if self.gathered_bytes >= HAND_BYTES:
+            self.flush()
+
+    def _tick(self) -> None:
+        self.offset = time.time() - time.monotonic()
+        if len(self._places) > PLACES:
+            self._places.clear()
+        self.flush()
         if self._loop is not None:
             self._timer = self._loop.call_later(self.interval, self._tick)
 
-    def _chunk(self) -> None:
-        """_chunk: format at most CHUNK records, the oldest, and leave the rest to the next pass of
-        the loop: a busy worker's 100 ms of requests formatted at once would hold every one of
-        its connections for milliseconds (its p99)."""
-        self._soon = None
-        records = self.records
-        if not records:
-            return
-        batch = records[:CHUNK]
-        del records[:CHUNK]
-        self._format_batch(batch)
-        if records and self._loop is not None:
-            self._soon = self._loop.call_soon(self._chunk)
-        else:
-            self._hand()
-
     def flush(self) -> None:
-        """flush: format every gathered record now and queue them for the writer thread (reopen, close)."""
-        records = self.records
-        if records:
-            batch = records.copy()
-            records.clear()
-            self._format_batch(batch)
-        self._hand()
-
-    def _format_batch(self, batch: list[Any]) -> None:
-        try:
-            data = self._format(batch, time.time() - time.monotonic(), self._clock)
-        except Exception:
-            log.exception("access_log: formatting a batch failed; its %d lines are dropped", len(batch))
-            self.full += len(batch)
-            return
-        self._formatted.append(data)
-        self._formatted_lines += len(batch)
-        self._formatted_bytes += len(data)
-        if self._formatted_bytes >= HAND_BYTES:
-            self._hand()
-
-    def _hand(self) -> None:
-        """_hand: queue what was formatted for the writer thread, in one piece."""
-        lines = self._formatted_lines
+        """flush: hand the lines gathered so far to the writer thread, in one batch (the tick,
+        HAND_BYTES gathered, reopen, close)."""
+        lines = self.gathered
         if not lines:
             return
-        data = b"".join(self._formatted)      # one chunk: that chunk itself, not a copy
-        self._formatted.clear()
-        self._formatted_lines = self._formatted_bytes = 0
-        if self._writer.put(data, lines):
-            self.lines += lines
+        size = self.gathered_bytes
+        self.gathered = []
+        self.gathered_bytes = 0
+        if self._writer.put(lines, size):
+            self.lines += len(lines)
         else:
-            self.full += lines
+            self.full += len(lines)
 
     def reopen(self) -> None:
         """reopen: SIGUSR1: what gathered goes to the file open now, later lines to the path opened again."""
@@ -504,9 +492,6 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._soon is not None:
-            self._soon.cancel()
-            self._soon = None
         self._loop = None
         self.flush()
         self._writer.command(_STOP)

@@ -7,8 +7,8 @@ picks a server of the chosen environment, takes a pooled upstream connection
 or opens one, and relays: request body up, response down, re-framing chunked
 bodies and applying the header rules. It records the route generation, the
 environment and server, and how it ended (errors.Outcome) for the drain, and carries the
-request id (SPEC §12) upstream and back; with an access log, finish hands it to the
-AccessLog's list (proxy/accesslog.py), its timings and byte counts filled in.
+request id (SPEC §12) upstream and back; with an access log, finish hands it to
+AccessLog.add (proxy/accesslog.py), its timings and byte counts filled in.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Final
 from . import pool
 from .accesslog import HELD as LOG_HELD, REFUSED as LOG_REFUSED, TIMEOUT as LOG_TIMEOUT
 from .accesslog import UPSTREAM_RESET as LOG_UPSTREAM_RESET
-from .accesslog import entry_of
 from .backends import LATENCY_BUCKETS
 from .errors import Outcome, error_response
 from .flow import BUFFER_HIGH, PAUSE_BUFFER, PAUSE_UPSTREAM
@@ -205,7 +204,7 @@ class Exchange:
             conn.reading_paused = True
             conn.transport.pause_reading()
         self.state = SENT
-        if client.proxy.access_records is not None:
+        if client.proxy.access_log is not None:
             self.up_sent = monotonic()
         head = self.head
         rid = self.request_id
@@ -315,7 +314,7 @@ class Exchange:
         self.status = status
         self.state = RESPONDING
         self.response_started = True
-        if client.proxy.access_records is not None:
+        if client.proxy.access_log is not None:
             self.up_head = monotonic()
         if status == 101:
             self.state = TUNNEL
@@ -530,8 +529,8 @@ class Exchange:
             server.requests += 1
         client = self.client
         env = self.env
-        records = client.proxy.access_records
-        if records is not None:
+        access_log = client.proxy.access_log
+        if access_log is not None:
             self.ended = monotonic()
             # This request's bytes: those read and written since the one before it ended
             # (ClientConnection.total_in/total_out), what is still to flush included.
@@ -542,7 +541,7 @@ class Exchange:
             client.logged_out = total_out
             self.bytes_in = client.total_in - client.logged_in
             client.logged_in = client.total_in
-            records.append(entry_of(self))
+            access_log.add(self)
         if env is not None:
             env.inflight -= 1
             env.active.discard(self)

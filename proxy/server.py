@@ -92,14 +92,12 @@ class Proxy:
         self._port = 0
         # Connections with bytes to write at the end of this pass of the event loop (flush_soon).
         self._due: list[ClientConnection | UpstreamConnection] = []
-        # The access log (SPEC §12) and its list of finished exchanges, which Exchange.finish
-        # appends to: None without an access log.
+        # The access log (SPEC §12), which Exchange.finish hands each finished exchange: None
+        # without an access log.
         self.access_log: AccessLog | None = None
-        self.access_records: list[Any] | None = None
         self._closing_logs: set[Any] = set()   # access logs a reload replaced, writing their last lines
         if settings.access_log is not None:
             self.access_log = AccessLog(settings.access_log)
-            self.access_records = self.access_log.records
         self.access_log_dropped = 0     # lines the access logs a reload replaced had dropped
         # Request ids made up for requests without a sane X-Request-Id (requestid.py); None: none are.
         self.request_prefix: bytes | None = new_prefix() if settings.generate_request_id else None
@@ -166,10 +164,9 @@ class Proxy:
         """_swap_access_log: the access log of ``settings`` from now on; the one before writes
         what it gathered and closes in the background."""
         before = self.access_log
-        self.access_log, self.access_records = None, None
+        self.access_log = None
         if settings.access_log is not None:
             self.access_log = AccessLog(settings.access_log)
-            self.access_records = self.access_log.records
             if self._loop is not None:
                 self.access_log.start(self._loop)
         if before is not None:

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from proxy.accesslog import CHUNK, AccessLog
+from proxy.accesslog import HAND_BYTES, AccessLog
 from proxy.settings import AccessLogConfig
 from tests.support.fakes import Rig
 from tests.support.logfile import logged_lines
@@ -49,11 +49,11 @@ async def test_requests_are_written_when_the_batch_is_flushed_not_one_by_one(tmp
     try:
         await eventually(path.exists, what="the writer thread opened the file")
         requests(rig, 5)
-        assert len(log.records) == 5
+        assert len(log.gathered) == 5
         await asyncio.sleep(0)                 # nothing is written before the flush
         assert path.read_bytes() == b""
         log.flush()
-        assert log.records == []
+        assert log.gathered == [] and log.gathered_bytes == 0
         await eventually(lambda: targets(path) == [f"/r{i}" for i in range(5)])
         assert log.lines == 5 and log.dropped == 0
     finally:
@@ -139,7 +139,6 @@ async def test_a_path_that_cannot_be_opened_drops_and_counts_its_lines(tmp_path)
     log = AccessLog(AccessLogConfig(path=str(missing)))
     rig = Rig()
     rig.proxy.access_log = log
-    rig.proxy.access_records = log.records
     log.interval = 3600.0
     log.start(asyncio.get_running_loop())
     try:
@@ -156,41 +155,39 @@ async def test_a_path_that_cannot_be_opened_drops_and_counts_its_lines(tmp_path)
         await log.close()
 
 
-async def test_lines_reach_the_file_each_interval_while_requests_end_faster_than_chunks_format(tmp_path):
+async def test_each_tick_hands_what_gathered_and_the_lines_stay_in_order(tmp_path):
     path = tmp_path / "access.log"
     rig = Rig(access_log={"path": str(path)})
     log = await started(rig)
     try:
-        requests(rig, CHUNK * 3)
-        log._tick()                              # the timer: one chunk, the next ones pass by pass
-        await asyncio.sleep(0)                   # a second chunk; meanwhile more requests end
-        requests(rig, CHUNK * 3, tag="s")
-        log._tick()                              # the next interval comes while chunks still follow
-        assert log.lines == 2 * CHUNK            # what was formatted is handed now, not at the end
-        await eventually(lambda: not log.records, what="every chunk")
+        requests(rig, 300)
+        log._tick()                              # the timer: everything gathered, in one batch
+        assert (log.lines, log.gathered) == (300, [])
+        requests(rig, 300, tag="s")
         log._tick()
-        await eventually(lambda: len(targets(path)) == 6 * CHUNK, what="every line")
-        assert targets(path) == [f"/r{i}" for i in range(3 * CHUNK)] + [f"/s{i}" for i in range(3 * CHUNK)]
-        assert log.dropped == 0
+        await eventually(lambda: len(targets(path)) == 600, what="every line")
+        assert targets(path) == [f"/r{i}" for i in range(300)] + [f"/s{i}" for i in range(300)]
+        assert log.lines == 600 and log.dropped == 0
     finally:
         await log.close()
 
 
-async def test_a_big_batch_is_formatted_a_chunk_per_pass_of_the_loop_in_order(tmp_path):
+async def test_a_megabyte_gathered_goes_to_the_writer_without_waiting_for_the_tick(tmp_path):
+    """Requests that end faster than the interval hands them on would gather without bound;
+    past HAND_BYTES the lines go to the writer at once."""
     path = tmp_path / "access.log"
     rig = Rig(access_log={"path": str(path)})
-    log = await started(rig)
+    log = await started(rig)                     # its tick is an hour away
+    long = "x" * 4000
     try:
-        n = CHUNK * 2 + 10
-        requests(rig, n)
-        log._tick()                              # the timer's pass: one chunk, the rest later
-        assert len(log.records) == n - CHUNK
-        await asyncio.sleep(0)                   # the next pass of the loop: the next chunk
-        assert len(log.records) == n - 2 * CHUNK
-        assert log.lines == 0                    # formatted, kept until the batch is done: the
-                                                 # writer thread is woken once for the whole batch
-        await eventually(lambda: not log.records, what="the last chunk")
-        await eventually(lambda: targets(path) == [f"/r{i}" for i in range(n)], what="every line, in order")
-        assert log.lines == n and log.dropped == 0
+        sent = 0
+        while log.lines == 0 and sent < 2 * HAND_BYTES // len(long):
+            requests(rig, 1, tag=f"{long}-{sent}-")
+            sent += 1
+        assert log.lines == sent and log.gathered == []
+        await eventually(lambda: len(targets(path)) == sent, what="the handed lines")
+        assert targets(path) == [f"/{long}-{i}-0" for i in range(sent)]
+        written = path.read_bytes()           # handed once the line that passed HAND_BYTES came
+        assert len(written) >= HAND_BYTES > len(written) - len(written.splitlines(keepends=True)[-1])
     finally:
         await log.close()
