@@ -14,12 +14,12 @@ for the thread is bounded by PENDING_LIMIT bytes; a batch that would go over it 
 and its lines are counted (``dropped``, with the lines the thread failed to write:
 Snapshot.access_log_dropped, cutover_access_log_dropped_lines_total).
 
-Workers share one file: each process opens the path itself with O_APPEND and writes whole
-lines only, cut at line ends: to a regular file in pieces of WRITE_PIECE bytes, one write(2)
-call each (appends do not interleave within one call), to a pipe or a terminal in pieces of at
-most PIPE_BUF bytes (such writes are atomic). ``reopen`` (SIGUSR1, log rotation) hands the
-thread what gathered so far, for the file as it was, then opens the path again: lines of
-requests that ended after the signal go to the new file, and none is lost.
+Workers share one file: each process opens the path itself with O_APPEND and writes whole lines
+only, cut at line ends: to a regular file in pieces of at most WRITE_PIECE bytes (a longer line
+alone), one write(2) call each (appends do not interleave within one call), to a pipe or a
+terminal in pieces of at most PIPE_BUF bytes (such writes are atomic). ``reopen`` (SIGUSR1, log
+rotation) hands the thread what gathered so far, for the file as it was, then opens the path
+again: lines of requests that ended after the signal go to the new file, and none is lost.
 
 The formatting functions (json_entry, combined_entry; json_line and combined_line over an
 Entry's fields) are pure, tested without sockets (tests/proxy/test_access_log_lines.py).
@@ -195,14 +195,14 @@ def json_entry(started: float, ended: float, client: bytes, method: bytes, url: 
     ``time`` is when the request head was complete. upstream_connect_ms is what opening upstream
     connections took (0 for a pooled one), null when no server was picked; upstream_response_ms
     runs from the request head written upstream to the response's final head, null when none
-    came (each given negative for null: a float, never boxed). ``place`` is place_of the line's
+    came (each given negative for null: a float, never boxed; a time is never below 0). ``place`` is place_of the line's
     environment, server, generation and outcome.
     """
     stamp = int((started + offset) * 1000 + 0.5)
     second = stamp // 1000
     if second != clock.second:
         clock.at(second)
-    took = int((ended - started) * 1_000_000 + 0.5)    # microseconds (millis, inline)
+    took = int((ended - started) * 1000 * 1000 + 0.5)    # microseconds (millis, inline)
     if took < 0:
         took = 0
     # A passed-through id is sane and a generated one too: no escaping needed.
@@ -243,7 +243,8 @@ def json_line(entry: "tuple[Any, ...]", offset: float, clock: Clock) -> str:
     (started, ended, client, method, url, minor, status, bytes_in, bytes_out, connect_ms, response_ms, env, server,
      generation, outcome, rid, _) = entry
     return json_entry(started, ended, client, method, url, minor, status, bytes_in, bytes_out,
-                      -1.0 if connect_ms is None else connect_ms, -1.0 if response_ms is None else response_ms,
+                      -1.0 if connect_ms is None else max(connect_ms, 0.0),
+                      -1.0 if response_ms is None else max(response_ms, 0.0),
                       place_of(env, server, generation, outcome), rid, offset, clock).decode("latin-1")
 
 
@@ -377,6 +378,7 @@ class _Writer:
         view = memoryview(data)
         done = 0
         piece = PIPE_BUF if self._pieces else WRITE_PIECE
+        since = 0                            # bytes written since the CPU was last yielded
         try:
             while done < len(data):
                 end = len(data)
@@ -386,9 +388,12 @@ class _Writer:
                         cut = data.find(b"\n", done) + 1 or end
                     end = cut
                 while done < end:
-                    done += os.write(fd, view[done:end])
-                if done < len(data):
-                    os.sched_yield()         # the loop's thread, if it waits for this CPU, goes first
+                    wrote = os.write(fd, view[done:end])
+                    done += wrote
+                    since += wrote
+                if since >= WRITE_PIECE and done < len(data):
+                    since = 0
+                    os.sched_yield()         # lets a thread that waits for this CPU (the loop's) run
         except OSError as exc:
             self.dropped += data.count(b"\n", done)
             if not self._failing:
@@ -420,6 +425,7 @@ class AccessLog:
         # place_of per (environment, server, generation, outcome): the few that repeat.
         self._places: dict[tuple[str | None, str | None, int | None, str], bytes] = {}
         self._writer = _Writer(config.path, limit)
+        self._failed = False             # a line could not be formatted (logged once)
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -438,6 +444,22 @@ class AccessLog:
         """add: the line of an exchange that just finished (Exchange.finish; ended and the byte
         counts set), formatted now: a line is bytes, which the cycle collector never tracks,
         and the cost is paid evenly, request by request, not in a burst per batch."""
+        try:
+            line = self._line(ex)
+        except Exception:
+            # Never on the fields Exchange gives; should it happen, the request's end goes on
+            # (drain, counters, the next request) and the line is counted as dropped.
+            self.full += 1
+            if not self._failed:
+                self._failed = True
+                log.exception("access_log: formatting a line failed; such lines are dropped and counted")
+            return
+        self.gathered.append(line)
+        self.gathered_bytes += len(line)
+        if self.gathered_bytes >= HAND_BYTES:
+            self.flush()
+
+    def _line(self, ex: "Exchange") -> bytes:
         server, env, route = ex.server, ex.env, ex.route
         up_head, up_sent = ex.up_head, ex.up_sent
         if self._json:
@@ -446,18 +468,13 @@ class AccessLog:
             place = self._places.get(where)
             if place is None:
                 place = self._places[where] = place_of(*where)
-            line = json_entry(ex.started, ex.ended, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
+            return json_entry(ex.started, ex.ended, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
                               ex.bytes_in, ex.bytes_out,
                               ex.connect_time * 1000 if server is not None or ex.tried or ex.connect_time else -1.0,
                               (up_head - up_sent) * 1000 if up_head and up_sent else -1.0, place, ex.request_id,
                               self.offset, self._clock)
-        else:
-            line = combined_entry(ex.started, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
-                                  ex.bytes_out, ex.request_id, ex.head.block, self.offset, self._clock)
-        self.gathered.append(line)
-        self.gathered_bytes += len(line)
-        if self.gathered_bytes >= HAND_BYTES:
-            self.flush()
+        return combined_entry(ex.started, ex.client.client_ip, ex.method, ex.url, ex.http_minor, ex.status,
+                              ex.bytes_out, ex.request_id, ex.head.block, self.offset, self._clock)
 
     def _tick(self) -> None:
         self.offset = time.time() - time.monotonic()

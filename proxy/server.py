@@ -95,10 +95,12 @@ class Proxy:
         # The access log (SPEC §12), which Exchange.finish hands each finished exchange: None
         # without an access log.
         self.access_log: AccessLog | None = None
-        self._closing_logs: set[Any] = set()   # access logs a reload replaced, writing their last lines
+        # Access logs a reload replaced, writing their last lines, and the tasks closing them.
+        self._closing_logs: set[AccessLog] = set()
+        self._closing_tasks: set[Any] = set()
         if settings.access_log is not None:
             self.access_log = AccessLog(settings.access_log)
-        self.access_log_dropped = 0     # lines the access logs a reload replaced had dropped
+        self.access_log_dropped = 0     # lines the access logs a reload replaced and closed had dropped
         # Request ids made up for requests without a sane X-Request-Id (requestid.py); None: none are.
         self.request_prefix: bytes | None = new_prefix() if settings.generate_request_id else None
         self.request_seq = 0
@@ -170,11 +172,21 @@ class Proxy:
             if self._loop is not None:
                 self.access_log.start(self._loop)
         if before is not None:
-            self.access_log_dropped += before.dropped
-            if self._loop is not None:
-                task = self._loop.create_task(before.close())
-                self._closing_logs.add(task)
-                task.add_done_callback(self._closing_logs.discard)
+            if self._loop is None:
+                self.access_log_dropped += before.dropped
+            else:
+                # Counted with the open logs' until it closed: what its last writes drop counts too.
+                self._closing_logs.add(before)
+                task = self._loop.create_task(self._retire_access_log(before))
+                self._closing_tasks.add(task)
+                task.add_done_callback(self._closing_tasks.discard)
+
+    async def _retire_access_log(self, log: AccessLog) -> None:
+        try:
+            await log.close()
+        finally:
+            self._closing_logs.discard(log)
+            self.access_log_dropped += log.dropped
 
     # --------------------------------------------------------------- start
 
@@ -250,7 +262,8 @@ class Proxy:
             unrouted=tuple(self.unrouted),
             client_body_timeouts=self.client_body_timeouts,
             preview_token_set=self.preview_token is not None,
-            access_log_dropped=self.access_log_dropped + (self.access_log.dropped if self.access_log is not None else 0),
+            access_log_dropped=self.access_log_dropped + sum(log.dropped for log in self._closing_logs)
+            + (self.access_log.dropped if self.access_log is not None else 0),
             tls_handshake_failures=self.tls.handshake_failures if self.tls is not None else 0,
             tls=self.tls is not None,
         )
@@ -492,8 +505,8 @@ class Proxy:
             await self.health.stop()
         if self.access_log is not None and self._loop is not None:
             await self.access_log.close()
-        if self._closing_logs:
-            await asyncio.wait(set(self._closing_logs))
+        if self._closing_tasks:
+            await asyncio.wait(set(self._closing_tasks))
         for server in (self._server, self._preview):
             if server is not None:
                 server.close()

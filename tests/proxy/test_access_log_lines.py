@@ -296,3 +296,26 @@ def test_a_combined_line_of_an_entry_escapes_its_fields_and_takes_the_clock_of_i
                   generation=None, outcome="refused", request_id=None, block=b"User-Agent: a\\b\r\n")
     line = combined_line(entry, 1_700_000_000.0 - 10.0, Clock())
     assert line == '192.0.2.7 - - [14/Nov/2023:22:13:20 +0000] "GET /q?x=\\x22a\\x22 HTTP/1.0" 404 99 "-" "a\\x5Cb" -\n'
+
+
+async def test_a_line_that_cannot_be_formatted_is_counted_and_the_request_still_ends(caplog):
+    rig = logged_rig()
+    log = rig.proxy.access_log
+    assert log is not None
+    log.offset = 1e18                        # no calendar has that year: time.gmtime refuses it
+    for _ in range(2):
+        rig.send(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+        rig.answer(OK)
+    assert rig.client_t.take().count(b"HTTP/1.1 200 OK") == 2 and rig.client.queue == []
+    assert rig.env().inflight == 0 and rig.env().responses[2] == 2 and log.gathered == [] and log.dropped == 2
+    assert sum("formatting a line failed" in r.getMessage() for r in caplog.records) == 1   # logged once
+    at_wall_clock(rig, 1_700_000_000.0)
+    rig.send(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+    rig.answer(OK)
+    assert [line["target"] for line in lines(rig)] == ["/b"]
+
+
+def test_a_json_line_writes_a_negative_time_as_zero_and_only_none_as_null():
+    record = (10.0, 10.25, b"192.0.2.7", b"GET", b"/", 1, 200, 10, 20, -0.2, 0.0, None, None, None, "ok", b"r", b"")
+    line = json.loads(json_line(record, 0.0, Clock()))
+    assert (line["upstream_connect_ms"], line["upstream_response_ms"]) == (0.0, 0.0)

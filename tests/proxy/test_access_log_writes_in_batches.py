@@ -7,11 +7,12 @@ what is left. Requests are driven through a Rig; the log writes real files and p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
 
-from proxy.accesslog import HAND_BYTES, AccessLog
+from proxy.accesslog import HAND_BYTES, WRITE_PIECE, AccessLog
 from proxy.settings import AccessLogConfig
 from tests.support.fakes import Rig
 from tests.support.logfile import logged_lines
@@ -189,5 +190,53 @@ async def test_a_megabyte_gathered_goes_to_the_writer_without_waiting_for_the_ti
         assert targets(path) == [f"/{long}-{i}-0" for i in range(sent)]
         written = path.read_bytes()           # handed once the line that passed HAND_BYTES came
         assert len(written) >= HAND_BYTES > len(written) - len(written.splitlines(keepends=True)[-1])
+    finally:
+        await log.close()
+
+
+async def test_what_a_log_replaced_by_a_reload_drops_while_it_closes_is_counted(tmp_path):
+    missing = tmp_path / "gone" / "access.log"          # a path the config would refuse now
+    rig = Rig()
+    before = rig.proxy.access_log = AccessLog(AccessLogConfig(path=str(missing)), interval=3600.0)
+    before.start(asyncio.get_running_loop())
+    await eventually(lambda: before._writer._fd is None and before._writer._runner.is_alive(),
+                     what="the writer tried the path")
+    requests(rig, 3)                                  # gathered, not handed yet: the tick is an hour away
+    assert before.dropped == 0
+    rig.proxy.configure(dataclasses.replace(rig.proxy.settings,
+                                            access_log=AccessLogConfig(path=str(tmp_path / "new.log"))))
+    assert rig.proxy.access_log is not before
+    # Its last batch cannot be written either; the count never goes back while it closes.
+    seen = []
+    await eventually(lambda: seen.append(rig.proxy.snapshot().access_log_dropped) or seen[-1] == 3,
+                     what="the closing log's drops counted")
+    await eventually(lambda: not rig.proxy._closing_tasks, what="the replaced log closed")
+    assert rig.proxy.snapshot().access_log_dropped == 3 and seen == sorted(seen)
+    requests(rig, 2)
+    await rig.proxy.access_log.close()
+    assert len(targets(tmp_path / "new.log")) == 2 and rig.proxy.snapshot().access_log_dropped == 3
+
+
+async def test_a_file_is_written_in_pieces_of_whole_lines_of_at_most_write_piece_bytes(tmp_path, monkeypatch):
+    """One write(2) of a batch of megabytes ran for milliseconds on the CPU the loop waits for."""
+    path = tmp_path / "access.log"
+    rig = Rig(access_log={"path": str(path)})
+    log = await started(rig)
+    pieces: list[bytes] = []
+    write = os.write
+
+    def recorded(fd: int, data) -> int:
+        done = write(fd, data)
+        if fd == log._writer._fd:
+            pieces.append(bytes(data[:done]))
+        return done
+
+    monkeypatch.setattr(os, "write", recorded)
+    try:
+        requests(rig, 100, tag="x" * 2000 + "-")      # lines of about 2.3 KB: about 230 KB
+        log.flush()
+        await eventually(lambda: len(targets(path)) == 100, what="every line")
+        assert b"".join(pieces) == path.read_bytes()
+        assert len(pieces) >= 3 and all(len(piece) <= WRITE_PIECE and piece.endswith(b"\n") for piece in pieces)
     finally:
         await log.close()
