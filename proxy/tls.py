@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import re
 import ssl
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     from .settings import CertificateFiles, EnvironmentConfig, ListenerTLS, UpstreamTLS
@@ -264,9 +264,22 @@ class ServerTLS:
 
 
 def _counting(owner: ServerTLS) -> type[ssl.SSLObject]:
-    """_counting: an SSLObject class that counts the handshakes it refuses in ``owner``."""
+    """_counting: an SSLObject class that counts the handshakes it refuses in ``owner``.
+
+    Its read, write and pending are the TLS object's own (C) methods: ssl.SSLObject's are
+    Python functions that only call them, and the event loop's TLS layer calls them for every
+    record (it takes the bound methods once per connection), a Python frame each.
+    """
 
     class CountingSSLObject(ssl.SSLObject):
+        @classmethod
+        def _create(cls, *args: Any, **kwargs: Any) -> "CountingSSLObject":
+            made = super()._create(*args, **kwargs)  # type: ignore[misc]   # private: not in typeshed
+            inner = getattr(made, "_sslobj", None)
+            if inner is not None:
+                made.read, made.write, made.pending = inner.read, inner.write, inner.pending
+            return made
+
         def do_handshake(self) -> None:
             try:
                 super().do_handshake()

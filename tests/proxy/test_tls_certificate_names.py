@@ -66,3 +66,37 @@ def test_every_context_offers_http11_only_and_the_configured_version(tls_files):
     assert ALPN == ["http/1.1"]
     assert tls.context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert tls.choose(None).minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_a_served_connections_tls_object_reads_and_writes_through_the_c_methods_and_counts_refusals(tls_files):
+    """The event loop's TLS layer takes read, write and pending once per connection and calls
+    them for every record: they are the TLS object's own methods, not ssl.py's wrappers."""
+    from tests.support.certs import client_context
+
+    tls = ServerTLS(ListenerTLS(certificates=(CertificateFiles(str(tls_files.shop.cert), str(tls_files.shop.key)),)))
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = tls.context.wrap_bio(to_server, to_client, server_side=True)
+    inner = server._sslobj
+    assert (server.read.__self__, server.write.__self__, server.pending.__self__) == (inner, inner, inner)
+    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(tls_files.authority).wrap_bio(client_in, client_out, server_hostname="shop.test")
+    for _ in range(10):                        # the handshake, a flight at a time
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        to_server.write(client_out.read())
+        client_in.write(to_client.read())
+    assert client.write(b"GET / HTTP/1.1\r\n\r\n") == 18
+    to_server.write(client_out.read())
+    buffer = bytearray(64)
+    assert server.read(64, buffer) == 18 and bytes(buffer[:18]) == b"GET / HTTP/1.1\r\n\r\n"
+    assert server.pending() == 0 and server.write(b"HTTP/1.1 200 OK\r\n\r\n") == 19
+    client_in.write(to_client.read())
+    assert client.read(64) == b"HTTP/1.1 200 OK\r\n\r\n" and tls.handshake_failures == 0
+    plain = ssl.MemoryBIO()
+    plain.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")            # not TLS at all
+    with pytest.raises(ssl.SSLError):
+        tls.context.wrap_bio(plain, ssl.MemoryBIO(), server_side=True).do_handshake()
+    assert tls.handshake_failures == 1
