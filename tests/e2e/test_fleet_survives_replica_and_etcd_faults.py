@@ -96,10 +96,11 @@ class Replica:
             os.kill(self.process.pid, signum)
 
     async def kill(self) -> None:
-        """kill: SIGKILL (and SIGCONT, should it be paused); returns once it is gone."""
+        """kill: SIGKILL (SIGCONT first, should it be paused: after SIGKILL the process may be
+        gone and reaped already); returns once it is gone."""
         if self.process is not None and self.process.returncode is None:
-            self.process.kill()
             self.signal(signal.SIGCONT)
+            self.process.kill()
             await asyncio.wait_for(self.process.wait(), 5)
 
     async def stop(self) -> int:
