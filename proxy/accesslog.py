@@ -195,8 +195,8 @@ def json_entry(started: float, ended: float, client: bytes, method: bytes, url: 
     ``time`` is when the request head was complete. upstream_connect_ms is what opening upstream
     connections took (0 for a pooled one), null when no server was picked; upstream_response_ms
     runs from the request head written upstream to the response's final head, null when none
-    came (each given negative for null: a float, never boxed; a time is never below 0). ``place`` is place_of the line's
-    environment, server, generation and outcome.
+    came (each given negative for null: a float, never boxed; a time is never below 0).
+    ``place`` is place_of the line's environment, server, generation and outcome.
     """
     stamp = int((started + offset) * 1000 + 0.5)
     second = stamp // 1000
@@ -207,35 +207,53 @@ def json_entry(started: float, ended: float, client: bytes, method: bytes, url: 
         took = 0
     # A passed-through id is sane and a generated one too: no escaping needed.
     if connect_ms >= 0 and response_ms >= 0 and rid is not None:
-        # A proxied request: every part in one expression (no bytes made for its parts).
+        # A proxied request: one expression of parts that exist already (_num, _THREE, the
+        # method's and a plain target's own bytes): the line is the only bytes made.
         connect = int(connect_ms * 1000 + 0.5)
         response = int(response_ms * 1000 + 0.5)
-        return (b'{"time":"%s.%sZ","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":%d,'
-                b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%d.%s,"upstream_connect_ms":%d.%s,'
-                b'"upstream_response_ms":%d.%s%s"%s"}\n' % (
-                    clock.iso, _THREE[stamp - second * 1000], client, _method_json(method), json_string(url),
-                    minor, status, bytes_in, bytes_out, took // 1000, _THREE[took % 1000], connect // 1000,
-                    _THREE[connect % 1000], response // 1000, _THREE[response % 1000], place, rid))
-    return (b'{"time":"%s.%sZ","client":"%s","method":%s,"target":%s,"protocol":"HTTP/1.%d","status":%d,'
-            b'"bytes_in":%d,"bytes_out":%d,"duration_ms":%d.%s,"upstream_connect_ms":%s,"upstream_response_ms":%s'
+        return (b'{"time":"%s.%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
+                b'"bytes_in":%s,"bytes_out":%s,"duration_ms":%s.%s,"upstream_connect_ms":%s.%s,'
+                b'"upstream_response_ms":%s.%s%s"%s"}\n' % (
+                    clock.iso, _THREE[stamp - second * 1000], client, _method_text(method), _json_text(url),
+                    _num(minor), _num(status), _num(bytes_in), _num(bytes_out), _num(took // 1000),
+                    _THREE[took % 1000], _num(connect // 1000), _THREE[connect % 1000], _num(response // 1000),
+                    _THREE[response % 1000], place, rid))
+    return (b'{"time":"%s.%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
+            b'"bytes_in":%s,"bytes_out":%s,"duration_ms":%s.%s,"upstream_connect_ms":%s,"upstream_response_ms":%s'
             b'%s%s}\n' % (
-                clock.iso, _THREE[stamp - second * 1000], client, _method_json(method), json_string(url), minor,
-                status, bytes_in, bytes_out, took // 1000, _THREE[took % 1000],
+                clock.iso, _THREE[stamp - second * 1000], client, _method_text(method), _json_text(url), _num(minor),
+                _num(status), _num(bytes_in), _num(bytes_out), _num(took // 1000), _THREE[took % 1000],
                 millis(connect_ms) if connect_ms >= 0 else b"null", millis(response_ms) if response_ms >= 0 else b"null",
                 place, b'"%s"' % rid if rid is not None else b"null"))
 
 
-def _method_json(method: bytes) -> bytes:
-    """_method_json: json_string of a method, from a table for the methods seen before."""
+def _num(value: int) -> bytes:
+    """_num: b"%d" % value, from a table below 10,000 (no bytes made for a status, a size or
+    milliseconds of most requests)."""
+    if 0 <= value < 10000:
+        return _INTS[value]
+    return b"%d" % value
+
+
+def _json_text(value: bytes) -> bytes:
+    """_json_text: json_string of ``value`` without its quotes: a plain value itself."""
+    if value.translate(_PLAIN_MAP) == value:
+        return value
+    return json_string(value)[1:-1]
+
+
+def _method_text(method: bytes) -> bytes:
+    """_method_text: _json_text of a method, from a table for the methods seen before."""
     text = _METHODS.get(method)
     if text is None:
-        text = json_string(method)
+        text = _json_text(method)
         if len(_METHODS) < 64:
             _METHODS[method] = text
     return text
 
 
 _METHODS: Final[dict[bytes, bytes]] = {}
+_INTS: Final[tuple[bytes, ...]] = tuple(b"%d" % n for n in range(10000))
 
 
 def json_line(entry: "tuple[Any, ...]", offset: float, clock: Clock) -> str:

@@ -319,3 +319,18 @@ def test_a_json_line_writes_a_negative_time_as_zero_and_only_none_as_null():
     record = (10.0, 10.25, b"192.0.2.7", b"GET", b"/", 1, 200, 10, 20, -0.2, 0.0, None, None, None, "ok", b"r", b"")
     line = json.loads(json_line(record, 0.0, Clock()))
     assert (line["upstream_connect_ms"], line["upstream_response_ms"]) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("rid, connect, response", [(b"r-1", 0.5, 1.25), (None, None, None)])
+@pytest.mark.parametrize("method, target", [
+    (b"GET", b'/q?x="a"&b=\\\xc3\xa9'), (b'M"\\', b"/"), (b"GET", b"/\x01\x7f"), (b"GET", b"/plain")])
+def test_every_line_shape_escapes_its_method_and_target_and_parses(rid, connect, response, method, target):
+    record = (5.0, 5.0123456, b"192.0.2.7", method, target, 1, 201, 12345, 99999, connect, response, "blue",
+              "127.0.0.1:8080", 7, "ok", rid, b"")
+    line = json.loads(json_line(record, 1_700_000_000.0 - 5.0, Clock()))
+    assert list(line) == FIELDS
+    assert (line["method"], line["target"]) == (method.decode("latin-1"), target.decode("latin-1"))
+    assert (line["status"], line["bytes_in"], line["bytes_out"], line["duration_ms"]) == (201, 12345, 99999, 12.346)
+    assert (line["upstream_connect_ms"], line["upstream_response_ms"], line["request_id"]) == (
+        connect, response, None if rid is None else rid.decode())
+    assert line["time"] == "2023-11-14T22:13:20.000Z" and line["generation"] == 7
