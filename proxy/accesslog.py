@@ -17,9 +17,11 @@ Snapshot.access_log_dropped, cutover_access_log_dropped_lines_total).
 Workers share one file: each process opens the path itself with O_APPEND and writes whole lines
 only, cut at line ends: to a regular file in pieces of at most WRITE_PIECE bytes (a longer line
 alone), one write(2) call each (appends do not interleave within one call), to a pipe or a
-terminal in pieces of at most PIPE_BUF bytes (such writes are atomic). ``reopen`` (SIGUSR1, log
-rotation) hands the thread what gathered so far, for the file as it was, then opens the path
-again: lines of requests that ended after the signal go to the new file, and none is lost.
+terminal in pieces of at most PIPE_BUF bytes (such writes are atomic; a line longer than
+PIPE_BUF, rare, goes in one write of its own, which another process's write to the same pipe
+may split). ``reopen`` (SIGUSR1, log rotation) hands the thread what gathered so far, for the
+file as it was, then opens the path again: lines of requests that ended after the signal go to
+the new file, and none is lost.
 
 The formatting functions (json_entry, combined_entry; json_line and combined_line over an
 Entry's fields) are pure, tested without sockets (tests/proxy/test_access_log_lines.py).
@@ -207,8 +209,8 @@ def json_entry(started: float, ended: float, client: bytes, method: bytes, url: 
         took = 0
     # A passed-through id is sane and a generated one too: no escaping needed.
     if connect_ms >= 0 and response_ms >= 0 and rid is not None:
-        # A proxied request: one expression of parts that exist already (_num, _THREE, the
-        # method's and a plain target's own bytes): the line is the only bytes made.
+        # A proxied request: one expression of parts that mostly exist already (_num below
+        # 10,000, _THREE, the method's and a plain target's own bytes).
         connect = int(connect_ms * 1000 + 0.5)
         response = int(response_ms * 1000 + 0.5)
         return (b'{"time":"%s.%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
@@ -434,7 +436,7 @@ class AccessLog:
         # The lines formatted since the last hand-off (add appends) and their bytes.
         self.gathered: list[bytes] = []
         self.gathered_bytes = 0
-        self.full = 0                    # lines dropped because PENDING_LIMIT bytes already waited
+        self.full = 0                    # lines dropped: PENDING_LIMIT bytes already waited, or not formatted
         self.lines = 0                   # lines handed to the writer
         # Monotonic to wall-clock seconds, taken again at each tick (the wall clock may be set).
         self.offset = time.time() - time.monotonic()
@@ -449,7 +451,8 @@ class AccessLog:
 
     @property
     def dropped(self) -> int:
-        """dropped: lines lost so far: not queued (PENDING_LIMIT) or not written (open or write failed)."""
+        """dropped: lines lost so far: not formatted, not queued (PENDING_LIMIT) or not written
+        (open or write failed)."""
         return self.full + self._writer.dropped
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

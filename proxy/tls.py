@@ -268,7 +268,9 @@ def _counting(owner: ServerTLS) -> type[ssl.SSLObject]:
 
     Its read, write and pending are the TLS object's own (C) methods: ssl.SSLObject's are
     Python functions that only call them, and the event loop's TLS layer calls them for every
-    record (it takes the bound methods once per connection), a Python frame each.
+    record (it takes the bound methods once per connection), a Python frame each. They take
+    their arguments by position only (read(size[, buffer]), write(data)), as both event loops'
+    TLS layers pass them.
     """
 
     class CountingSSLObject(ssl.SSLObject):

@@ -19,6 +19,7 @@ when it is not), and a member that is shutting down (gRPC CANCELED) is skipped f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -93,7 +94,8 @@ class Replica:
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.returncode is None:
-            os.kill(self.process.pid, signum)
+            with contextlib.suppress(ProcessLookupError):     # it ended, not reaped yet
+                os.kill(self.process.pid, signum)
 
     async def kill(self) -> None:
         """kill: SIGKILL (SIGCONT first, should it be paused: after SIGKILL the process may be
