@@ -7,8 +7,8 @@ call, no tuple or record kept. A line is bytes, which Python's cycle collector n
 records kept for a batch's 100 ms (the exchanges themselves once, plain tuples later) made
 the collector run more often and walk them, and formatting a batch at once on the loop held
 every connection of a busy worker for milliseconds (its p99). Every FLUSH_INTERVAL, or once
-HAND_BYTES gathered, the list goes to a writer thread, which joins it (bytes.join lets go of
-the GIL for a batch of over 1 MB) and alone touches the file: a write that blocks (a slow
+HAND_BYTES gathered, the list goes to a writer thread, which joins it (a short copy: a batch
+is at most about HAND_BYTES) and alone touches the file: a write that blocks (a slow
 disk, a full pipe on standard output) stalls that thread, never the event loop. What waits
 for the thread is bounded by PENDING_LIMIT bytes; a batch that would go over it is dropped
 and its lines are counted (``dropped``, with the lines the thread failed to write:
@@ -49,7 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("cutover.proxy")
 
 FLUSH_INTERVAL: Final = 0.1   # seconds between two batches
-HAND_BYTES: Final = 1 << 20   # bytes of lines handed to the writer at once, at most about this
+# Bytes of lines handed to the writer at once, about: its join holds the GIL, and its write
+# the CPU, briefly (bench/run.py, a pinned worker's p99 in six rounds each: 1.6-2.0 ms with
+# 1 MiB hand-offs, 1.4-1.5 ms with these but for one round of 2.1 ms).
+HAND_BYTES: Final = 256 << 10
 PLACES: Final = 1024          # place_of texts kept, at most (cleared at a tick past it)
 PENDING_LIMIT = 16 << 20      # bytes formatted and not yet written, at most
 PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
@@ -363,8 +366,8 @@ class _Writer:
             if item is _REOPEN:
                 self._open()
                 continue
-            # One piece per batch, joined here: bytes.join lets go of the GIL while it copies
-            # a batch of over 1 MB, and the loop never copies a batch.
+            # One piece per batch, joined here, never on the loop; HAND_BYTES keeps the copy
+            # (which holds the GIL below 1 MB) short.
             self._write(b"".join(item), len(item))
         if self._fd is not None and self.path != "-":
             os.close(self._fd)

@@ -173,7 +173,7 @@ async def test_each_tick_hands_what_gathered_and_the_lines_stay_in_order(tmp_pat
         await log.close()
 
 
-async def test_a_megabyte_gathered_goes_to_the_writer_without_waiting_for_the_tick(tmp_path):
+async def test_hand_bytes_gathered_go_to_the_writer_without_waiting_for_the_tick(tmp_path):
     """Requests that end faster than the interval hands them on would gather without bound;
     past HAND_BYTES the lines go to the writer at once."""
     path = tmp_path / "access.log"
