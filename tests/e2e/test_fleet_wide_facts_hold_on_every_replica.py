@@ -71,6 +71,10 @@ async def test_a_reload_applies_to_its_own_replica_and_its_event_reaches_every_r
     a, b = await fleet_of(2)
     await Admin(session, b.admin_port).ok("/v1/lock", {})      # etcd holds a state: the reload is not its first commit
     await Admin(session, b.admin_port).ok("/v1/unlock", {})
+    # a learns of both through its watch; a reload on a before that is refused (409 conflict:
+    # its compare-and-swap finds the stored state moved), nothing written.
+    await eventually(lambda: [e["action"] for e in a.controller.state.history][-2:] == ["lock", "unlock"],
+                     timeout=5, what="a's history with b's lock and unlock")
     source = tmp_path / "a.yaml"
     written = effective_config(a.controller.config)
     source.write_text(json.dumps({**written, "timeouts": {**written["timeouts"], "connect": 0.75}}))
