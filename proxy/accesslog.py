@@ -118,7 +118,7 @@ def outcome_of(ex: "Exchange") -> str:
 # Each line is formatted to bytes by one bytes %-expression whose conversions are all
 # %s of bytes and %d of ints: mypyc builds such an expression by copying its parts (no
 # PyUnicode_Format, no float formatting, no encode); the milliseconds' three
-# decimals come from _THREE.
+# decimals come from _DOT_THREE.
 
 # Bytes written into a JSON string as they are; others go through json.dumps.
 _JSON_PLAIN: Final = bytes(b for b in range(0x20, 0x7f) if b not in b'"\\')
@@ -128,7 +128,7 @@ _COMBINED_PLAIN: Final = _JSON_PLAIN
 # when translating it changes nothing (one pass, no table built per call as deletechars does).
 _PLAIN_MAP: Final = bytes(b if b in _JSON_PLAIN else b ^ 1 for b in range(256))
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_THREE: Final[tuple[bytes, ...]] = tuple(b"%03d" % n for n in range(1000))     # b"000" .. b"999"
+_DOT_THREE: Final[tuple[bytes, ...]] = tuple(b".%03d" % n for n in range(1000))     # b".000" .. b".999"
 
 
 class Clock:
@@ -151,21 +151,30 @@ class Clock:
                                                            t.tm_hour, t.tm_min, t.tm_sec)
 
 
+def _micros(ms: float) -> int:
+    """_micros: ``ms`` (milliseconds) in whole microseconds, rounded, never below 0."""
+    us = int(ms * 1000 + 0.5)
+    return us if us > 0 else 0
+
+
 def millis(value: float) -> bytes:
     """millis: ``value`` (milliseconds) with three decimals, b"12.345" (to the nearest microsecond)."""
-    us = int(value * 1000 + 0.5)
-    if us < 0:
-        us = 0
-    return b"%d.%s" % (us // 1000, _THREE[us % 1000])
+    us = _micros(value)
+    return b"%s%s" % (_num(us // 1000), _DOT_THREE[us % 1000])
 
 
 def json_string(value: bytes | None) -> bytes:
     """json_string: ``value`` as a JSON string (each byte outside printable ASCII as \\u00XX), or null."""
     if value is None:
         return b"null"
+    return b'"%s"' % _json_text(value)
+
+
+def _json_text(value: bytes) -> bytes:
+    """_json_text: ``value`` as the inside of a JSON string: a plain value itself."""
     if value.translate(_PLAIN_MAP) == value:
-        return b'"%s"' % value
-    return json.dumps(value.decode("latin-1")).encode("ascii")
+        return value
+    return json.dumps(value.decode("latin-1")).encode("ascii")[1:-1]
 
 
 def combined_field(value: bytes) -> bytes:
@@ -207,29 +216,29 @@ def json_entry(started: float, ended: float, client: bytes, method: bytes, url: 
     second = stamp // 1000
     if second != clock.second:
         clock.at(second)
-    took = int((ended - started) * 1000 * 1000 + 0.5)    # microseconds (millis, inline)
-    if took < 0:
-        took = 0
+    took = _micros((ended - started) * 1000)
+    # Each time as its whole milliseconds and its decimals (b"null" and b"" for null), the
+    # request id with its quotes or null: one expression of parts that mostly exist already
+    # (_num below 10,000, _DOT_THREE, the method's and a plain target's own bytes).
+    connect = response = b"null"
+    connect_dot = response_dot = b""
+    if connect_ms >= 0:
+        us = _micros(connect_ms)
+        connect = _num(us // 1000)
+        connect_dot = _DOT_THREE[us % 1000]
+    if response_ms >= 0:
+        us = _micros(response_ms)
+        response = _num(us // 1000)
+        response_dot = _DOT_THREE[us % 1000]
     # A passed-through id is sane and a generated one too: no escaping needed.
-    if connect_ms >= 0 and response_ms >= 0 and rid is not None:
-        # A proxied request: one expression of parts that mostly exist already (_num below
-        # 10,000, _THREE, the method's and a plain target's own bytes).
-        connect = int(connect_ms * 1000 + 0.5)
-        response = int(response_ms * 1000 + 0.5)
-        return (b'{"time":"%s.%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
-                b'"bytes_in":%s,"bytes_out":%s,"duration_ms":%s.%s,"upstream_connect_ms":%s.%s,'
-                b'"upstream_response_ms":%s.%s%s"%s"}\n' % (
-                    clock.iso, _THREE[stamp - second * 1000], client, _method_text(method), _json_text(url),
-                    _num(minor), _num(status), _num(bytes_in), _num(bytes_out), _num(took // 1000),
-                    _THREE[took % 1000], _num(connect // 1000), _THREE[connect % 1000], _num(response // 1000),
-                    _THREE[response % 1000], place, rid))
-    return (b'{"time":"%s.%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
-            b'"bytes_in":%s,"bytes_out":%s,"duration_ms":%s.%s,"upstream_connect_ms":%s,"upstream_response_ms":%s'
-            b'%s%s}\n' % (
-                clock.iso, _THREE[stamp - second * 1000], client, _method_text(method), _json_text(url), _num(minor),
-                _num(status), _num(bytes_in), _num(bytes_out), _num(took // 1000), _THREE[took % 1000],
-                millis(connect_ms) if connect_ms >= 0 else b"null", millis(response_ms) if response_ms >= 0 else b"null",
-                place, b'"%s"' % rid if rid is not None else b"null"))
+    quote = b'"' if rid is not None else b""
+    rid_text: bytes = rid if rid is not None else b"null"
+    return (b'{"time":"%s%sZ","client":"%s","method":"%s","target":"%s","protocol":"HTTP/1.%s","status":%s,'
+            b'"bytes_in":%s,"bytes_out":%s,"duration_ms":%s%s,"upstream_connect_ms":%s%s,'
+            b'"upstream_response_ms":%s%s%s%s%s%s}\n' % (
+                clock.iso, _DOT_THREE[stamp - second * 1000], client, _method_text(method), _json_text(url),
+                _num(minor), _num(status), _num(bytes_in), _num(bytes_out), _num(took // 1000),
+                _DOT_THREE[took % 1000], connect, connect_dot, response, response_dot, place, quote, rid_text, quote))
 
 
 def _num(value: int) -> bytes:
@@ -238,13 +247,6 @@ def _num(value: int) -> bytes:
     if 0 <= value < 10000:
         return _INTS[value]
     return b"%d" % value
-
-
-def _json_text(value: bytes) -> bytes:
-    """_json_text: json_string of ``value`` without its quotes: a plain value itself."""
-    if value.translate(_PLAIN_MAP) == value:
-        return value
-    return json_string(value)[1:-1]
 
 
 def _method_text(method: bytes) -> bytes:
