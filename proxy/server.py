@@ -30,6 +30,7 @@ from .requestid import new_prefix
 from .router import Router
 from .snapshot import Snapshot
 from .tls import CertificateError, ServerTLS, upstream_contexts
+from .tlsstream import TLSListener, listening_sockets
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class Proxy:
         self.clock = time.monotonic()
         self.closing = False
         self.health: HealthChecker | None = None
-        self._server: Any = None        # the event loop's servers (uvloop's own types)
+        self._server: Any = None        # the event loop's servers (uvloop's own types), or TLSListeners
         # The listen and preview descriptors stop_accepting(keep=True) kept (a handover in progress).
         self._kept: tuple[list[int], list[int]] | None = None
         self._preview: Any = None
@@ -199,23 +200,13 @@ class Proxy:
         False its checker probes nothing and only counts results reported to it (HealthChecker.report).
         """
         loop = self._loop = asyncio.get_running_loop()
-        tls = self._tls_options()
-        if sock is not None:
-            self._server = await loop.create_server(self._client, sock=sock, backlog=LISTEN_BACKLOG, **tls)
-        else:
-            self._server = await loop.create_server(
-                self._client, self.settings.listen.host, self.settings.listen.port,
-                backlog=LISTEN_BACKLOG, reuse_address=True, **tls)
+        listen = self.settings.listen
+        self._server = await self._listen(self._client, sock, listen.host, listen.port, LISTEN_BACKLOG)
         self._port = self._server.sockets[0].getsockname()[1]
         preview = self.settings.preview_listen
-        if preview_sock is not None:
-            self._preview = await loop.create_server(self._preview_client, sock=preview_sock,
-                                                     backlog=PREVIEW_BACKLOG, **tls)
-            self.preview_port = self._preview.sockets[0].getsockname()[1]
-        elif preview is not None:
-            self._preview = await loop.create_server(
-                self._preview_client, preview.host, preview.port,
-                backlog=PREVIEW_BACKLOG, reuse_address=True, **tls)
+        if preview_sock is not None or preview is not None:
+            self._preview = await self._listen(self._preview_client, preview_sock, preview.host if preview else "",
+                                               preview.port if preview else 0, PREVIEW_BACKLOG)
             self.preview_port = self._preview.sockets[0].getsockname()[1]
         self.clock = time.monotonic()
         self._ticker = loop.call_later(self.tick_interval, self._tick)
@@ -439,22 +430,25 @@ class Proxy:
         for fd in listens[1:] + previews[1:]:
             os.close(fd)                # one socket per listener, as start and a successor use
         self.closing = False
-        loop = self._loop
-        tls = self._tls_options()
         if listens:
-            self._server = await loop.create_server(self._client, sock=socket.socket(fileno=listens[0]),
-                                                    backlog=LISTEN_BACKLOG, **tls)
+            self._server = await self._listen(self._client, socket.socket(fileno=listens[0]), "", 0, LISTEN_BACKLOG)
         if previews:
-            self._preview = await loop.create_server(self._preview_client, sock=socket.socket(fileno=previews[0]),
-                                                     backlog=PREVIEW_BACKLOG, **tls)
+            self._preview = await self._listen(self._preview_client, socket.socket(fileno=previews[0]), "", 0,
+                                               PREVIEW_BACKLOG)
         return True
 
-    def _tls_options(self) -> dict[str, Any]:
-        """_tls_options: create_server's TLS arguments for the listeners (none without tls); a
-        handshake is bounded like a request head (timeouts.client_header)."""
+    async def _listen(self, factory: Any, sock: socket.socket | None, host: str, port: int, backlog: int) -> Any:
+        """_listen: a listener serving ``factory``'s connections on ``sock``, else on host:port.
+
+        Plain HTTP is the event loop's server. TLS is a TLSListener (proxy/tlsstream.py), whose
+        handshakes are bounded like a request head (timeouts.client_header).
+        """
         if self.tls is None:
-            return {}
-        return {"ssl": self.tls.context, "ssl_handshake_timeout": self.client_header_timeout}
+            if sock is not None:
+                return await self._loop.create_server(factory, sock=sock, backlog=backlog)
+            return await self._loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+        sockets = [sock] if sock is not None else listening_sockets(host, port)
+        return TLSListener(self._loop, sockets, self.tls, factory, self.client_header_timeout, backlog)
 
     def _close_kept(self) -> None:
         kept, self._kept = self._kept, None

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 if TYPE_CHECKING:
     from .settings import CertificateFiles, EnvironmentConfig, ListenerTLS, UpstreamTLS
 
-__all__ = ["ALPN", "MIN_VERSIONS", "CertificateError", "ServerTLS", "certificate_names", "load_certificate",
-           "upstream_context", "upstream_contexts"]
+__all__ = ["ALPN", "MIN_VERSIONS", "CertificateError", "ServerTLS", "SocketOwner", "certificate_names",
+           "load_certificate", "upstream_context", "upstream_contexts"]
 
 ALPN = ["http/1.1"]
 MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -261,6 +261,28 @@ class ServerTLS:
 
     def _select(self, sslobj: ssl.SSLObject, server_name: str | None, listening: ssl.SSLContext) -> None:
         sslobj.context = self.choose(server_name)
+
+
+class SocketOwner:
+    """SocketOwner: the owner of a TLS object proxy/tlsstream.py made on a socket.
+
+    OpenSSL's SNI callback (ServerTLS._select) is handed a TLS object's owner, and without one
+    the bare socket, which has no context to set. The TLS object holds it by a weak reference,
+    so its transport keeps it.
+    """
+
+    __slots__ = ("tls", "__weakref__")
+
+    def __init__(self) -> None:
+        self.tls: Any = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.tls.context
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        self.tls.context = ctx
 
 
 def _counting(owner: ServerTLS) -> type[ssl.SSLObject]:

@@ -1,0 +1,430 @@
+"""tlsstream: TLS on listen and preview_listen, read and written on the socket itself (SPEC §12).
+
+The event loop's TLS layer (uvloop's SSLProtocol) passes every record through two memory BIOs
+and a chain of calls on each side. Here, as in nginx, the TLS object owns the connection's
+socket: a read is one SSL_read from the socket, a write one SSL_write that encrypts and sends.
+In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
+
+- TLSListener: accepts on the listening sockets (the event loop watches them), starts each
+  connection's handshake, bounds it by ``handshake_timeout`` (timeouts.client_header), and then
+  makes the connection's protocol (ClientConnection) and calls its connection_made. A handshake
+  the TLS layer refuses (not TLS, no common version or cipher, a broken hello) is counted in
+  ServerTLS.handshake_failures; one its peer cut or its timeout ended is not.
+- TLSTransport: the asyncio transport of one connection (write, writelines, close, abort,
+  pause_reading, resume_reading, get_extra_info, the write buffer's size and limits). Its
+  protocol gets data_received, eof_received, pause_writing, resume_writing and connection_lost,
+  as from the event loop's transports; connection_lost is called soon, never from inside a call
+  the protocol made.
+
+Reads: with OpenSSL's read-ahead off (Python's default), SSL_read takes one record from the
+socket and nothing past it, so the socket's readiness tells all there is to read. A read asks
+for a whole record's plaintext (RECORD); up to READS_PER_EVENT records are read in a row while
+full ones come (an upload), so a small request costs one read and no "want read" error.
+Writes: when the socket fills, SSL_write answers "want write" having taken part of the data,
+and must be called again with the same bytes once the socket drains (OpenSSL's rule), so they
+are kept in ``_retry`` and later writes gather behind them; past HIGH_WATER buffered bytes the
+protocol is paused (pause_writing), below LOW_WATER resumed.
+Close: what is buffered is sent, then a close_notify (RFC 8446 §6.1); what the peer sent and no
+one read is discarded, then the socket is closed without waiting for the peer's close_notify, as
+nginx does; abort closes at once. A refused handshake discards what it did not read too.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any, Callable, Final
+
+from .tls import SocketOwner
+
+if TYPE_CHECKING:
+    from .downstream import ClientConnection
+    from .tls import ServerTLS
+
+__all__ = ["TLSListener", "TLSTransport", "listening_sockets"]
+
+log = logging.getLogger("cutover.proxy")
+
+RECORD: Final = 16384            # a TLS record's largest plaintext (RFC 8446 §5.1)
+READS_PER_EVENT: Final = 4
+ACCEPTS_PER_EVENT: Final = 64
+DISCARD_READS: Final = 4         # reads of 64 KiB at most before a close (_discard_unread)
+ACCEPT_RETRY: Final = 0.5        # seconds without accepting after running out of descriptors
+HIGH_WATER: Final = 64 * 1024    # the event loop's transports' defaults
+LOW_WATER: Final = 16 * 1024
+_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """listening_sockets: bound (not yet listening) sockets for every address ``host`` has, as the
+    event loop's create_server binds them (SO_REUSEADDR; an IPv6 one IPv6 only). Raises OSError
+    naming the address that could not be bound."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    made: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in found:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            made.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                         f"{(exc.strerror or str(exc)).lower()}") from None
+    except BaseException:
+        for sock in made:
+            sock.close()
+        raise
+    return made
+
+
+class TLSListener:
+    """TLSListener: accepts TLS connections on ``sockets``; made by Proxy.start for a TLS listener.
+
+    It stands where the event loop's Server would: ``sockets``, close (stop accepting) and
+    wait_closed (which also cuts handshakes still in flight).
+    """
+
+    def __init__(self, loop: Any, sockets: list[socket.socket], tls: "ServerTLS",
+                 protocol_factory: "Callable[[], ClientConnection]", handshake_timeout: float,
+                 backlog: int) -> None:
+        self.loop = loop
+        self.sockets = sockets
+        self.tls = tls
+        self.protocol_factory = protocol_factory
+        self.handshake_timeout = handshake_timeout
+        self.handshaking: set[TLSTransport] = set()
+        self.closed = False
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.listen(backlog)
+            self._watch(sock)
+
+    def _watch(self, sock: socket.socket) -> None:
+        if not self.closed:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                log.error("cannot accept a connection on %s (%s); accepting again in %.1f s",
+                          sock.getsockname(), exc.strerror, ACCEPT_RETRY)
+                self.loop.remove_reader(sock.fileno())
+                self.loop.call_later(ACCEPT_RETRY, self._watch, sock)
+                return
+            try:
+                TLSTransport(self, conn, peer)
+            except (OSError, ssl.SSLError) as exc:   # the connection is gone already
+                log.debug("a TLS connection from %s could not start: %s", peer, exc)
+                conn.close()
+
+    def close(self) -> None:
+        """close: stop accepting and close the listening sockets; handshakes in flight go on."""
+        if self.closed:
+            return
+        self.closed = True
+        for sock in self.sockets:
+            if sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        """wait_closed: cut the handshakes still in flight (after close)."""
+        for transport in list(self.handshaking):
+            transport.abort()
+
+
+class TLSTransport:
+    """TLSTransport: one TLS connection accepted by a TLSListener, and its transport once its
+    handshake is done (see the module docstring)."""
+
+    def __init__(self, listener: TLSListener, sock: socket.socket, peer: Any) -> None:
+        self._listener = listener
+        self._loop = listener.loop
+        self._sock = sock
+        self._peer = peer
+        sock.setblocking(False)   # before wrapping: the TLS object takes its mode from it
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._fd = sock.fileno()
+        # The C object itself (ssl.SSLContext.wrap_socket would make Python's SSLSocket around
+        # it): its read, write and do_handshake are called with no Python frame between.
+        self._owner = SocketOwner()
+        context: Any = listener.tls.context     # _wrap_socket: the C method, not in typeshed
+        self._tls: Any = context._wrap_socket(sock, True, None, owner=self._owner)
+        self._owner.tls = self._tls
+        self._read: Any = self._tls.read
+        self._write: Any = self._tls.write
+        self._protocol: "ClientConnection | None" = None
+        self._reading = True        # the protocol has not paused reading
+        self._closing = False       # close() or abort() was called (or the connection failed)
+        self._lost = False          # the socket is closed
+        self._retry: bytes | None = None   # bytes SSL_write must be called with again
+        self._backlog: list[bytes] = []    # writes behind _retry
+        self._buffered = 0          # bytes of _retry and _backlog
+        self._write_paused = False  # the protocol was told pause_writing
+        self._high = HIGH_WATER
+        self._low = LOW_WATER
+        self._shaking_writes = False     # the handshake waits for the socket to drain
+        listener.handshaking.add(self)
+        self._timer: Any = self._loop.call_later(listener.handshake_timeout, self._handshake_expired)
+        self._loop.add_reader(self._fd, self._handshake)
+
+    # --------------------------------------------------------------- handshake
+
+    def _handshake(self) -> None:
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._shaking_writes:
+                self._shaking_writes = False
+                self._loop.remove_writer(self._fd)
+            return
+        except ssl.SSLWantWriteError:
+            if not self._shaking_writes:
+                self._shaking_writes = True
+                self._loop.add_writer(self._fd, self._handshake)
+            return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            self._cut(None)        # the peer left: not a refusal
+            return
+        except ssl.SSLError as exc:
+            self._listener.tls.handshake_failures += 1
+            log.debug("TLS handshake from %s refused: %s", self._peer, exc)
+            self._discard_unread()
+            self._cut(None)
+            return
+        except OSError:
+            self._cut(None)
+            return
+        if self._shaking_writes:
+            self._shaking_writes = False
+            self._loop.remove_writer(self._fd)
+        self._timer.cancel()
+        self._timer = None
+        self._listener.handshaking.discard(self)
+        self._loop.add_reader(self._fd, self._readable)
+        protocol = self._protocol = self._listener.protocol_factory()
+        protocol.connection_made(self)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        log.debug("TLS handshake from %s not done within timeouts.client_header", self._peer)
+        self._cut(None)
+
+    # --------------------------------------------------------------- reads
+
+    def _readable(self) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        for _ in range(READS_PER_EVENT):
+            try:
+                data = self._read(RECORD)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                data = b""
+            except (ssl.SSLError, OSError) as exc:
+                self._fail(exc)
+                return
+            if not data:
+                self._eof()
+                return
+            protocol.data_received(data)
+            if len(data) < RECORD or not self._reading or self._closing:
+                return
+
+    def _eof(self) -> None:
+        self._stop_reading()
+        assert self._protocol is not None
+        if not self._protocol.eof_received():
+            self.close()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if not self._lost:
+                self._loop.remove_reader(self._fd)
+
+    def pause_reading(self) -> None:
+        if not self._closing:
+            self._stop_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._readable)
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    # --------------------------------------------------------------- writes
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        if self._retry is not None:
+            self._backlog.append(data)
+        else:
+            try:
+                self._write(data)
+                return
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                self._retry = data
+                self._loop.add_writer(self._fd, self._writable)
+            except (ssl.SSLError, OSError) as exc:
+                self._fail(exc)
+                return
+        self._buffered += len(data)
+        if not self._write_paused and self._buffered > self._high:
+            self._write_paused = True
+            assert self._protocol is not None
+            self._protocol.pause_writing()
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def _writable(self) -> None:
+        data = self._retry
+        while data is not None:
+            try:
+                self._write(data)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._fail(exc)
+                return
+            self._buffered -= len(data)
+            backlog = self._backlog
+            if backlog:
+                data = b"".join(backlog) if len(backlog) > 1 else backlog[0]
+                self._backlog = []
+            else:
+                data = None
+            self._retry = data
+        self._loop.remove_writer(self._fd)
+        if self._closing:
+            self._finish_close()
+            return
+        if self._write_paused and self._buffered <= self._low:
+            self._write_paused = False
+            assert self._protocol is not None
+            self._protocol.resume_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        high = HIGH_WATER if high is None else high
+        low = high // 4 if low is None else low
+        if not 0 <= low <= high:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    # --------------------------------------------------------------- ends
+
+    def close(self) -> None:
+        """close: stop reading; send what is buffered, then a close_notify, then close."""
+        if self._closing:
+            return
+        self._stop_reading()
+        self._closing = True
+        if self._retry is None:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        try:
+            self._tls.shutdown()   # sends close_notify; the peer's is not waited for
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        self._discard_unread()
+        self._cut(None)
+
+    def _discard_unread(self) -> None:
+        """_discard_unread: read what the peer sent and nobody will read: a socket closed with
+        unread bytes sends a reset, which can overtake the last bytes written to it."""
+        try:
+            for _ in range(DISCARD_READS):
+                if len(self._sock.recv(65536)) < 65536:
+                    return
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        """abort: close at once, dropping what is buffered."""
+        self._cut(None)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _fail(self, exc: Exception) -> None:
+        log.debug("TLS connection from %s failed: %s", self._peer, exc)
+        self._cut(exc)
+
+    def _cut(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._stop_reading()
+        self._closing = True
+        self._lost = True
+        if self._retry is not None or self._shaking_writes:
+            self._loop.remove_writer(self._fd)
+        if self._protocol is None:          # still handshaking
+            self._listener.handshaking.discard(self)
+        self._retry = None
+        self._backlog = []
+        self._buffered = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sock.close()
+        if self._protocol is not None:
+            self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    # --------------------------------------------------------------- asyncio.Transport's rest
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        if name == "sockname":
+            return self._sock.getsockname() if not self._lost else default
+        if name == "socket":
+            return self._sock
+        if name == "ssl_object":
+            return self._tls
+        if name == "sslcontext":
+            return self._tls.context
+        if name == "peercert":
+            return self._tls.getpeercert()
+        if name == "cipher":
+            return self._tls.cipher()
+        if name == "compression":
+            return self._tls.compression()
+        return default
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol

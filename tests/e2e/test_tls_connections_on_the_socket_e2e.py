@@ -1,0 +1,188 @@
+"""End-to-end tests of the TLS listeners' own transport (proxy/tlsstream.py): TLS read and
+written on the connection's socket, with real TLS clients (the ssl module) and the test backends.
+
+What is pinned: a large answer reaches a client that does not read for a while, whole, and the
+proxy's write buffer pushes back meanwhile (pause_writing, then resume); a large upload is relayed
+whole; pipelined requests in one record are answered in order; an answer that closes the
+connection ends with a close_notify; a client's close_notify closes its connection; a client
+that resets mid-answer leaves no connection and no traceback; a connection that never completes
+its hello is cut at timeouts.client_header and not counted as refused, and one in flight when
+the proxy stops is cut; a TLS listen address already in use is an error naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+import time
+
+import pytest
+
+from proxy import Proxy
+from tests.support.certs import client_context
+from tests.support.rawhttp import read_response
+from tests.support.stack import QUIET_HEALTH, proxy_config
+
+TIMEOUTS = {"client_header": "300ms", "keepalive_idle": "30s"}
+
+
+async def wait_for(predicate, bound: float = 5.0) -> None:
+    """wait_for: until ``predicate()`` holds, polling the proxy's state (at most ``bound`` seconds)."""
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def blocking_client(port: int, ctx: ssl.SSLContext, receive_buffer: int | None = None) -> ssl.SSLSocket:
+    """blocking_client: a blocking TLS socket to 127.0.0.1:``port`` for shop.test, that reports a
+    connection closed without close_notify as SSLEOFError (suppress_ragged_eofs off)."""
+    raw = socket.socket()
+    raw.settimeout(5)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    raw.connect(("127.0.0.1", port))
+    return ctx.wrap_socket(raw, server_hostname="shop.test", suppress_ragged_eofs=False)
+
+
+def read_until_close(tls: ssl.SSLSocket) -> bytes:
+    chunks = []
+    while chunk := tls.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def tls_proxy(make_proxy, tls_files, **overrides) -> Proxy:
+    return await make_proxy(tls=tls_files.shop.config(), health_check=QUIET_HEALTH, **overrides)
+
+
+async def test_a_large_answer_reaches_a_slow_reader_whole_and_pushes_back_meanwhile(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    size = 8 << 20
+    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority), 16384)
+    try:
+        await asyncio.to_thread(tls.sendall, f"GET /big?size={size} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+        await wait_for(lambda: any(c.write_paused for c in proxy.connections))
+        conn = next(iter(proxy.connections))
+        assert conn.transport.get_write_buffer_size() > 0
+
+        def read_answer() -> bytes:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += tls.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            while len(body) < size:
+                body += tls.recv(1 << 20)
+            return body
+
+        body = await asyncio.to_thread(read_answer)
+        assert body == b"x" * size
+        assert not conn.write_paused and conn.transport.get_write_buffer_size() == 0
+        await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")   # still usable
+        assert (await asyncio.to_thread(tls.recv, 65536)).startswith(b"HTTP/1.1 200")
+    finally:
+        tls.close()
+
+
+async def test_a_large_upload_is_relayed_whole(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
+                                                   server_hostname="shop.test")
+    body = bytes(range(256)) * 3600   # 900 KiB (the backend takes up to 1 MiB): 57 records
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    answer = await asyncio.wait_for(read_response(reader), 10)
+    assert answer.status == 200
+    assert answer.get(b"x-length") == str(len(body)).encode()
+    assert answer.body == body
+    writer.close()
+
+
+async def test_pipelined_requests_in_one_record_are_answered_in_order(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
+                                                   server_hostname="shop.test")
+    writer.write(b"".join(b"GET /status/%d HTTP/1.1\r\nHost: shop.test\r\n\r\n" % code for code in (201, 202, 203)))
+    statuses = [(await asyncio.wait_for(read_response(reader), 5)).status for _ in range(3)]
+    assert statuses == [201, 202, 203]
+    writer.close()
+
+
+async def test_an_answer_that_closes_the_connection_ends_with_close_notify(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority))
+    try:
+        await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        data = await asyncio.to_thread(read_until_close, tls)   # SSLEOFError without a close_notify
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"blue\n")
+    finally:
+        tls.close()
+    await wait_for(lambda: not proxy.connections)
+
+
+async def test_a_clients_close_notify_closes_its_connection(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority))
+    await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert (await asyncio.to_thread(tls.recv, 65536)).startswith(b"HTTP/1.1 200")
+    assert len(proxy.connections) == 1
+    raw = await asyncio.to_thread(tls.unwrap)   # sends close_notify and waits for the proxy's
+    raw.close()
+    await wait_for(lambda: not proxy.connections)
+
+
+async def test_a_client_reset_mid_answer_leaves_no_connection_and_no_traceback(make_proxy, tls_files, caplog):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    caplog.set_level(logging.DEBUG)
+    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority), 16384)
+    await asyncio.to_thread(tls.sendall, b"GET /big?size=%d HTTP/1.1\r\nHost: shop.test\r\n\r\n" % (8 << 20))
+    await wait_for(lambda: any(c.write_paused for c in proxy.connections))
+    tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tls.close()   # a reset: the proxy's next write or read fails
+    await wait_for(lambda: not proxy.connections)
+    assert [r for r in caplog.records if r.exc_info] == []
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
+                                                   server_hostname="shop.test")
+    writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+    writer.close()
+
+
+@pytest.mark.parametrize("hello", [b"", b"\x16\x03\x01"], ids=["nothing", "part of a hello"])
+async def test_a_hello_not_done_within_client_header_is_cut_and_not_counted(make_proxy, tls_files, hello):
+    proxy = await tls_proxy(make_proxy, tls_files, timeouts=TIMEOUTS)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(hello)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.25 < time.monotonic() - started < 3
+    assert proxy.snapshot().tls_handshake_failures == 0
+    writer.close()
+
+
+async def test_a_handshake_in_flight_when_the_proxy_stops_is_cut(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)   # client_header: the default, far away
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"\x16\x03\x01")
+    await asyncio.sleep(0.05)
+    await proxy.shutdown(0.5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_tls_listen_address_in_use_is_an_error_naming_it(tmp_path, backends, tls_files):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        proxy = Proxy(proxy_config(tmp_path, backends, listen=f"127.0.0.1:{port}", tls=tls_files.shop.config(),
+                                   health_check=QUIET_HEALTH).settings())
+        with pytest.raises(OSError, match=rf"bind on address \('127.0.0.1', {port}\)"):
+            await proxy.start()
+        await proxy.close()
+    finally:
+        taken.close()
