@@ -92,6 +92,9 @@ class ClientConnection:
         if peer:
             self.client_ip = peer[0].encode()
         self.idle_deadline = proxy.clock + proxy.client_header_timeout
+        # Made while the proxy stops (a TLS handshake that was in flight): it is served one
+        # request, then closed, as the connections shutdown found were.
+        self.closing = proxy.closing
         if len(proxy.connections) > proxy.max_connections:
             self.write(error_response(503, "too many connections (limits.max_connections)"))
             self.close()

@@ -14,7 +14,11 @@ In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
   pause_reading, resume_reading, get_extra_info, the write buffer's size and limits). Its
   protocol gets data_received, eof_received, pause_writing, resume_writing and connection_lost,
   as from the event loop's transports; connection_lost is called soon, never from inside a call
-  the protocol made.
+  the protocol made. A protocol callback that raises cuts its connection and is logged with its
+  traceback (the factory too); nothing escapes to the event loop.
+- accept: errors that concern one connection (ECONNABORTED, EPROTO, EPERM, the network errors
+  accept(2) passes on) are skipped; after any other (EMFILE and the like) accepting stops for
+  ACCEPT_RETRY seconds, logged once until accepting works again.
 
 Reads: with OpenSSL's read-ahead off (Python's default), SSL_read takes one record from the
 socket and nothing past it, so the socket's readiness tells all there is to read. A read asks
@@ -23,7 +27,7 @@ full ones come (an upload), so a small request costs one read and no "want read"
 Writes: when the socket fills, SSL_write answers "want write" having taken part of the data,
 and must be called again with the same bytes once the socket drains (OpenSSL's rule), so they
 are kept in ``_retry`` and later writes gather behind them; past HIGH_WATER buffered bytes the
-protocol is paused (pause_writing), below LOW_WATER resumed.
+protocol is paused (pause_writing), and resumed as soon as a write brings them to LOW_WATER.
 Close: what is buffered is sent, then a close_notify (RFC 8446 §6.1); what the peer sent and no
 one read is discarded, then the socket is closed without waiting for the peer's close_notify, as
 nginx does; abort closes at once. A refused handshake discards what it did not read too.
@@ -54,7 +58,12 @@ DISCARD_READS: Final = 4         # reads of 64 KiB at most before a close (_disc
 ACCEPT_RETRY: Final = 0.5        # seconds without accepting after running out of descriptors
 HIGH_WATER: Final = 64 * 1024    # the event loop's transports' defaults
 LOW_WATER: Final = 16 * 1024
-_OUT_OF_RESOURCES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept's errors that concern only the connection it would have returned (accept(2) on Linux:
+# "treat them like EAGAIN"); after any other, accepting stops for ACCEPT_RETRY (no descriptors
+# left, no memory) rather than failing in a loop.
+_CONNECTION_GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                                     errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH,
+                                     errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ECONNRESET})
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
@@ -69,7 +78,10 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             if (family, address) in seen:
                 continue
             seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue    # a family this machine has no sockets of (no IPv6): as create_server
             made.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -83,6 +95,8 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
         for sock in made:
             sock.close()
         raise
+    if not made:
+        raise OSError(errno.EAFNOSUPPORT, f"no socket can be made for any address of {host or '*'}:{port}")
     return made
 
 
@@ -97,16 +111,22 @@ class TLSListener:
                  protocol_factory: "Callable[[], ClientConnection]", handshake_timeout: float,
                  backlog: int) -> None:
         self.loop = loop
-        self.sockets = sockets
+        self.sockets = sockets          # empty once closed, as the event loop's Server's
+        self._own = list(sockets)
         self.tls = tls
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
         self.handshaking: set[TLSTransport] = set()
         self.closed = False
-        for sock in sockets:
-            sock.setblocking(False)
-            sock.listen(backlog)
-            self._watch(sock)
+        self._failing = 0               # the errno accepting last stopped for, until one succeeds
+        try:
+            for sock in sockets:
+                sock.setblocking(False)
+                sock.listen(backlog)
+                self._watch(sock)
+        except BaseException:
+            self.close()                # nothing half listening is left behind
+            raise
 
     def _watch(self, sock: socket.socket) -> None:
         if not self.closed:
@@ -118,28 +138,39 @@ class TLSListener:
                 conn, peer = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except ConnectionAbortedError:
-                continue
             except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
-                log.error("cannot accept a connection on %s (%s); accepting again in %.1f s",
-                          sock.getsockname(), exc.strerror, ACCEPT_RETRY)
-                self.loop.remove_reader(sock.fileno())
-                self.loop.call_later(ACCEPT_RETRY, self._watch, sock)
+                if exc.errno in _CONNECTION_GONE:
+                    continue
+                self._stop_for(sock, exc)
                 return
+            if self._failing:
+                self._failing = 0
+                log.warning("accepting connections on %s again", sock.getsockname())
             try:
                 TLSTransport(self, conn, peer)
             except (OSError, ssl.SSLError) as exc:   # the connection is gone already
                 log.debug("a TLS connection from %s could not start: %s", peer, exc)
                 conn.close()
 
+    def _stop_for(self, sock: socket.socket, exc: OSError) -> None:
+        """_stop_for: accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) or
+        for a reason of its own: stop accepting on ``sock`` for ACCEPT_RETRY seconds. It is
+        logged once until accepting works again, not on every retry."""
+        code = exc.errno or -1
+        if code != self._failing:
+            self._failing = code
+            log.error("cannot accept connections on %s (%s); trying again every %.1f s",
+                      sock.getsockname(), exc.strerror or exc, ACCEPT_RETRY)
+        self.loop.remove_reader(sock.fileno())
+        self.loop.call_later(ACCEPT_RETRY, self._watch, sock)
+
     def close(self) -> None:
         """close: stop accepting and close the listening sockets; handshakes in flight go on."""
         if self.closed:
             return
         self.closed = True
-        for sock in self.sockets:
+        self.sockets = []
+        for sock in self._own:
             if sock.fileno() >= 0:
                 self.loop.remove_reader(sock.fileno())
             sock.close()
@@ -219,8 +250,11 @@ class TLSTransport:
         self._timer = None
         self._listener.handshaking.discard(self)
         self._loop.add_reader(self._fd, self._readable)
-        protocol = self._protocol = self._listener.protocol_factory()
-        protocol.connection_made(self)
+        try:
+            protocol = self._protocol = self._listener.protocol_factory()
+            protocol.connection_made(self)
+        except Exception as exc:
+            self._protocol_failed(exc)
 
     def _handshake_expired(self) -> None:
         self._timer = None
@@ -245,14 +279,23 @@ class TLSTransport:
             if not data:
                 self._eof()
                 return
-            protocol.data_received(data)
+            try:
+                protocol.data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc)
+                return
             if len(data) < RECORD or not self._reading or self._closing:
                 return
 
     def _eof(self) -> None:
         self._stop_reading()
         assert self._protocol is not None
-        if not self._protocol.eof_received():
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._protocol_failed(exc)
+            return
+        if not keep_open:
             self.close()
 
     def _stop_reading(self) -> None:
@@ -292,16 +335,22 @@ class TLSTransport:
                 return
         self._buffered += len(data)
         if not self._write_paused and self._buffered > self._high:
-            self._write_paused = True
-            assert self._protocol is not None
+            self._pause_protocol()
+
+    def _pause_protocol(self) -> None:
+        self._write_paused = True
+        assert self._protocol is not None
+        try:
             self._protocol.pause_writing()
+        except Exception as exc:
+            self._protocol_failed(exc)
 
     def writelines(self, lines: Any) -> None:
         self.write(b"".join(lines))
 
     def _writable(self) -> None:
-        data = self._retry
-        while data is not None:
+        while self._retry is not None:
+            data = self._retry
             try:
                 self._write(data)
             except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
@@ -312,19 +361,23 @@ class TLSTransport:
             self._buffered -= len(data)
             backlog = self._backlog
             if backlog:
-                data = b"".join(backlog) if len(backlog) > 1 else backlog[0]
+                self._retry = b"".join(backlog) if len(backlog) > 1 else backlog[0]
                 self._backlog = []
             else:
-                data = None
-            self._retry = data
+                self._retry = None
+            if self._write_paused and self._buffered <= self._low and not self._closing:
+                self._write_paused = False    # below the low-water mark: the protocol may write
+                assert self._protocol is not None
+                try:
+                    self._protocol.resume_writing()
+                except Exception as exc:
+                    self._protocol_failed(exc)
+                    return
+                if self._lost:
+                    return
         self._loop.remove_writer(self._fd)
         if self._closing:
             self._finish_close()
-            return
-        if self._write_paused and self._buffered <= self._low:
-            self._write_paused = False
-            assert self._protocol is not None
-            self._protocol.resume_writing()
 
     def get_write_buffer_size(self) -> int:
         return self._buffered
@@ -338,6 +391,8 @@ class TLSTransport:
         if not 0 <= low <= high:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high, self._low = high, low
+        if not self._write_paused and self._buffered > high and self._protocol is not None:
+            self._pause_protocol()
 
     def can_write_eof(self) -> bool:
         return False
@@ -380,6 +435,12 @@ class TLSTransport:
 
     def _fail(self, exc: Exception) -> None:
         log.debug("TLS connection from %s failed: %s", self._peer, exc)
+        self._cut(exc)
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        """_protocol_failed: a call into the protocol raised: the connection is cut (and its
+        protocol told connection_lost if it was made), as the event loop's transports do."""
+        log.error("TLS connection from %s cut: its protocol raised %r", self._peer, exc, exc_info=exc)
         self._cut(exc)
 
     def _cut(self, exc: Exception | None) -> None:

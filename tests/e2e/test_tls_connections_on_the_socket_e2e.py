@@ -6,8 +6,9 @@ proxy's write buffer pushes back meanwhile (pause_writing, then resume); a large
 whole; pipelined requests in one record are answered in order; an answer that closes the
 connection ends with a close_notify; a client's close_notify closes its connection; a client
 that resets mid-answer leaves no connection and no traceback; a connection that never completes
-its hello is cut at timeouts.client_header and not counted as refused, and one in flight when
-the proxy stops is cut; a TLS listen address already in use is an error naming it.
+its hello is cut at timeouts.client_header and not counted as refused, nor one whose client
+cut its hello short; a handshake done after accepting stopped is served one request, then
+closed; one in flight when the proxy stops is cut; a TLS listen address already in use is an error naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from proxy import Proxy
 from tests.support.certs import client_context
 from tests.support.rawhttp import read_response
 from tests.support.stack import QUIET_HEALTH, proxy_config
+
+pytestmark = pytest.mark.both_loops
 
 TIMEOUTS = {"client_header": "300ms", "keepalive_idle": "30s"}
 
@@ -161,6 +164,40 @@ async def test_a_hello_not_done_within_client_header_is_cut_and_not_counted(make
     assert 0.25 < time.monotonic() - started < 3
     assert proxy.snapshot().tls_handshake_failures == 0
     writer.close()
+
+
+async def test_a_hello_its_client_cut_short_is_closed_and_not_counted(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)   # client_header: the default, far away
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")   # the start of a ClientHello
+    writer.write_eof()
+    left = await asyncio.wait_for(reader.read(), 5)   # then the proxy closes
+    assert left in (b"", b"\x15\x03\x03\x00\x02\x02\x32")   # OpenSSL may send a decode_error alert first
+    assert not proxy._server.handshaking
+    assert proxy.snapshot().tls_handshake_failures == 0
+    writer.close()
+
+
+async def test_a_handshake_done_after_accepting_stopped_is_served_one_request_then_closed(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)   # accepted, no hello yet
+    await wait_for(lambda: bool(proxy._server.handshaking))
+    listener = proxy._server
+    proxy.stop_accepting()   # as when a successor takes the listening sockets over
+    assert listener.handshaking
+
+    def one_request() -> bytes:
+        tls = client_context(tls_files.authority).wrap_socket(raw, server_hostname="shop.test",
+                                                              suppress_ragged_eofs=False)
+        try:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")   # keep-alive asked for
+            return read_until_close(tls)
+        finally:
+            tls.close()
+
+    answer = await asyncio.to_thread(one_request)
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer.lower()
+    await wait_for(lambda: not proxy.connections)
 
 
 async def test_a_handshake_in_flight_when_the_proxy_stops_is_cut(make_proxy, tls_files):

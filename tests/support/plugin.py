@@ -8,8 +8,11 @@ after the test (the etcd after the module).
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
+import uvloop
 
 from admin.fleet.etcd import EtcdClient
 from admin.serve import start as start_stack
@@ -18,6 +21,19 @@ from tests.support.backend import Backend
 from tests.support.etcdserver import EtcdServer, require_etcd
 from tests.support.rawhttp import RawBackend, answer_ok
 from tests.support.stack import proxy_config
+
+# The loops a test marked ``both_loops`` runs on: the one `cutover run` serves on (uvloop) and
+# the standard library's, which the rest of the suite uses.
+BOTH_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "both_loops: run the test once on each of BOTH_LOOPS")
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """pytest_asyncio_loop_factories: pytest-asyncio's hook; one factory keeps the test's id."""
+    return BOTH_LOOPS if item.get_closest_marker("both_loops") is not None else {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture
