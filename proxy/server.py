@@ -149,6 +149,10 @@ class Proxy:
         old = self.settings
         self.settings = settings
         self._read(settings)
+        for listener in (self._server, self._preview):
+            if isinstance(listener, TLSListener):   # its handshakes' bounds
+                listener.handshake_timeout = self.client_header_timeout
+                listener.max_handshakes = self.max_connections
         self.router.configure(settings.drain_timeout, settings.max_queued, settings.canary_header)
         hc = settings.health_check
         if self.health is not None:
@@ -448,7 +452,8 @@ class Proxy:
                 return await self._loop.create_server(factory, sock=sock, backlog=backlog)
             return await self._loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
         sockets = [sock] if sock is not None else listening_sockets(host, port)
-        return TLSListener(self._loop, sockets, self.tls, factory, self.client_header_timeout, backlog)
+        return TLSListener(self._loop, sockets, self.tls, factory, self.client_header_timeout, backlog,
+                           self.max_connections)
 
     def _close_kept(self) -> None:
         kept, self._kept = self._kept, None

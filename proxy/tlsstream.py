@@ -6,7 +6,10 @@ socket: a read is one SSL_read from the socket, a write one SSL_write that encry
 In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
 
 - TLSListener: accepts on the listening sockets (the event loop watches them), starts each
-  connection's handshake, bounds it by ``handshake_timeout`` (timeouts.client_header), and then
+  connection's handshake, bounds it by ``handshake_timeout`` (timeouts.client_header) and the
+  handshakes in flight by ``max_handshakes`` (limits.max_connections: one over it is closed as
+  it is accepted, before its hello is read, as nginx closes a connection past
+  worker_connections; Proxy.configure sets both again on a reload), and then
   makes the connection's protocol (ClientConnection) and calls its connection_made. A handshake
   the TLS layer refuses (not TLS, no common version or cipher, a broken hello) is counted in
   ServerTLS.handshake_failures; one its peer cut or its timeout ended is not.
@@ -109,14 +112,17 @@ class TLSListener:
 
     def __init__(self, loop: Any, sockets: list[socket.socket], tls: "ServerTLS",
                  protocol_factory: "Callable[[], ClientConnection]", handshake_timeout: float,
-                 backlog: int) -> None:
+                 backlog: int, max_handshakes: int = 10000) -> None:
         self.loop = loop
         self.sockets = sockets          # empty once closed, as the event loop's Server's
         self._own = list(sockets)
         self.tls = tls
         self.protocol_factory = protocol_factory
         self.handshake_timeout = handshake_timeout
+        self.max_handshakes = max_handshakes
         self.handshaking: set[TLSTransport] = set()
+        self.over_limit = 0             # connections closed as accepted: max_handshakes were in flight
+        self._limited = False           # the last accepted connection was over the limit (logged once)
         self.closed = False
         self._failing = 0               # the errno accepting last stopped for, until one succeeds
         try:
@@ -146,6 +152,15 @@ class TLSListener:
             if self._failing:
                 self._failing = 0
                 log.warning("accepting connections on %s again", sock.getsockname())
+            if len(self.handshaking) >= self.max_handshakes:
+                conn.close()
+                self.over_limit += 1
+                if not self._limited:
+                    self._limited = True
+                    log.warning("%d TLS handshakes in flight (limits.max_connections): closing new "
+                                "connections on %s until one ends", len(self.handshaking), sock.getsockname())
+                continue
+            self._limited = False
             try:
                 TLSTransport(self, conn, peer)
             except (OSError, ssl.SSLError) as exc:   # the connection is gone already

@@ -8,12 +8,14 @@ connection ends with a close_notify; a client's close_notify closes its connecti
 that resets mid-answer leaves no connection and no traceback; a connection that never completes
 its hello is cut at timeouts.client_header and not counted as refused, nor one whose client
 cut its hello short; a handshake done after accepting stopped is served one request, then
-closed; one in flight when the proxy stops is cut; a TLS listen address already in use is an error naming it.
+closed; one in flight when the proxy stops is cut; handshakes in flight are bounded by
+limits.max_connections, and a reload sets that bound and their timeout again; a TLS listen address already in use is an error naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
@@ -207,6 +209,46 @@ async def test_a_handshake_in_flight_when_the_proxy_stops_is_cut(make_proxy, tls
     await asyncio.sleep(0.05)
     await proxy.shutdown(0.5)
     assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_handshakes_in_flight_are_bounded_by_max_connections(make_proxy, tls_files, caplog):
+    proxy = await tls_proxy(make_proxy, tls_files, limits={"max_connections": 2})
+    listener = proxy._server
+    silent = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(2)]   # no hello
+    try:
+        await wait_for(lambda: len(listener.handshaking) == 2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"\x16\x03\x01")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""   # closed as it was accepted
+        except ConnectionResetError:
+            pass                                                      # or reset: its bytes were unread
+        writer.close()
+        assert listener.over_limit == 1 and len(listener.handshaking) == 2
+        assert [r for r in caplog.records if "TLS handshakes in flight (limits.max_connections)" in r.getMessage()]
+    finally:
+        for sock in silent:
+            sock.close()
+    await wait_for(lambda: not listener.handshaking)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
+                                                   server_hostname="shop.test")
+    writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+    writer.close()
+
+
+async def test_a_reload_sets_the_handshakes_timeout_and_bound_again(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)   # client_header: the default, far away
+    settings = proxy.settings
+    proxy.configure(dataclasses.replace(
+        settings, timeouts=dataclasses.replace(settings.timeouts, client_header=0.3),
+        limits=dataclasses.replace(settings.limits, max_connections=7)))
+    assert proxy._server.max_handshakes == 7
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert 0.25 < time.monotonic() - started < 3
     writer.close()
 
 
