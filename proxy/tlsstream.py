@@ -9,7 +9,8 @@ In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
   connection's handshake, bounds it by ``handshake_timeout`` (timeouts.client_header) and the
   handshakes in flight by ``max_handshakes`` (limits.max_connections: one over it is closed as
   it is accepted, before its hello is read, as nginx closes a connection past
-  worker_connections; Proxy.configure sets both again on a reload), and then
+  worker_connections, counted in ``over_limit`` and warned of every LIMIT_LOG_EVERY seconds at
+  most; Proxy.configure sets both bounds again on a reload), and then
   makes the connection's protocol (ClientConnection) and calls its connection_made. A handshake
   the TLS layer refuses (not TLS, no common version or cipher, a broken hello) is counted in
   ServerTLS.handshake_failures; one its peer cut or its timeout ended is not.
@@ -21,7 +22,7 @@ In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
   traceback (the factory too); nothing escapes to the event loop.
 - accept: errors that concern one connection (ECONNABORTED, EPROTO, EPERM, the network errors
   accept(2) passes on) are skipped; after any other (EMFILE and the like) accepting stops for
-  ACCEPT_RETRY seconds, logged once until accepting works again.
+  ACCEPT_RETRY seconds, logged once (per socket) until accepting works again.
 
 Reads: with OpenSSL's read-ahead off (Python's default), SSL_read takes one record from the
 socket and nothing past it, so the socket's readiness tells all there is to read. A read asks
@@ -59,6 +60,7 @@ READS_PER_EVENT: Final = 4
 ACCEPTS_PER_EVENT: Final = 64
 DISCARD_READS: Final = 4         # reads of 64 KiB at most before a close (_discard_unread)
 ACCEPT_RETRY: Final = 0.5        # seconds without accepting after running out of descriptors
+LIMIT_LOG_EVERY: Final = 10.0    # seconds between two warnings that max_handshakes were in flight
 HIGH_WATER: Final = 64 * 1024    # the event loop's transports' defaults
 LOW_WATER: Final = 16 * 1024
 # accept's errors that concern only the connection it would have returned (accept(2) on Linux:
@@ -122,9 +124,10 @@ class TLSListener:
         self.max_handshakes = max_handshakes
         self.handshaking: set[TLSTransport] = set()
         self.over_limit = 0             # connections closed as accepted: max_handshakes were in flight
-        self._limited = False           # the last accepted connection was over the limit (logged once)
+        self._limit_logged = -LIMIT_LOG_EVERY    # loop time of the last warning about it
+        self._limit_logged_count = 0    # over_limit then
+        self._failing: dict[int, int] = {}   # a socket's descriptor: the errno its accepting stopped for
         self.closed = False
-        self._failing = 0               # the errno accepting last stopped for, until one succeeds
         try:
             for sock in sockets:
                 sock.setblocking(False)
@@ -149,31 +152,38 @@ class TLSListener:
                     continue
                 self._stop_for(sock, exc)
                 return
-            if self._failing:
-                self._failing = 0
+            if self._failing and self._failing.pop(sock.fileno(), 0):
                 log.warning("accepting connections on %s again", sock.getsockname())
             if len(self.handshaking) >= self.max_handshakes:
                 conn.close()
                 self.over_limit += 1
-                if not self._limited:
-                    self._limited = True
-                    log.warning("%d TLS handshakes in flight (limits.max_connections): closing new "
-                                "connections on %s until one ends", len(self.handshaking), sock.getsockname())
+                self._over_limit_warning(sock)
                 continue
-            self._limited = False
             try:
                 TLSTransport(self, conn, peer)
             except (OSError, ssl.SSLError) as exc:   # the connection is gone already
                 log.debug("a TLS connection from %s could not start: %s", peer, exc)
                 conn.close()
 
+    def _over_limit_warning(self, sock: socket.socket) -> None:
+        """_over_limit_warning: at most one warning per LIMIT_LOG_EVERY seconds, with how many
+        connections were closed since the one before."""
+        now = self.loop.time()
+        if now - self._limit_logged < LIMIT_LOG_EVERY:
+            return
+        log.warning("%d TLS handshakes in flight (limits.max_connections): %d new connections on %s "
+                    "closed as they were accepted since the last such warning", len(self.handshaking),
+                    self.over_limit - self._limit_logged_count, sock.getsockname())
+        self._limit_logged = now
+        self._limit_logged_count = self.over_limit
+
     def _stop_for(self, sock: socket.socket, exc: OSError) -> None:
         """_stop_for: accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) or
         for a reason of its own: stop accepting on ``sock`` for ACCEPT_RETRY seconds. It is
         logged once until accepting works again, not on every retry."""
         code = exc.errno or -1
-        if code != self._failing:
-            self._failing = code
+        if self._failing.get(sock.fileno()) != code:
+            self._failing[sock.fileno()] = code
             log.error("cannot accept connections on %s (%s); trying again every %.1f s",
                       sock.getsockname(), exc.strerror or exc, ACCEPT_RETRY)
         self.loop.remove_reader(sock.fileno())
@@ -227,9 +237,10 @@ class TLSTransport:
         self._high = HIGH_WATER
         self._low = LOW_WATER
         self._shaking_writes = False     # the handshake waits for the socket to drain
+        self._timer: Any = None
+        self._loop.add_reader(self._fd, self._handshake)   # first: should it fail, nothing is left behind
         listener.handshaking.add(self)
-        self._timer: Any = self._loop.call_later(listener.handshake_timeout, self._handshake_expired)
-        self._loop.add_reader(self._fd, self._handshake)
+        self._timer = self._loop.call_later(listener.handshake_timeout, self._handshake_expired)
 
     # --------------------------------------------------------------- handshake
 
@@ -464,8 +475,11 @@ class TLSTransport:
         self._stop_reading()
         self._closing = True
         self._lost = True
-        if self._retry is not None or self._shaking_writes:
-            self._loop.remove_writer(self._fd)
+        # Whatever watched for writes (a retry, the handshake) stops before the descriptor is
+        # closed: a watcher left on it aborts uvloop, and on asyncio's loop hits whichever
+        # connection gets its number next. (_writable can be inside resume_writing, its
+        # _retry already None, when the protocol closes or raises.)
+        self._loop.remove_writer(self._fd)
         if self._protocol is None:          # still handshaking
             self._listener.handshaking.discard(self)
         self._retry = None

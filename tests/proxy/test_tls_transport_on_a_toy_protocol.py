@@ -50,9 +50,10 @@ class Recorder(asyncio.Protocol):
     """Recorder: a protocol that records what its transport tells it, and raises Boom from the
     callback named ``fail``; ``made`` is called with the transport in connection_made."""
 
-    def __init__(self, fail: str = "", made=None, on_data=None) -> None:
+    def __init__(self, fail: str = "", made=None, on_data=None, on_resume=None) -> None:
         self.fail = fail
         self.made = made
+        self.on_resume = on_resume   # called with the transport in resume_writing
         self.transport = None
         self.data: list[bytes] = []
         self.paused_at: list[int] = []
@@ -85,6 +86,8 @@ class Recorder(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.resumed_at.append(self.transport.get_write_buffer_size())
+        if self.on_resume is not None:
+            self.on_resume(self.transport)
 
     def connection_lost(self, exc) -> None:
         if not self.lost.done():
@@ -164,6 +167,20 @@ async def wait_for(predicate, bound: float = 5.0) -> None:
 
 def errors_logged(caplog, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.ERROR and text in r.getMessage()]
+
+
+async def served(listener: TLSListener, authority) -> int:
+    """served: the status of a GET / sent through ``listener`` (within 5 seconds)."""
+    async def get() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(listener), ssl=client_context(authority),
+                                                       server_hostname="shop.test")
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            return (await read_response(reader)).status
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(get(), 5)
 
 
 # ------------------------------------------------------------- protocol faults
@@ -246,12 +263,13 @@ async def test_the_protocol_is_resumed_at_the_low_water_mark_not_only_when_the_b
 @with_a_recorder
 async def test_lowering_the_high_water_mark_below_what_is_buffered_pauses_the_protocol(listen, tls_files):
     size = 200_000
+    buffered_before: list[int] = []
 
     def made(transport) -> None:
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
         transport.set_write_buffer_limits(high=1 << 20)
         transport.write(b"a" * size)
-        assert transport.get_write_buffer_size() == size
+        buffered_before.append(transport.get_write_buffer_size())
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
     factory, protocols = recording(made=made)
@@ -259,10 +277,40 @@ async def test_lowering_the_high_water_mark_below_what_is_buffered_pauses_the_pr
     tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority, 16384)
     try:
         await wait_for(lambda: bool(protocols) and bool(protocols[0].paused_at))
+        assert buffered_before == [size]   # not paused at 1 MiB
         assert protocols[0].paused_at == [size]
         assert protocols[0].transport.get_write_buffer_limits() == (HIGH_WATER // 4, HIGH_WATER)
     finally:
         tls.close()
+
+
+@with_a_recorder
+@pytest.mark.parametrize("ending", ["close", "abort", "raise"])
+async def test_a_protocol_that_ends_its_connection_in_resume_writing_leaves_the_loop_serving(
+        listen, tls_proxy, tls_files, ending):
+    def resume(transport) -> None:
+        if ending == "raise":
+            raise Boom("resume_writing failed")
+        getattr(transport, ending)()
+
+    def made(transport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        transport.write(b"a" * 200_000)   # paused, then resumed once it is through
+
+    factory, protocols = recording(made=made, on_resume=resume)
+    listener = listen(factory)
+    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority, 16384)
+    try:
+        assert await asyncio.to_thread(reads_until_closed, tls)
+    finally:
+        tls.close()
+    await asyncio.wait_for(protocols[0].lost, 5)
+    assert protocols[0].resumed_at
+    # The descriptor was closed with nothing watching it: connections that get its number next
+    # are served (a watcher left on it aborts uvloop, or stalls one of them on asyncio's loop).
+    served_by_proxy = listen(tls_proxy._client)
+    for _ in range(3):
+        assert await served(served_by_proxy, tls_files.authority) == 200
 
 
 # ------------------------------------------------------------- reads
@@ -317,17 +365,6 @@ class FlakySocket(socket.socket):
             code = self.errors.pop(0)
             raise OSError(code, errno.errorcode[code])
         return super().accept()
-
-
-async def served(listener: TLSListener, authority) -> int:
-    """served: the status of a GET / sent through ``listener``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(listener), ssl=client_context(authority),
-                                                   server_hostname="shop.test")
-    try:
-        writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-        return (await asyncio.wait_for(read_response(reader), 5)).status
-    finally:
-        writer.close()
 
 
 async def test_accept_errors_of_one_connection_are_skipped(listen, tls_proxy, tls_files, caplog):
