@@ -434,6 +434,8 @@ class Proxy:
         for fd in listens[1:] + previews[1:]:
             os.close(fd)                # one socket per listener, as start and a successor use
         self.closing = False
+        for conn in self.connections:   # made meanwhile (a TLS handshake then in flight): kept alive again
+            conn.closing = False
         if listens:
             self._server = await self._listen(self._client, socket.socket(fileno=listens[0]), "", 0, LISTEN_BACKLOG)
         if previews:

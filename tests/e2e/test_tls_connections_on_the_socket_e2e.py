@@ -8,8 +8,10 @@ connection ends with a close_notify; a client's close_notify closes its connecti
 that resets mid-answer leaves no connection and no traceback; a connection that never completes
 its hello is cut at timeouts.client_header and not counted as refused, nor one whose client
 cut its hello short; a handshake done after accepting stopped is served one request, then
-closed; one in flight when the proxy stops is cut; handshakes in flight are bounded by
-limits.max_connections, and a reload sets that bound and their timeout again; a TLS listen address already in use is an error naming it.
+closed, unless accepting resumes first; one in flight when the proxy stops is cut; handshakes
+in flight are bounded by limits.max_connections (one warning for a burst over it), and a reload
+sets that bound and their timeout again; a TLS listen address already in use is an error
+naming it.
 """
 
 from __future__ import annotations
@@ -201,6 +203,24 @@ async def test_a_handshake_done_after_accepting_stopped_is_served_one_request_th
     answer = await asyncio.to_thread(one_request)
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer.lower()
     await wait_for(lambda: not proxy.connections)
+
+
+async def test_a_connection_made_while_accepting_stopped_is_kept_alive_once_accepting_resumes(make_proxy, tls_files):
+    proxy = await tls_proxy(make_proxy, tls_files)
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    await wait_for(lambda: bool(proxy._server.handshaking))
+    proxy.stop_accepting(keep=True)   # a successor was handed the sockets ...
+    tls = await asyncio.to_thread(client_context(tls_files.authority).wrap_socket, raw, server_hostname="shop.test")
+    try:
+        await wait_for(lambda: len(proxy.connections) == 1)
+        assert next(iter(proxy.connections)).closing
+        assert await proxy.resume_accepting()   # ... and died before it served: this process serves on
+        for _ in range(2):
+            await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            answer = await asyncio.to_thread(tls.recv, 65536)
+            assert answer.startswith(b"HTTP/1.1 200") and b"connection: close" not in answer.lower()
+    finally:
+        tls.close()
 
 
 async def test_a_handshake_in_flight_when_the_proxy_stops_is_cut(make_proxy, tls_files):
