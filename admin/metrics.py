@@ -108,6 +108,9 @@ class CutoverCollector:
         yield CounterMetricFamily("cutover_tls_handshake_failures", "Client TLS handshakes refused on listen and "
                                   "preview_listen (not TLS, no common version or cipher, a broken hello)",
                                   value=snapshot.tls_handshake_failures)
+        yield CounterMetricFamily("cutover_tls_connections_over_limit", "Client TLS connections closed as they "
+                                  "were accepted: limits.max_connections handshakes were in flight",
+                                  value=snapshot.tls_over_limit)
         yield GaugeMetricFamily("cutover_held", "1 while new requests are held", value=1 if router.held else 0)
         yield GaugeMetricFamily("cutover_held_requests", "Requests waiting in the hold", value=router.held_requests)
         yield GaugeMetricFamily("cutover_fenced_requests", "Requests waiting until this fleet replica's lease is "

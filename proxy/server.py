@@ -260,6 +260,7 @@ class Proxy:
             access_log_dropped=self.access_log_dropped + sum(log.dropped for log in self._closing_logs)
             + (self.access_log.dropped if self.access_log is not None else 0),
             tls_handshake_failures=self.tls.handshake_failures if self.tls is not None else 0,
+            tls_over_limit=self.tls.over_limit if self.tls is not None else 0,
             tls=self.tls is not None,
         )
 

@@ -165,7 +165,9 @@ class Snapshot:
     preview_token_set tells whether X-Cutover-Env is honoured at all (the token is never here).
     access_log_dropped counts access log lines lost (the writer fell PENDING_LIMIT behind, or
     the file would not open or take a write; proxy/accesslog.py).
-    tls_handshake_failures counts client TLS handshakes refused on listen and preview_listen.
+    tls_handshake_failures counts client TLS handshakes refused on listen and preview_listen;
+    tls_over_limit the TLS connections closed as they were accepted, limits.max_connections
+    handshakes being in flight (proxy/tlsstream.py).
     """
 
     router: RouterSnapshot
@@ -177,6 +179,7 @@ class Snapshot:
     preview_token_set: bool
     access_log_dropped: int = 0
     tls_handshake_failures: int = 0   # client handshakes the TLS listeners refused (proxy/tls.py)
+    tls_over_limit: int = 0           # TLS connections closed at the handshakes' bound
     tls: bool = False                 # listen and preview_listen serve TLS (the `tls` section)
 
 
@@ -297,4 +300,5 @@ def merge(snapshots: "list[Snapshot]", route: Route) -> Snapshot:
                     preview_token_set=snapshots[0].preview_token_set,
                     access_log_dropped=sum(s.access_log_dropped for s in snapshots),
                     tls_handshake_failures=sum(s.tls_handshake_failures for s in snapshots),
+                    tls_over_limit=sum(s.tls_over_limit for s in snapshots),
                     tls=snapshots[0].tls)

@@ -212,6 +212,7 @@ class ServerTLS:
 
     def __init__(self, config: "ListenerTLS") -> None:
         self.handshake_failures = 0
+        self.over_limit = 0   # connections the TLS listeners closed at their handshakes' bound (tlsstream.py)
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcards: list[tuple[str, ssl.SSLContext]] = []
         self.context = _server_context(config.min_version)

@@ -9,8 +9,8 @@ In bench/tls.py's keep-alive phase that is about a tenth less CPU per request.
   connection's handshake, bounds it by ``handshake_timeout`` (timeouts.client_header) and the
   handshakes in flight by ``max_handshakes`` (limits.max_connections: one over it is closed as
   it is accepted, before its hello is read, as nginx closes a connection past
-  worker_connections, counted in ``over_limit`` and warned of every LIMIT_LOG_EVERY seconds at
-  most; Proxy.configure sets both bounds again on a reload), and then
+  worker_connections, counted in ServerTLS.over_limit and warned of every LIMIT_LOG_EVERY
+  seconds at most; Proxy.configure sets both bounds again on a reload), and then
   makes the connection's protocol (ClientConnection) and calls its connection_made. A handshake
   the TLS layer refuses (not TLS, no common version or cipher, a broken hello) is counted in
   ServerTLS.handshake_failures; one its peer cut or its timeout ended is not.
@@ -123,9 +123,8 @@ class TLSListener:
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
         self.handshaking: set[TLSTransport] = set()
-        self.over_limit = 0             # connections closed as accepted: max_handshakes were in flight
-        self._limit_logged = -LIMIT_LOG_EVERY    # loop time of the last warning about it
-        self._limit_logged_count = 0    # over_limit then
+        self._limit_logged = -LIMIT_LOG_EVERY    # loop time of the last warning about the bound
+        self._limit_logged_count = 0    # tls.over_limit then
         self._failing: dict[int, int] = {}   # a socket's descriptor: the errno its accepting stopped for
         self.closed = False
         try:
@@ -156,7 +155,7 @@ class TLSListener:
                 log.warning("accepting connections on %s again", sock.getsockname())
             if len(self.handshaking) >= self.max_handshakes:
                 conn.close()
-                self.over_limit += 1
+                self.tls.over_limit += 1
                 self._over_limit_warning(sock)
                 continue
             try:
@@ -173,9 +172,9 @@ class TLSListener:
             return
         log.warning("%d TLS handshakes in flight (limits.max_connections): %d new connections on %s "
                     "closed as they were accepted since the last such warning", len(self.handshaking),
-                    self.over_limit - self._limit_logged_count, sock.getsockname())
+                    self.tls.over_limit - self._limit_logged_count, sock.getsockname())
         self._limit_logged = now
-        self._limit_logged_count = self.over_limit
+        self._limit_logged_count = self.tls.over_limit
 
     def _stop_for(self, sock: socket.socket, exc: OSError) -> None:
         """_stop_for: accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) or

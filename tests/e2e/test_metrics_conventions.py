@@ -1,10 +1,13 @@
 """/metrics follows Prometheus conventions: promtool accepts it, ratios are 0..1, unrouted
-requests are their own family, and build, process, gate, switch and analysis facts are there."""
+requests are their own family, and build, process, gate, switch and analysis facts are there,
+as are TLS connections closed at the handshakes' bound."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import socket
 import subprocess
 
 import aiohttp
@@ -119,3 +122,18 @@ async def test_requests_bytes_and_upstream_errors_are_counted_per_server(make_st
     assert set(errors) == {(server, kind) for server in (blue, refusing.address) for kind in UPSTREAM_ERROR_KINDS}
     assert errors[(refusing.address, "connect")] == 1
     assert sum(errors.values()) == 1
+
+
+async def test_tls_connections_closed_at_the_handshakes_bound_are_counted(make_stack, session, tls_files):
+    stack = await make_stack(tls=tls_files.shop.config(), limits={"max_connections": 1})
+    api = Admin(session, stack.admin_port)
+    silent = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5)   # a handshake, no hello
+    try:
+        await eventually(lambda: stack.proxy._server.handshaking)
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.proxy.port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""     # closed as it was accepted
+        writer.close()
+        samples = scrape(await metrics(api))
+        assert samples[("cutover_tls_connections_over_limit_total", frozenset())] == 1
+    finally:
+        silent.close()

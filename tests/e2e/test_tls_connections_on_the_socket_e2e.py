@@ -247,7 +247,7 @@ async def test_handshakes_in_flight_are_bounded_by_max_connections(make_proxy, t
             except ConnectionResetError:
                 pass                                                      # or reset: its bytes were unread
             writer.close()
-        assert listener.over_limit == 3 and len(listener.handshaking) == 2
+        assert proxy.snapshot().tls_over_limit == 3 and len(listener.handshaking) == 2
         warnings = [r.getMessage() for r in caplog.records if "TLS handshakes in flight" in r.getMessage()]
         assert len(warnings) == 1 and "(limits.max_connections): 1 new connections" in warnings[0]   # not one each
     finally:
