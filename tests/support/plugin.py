@@ -22,7 +22,7 @@ from tests.support.etcdserver import EtcdServer, require_etcd
 from tests.support.rawhttp import RawBackend, answer_ok
 from tests.support.stack import proxy_config
 
-# The loops a test marked ``both_loops`` runs on: the one `cutover run` serves on (uvloop) and
+# The loops a test marked ``both_loops`` runs on: the one `cutover serve` runs on (uvloop) and
 # the standard library's, which the rest of the suite uses.
 BOTH_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
