@@ -124,8 +124,7 @@ class TLSListener:
         self.max_handshakes = max_handshakes
         self.handshaking: set[TLSTransport] = set()
         self._limit_logged = -LIMIT_LOG_EVERY    # loop time of the last warning about the bound
-        self._over_limit = 0            # connections this listener closed at it (tls.over_limit: all)
-        self._limit_logged_count = 0    # _over_limit then
+        self._unwarned = 0              # connections this listener closed at it since that warning
         self._failing: dict[int, int] = {}   # a socket's descriptor: the errno its accepting stopped for
         self.closed = False
         try:
@@ -156,8 +155,8 @@ class TLSListener:
                 log.warning("accepting connections on %s again", sock.getsockname())
             if len(self.handshaking) >= self.max_handshakes:
                 conn.close()
-                self.tls.over_limit += 1
-                self._over_limit += 1
+                self.tls.over_limit += 1       # listen's and preview_listen's
+                self._unwarned += 1
                 self._over_limit_warning(sock)
                 continue
             try:
@@ -174,9 +173,9 @@ class TLSListener:
             return
         log.warning("%d TLS handshakes in flight (limits.max_connections): %d new connections on %s "
                     "closed as they were accepted since the last such warning", len(self.handshaking),
-                    self._over_limit - self._limit_logged_count, sock.getsockname())
+                    self._unwarned, sock.getsockname())
         self._limit_logged = now
-        self._limit_logged_count = self._over_limit
+        self._unwarned = 0
 
     def _stop_for(self, sock: socket.socket, exc: OSError) -> None:
         """_stop_for: accept failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM) or

@@ -27,32 +27,14 @@ import time
 import pytest
 
 from proxy import Proxy
-from tests.support.certs import client_context
+from tests.support.certs import blocking_tls_client, client_context
 from tests.support.rawhttp import read_response
 from tests.support.stack import QUIET_HEALTH, proxy_config
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.both_loops
 
 TIMEOUTS = {"client_header": "300ms", "keepalive_idle": "30s"}
-
-
-async def wait_for(predicate, bound: float = 5.0) -> None:
-    """wait_for: until ``predicate()`` holds, polling the proxy's state (at most ``bound`` seconds)."""
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-def blocking_client(port: int, ctx: ssl.SSLContext, receive_buffer: int | None = None) -> ssl.SSLSocket:
-    """blocking_client: a blocking TLS socket to 127.0.0.1:``port`` for shop.test, that reports a
-    connection closed without close_notify as SSLEOFError (suppress_ragged_eofs off)."""
-    raw = socket.socket()
-    raw.settimeout(5)
-    if receive_buffer is not None:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    raw.connect(("127.0.0.1", port))
-    return ctx.wrap_socket(raw, server_hostname="shop.test", suppress_ragged_eofs=False)
 
 
 def read_until_close(tls: ssl.SSLSocket) -> bytes:
@@ -69,10 +51,10 @@ async def tls_proxy(make_proxy, tls_files, **overrides) -> Proxy:
 async def test_a_large_answer_reaches_a_slow_reader_whole_and_pushes_back_meanwhile(make_proxy, tls_files):
     proxy = await tls_proxy(make_proxy, tls_files)
     size = 8 << 20
-    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority), 16384)
+    tls = await asyncio.to_thread(blocking_tls_client, proxy.port, client_context(tls_files.authority), 16384)
     try:
         await asyncio.to_thread(tls.sendall, f"GET /big?size={size} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
-        await wait_for(lambda: any(c.write_paused for c in proxy.connections))
+        await eventually(lambda: any(c.write_paused for c in proxy.connections), timeout=5)
         conn = next(iter(proxy.connections))
         assert conn.transport.get_write_buffer_size() > 0
 
@@ -120,36 +102,36 @@ async def test_pipelined_requests_in_one_record_are_answered_in_order(make_proxy
 
 async def test_an_answer_that_closes_the_connection_ends_with_close_notify(make_proxy, tls_files):
     proxy = await tls_proxy(make_proxy, tls_files)
-    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority))
+    tls = await asyncio.to_thread(blocking_tls_client, proxy.port, client_context(tls_files.authority))
     try:
         await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
         data = await asyncio.to_thread(read_until_close, tls)   # SSLEOFError without a close_notify
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"blue\n")
     finally:
         tls.close()
-    await wait_for(lambda: not proxy.connections)
+    await eventually(lambda: not proxy.connections, timeout=5)
 
 
 async def test_a_clients_close_notify_closes_its_connection(make_proxy, tls_files):
     proxy = await tls_proxy(make_proxy, tls_files)
-    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority))
+    tls = await asyncio.to_thread(blocking_tls_client, proxy.port, client_context(tls_files.authority))
     await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
     assert (await asyncio.to_thread(tls.recv, 65536)).startswith(b"HTTP/1.1 200")
     assert len(proxy.connections) == 1
     raw = await asyncio.to_thread(tls.unwrap)   # sends close_notify and waits for the proxy's
     raw.close()
-    await wait_for(lambda: not proxy.connections)
+    await eventually(lambda: not proxy.connections, timeout=5)
 
 
 async def test_a_client_reset_mid_answer_leaves_no_connection_and_no_traceback(make_proxy, tls_files, caplog):
     proxy = await tls_proxy(make_proxy, tls_files)
     caplog.set_level(logging.DEBUG)
-    tls = await asyncio.to_thread(blocking_client, proxy.port, client_context(tls_files.authority), 16384)
+    tls = await asyncio.to_thread(blocking_tls_client, proxy.port, client_context(tls_files.authority), 16384)
     await asyncio.to_thread(tls.sendall, b"GET /big?size=%d HTTP/1.1\r\nHost: shop.test\r\n\r\n" % (8 << 20))
-    await wait_for(lambda: any(c.write_paused for c in proxy.connections))
+    await eventually(lambda: any(c.write_paused for c in proxy.connections), timeout=5)
     tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     tls.close()   # a reset: the proxy's next write or read fails
-    await wait_for(lambda: not proxy.connections)
+    await eventually(lambda: not proxy.connections, timeout=5)
     assert [r for r in caplog.records if r.exc_info] == []
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
                                                    server_hostname="shop.test")
@@ -186,7 +168,7 @@ async def test_a_hello_its_client_cut_short_is_closed_and_not_counted(make_proxy
 async def test_a_handshake_done_after_accepting_stopped_is_served_one_request_then_closed(make_proxy, tls_files):
     proxy = await tls_proxy(make_proxy, tls_files)
     raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)   # accepted, no hello yet
-    await wait_for(lambda: bool(proxy._server.handshaking))
+    await eventually(lambda: bool(proxy._server.handshaking), timeout=5)
     listener = proxy._server
     proxy.stop_accepting()   # as when a successor takes the listening sockets over
     assert listener.handshaking
@@ -202,17 +184,17 @@ async def test_a_handshake_done_after_accepting_stopped_is_served_one_request_th
 
     answer = await asyncio.to_thread(one_request)
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\nconnection: close\r\n" in answer.lower()
-    await wait_for(lambda: not proxy.connections)
+    await eventually(lambda: not proxy.connections, timeout=5)
 
 
 async def test_a_connection_made_while_accepting_stopped_is_kept_alive_once_accepting_resumes(make_proxy, tls_files):
     proxy = await tls_proxy(make_proxy, tls_files)
     raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-    await wait_for(lambda: bool(proxy._server.handshaking))
+    await eventually(lambda: bool(proxy._server.handshaking), timeout=5)
     proxy.stop_accepting(keep=True)   # a successor was handed the sockets ...
     tls = await asyncio.to_thread(client_context(tls_files.authority).wrap_socket, raw, server_hostname="shop.test")
     try:
-        await wait_for(lambda: len(proxy.connections) == 1)
+        await eventually(lambda: len(proxy.connections) == 1, timeout=5)
         assert next(iter(proxy.connections)).closing
         assert await proxy.resume_accepting()   # ... and died before it served: this process serves on
         for _ in range(2):
@@ -238,7 +220,7 @@ async def test_handshakes_in_flight_are_bounded_by_max_connections(make_proxy, t
     listener = proxy._server
     silent = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(2)]   # no hello
     try:
-        await wait_for(lambda: len(listener.handshaking) == 2)
+        await eventually(lambda: len(listener.handshaking) == 2, timeout=5)
         for _ in range(3):
             reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
             writer.write(b"\x16\x03\x01")
@@ -253,7 +235,7 @@ async def test_handshakes_in_flight_are_bounded_by_max_connections(make_proxy, t
     finally:
         for sock in silent:
             sock.close()
-    await wait_for(lambda: not listener.handshaking)
+    await eventually(lambda: not listener.handshaking, timeout=5)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, ssl=client_context(tls_files.authority),
                                                    server_hostname="shop.test")
     writer.write(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")

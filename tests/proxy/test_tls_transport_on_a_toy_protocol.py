@@ -32,9 +32,10 @@ import pytest
 
 from proxy import build
 from proxy.tlsstream import ACCEPT_RETRY, HIGH_WATER, LOW_WATER, READS_PER_EVENT, RECORD, TLSListener, listening_sockets
-from tests.support.certs import client_context
+from tests.support.certs import blocking_tls_client, client_context
 from tests.support.rawhttp import read_response
 from tests.support.stack import QUIET_HEALTH
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.both_loops
 
@@ -136,15 +137,6 @@ def port_of(listener: TLSListener) -> int:
     return listener.sockets[0].getsockname()[1]
 
 
-def blocking_client(port: int, authority, receive_buffer: int | None = None) -> ssl.SSLSocket:
-    raw = socket.socket()
-    raw.settimeout(5)
-    if receive_buffer is not None:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    raw.connect(("127.0.0.1", port))
-    return client_context(authority).wrap_socket(raw, server_hostname="shop.test")
-
-
 def reads_until_closed(sock: socket.socket) -> bool:
     """reads_until_closed: True once the peer closed (EOF, a reset or a TLS error), False if it
     stayed open for the socket's timeout."""
@@ -156,13 +148,6 @@ def reads_until_closed(sock: socket.socket) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-async def wait_for(predicate, bound: float = 5.0) -> None:
-    deadline = time.monotonic() + bound
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def errors_logged(caplog, text: str) -> list[logging.LogRecord]:
@@ -191,7 +176,7 @@ async def test_a_factory_that_raises_closes_the_connection_and_is_logged(listen,
         raise Boom("no protocol today")
 
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority))
     try:
         await asyncio.to_thread(tls.sendall, b"hello")
         assert await asyncio.to_thread(reads_until_closed, tls)
@@ -208,12 +193,12 @@ async def test_a_protocol_callback_that_raises_cuts_the_connection_and_reaches_c
         listen, tls_files, caplog, callback):
     factory, protocols = recording(fail=callback)
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority))
     try:
         if callback == "data_received":
             await asyncio.to_thread(tls.sendall, b"hello")
         elif callback == "eof_received":
-            await wait_for(lambda: bool(protocols))
+            await eventually(lambda: bool(protocols), timeout=5)
             tls.shutdown(socket.SHUT_WR)   # a FIN: the transport reads an EOF
         assert await asyncio.to_thread(reads_until_closed, tls)
     finally:
@@ -240,7 +225,7 @@ async def test_the_protocol_is_resumed_at_the_low_water_mark_not_only_when_the_b
 
     factory, protocols = recording(made=made)
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority, 16384)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority), 16384)
 
     def read_all() -> bytes:
         got = b""
@@ -250,7 +235,7 @@ async def test_the_protocol_is_resumed_at_the_low_water_mark_not_only_when_the_b
         return got
 
     try:
-        await wait_for(lambda: bool(protocols) and bool(protocols[0].paused_at))
+        await eventually(lambda: bool(protocols) and bool(protocols[0].paused_at), timeout=5)
         assert await asyncio.to_thread(read_all) == b"a" * first + b"b" * second
     finally:
         tls.close()
@@ -274,9 +259,9 @@ async def test_lowering_the_high_water_mark_below_what_is_buffered_pauses_the_pr
 
     factory, protocols = recording(made=made)
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority, 16384)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority), 16384)
     try:
-        await wait_for(lambda: bool(protocols) and bool(protocols[0].paused_at))
+        await eventually(lambda: bool(protocols) and bool(protocols[0].paused_at), timeout=5)
         assert buffered_before == [size]   # not paused at 1 MiB
         assert protocols[0].paused_at == [size]
         assert protocols[0].transport.get_write_buffer_limits() == (HIGH_WATER // 4, HIGH_WATER)
@@ -299,7 +284,7 @@ async def test_a_protocol_that_ends_its_connection_in_resume_writing_leaves_the_
 
     factory, protocols = recording(made=made, on_resume=resume)
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority, 16384)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority), 16384)
     try:
         assert await asyncio.to_thread(reads_until_closed, tls)
     finally:
@@ -331,18 +316,18 @@ async def test_one_read_event_reads_at_most_reads_per_event_records(listen, tls_
 
     factory, protocols = recording(made=made, on_data=first_data)
     listener = listen(factory)
-    tls = await asyncio.to_thread(blocking_client, port_of(listener), tls_files.authority)
+    tls = await asyncio.to_thread(blocking_tls_client, port_of(listener), client_context(tls_files.authority))
     try:
         await asyncio.to_thread(tls.sendall, b"u" * (RECORD * records))   # one full record each
-        await wait_for(lambda: bool(protocols))
+        await eventually(lambda: bool(protocols), timeout=5)
         server_sock = protocols[0].transport.get_extra_info("socket")
 
         def queued() -> int:
             return struct.unpack("i", fcntl.ioctl(server_sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
-        await wait_for(lambda: queued() >= records * (RECORD + 17))
+        await eventually(lambda: queued() >= records * (RECORD + 17), timeout=5)
         protocols[0].transport.resume_reading()
-        await wait_for(lambda: sum(map(len, protocols[0].data)) == RECORD * records)
+        await eventually(lambda: sum(map(len, protocols[0].data)) == RECORD * records, timeout=5)
     finally:
         tls.close()
     assert seen_in_first_event == [READS_PER_EVENT]

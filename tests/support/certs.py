@@ -4,12 +4,14 @@
 certificate for those DNS names (and 127.0.0.1, unless told not to) with a fresh P-256 key and
 returns its ``Issued`` files. ``tls_files`` (plugin.py, one per test session) holds the ones the TLS tests
 share: the authority, a second unrelated one, and certificates for a few names. A client
-context trusting an authority is ``client_context(authority)``.
+context trusting an authority is ``client_context(authority)``; ``blocking_tls_client`` a
+blocking TLS socket with one.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -105,3 +107,15 @@ class TlsFiles:
     api: Issued                   # api.test, *.api.test
     localhost: Issued             # localhost (and 127.0.0.1)
     public: Issued                # shop.test alone: not valid for 127.0.0.1
+
+
+def blocking_tls_client(port: int, ctx: ssl.SSLContext, receive_buffer: int | None = None) -> ssl.SSLSocket:
+    """blocking_tls_client: a blocking TLS socket (5 s timeout) to 127.0.0.1:``port`` for
+    shop.test, with a ``receive_buffer`` set before it connects, that reports a connection closed
+    without close_notify as SSLEOFError (suppress_ragged_eofs off). Call it in a thread."""
+    raw = socket.socket()
+    raw.settimeout(5)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    raw.connect(("127.0.0.1", port))
+    return ctx.wrap_socket(raw, server_hostname="shop.test", suppress_ragged_eofs=False)
