@@ -114,7 +114,7 @@ class TLSListener:
 
     def __init__(self, loop: Any, sockets: list[socket.socket], tls: "ServerTLS",
                  protocol_factory: "Callable[[], ClientConnection]", handshake_timeout: float,
-                 backlog: int, max_handshakes: int = 10000) -> None:
+                 backlog: int, max_handshakes: int) -> None:
         self.loop = loop
         self.sockets = sockets          # empty once closed, as the event loop's Server's
         self._own = list(sockets)

@@ -123,7 +123,7 @@ async def listen(tls_proxy):
             sockets = listening_sockets("127.0.0.1", 0)
             for sock in sockets:   # room for READS_PER_EVENT+ records queued unread
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        listener = TLSListener(asyncio.get_running_loop(), sockets, tls_proxy.tls, factory, 5.0, 16)
+        listener = TLSListener(asyncio.get_running_loop(), sockets, tls_proxy.tls, factory, 5.0, 16, 100)
         made.append(listener)
         return listener
 
@@ -397,7 +397,7 @@ async def test_a_listener_that_cannot_listen_closes_the_sockets_it_was_given(tls
     good = listening_sockets("127.0.0.1", 0)[0]
     datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # listen() is not supported
     with pytest.raises(OSError):
-        TLSListener(asyncio.get_running_loop(), [good, datagram], tls_proxy.tls, tls_proxy._client, 5.0, 16)
+        TLSListener(asyncio.get_running_loop(), [good, datagram], tls_proxy.tls, tls_proxy._client, 5.0, 16, 100)
     assert good.fileno() == -1 and datagram.fileno() == -1
 
 
