@@ -236,6 +236,8 @@ async def test_a_file_is_written_in_pieces_of_whole_lines_of_at_most_write_piece
         requests(rig, 100, tag="x" * 2000 + "-")      # lines of about 2.3 KB: about 230 KB
         log.flush()
         await eventually(lambda: len(targets(path)) == 100, what="every line")
+        # The writer thread records a piece once its write returned: the file can show it first.
+        await eventually(lambda: b"".join(pieces).count(b"\n") == 100, what="every piece recorded")
         assert b"".join(pieces) == path.read_bytes()
         assert len(pieces) >= 3 and all(len(piece) <= WRITE_PIECE and piece.endswith(b"\n") for piece in pieces)
     finally:
